@@ -1,0 +1,1 @@
+"""hirestile: exact tiled inference of convolutional segmentation networks."""
