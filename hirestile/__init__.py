@@ -1,1 +1,22 @@
-"""hirestile: exact tiled inference of convolutional segmentation networks."""
+"""hirestile: exact tiled inference of convolutional segmentation networks.
+
+>>> import hirestile
+>>> m = hirestile.load_model("net.onnx")            # doctest: +SKIP
+>>> y = hirestile.predict(m, x)                      # doctest: +SKIP
+>>> y2 = hirestile.predict(m, x, tile=(256, 256))    # doctest: +SKIP
+"""
+import os as _os
+
+import numba as _numba
+
+# Parallel kernels may be called from several threads (Dask, the scheduler's
+# pools); numba's default workqueue layer aborts then, so ask for a thread-safe one.
+if "NUMBA_THREADING_LAYER" not in _os.environ:
+    _numba.config.THREADING_LAYER = "threadsafe"
+
+from hirestile.api import analyze, from_torch, load_model, predict  # noqa: E402
+from hirestile.errors import HirestileError, InputError, ModelError, NotTileableError, OutputError  # noqa: E402
+
+__all__ = ["analyze", "from_torch", "load_model", "predict", "HirestileError", "InputError", "ModelError",
+           "NotTileableError", "OutputError"]
+__version__ = "0.1.0"

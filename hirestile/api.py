@@ -1,0 +1,169 @@
+"""Python API: load a model, analyze it, predict full-frame or tiled."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hirestile import executor
+from hirestile.analyzer import Report
+from hirestile.contract import InputContract
+from hirestile.errors import InputError, ModelError
+from hirestile.graph import Graph
+from hirestile.model import Model
+
+
+def as_model(model: Model | Graph | str | Path) -> Model:
+    """Accept a Model, a bare Graph, a built-in name or a model file path."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, Graph):
+        return Model(graph=model, contract=InputContract(channels=model.in_channels, scale="none"))
+    return load_model(model)
+
+
+def load_model(source: str | Path) -> Model:
+    """Load a model: a built-in name (see ``hirestile models``), an ``.onnx`` file or a
+    UNet ``.safetensors`` file.
+
+    Examples
+    --------
+    >>> import hirestile
+    >>> m = hirestile.load_model("unet")   # doctest: +SKIP
+    """
+    src = str(source)
+    path = Path(src)
+    if path.suffix.lower() == ".onnx" or (path.exists() and path.suffix.lower() != ".safetensors"):
+        if not path.exists():
+            raise ModelError(f"model file {src} does not exist")
+        from hirestile.onnx_import import load_onnx
+        graph = load_onnx(path)
+        return Model(graph=graph, contract=InputContract(channels=graph.in_channels, scale="none"), name=path.stem)
+    if path.suffix.lower() == ".safetensors":
+        if not path.exists():
+            raise ModelError(f"model file {src} does not exist")
+        from hirestile.models.unet import load_unet
+        return load_unet(path, name=path.stem)
+    from hirestile.models import registry
+    return registry.load(src)
+
+
+def analyze(model: Model | Graph | str, image_shape: Sequence[int] | None = None) -> Report:
+    """Receptive-field report of a model for an input image size.
+
+    Parameters
+    ----------
+    model : Model, Graph or str
+    image_shape : (H, W), optional
+        Needed where a rule depends on the size (align_corners=True resizes,
+        pad-to contracts); defaults to a 1024 x 1024 image.
+
+    Returns
+    -------
+    Report
+        ``tileable``, ``reason``, ``input_window(region)``, ``halo``, ``stride``,
+        ``receptive_field``, ``flops_per_pixel``, ``regions(region)``, ...
+
+    Examples
+    --------
+    >>> import hirestile
+    >>> from hirestile.models.unet import unet
+    >>> rep = hirestile.analyze(unet(padding="valid", base=2, depth=4), (572, 572))
+    >>> rep.output_shape[1:], rep.halo
+    ((388, 388), (92, 92, 92, 92))
+    """
+    m = as_model(model)
+    shape = tuple(image_shape) if image_shape is not None else (1024, 1024)
+    return executor.analyze(m.runnable, shape)
+
+
+def _as_image(m: Model, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise InputError(f"image must be (C, H, W) or (H, W), got shape {x.shape}")
+    if x.shape[0] != m.runnable.in_channels:
+        raise InputError(f"model {m.name!r} takes {m.runnable.in_channels} channel(s), image has {x.shape[0]}")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise InputError(f"image is empty: shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise InputError(f"unsupported image dtype {x.dtype}")
+    y = m.contract.normalize(x)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        c, r, col = np.argwhere(bad)[0]
+        raise InputError(f"image holds NaN/Inf (first at channel {c}, row {r}, col {col})")
+    return y
+
+
+def tiles(shape: Sequence[int], tile: Sequence[int], origin: Sequence[int] = (0, 0)):
+    """Output tiles ((y0, y1), (x0, x1)) covering a (H, W) grid; the grid of tile
+    corners starts at ``origin`` (mod tile), so tiles need not align to anything."""
+    h, w = shape
+    ty, tx = tile
+    oy, ox = origin[0] % ty, origin[1] % tx
+    ys = sorted({0, *range(oy, h, ty)})
+    xs = sorted({0, *range(ox, w, tx)})
+    for i, y0 in enumerate(ys):
+        y1 = ys[i + 1] if i + 1 < len(ys) else h
+        for j, x0 in enumerate(xs):
+            x1 = xs[j + 1] if j + 1 < len(xs) else w
+            if y1 > y0 and x1 > x0:
+                yield ((y0, y1), (x0, x1))
+
+
+def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[int] | None = None,
+            tile_origin: Sequence[int] = (0, 0)) -> np.ndarray:
+    """Run a model on an in-memory image.
+
+    Parameters
+    ----------
+    model : Model, Graph or str
+    x : ndarray, (C, H, W) or (H, W)
+        Raw image; the model's input contract normalises it.
+    tile : int or (int, int), optional
+        Output tile size. ``None`` runs full-frame. Tiled output equals
+        full-frame output bit for bit.
+    tile_origin : (int, int)
+        Where the tile grid is anchored (tests use it to move seams around).
+
+    Returns
+    -------
+    ndarray, float32, (K, H', W')
+        Logits on the model's output grid.
+
+    Examples
+    --------
+    >>> import numpy as np, hirestile
+    >>> from hirestile.models.unet import unet
+    >>> m = unet(in_channels=1, classes=2, base=4, depth=2)
+    >>> x = np.random.default_rng(0).random((1, 37, 41), np.float32)
+    >>> np.array_equal(hirestile.predict(m, x), hirestile.predict(m, x, tile=16))
+    True
+    """
+    m = as_model(model)
+    img = _as_image(m, x)
+    rep = analyze(m, img.shape[1:])
+    if tile is None:
+        return executor.run_full(rep, img)
+    rep.check_tileable()
+    ty, tx = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    if ty < 1 or tx < 1:
+        raise ValueError(f"tile must be positive, got {tile}")
+    k, oh, ow = rep.output_shape
+    out = np.empty((k, oh, ow), np.float32)
+    _, h, w = img.shape
+    for (y0, y1), (x0, x1) in tiles((oh, ow), (ty, tx), tile_origin):
+        (a, b), (c, d) = rep.input_window(((y0, y1), (x0, x1)))
+        a, b, c, d = max(a, 0), min(b, h), max(c, 0), min(d, w)
+        out[:, y0:y1, x0:x1] = executor.run_region(rep, img[:, a:b, c:d], (a, c), ((y0, y1), (x0, x1)))
+    return out
+
+
+def from_torch(module, example_input) -> Model:
+    """Import a PyTorch ``nn.Module`` (through ONNX export; needs torch installed)."""
+    from hirestile.torch_import import from_torch as _from_torch
+    graph = _from_torch(module, example_input)
+    return Model(graph=graph, contract=InputContract(channels=graph.in_channels, scale="none"), name=type(module).__name__)

@@ -1,0 +1,357 @@
+"""Run a graph on one output region (overlap-tile), reproducing borders exactly.
+
+Layer 4 of DESIGN.md section 3. Tensors live as float32 HWC arrays covering a
+region of their grid (:class:`Buf`). Before an op runs, its input window is
+*fetched*: the positions inside the producer's buffer are copied (or viewed)
+and positions outside the feature map take the op's own padding semantics
+(zeros, -inf, reflect, replicate), decided from global coordinates. Kernels
+then run "valid" on the window. Full-frame is the case region = whole image.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from hirestile.analyzer import Report, analyze_graph, empty
+from hirestile.errors import InputError
+from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
+                             Pad, Pool, PRelu, Region, Resize, Slice, Softmax, Unary, optimize, padding_mode)
+from hirestile.kernels import conv as kconv
+from hirestile.kernels import norm as knorm
+from hirestile.kernels import pointwise as kpw
+from hirestile.kernels import pool as kpool
+from hirestile.kernels import resize as kresize
+
+ACT = {"": 0, "relu": 1, "leaky_relu": 2}
+
+
+@dataclass(frozen=True)
+class Buf:
+    """A tensor's values on rows [y0, y0 + h) and cols [x0, x0 + w) of its grid, HWC."""
+
+    data: np.ndarray
+    y0: int
+    x0: int
+
+    @property
+    def region(self) -> Region:
+        h, w = self.data.shape[:2]
+        return ((self.y0, self.y0 + h), (self.x0, self.x0 + w))
+
+    def crop(self, reg: Region) -> "Buf":
+        (a, b), (c, d) = reg
+        return Buf(self.data[a - self.y0:b - self.y0, c - self.x0:d - self.x0], a, c)
+
+
+def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
+    """Global source index of positions [lo, hi) of an axis of length n; -1 = fill."""
+    i = np.arange(lo, hi)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if mode == "reflect":
+        i = np.where(i < 0, -i, i)
+        return np.where(i >= n, 2 * (n - 1) - i, i)
+    return np.where((i >= 0) & (i < n), i, -1)
+
+
+def fetch(buf: Buf, window: Region, size: tuple[int, int], mode: str = "fill", fill: float = 0.0) -> np.ndarray:
+    """The window (global rows, cols) of a tensor of spatial ``size`` as a C-contiguous HWC array.
+
+    Positions outside [0, size) follow ``mode``: "fill" (``fill``), "reflect" or
+    "replicate". Positions inside must be in ``buf`` (the analyzer guarantees it).
+    """
+    (r0, r1), (c0, c1) = window
+    (by0, by1), (bx0, bx1) = buf.region
+    inside = r0 >= 0 and c0 >= 0 and r1 <= size[0] and c1 <= size[1]
+    if inside and by0 <= r0 and r1 <= by1 and bx0 <= c0 and c1 <= bx1:
+        return np.ascontiguousarray(buf.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0])
+    iy, ix = _index(r0, r1, size[0], mode), _index(c0, c1, size[1], mode)
+    vy, vx = iy >= 0, ix >= 0
+    sy, sx = iy[vy], ix[vx]
+    if sy.size and (sy.min() < by0 or sy.max() >= by1) or sx.size and (sx.min() < bx0 or sx.max() >= bx1):
+        raise AssertionError(f"internal error: window {window} reads outside the computed region {buf.region}")
+    out = np.empty((r1 - r0, c1 - c0, buf.data.shape[2]), np.float32)
+    if not (vy.all() and vx.all()):
+        out[...] = fill
+    if sy.size == 0 or sx.size == 0:
+        return out
+    ys, xs = np.flatnonzero(vy), np.flatnonzero(vx)
+    if mode == "fill":  # valid positions and their sources are contiguous runs
+        out[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] = buf.data[sy[0] - by0:sy[-1] + 1 - by0, sx[0] - bx0:sx[-1] + 1 - bx0]
+    else:
+        out[...] = buf.data[np.ix_(sy - by0, sx - bx0)]
+    return out
+
+
+# ---------------------------------------------------------------- preparation
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A graph ready to run: optimized, annotated with kernel tile steps, with
+    weights in kernel layout."""
+
+    graph: Graph
+    weights: dict[str, dict[str, np.ndarray]]
+
+
+_prepared: dict[int, tuple[Graph, Prepared]] = {}
+_lock = threading.Lock()
+
+
+def prepare(graph: Graph) -> Prepared:
+    """Optimize ``graph`` and lay out its weights for the kernels (cached per graph)."""
+    with _lock:
+        hit = _prepared.get(id(graph))
+        if hit is not None and hit[0] is graph:
+            return hit[1]
+    g = optimize(graph)
+    nodes, weights = [], {}
+    for n in g.nodes:
+        op = n.op
+        if isinstance(op, Conv):
+            w = np.ascontiguousarray(n.params["w"].transpose(2, 3, 1, 0), np.float32)
+            weights[n.name] = {"w": w, "b": np.ascontiguousarray(n.params["b"], np.float32)}
+            step = kconv.conv_tile(op.kernel[0], op.kernel[1], op.stride, op.dilation, op.groups, op.cin, op.cout)
+            op = replace(op, align=tuple(step))
+        elif isinstance(op, ConvTranspose):
+            w = np.ascontiguousarray(n.params["w"].transpose(2, 3, 0, 1), np.float32)
+            weights[n.name] = {"w": w, "b": np.ascontiguousarray(n.params["b"], np.float32)}
+        else:
+            weights[n.name] = {k: np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in n.params.items()}
+        nodes.append(replace(n, op=op))
+    prepared = Prepared(g.replace_nodes(nodes), weights)
+    with _lock:
+        _prepared[id(graph)] = (graph, prepared)
+    return prepared
+
+
+def analyze(graph: Graph, image_shape) -> Report:
+    """Receptive-field report of the graph as the executor will run it."""
+    return analyze_graph(prepare(graph).graph, image_shape)
+
+
+# ---------------------------------------------------------------- op runners
+
+
+def _window(node: Node, k: int, comp: Region, shapes) -> Region:
+    ins = [shapes[t] for t in node.inputs]
+    iv = [node.op.in_interval(k, a, comp[a], ins, shapes[node.name]) for a in (0, 1)]
+    return (iv[0], iv[1])
+
+
+def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
+    t = node.inputs[k]
+    mode, fill = padding_mode(node.op, k)
+    return fetch(bufs[t], _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
+
+
+def _run_conv(node, bufs, comp, shapes, wts):
+    op = node.op
+    x = _fetch_input(node, 0, bufs, comp, shapes)
+    return kconv.conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
+                        act=ACT[op.act], alpha=op.alpha)
+
+
+def _run_conv_transpose(node, bufs, comp, shapes, wts):
+    op = node.op
+    win = _window(node, 0, comp, shapes)
+    x = _fetch_input(node, 0, bufs, comp, shapes)
+    offset = (comp[0][0] + op.pads[0] - op.stride[0] * win[0][0], comp[1][0] + op.pads[1] - op.stride[1] * win[1][0])
+    shape = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
+    return kconv.conv_transpose2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
+                                  offset=offset, out_shape=shape, act=ACT[op.act], alpha=op.alpha)
+
+
+def _pool_counts(o0: int, o1: int, n: int, k: int, s: int, p0: int, p1: int, include_pad: bool) -> np.ndarray:
+    """PyTorch's average-pool divisor factor per output position (one axis)."""
+    start = np.arange(o0, o1) * s - p0
+    end = np.minimum(start + k, n + p1)
+    size = end - start
+    if include_pad:
+        return size.astype(np.int64)
+    return (np.minimum(end, n) - np.maximum(start, 0)).astype(np.int64)
+
+
+def _run_pool(node, bufs, comp, shapes, wts):
+    op = node.op
+    x = _fetch_input(node, 0, bufs, comp, shapes)
+    if op.mode == "max":
+        return kpool.max_pool2d(x, kernel=op.kernel, stride=op.stride, dilation=op.dilation)
+    _, h, w = shapes[node.inputs[0]]
+    cy = _pool_counts(*comp[0], h, op.kernel[0], op.stride[0], op.pads[0], op.pads[2], op.count_include_pad)
+    cx = _pool_counts(*comp[1], w, op.kernel[1], op.stride[1], op.pads[1], op.pads[3], op.count_include_pad)
+    return kpool.avg_pool2d(x, kernel=op.kernel, stride=op.stride, count_y=cy, count_x=cx)
+
+
+def _run_resize(node, bufs, comp, shapes, wts):
+    op = node.op
+    src = shapes[node.inputs[0]]
+    out = shapes[node.name]
+    win = _window(node, 0, comp, shapes)
+    x = fetch(bufs[node.inputs[0]], win, src[1:])
+    taps = [op.taps(a, np.arange(*comp[a]), src[a + 1], out[a + 1]) for a in (0, 1)]
+    if op.mode == "nearest":
+        return kresize.resize_nearest(x, iy=taps[0][0] - win[0][0], ix=taps[1][0] - win[1][0])
+    (y0, y1, ly), (x0, x1, lx) = taps
+    return kresize.resize_bilinear(x, y0=y0 - win[0][0], y1=y1 - win[0][0], ly=ly,
+                                   x0=x0 - win[1][0], x1=x1 - win[1][0], lx=lx)
+
+
+def _same(node, bufs, comp, shapes, k=0):
+    return _fetch_input(node, k, bufs, comp, shapes)
+
+
+def _run_unary(node, bufs, comp, shapes, wts):
+    op = node.op
+    return kpw.unary(_same(node, bufs, comp, shapes), kpw.UNARY[op.fn], op.p0, op.p1)
+
+
+def _run_prelu(node, bufs, comp, shapes, wts):
+    return kpw.prelu(_same(node, bufs, comp, shapes), wts["slope"])
+
+
+def _run_affine(node, bufs, comp, shapes, wts):
+    return kpw.affine_channels(_same(node, bufs, comp, shapes), wts["scale"], wts["shift"])
+
+
+def _run_binary(node, bufs, comp, shapes, wts):
+    op = node.op
+    code = kpw.BINARY[op.fn]
+    a = _same(node, bufs, comp, shapes)
+    if len(node.inputs) == 1:
+        f = kpw.rbinary if op.const_left else kpw.binary
+        return f(wts["const"], a, code) if op.const_left else f(a, wts["const"], code)
+    b = _same(node, bufs, comp, shapes, 1)
+    ca, cb = a.shape[2], b.shape[2]
+    if a.shape[:2] != b.shape[:2] or ca != cb:
+        # broadcast a 1x1 (global) operand or a single channel
+        if b.shape[:2] == (1, 1) and cb in (1, ca):
+            return kpw.binary(a, np.ascontiguousarray(b.reshape(-1)), code)
+        if a.shape[:2] == (1, 1) and ca in (1, cb):
+            return kpw.rbinary(np.ascontiguousarray(a.reshape(-1)), b, code)
+        a, b = np.broadcast_arrays(a, b)
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return kpw.binary(a, b, code)
+
+
+def _run_concat(node, bufs, comp, shapes, wts):
+    return np.concatenate([_same(node, bufs, comp, shapes, k) for k in range(len(node.inputs))], axis=2)
+
+
+def _run_slice(node, bufs, comp, shapes, wts):
+    c0, c1 = node.op.bounds(0, shapes[node.inputs[0]][0])
+    x = _same(node, bufs, comp, shapes)
+    return np.ascontiguousarray(x[:, :, c0:c1]) if (c0, c1) != (0, x.shape[2]) else x
+
+
+def _run_crop(node, bufs, comp, shapes, wts):  # crop and pad: the fetch does it all
+    return _same(node, bufs, comp, shapes)
+
+
+def _run_softmax(node, bufs, comp, shapes, wts):
+    return kpw.softmax_channels(_same(node, bufs, comp, shapes))
+
+
+def _run_global_pool(node, bufs, comp, shapes, wts):
+    return knorm.global_avg_pool(_same(node, bufs, comp, shapes))
+
+
+def _run_norm(node, bufs, comp, shapes, wts):
+    op = node.op
+    x = _same(node, bufs, comp, shapes)
+    c = x.shape[2]
+    if op.groups == c:
+        return knorm.instance_norm(x, wts["scale"], wts["bias"], op.eps)
+    return knorm.group_norm(x, op.groups, wts["scale"], wts["bias"], op.eps)
+
+
+RUNNERS: dict[type, Callable] = {
+    Conv: _run_conv, ConvTranspose: _run_conv_transpose, Pool: _run_pool, Resize: _run_resize,
+    Unary: _run_unary, PRelu: _run_prelu, Affine: _run_affine, Binary: _run_binary, Concat: _run_concat,
+    Slice: _run_slice, CropLike: _run_crop, Pad: _run_crop, Softmax: _run_softmax,
+    GlobalPool: _run_global_pool, Norm: _run_norm,
+}
+
+
+# ---------------------------------------------------------------- region execution
+
+
+def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
+    """Compute ``out_region`` of the network's output.
+
+    Parameters
+    ----------
+    rep : Report
+        From :func:`analyze` (the graph as prepared by the executor).
+    window : ndarray, float32, (C, h, w)
+        Input pixels covering at least ``rep.input_window(out_region)`` clipped to
+        the image, already normalised.
+    origin : (int, int)
+        Global (row, col) of ``window[:, 0, 0]``.
+    out_region : ((y0, y1), (x0, x1))
+        Output region, on the output grid, inside the output.
+
+    Returns
+    -------
+    ndarray, float32, (K, y1 - y0, x1 - x0)
+    """
+    g = rep.graph
+    prepared = prepare_report(rep)
+    regs = rep.regions(out_region)
+    (oy0, oy1), (ox0, ox1) = out_region
+    k_out, oh, ow = rep.output_shape
+    if not (0 <= oy0 <= oy1 <= oh and 0 <= ox0 <= ox1 <= ow):
+        raise ValueError(f"output region {out_region} lies outside the output {oh}x{ow}")
+    if oy1 == oy0 or ox1 == ox0:
+        return np.zeros((k_out, oy1 - oy0, ox1 - ox0), np.float32)
+    if window.ndim != 3 or window.shape[0] != g.in_channels:
+        raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
+    x = np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32)
+    bufs: dict[str, Buf] = {g.input: Buf(x, int(origin[0]), int(origin[1]))}
+    if g.input in regs:
+        (a, b), (c, d) = regs[g.input].needed
+        (wa, wb), (wc, wd) = bufs[g.input].region
+        if not (wa <= a and b <= wb and wc <= c and d <= wd):
+            raise ValueError(f"input window {bufs[g.input].region} does not cover the rows/cols "
+                             f"{regs[g.input].needed} this region needs")
+    remaining: dict[str, int] = {}
+    for n in g.nodes:
+        if n.name in regs:
+            for t in n.inputs:
+                remaining[t] = remaining.get(t, 0) + 1
+    for n in g.nodes:
+        nr = regs.get(n.name)
+        if nr is None:
+            continue
+        data = RUNNERS[type(n.op)](n, bufs, nr.computed, rep.shapes, prepared.weights[n.name])
+        comp = nr.computed
+        expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
+        if data.shape[:2] != expect:
+            raise AssertionError(f"internal error: node {n.name!r} produced {data.shape[:2]}, expected {expect}")
+        bufs[n.name] = Buf(data, comp[0][0], comp[1][0]).crop(nr.needed)
+        for t in n.inputs:
+            remaining[t] -= 1
+            if remaining[t] == 0 and t != g.output:
+                del bufs[t]
+    res = bufs[g.output].crop(((oy0, oy1), (ox0, ox1))).data if g.output != g.input else \
+        fetch(bufs[g.input], out_region, (oh, ow))
+    return np.ascontiguousarray(np.moveaxis(res, -1, 0))
+
+
+def prepare_report(rep: Report) -> Prepared:
+    """The prepared weights that go with a report made by :func:`analyze`."""
+    with _lock:
+        for graph, prepared in _prepared.values():
+            if prepared.graph is rep.graph:
+                return prepared
+    raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
+
+
+def run_full(rep: Report, image: np.ndarray) -> np.ndarray:
+    """Full-frame: the whole output from the whole (C, H, W) image."""
+    _, oh, ow = rep.output_shape
+    return run_region(rep, image, (0, 0), ((0, oh), (0, ow)))
