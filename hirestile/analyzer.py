@@ -12,6 +12,8 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Sequence
 
+import numpy as np
+
 from hirestile.errors import NotTileableError
 from hirestile.graph import Graph, Interval, Node, Region, Shape, op_label, padding_mode
 
@@ -52,16 +54,25 @@ def sources(iv: Interval, n: int, mode: str) -> Interval:
     if mode == "replicate":
         lo, hi = min(max(iv[0], 0), n - 1), min(max(iv[1] - 1, 0), n - 1)
         return (lo, hi + 1)
-    # reflect (no edge repeat): -i -> i, n-1+i -> n-1-i; one bounce suffices for pads < n
-    def r(i: int) -> int:
-        return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
-    vals = [r(iv[0]), r(iv[1] - 1)]
-    if iv[0] <= 0 < iv[1]:
-        vals.append(0)
-    if iv[0] <= n - 1 < iv[1]:
-        vals.append(n - 1)
-    lo, hi = max(min(vals), 0), min(max(vals), n - 1)
-    return (lo, hi + 1)
+    # reflect: the periodic mirror (-i -> i, n-1+i -> n-1-i, and on for pads >= n)
+    inside = clip(iv, n)
+    parts = [np.arange(iv[0], min(iv[1], 0)), np.arange(max(iv[0], n), iv[1])]
+    if any(len(p) >= 2 * n for p in parts):
+        return (0, n)
+    vals = reflect_index(np.concatenate(parts), n)
+    if vals.size:
+        inside = hull(inside, (int(vals.min()), int(vals.max()) + 1))
+    return inside
+
+
+def reflect_index(i: np.ndarray, n: int) -> np.ndarray:
+    """Mirror positions into [0, n) without repeating the edge (numpy/ONNX "reflect"),
+    periodically, so pads of any size work (n == 1 reflects onto its only pixel)."""
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i >= n, period - i, i)
 
 
 # ---------------------------------------------------------------- report

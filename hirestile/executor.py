@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from hirestile.analyzer import Report, analyze_graph, empty
+from hirestile.analyzer import Report, analyze_graph, reflect_index
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
                              Pad, Pool, PRelu, Region, Resize, Slice, Softmax, Unary, optimize, padding_mode)
@@ -52,8 +52,7 @@ def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
     if mode == "replicate":
         return np.clip(i, 0, n - 1)
     if mode == "reflect":
-        i = np.where(i < 0, -i, i)
-        return np.where(i >= n, 2 * (n - 1) - i, i)
+        return reflect_index(i, n)
     return np.where((i >= 0) & (i < n), i, -1)
 
 
