@@ -1,0 +1,574 @@
+"""Non-convolution kernels against slow NumPy references, PyTorch, and themselves
+on sub-windows (the bit-exactness that tiling rests on)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy.special import erf as erf64
+
+from hirestile.kernels import norm, pointwise, pool, resize
+
+F32 = np.float32
+HYP = settings(max_examples=25, deadline=None)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def randx(h, w, c, seed=0, scale=1.0):
+    return (rng(seed).standard_normal((h, w, c)) * scale).astype(F32)
+
+
+def assert_close(got, ref, rtol=1e-6, atol_rel=1e-6):
+    """|got - ref| <= rtol*|ref| + atol_rel*max|ref| elementwise."""
+    got = np.asarray(got, np.float64)
+    ref = np.asarray(ref, np.float64)
+    assert got.shape == ref.shape
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(got), nan), "NaN pattern differs"
+    got, ref = got[~nan], ref[~nan]
+    scale = np.abs(ref).max() if ref.size else 0.0
+    err = np.abs(got - ref)
+    bad = err > rtol * np.abs(ref) + atol_rel * scale
+    assert not bad.any(), f"max err {err.max():.3g}, max|ref| {scale:.3g}, {bad.sum()} bad"
+
+
+def to_torch(x):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+
+
+def from_torch(t):
+    return np.ascontiguousarray(t[0].permute(1, 2, 0).numpy())
+
+
+# **** references ****
+
+
+def ref_max_pool(x, k, s, d):
+    (kh, kw), (sy, sx), (dy, dx) = k, s, d
+    hi, wi, c = x.shape
+    ho = (hi - dy * (kh - 1) - 1) // sy + 1
+    wo = (wi - dx * (kw - 1) - 1) // sx + 1
+    out = np.full((ho, wo, c), -np.inf, F32)
+    for ky in range(kh):
+        for kx in range(kw):
+            win = x[ky * dy: ky * dy + sy * (ho - 1) + 1: sy, kx * dx: kx * dx + sx * (wo - 1) + 1: sx]
+            out = np.maximum(out, win)
+    return out
+
+
+def ref_avg_pool(x, k, s, cy, cx):
+    (kh, kw), (sy, sx) = k, s
+    hi, wi, c = x.shape
+    ho, wo = (hi - kh) // sy + 1, (wi - kw) // sx + 1
+    acc = np.zeros((ho, wo, c))
+    for ky in range(kh):
+        for kx in range(kw):
+            acc += x[ky: ky + sy * (ho - 1) + 1: sy, kx: kx + sx * (wo - 1) + 1: sx]
+    return acc / (np.asarray(cy)[:, None, None] * np.asarray(cx)[None, :, None])
+
+
+def ref_bilinear(x, y0, y1, ly, x0, x1, lx):
+    x = x.astype(np.float64)
+    ly = ly.astype(np.float64)[:, None, None]
+    lx = lx.astype(np.float64)[None, :, None]
+    top = x[y0][:, x0] * (1 - lx) + x[y0][:, x1] * lx
+    bot = x[y1][:, x0] * (1 - lx) + x[y1][:, x1] * lx
+    return top * (1 - ly) + bot * ly
+
+
+def padded_window(x, pad, rows, cols, value):
+    """x padded by `pad` on top/left with `value`, extended/cropped to rows x cols."""
+    h, w, c = x.shape
+    out = np.full((rows, cols, c), value, F32)
+    r = min(h, rows - pad)
+    q = min(w, cols - pad)
+    out[pad: pad + r, pad: pad + q] = x[:r, :q]
+    return out
+
+
+# **** pooling ****
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 3), (13, 17, 8), (4, 11, 33)])
+@pytest.mark.parametrize("k,s,d", [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)),
+                                   ((3, 2), (2, 1), (2, 3)), ((1, 1), (3, 2), (1, 1))])
+def test_max_pool_reference(shape, k, s, d):
+    x = randx(*shape, seed=1)
+    if shape[0] < d[0] * (k[0] - 1) + 1 or shape[1] < d[1] * (k[1] - 1) + 1:
+        assert pool.max_pool2d(x, kernel=k, stride=s, dilation=d).size == 0
+        return
+    got = pool.max_pool2d(x, kernel=k, stride=s, dilation=d)
+    assert got.dtype == F32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, ref_max_pool(x, k, s, d))
+
+
+def test_max_pool_nan_and_out():
+    x = randx(5, 5, 2, seed=2)
+    x[1, 1, 0] = np.nan
+    out = np.empty((2, 2, 2), F32)
+    got = pool.max_pool2d(x, kernel=2, stride=2, out=out)
+    assert got is out
+    assert np.isnan(got[0, 0, 0]) and not np.isnan(got[..., 1]).any()
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 3), (12, 13, 5), (5, 4, 1)])
+@pytest.mark.parametrize("k,s,p,d,ceil", [(2, 2, 0, 1, False), (3, 2, 1, 1, True), (3, 2, 1, 2, True),
+                                          (3, 3, 1, 1, True), (2, 1, 1, 1, False), (5, 3, 2, 1, True)])
+def test_max_pool_torch(shape, k, s, p, d, ceil):
+    torch = pytest.importorskip("torch")
+    x = randx(*shape, seed=3)
+    h, w, _ = shape
+    ho = pool.pool_output_size(h, kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    wo = pool.pool_output_size(w, kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    want = from_torch(torch.nn.functional.max_pool2d(to_torch(x), k, s, p, d, ceil_mode=ceil))
+    assert want.shape[:2] == (ho, wo)
+    span = lambda n: (n - 1) * s + d * (k - 1) + 1  # noqa: E731
+    win = padded_window(x, p, span(ho), span(wo), -np.inf)
+    np.testing.assert_array_equal(pool.max_pool2d(win, kernel=k, stride=s, dilation=d), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2), (7, 5, 3), (13, 17, 8)])
+@pytest.mark.parametrize("k,s", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 3))])
+def test_avg_pool_reference(shape, k, s):
+    x = randx(*shape, seed=4)
+    if shape[0] < k[0] or shape[1] < k[1]:
+        return
+    ho, wo = (shape[0] - k[0]) // s[0] + 1, (shape[1] - k[1]) // s[1] + 1
+    cy = rng(5).integers(1, 10, ho)
+    cx = rng(6).integers(1, 10, wo)
+    got = pool.avg_pool2d(x, kernel=k, stride=s, count_y=cy, count_x=cx)
+    assert_close(got, ref_avg_pool(x, k, s, cy, cx), rtol=1e-6, atol_rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 3), (12, 13, 5), (6, 7, 1)])
+@pytest.mark.parametrize("k,s,p,ceil", [(2, 2, 0, False), (3, 2, 1, True), (3, 3, 1, True),
+                                        (3, 1, 1, False), (5, 3, 2, True), (4, 3, 2, False)])
+@pytest.mark.parametrize("cip", [True, False])
+def test_avg_pool_torch(shape, k, s, p, ceil, cip):
+    torch = pytest.importorskip("torch")
+    x = randx(*shape, seed=7)
+    h, w, _ = shape
+    ho = pool.pool_output_size(h, kernel=k, stride=s, padding=p, ceil_mode=ceil)
+    wo = pool.pool_output_size(w, kernel=k, stride=s, padding=p, ceil_mode=ceil)
+    want = from_torch(torch.nn.functional.avg_pool2d(
+        to_torch(x), k, s, p, ceil_mode=ceil, count_include_pad=cip))
+    assert want.shape[:2] == (ho, wo)
+    cy = pool.pool_divisors(0, ho, in_size=h, kernel=k, stride=s, padding=p, count_include_pad=cip)
+    cx = pool.pool_divisors(0, wo, in_size=w, kernel=k, stride=s, padding=p, count_include_pad=cip)
+    win = padded_window(x, p, (ho - 1) * s + k, (wo - 1) * s + k, 0.0)
+    got = pool.avg_pool2d(win, kernel=k, stride=s, count_y=cy, count_x=cx)
+    assert_close(got, want, rtol=1e-6, atol_rel=1e-6)
+
+
+@st.composite
+def pool_case(draw):
+    k = draw(st.integers(1, 4))
+    s = draw(st.integers(1, 3))
+    d = draw(st.integers(1, 2))
+    ho, wo = draw(st.integers(1, 17)), draw(st.integers(1, 17))
+    r0 = draw(st.integers(0, ho - 1))
+    r1 = draw(st.integers(r0 + 1, ho))
+    c0 = draw(st.integers(0, wo - 1))
+    c1 = draw(st.integers(c0 + 1, wo))
+    c = draw(st.sampled_from([1, 3, 5, 8, 13]))
+    return k, s, d, ho, wo, (r0, r1, c0, c1), c, draw(st.integers(0, 2**16))
+
+
+@HYP
+@given(pool_case())
+def test_pool_subwindow_bitwise(case):
+    k, s, d, ho, wo, (r0, r1, c0, c1), c, seed = case
+    span = lambda n: (n - 1) * s + d * (k - 1) + 1  # noqa: E731
+    x = randx(span(ho), span(wo), c, seed=seed)
+    sub = x[r0 * s: (r1 - 1) * s + d * (k - 1) + 1, c0 * s: (c1 - 1) * s + d * (k - 1) + 1]
+    full = pool.max_pool2d(x, kernel=k, stride=s, dilation=d)
+    part = pool.max_pool2d(sub, kernel=k, stride=s, dilation=d)
+    assert np.array_equal(full[r0:r1, c0:c1], part)
+    # avg pool has no dilation: window of k with d = 1
+    spa = lambda n: (n - 1) * s + k  # noqa: E731
+    x = randx(spa(ho), spa(wo), c, seed=seed)
+    sub = x[r0 * s: (r1 - 1) * s + k, c0 * s: (c1 - 1) * s + k]
+    cy = rng(seed).integers(1, 20, ho)
+    cx = rng(seed + 1).integers(1, 20, wo)
+    full = pool.avg_pool2d(x, kernel=k, stride=s, count_y=cy, count_x=cx)
+    part = pool.avg_pool2d(sub, kernel=k, stride=s, count_y=cy[r0:r1], count_x=cx[c0:c1])
+    assert np.array_equal(full[r0:r1, c0:c1], part)
+
+
+# **** resizing ****
+
+
+def test_resize_nearest_reference():
+    x = randx(7, 9, 5, seed=8)
+    iy = rng(9).integers(0, 7, 11)
+    ix = rng(10).integers(0, 9, 4)
+    out = np.empty((11, 4, 5), F32)
+    got = resize.resize_nearest(x, iy=iy, ix=ix, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got, x[iy][:, ix])
+    with pytest.raises(IndexError):
+        resize.resize_nearest(x, iy=[7], ix=[0])
+
+
+def test_resize_bilinear_reference():
+    x = randx(6, 8, 3, seed=11)
+    g = rng(12)
+    y0 = g.integers(0, 6, 13)
+    y1 = g.integers(0, 6, 13)
+    x0 = g.integers(0, 8, 5)
+    x1 = g.integers(0, 8, 5)
+    ly = g.random(13).astype(F32)
+    lx = g.random(5).astype(F32)
+    got = resize.resize_bilinear(x, y0=y0, y1=y1, ly=ly, x0=x0, x1=x1, lx=lx)
+    assert_close(got, ref_bilinear(x, y0, y1, ly, x0, x1, lx))
+
+
+@pytest.mark.parametrize("hw,size,scale", [((5, 7), (10, 14), None), ((5, 7), (13, 4), None),
+                                           ((6, 9), None, 2.0), ((6, 9), None, 1.7),
+                                           ((8, 8), (3, 5), None), ((6, 6), (6, 6), None)])
+@pytest.mark.parametrize("exact", [False, True])
+def test_resize_nearest_torch(hw, size, scale, exact):
+    torch = pytest.importorskip("torch")
+    x = randx(*hw, 4, seed=13)
+    mode = "nearest-exact" if exact else "nearest"
+    want = from_torch(torch.nn.functional.interpolate(
+        to_torch(x), size=size, scale_factor=scale, mode=mode))
+    ho, wo = want.shape[:2]
+    iy = resize.nearest_indices(0, ho, in_size=hw[0], out_size=ho, scale=scale, exact=exact)
+    ix = resize.nearest_indices(0, wo, in_size=hw[1], out_size=wo, scale=scale, exact=exact)
+    np.testing.assert_array_equal(resize.resize_nearest(x, iy=iy, ix=ix), want)
+
+
+@pytest.mark.parametrize("hw,size,scale", [((5, 7), (10, 14), None), ((5, 7), (13, 4), None),
+                                           ((6, 9), None, 2.0), ((6, 9), None, 1.7),
+                                           ((9, 10), (4, 3), None), ((1, 4), (3, 9), None),
+                                           ((6, 6), (6, 7), None)])
+@pytest.mark.parametrize("align", [False, True])
+def test_resize_bilinear_torch(hw, size, scale, align):
+    torch = pytest.importorskip("torch")
+    x = randx(*hw, 5, seed=14)
+    want = from_torch(torch.nn.functional.interpolate(
+        to_torch(x), size=size, scale_factor=scale, mode="bilinear", align_corners=align))
+    ho, wo = want.shape[:2]
+    y0, y1, ly = resize.bilinear_weights(0, ho, in_size=hw[0], out_size=ho, align_corners=align,
+                                         scale=scale)
+    x0, x1, lx = resize.bilinear_weights(0, wo, in_size=hw[1], out_size=wo, align_corners=align,
+                                         scale=scale)
+    got = resize.resize_bilinear(x, y0=y0, y1=y1, ly=ly, x0=x0, x1=x1, lx=lx)
+    assert_close(got, want, rtol=1e-6, atol_rel=1e-6)
+
+
+@st.composite
+def resize_case(draw):
+    hi, wi = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    ho, wo = draw(st.integers(1, 29)), draw(st.integers(1, 29))
+    r0 = draw(st.integers(0, ho - 1))
+    r1 = draw(st.integers(r0 + 1, ho))
+    c0 = draw(st.integers(0, wo - 1))
+    c1 = draw(st.integers(c0 + 1, wo))
+    c = draw(st.sampled_from([1, 2, 3, 7, 16]))
+    align = draw(st.booleans())
+    return hi, wi, ho, wo, (r0, r1, c0, c1), c, align, draw(st.integers(0, 2**16))
+
+
+@HYP
+@given(resize_case())
+def test_resize_subwindow_bitwise(case):
+    hi, wi, ho, wo, (r0, r1, c0, c1), c, align, seed = case
+    x = randx(hi, wi, c, seed=seed)
+    # nearest
+    iy = resize.nearest_indices(0, ho, in_size=hi, out_size=ho)
+    ix = resize.nearest_indices(0, wo, in_size=wi, out_size=wo)
+    sy, sx = iy[r0:r1], ix[c0:c1]
+    a, b = sy.min(), sx.min()
+    part = resize.resize_nearest(x[a: sy.max() + 1, b: sx.max() + 1], iy=sy - a, ix=sx - b)
+    assert np.array_equal(resize.resize_nearest(x, iy=iy, ix=ix)[r0:r1, c0:c1], part)
+    # bilinear
+    y0, y1, ly = resize.bilinear_weights(0, ho, in_size=hi, out_size=ho, align_corners=align)
+    x0, x1, lx = resize.bilinear_weights(0, wo, in_size=wi, out_size=wo, align_corners=align)
+    full = resize.resize_bilinear(x, y0=y0, y1=y1, ly=ly, x0=x0, x1=x1, lx=lx)
+    # the tables of a sub-range are the slice of the full tables
+    sub_y = resize.bilinear_weights(r0, r1, in_size=hi, out_size=ho, align_corners=align)
+    for u, v in zip(sub_y, (y0[r0:r1], y1[r0:r1], ly[r0:r1])):
+        assert np.array_equal(u, v)
+    a, a1 = y0[r0:r1].min(), y1[r0:r1].max() + 1
+    b, b1 = x0[c0:c1].min(), x1[c0:c1].max() + 1
+    part = resize.resize_bilinear(
+        x[a:a1, b:b1], y0=y0[r0:r1] - a, y1=y1[r0:r1] - a, ly=ly[r0:r1],
+        x0=x0[c0:c1] - b, x1=x1[c0:c1] - b, lx=lx[c0:c1])
+    assert np.array_equal(full[r0:r1, c0:c1], part)
+
+
+# **** pointwise ****
+
+
+def _ref_unary(name, x, p0, p1):
+    x = x.astype(np.float64)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    with np.errstate(over="ignore"):
+        return {
+            "identity": lambda: x,
+            "relu": lambda: np.maximum(x, 0),
+            "leaky_relu": lambda: np.where(x > 0, x, x * p0),
+            "sigmoid": lambda: sig(x),
+            "tanh": lambda: np.tanh(x),
+            "silu": lambda: x * sig(x),
+            "gelu": lambda: 0.5 * x * (1 + erf64(x / math.sqrt(2))),
+            "gelu_tanh": lambda: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+            "hard_sigmoid": lambda: np.clip(p0 * x + p1, 0, 1),
+            "hard_swish": lambda: x * np.clip(x + 3, 0, 6) / 6,
+            "clip": lambda: np.clip(x, p0, p1),
+            "elu": lambda: np.where(x > 0, x, p0 * np.expm1(x)),
+            "softplus": lambda: np.where(x > 20, x, np.log1p(np.exp(x))),
+            "exp": lambda: np.exp(x),
+            "abs": lambda: np.abs(x),
+            "neg": lambda: -x,
+            "sqrt": lambda: np.sqrt(x),
+            "log": lambda: np.log(x),
+            "reciprocal": lambda: 1 / x,
+            "mish": lambda: x * np.tanh(np.log1p(np.exp(x))),
+            "erf": lambda: erf64(x),
+        }[name]()
+
+
+_PARAMS = {"leaky_relu": (0.1, 0), "elu": (0.7, 0), "hard_sigmoid": (0.2, 0.5), "clip": (-0.5, 1.5)}
+_POSITIVE = {"sqrt", "log", "reciprocal"}
+
+
+def _unary_input(name, shape, seed):
+    x = randx(*shape, seed=seed, scale=4.0)
+    x.flat[::7] = 0.0
+    x.flat[3::11] *= 8  # reach the tails (overflowing exp, softplus threshold)
+    if name in _POSITIVE:
+        x = np.abs(x) + F32(0.05)
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(pointwise.UNARY))
+def test_unary_reference(name):
+    x = _unary_input(name, (9, 11, 7), seed=15)
+    p0, p1 = _PARAMS.get(name, (0.0, 0.0))
+    got = pointwise.unary(x, name, p0, p1)
+    assert got.dtype == F32 and got.shape == x.shape
+    assert_close(got, _ref_unary(name, x, p0, p1), rtol=1e-6, atol_rel=1e-6)
+    # in place, and by code
+    y = x.copy()
+    assert pointwise.unary(y, pointwise.UNARY[name], p0, p1, out=y) is y
+    assert np.array_equal(y, got)
+
+
+@pytest.mark.parametrize("name", sorted(pointwise.UNARY))
+def test_unary_torch(name):
+    torch = pytest.importorskip("torch")
+    Fn = torch.nn.functional
+    x = _unary_input(name, (6, 13, 5), seed=16)
+    p0, p1 = _PARAMS.get(name, (0.0, 0.0))
+    t = torch.from_numpy(x)
+    want = {
+        "identity": lambda: t, "relu": lambda: Fn.relu(t), "leaky_relu": lambda: Fn.leaky_relu(t, p0),
+        "sigmoid": lambda: torch.sigmoid(t), "tanh": lambda: torch.tanh(t), "silu": lambda: Fn.silu(t),
+        "gelu": lambda: Fn.gelu(t), "gelu_tanh": lambda: Fn.gelu(t, approximate="tanh"),
+        "hard_sigmoid": lambda: torch.clamp(p0 * t + p1, 0, 1), "hard_swish": lambda: Fn.hardswish(t),
+        "clip": lambda: torch.clamp(t, p0, p1), "elu": lambda: Fn.elu(t, p0),
+        "softplus": lambda: Fn.softplus(t), "exp": lambda: torch.exp(t), "abs": lambda: torch.abs(t),
+        "neg": lambda: -t, "sqrt": lambda: torch.sqrt(t), "log": lambda: torch.log(t),
+        "reciprocal": lambda: torch.reciprocal(t), "mish": lambda: Fn.mish(t), "erf": lambda: torch.erf(t),
+    }[name]().numpy()
+    assert_close(pointwise.unary(x, name, p0, p1), want, rtol=2e-6, atol_rel=1e-6)
+    if name == "hard_sigmoid":  # torch's Hardsigmoid is alpha=1/6, beta=1/2
+        assert_close(pointwise.unary(x, name, 1 / 6, 0.5), Fn.hardsigmoid(t).numpy())
+
+
+def test_pointwise_empty_and_errors():
+    e = np.zeros((0, 5, 3), F32)
+    assert pointwise.unary(e, "relu").shape == (0, 5, 3)
+    assert pointwise.binary(e, np.ones(3, F32), "add").shape == (0, 5, 3)
+    assert pointwise.softmax_channels(e).shape == (0, 5, 3)
+    assert pointwise.argmax_channels(e).shape == (0, 5)
+    with pytest.raises(ValueError):
+        pointwise.unary(np.zeros((2, 2, 2)), "relu")  # float64
+    with pytest.raises(KeyError):
+        pointwise.unary(np.zeros((2, 2, 2), F32), "nope")
+
+
+def test_prelu_affine():
+    x = randx(7, 9, 6, seed=17)
+    s = rng(18).standard_normal(6).astype(F32)
+    t = rng(19).standard_normal(6).astype(F32)
+    np.testing.assert_array_equal(pointwise.prelu(x, s), np.where(x > 0, x, s * x))
+    np.testing.assert_array_equal(pointwise.prelu(x, s[:1]), np.where(x > 0, x, s[0] * x))
+    assert_close(pointwise.affine_channels(x, s, t), x.astype(np.float64) * s + t)
+    torch = pytest.importorskip("torch")
+    want = from_torch(torch.nn.functional.prelu(to_torch(x), torch.from_numpy(s)))
+    np.testing.assert_array_equal(pointwise.prelu(x, s), want)
+
+
+def _binary_operands(name, shape, bshape, seed):
+    g = rng(seed)
+    a = g.standard_normal(shape).astype(F32)
+    b = g.standard_normal(bshape).astype(F32)
+    if name == "pow":
+        a = np.abs(a) + F32(0.1)
+    if name == "div":
+        b = np.where(np.abs(b) < 0.1, F32(0.5), b).astype(F32)
+    return a, b
+
+
+_BIN_REF = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+            "max": np.maximum, "min": np.minimum, "pow": np.power}
+
+
+@pytest.mark.parametrize("name", sorted(pointwise.BINARY))
+@pytest.mark.parametrize("bshape", [(7, 9, 5), (5,), (1,), (1, 1, 5), (7, 9, 1)])
+def test_binary_reference(name, bshape):
+    a, b = _binary_operands(name, (7, 9, 5), bshape, seed=20)
+    got = pointwise.binary(a, b, name)
+    assert_close(got, _BIN_REF[name](a.astype(np.float64), b.astype(np.float64)))
+    # constant on the left: b is now the base / the dividend
+    if name == "pow":
+        a, b = a - F32(1), np.abs(b) + F32(0.1)
+    if name == "div":
+        a = np.where(np.abs(a) < 0.1, F32(0.5), a).astype(F32)
+    got = pointwise.rbinary(b, a, name)
+    assert_close(got, _BIN_REF[name](b.astype(np.float64), a.astype(np.float64)))
+
+
+@pytest.mark.parametrize("name", sorted(pointwise.BINARY))
+def test_binary_torch(name):
+    torch = pytest.importorskip("torch")
+    a, b = _binary_operands(name, (5, 8, 3), (5, 8, 3), seed=21)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    fn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+          "max": torch.maximum, "min": torch.minimum, "pow": torch.pow}[name]
+    assert_close(pointwise.binary(a, b, name), fn(ta, tb).numpy(), rtol=2e-6)
+    c = b[0, 0]  # per-channel constant
+    assert_close(pointwise.binary(a, c, name), fn(ta, torch.from_numpy(c)).numpy(), rtol=2e-6)
+
+
+def test_binary_nan_max_min():
+    a = np.array([[[np.nan, 1.0, 2.0]]], F32)
+    b = np.array([[[0.0, np.nan, 1.0]]], F32)
+    for name in ("max", "min"):
+        got = pointwise.binary(a, b, name)
+        assert np.isnan(got[0, 0, :2]).all() and not np.isnan(got[0, 0, 2])
+
+
+def test_softmax_argmax_reference():
+    x = randx(11, 7, 9, seed=22, scale=5.0)
+    x[0, 0] = 80.0  # large equal logits: stable only with the max subtracted
+    got = pointwise.softmax_channels(x)
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    assert_close(got, e / e.sum(-1, keepdims=True))
+    xr = np.round(x)  # many ties
+    np.testing.assert_array_equal(pointwise.argmax_channels(xr), np.argmax(xr, -1).astype(np.uint8))
+    xr[1, 1, 3] = np.nan
+    np.testing.assert_array_equal(pointwise.argmax_channels(xr), np.argmax(xr, -1).astype(np.uint8))
+    with pytest.raises(ValueError):
+        pointwise.argmax_channels(np.zeros((1, 1, 300), F32))
+    torch = pytest.importorskip("torch")
+    want = from_torch(torch.softmax(to_torch(x), dim=1))
+    assert_close(got, want, rtol=2e-6)
+
+
+@st.composite
+def crop_case(draw):
+    h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
+    c = draw(st.sampled_from([1, 2, 3, 5, 7, 16, 33]))
+    r0 = draw(st.integers(0, h - 1))
+    r1 = draw(st.integers(r0 + 1, h))
+    c0 = draw(st.integers(0, w - 1))
+    c1 = draw(st.integers(c0 + 1, w))
+    return h, w, c, (slice(r0, r1), slice(c0, c1)), draw(st.integers(0, 2**16))
+
+
+@HYP
+@given(crop_case(), st.sampled_from(sorted(pointwise.UNARY)), st.sampled_from(sorted(pointwise.BINARY)))
+def test_pointwise_subwindow_bitwise(case, uname, bname):
+    h, w, c, crop, seed = case
+    x = _unary_input(uname, (h, w, c), seed)
+    p0, p1 = _PARAMS.get(uname, (0.0, 0.0))
+    assert np.array_equal(pointwise.unary(x, uname, p0, p1)[crop],
+                          pointwise.unary(x[crop], uname, p0, p1), equal_nan=True)
+    a, b = _binary_operands(bname, (h, w, c), (h, w, c), seed)
+    assert np.array_equal(pointwise.binary(a, b, bname)[crop], pointwise.binary(a[crop], b[crop], bname))
+    v = b[0, 0]
+    assert np.array_equal(pointwise.binary(a, v, bname)[crop], pointwise.binary(a[crop], v, bname))
+    assert np.array_equal(pointwise.rbinary(v, a, bname)[crop], pointwise.rbinary(v, a[crop], bname),
+                          equal_nan=True)
+    assert np.array_equal(pointwise.prelu(x, v)[crop], pointwise.prelu(x[crop], v))
+    assert np.array_equal(pointwise.affine_channels(x, v, b[-1, -1])[crop],
+                          pointwise.affine_channels(x[crop], v, b[-1, -1]))
+    assert np.array_equal(pointwise.softmax_channels(a)[crop], pointwise.softmax_channels(a[crop]))
+    assert np.array_equal(pointwise.argmax_channels(a)[crop], pointwise.argmax_channels(a[crop]))
+
+
+# **** whole-image norms ****
+
+
+def ref_group_norm(x, groups, scale, bias, eps):
+    h, w, c = x.shape
+    g = x.astype(np.float64).reshape(h, w, groups, c // groups)
+    mean = g.mean(axis=(0, 1, 3), keepdims=True)
+    var = g.var(axis=(0, 1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(h, w, c) * scale + bias
+
+
+def test_global_avg_pool():
+    x = randx(13, 17, 6, seed=23) + F32(3)
+    got = norm.global_avg_pool(x)
+    assert got.shape == (1, 1, 6) and got.dtype == F32
+    np.testing.assert_array_equal(got, x.astype(np.float64).mean(axis=(0, 1)).astype(F32)[None, None])
+
+
+@pytest.mark.parametrize("shape,groups", [((13, 17, 6), 6), ((13, 17, 6), 3), ((5, 4, 8), 1), ((1, 1, 4), 2)])
+def test_group_instance_norm_reference(shape, groups):
+    x = randx(*shape, seed=24, scale=3.0) + F32(5)
+    c = shape[2]
+    scale = rng(25).standard_normal(c).astype(F32)
+    bias = rng(26).standard_normal(c).astype(F32)
+    out = np.empty(shape, F32)
+    got = norm.group_norm(x, groups, scale, bias, 1e-5, out=out)
+    assert got is out
+    assert_close(got, ref_group_norm(x, groups, scale, bias, 1e-5))
+    if groups == c:
+        np.testing.assert_array_equal(norm.instance_norm(x, scale, bias, 1e-5), got)
+    with pytest.raises(ValueError):
+        norm.group_norm(x, 5, scale, bias, 1e-5)
+
+
+def test_norms_torch():
+    torch = pytest.importorskip("torch")
+    x = randx(19, 23, 8, seed=27, scale=2.0) + F32(1)
+    scale = rng(28).standard_normal(8).astype(F32)
+    bias = rng(29).standard_normal(8).astype(F32)
+    tx, ts, tb = to_torch(x), torch.from_numpy(scale), torch.from_numpy(bias)
+    Fn = torch.nn.functional
+    want = from_torch(Fn.group_norm(tx, 4, ts, tb, 1e-5))
+    assert_close(norm.group_norm(x, 4, scale, bias, 1e-5), want, rtol=2e-6, atol_rel=2e-6)
+    want = from_torch(Fn.instance_norm(tx, weight=ts, bias=tb, eps=1e-5))
+    assert_close(norm.instance_norm(x, scale, bias, 1e-5), want, rtol=2e-6, atol_rel=2e-6)
+    want = from_torch(Fn.adaptive_avg_pool2d(tx, 1))
+    assert_close(norm.global_avg_pool(x), want)
+
+
+def test_norms_thread_count_invariant():
+    import numba
+    x = randx(37, 29, 5, seed=30)
+    s, b = np.ones(5, F32), np.zeros(5, F32)
+    n0 = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = norm.group_norm(x, 5, s, b, 1e-5), norm.global_avg_pool(x)
+        numba.set_num_threads(n0)
+        many = norm.group_norm(x, 5, s, b, 1e-5), norm.global_avg_pool(x)
+    finally:
+        numba.set_num_threads(n0)
+    for u, v in zip(one, many):
+        assert np.array_equal(u, v)
