@@ -45,8 +45,22 @@ def load_model(source: str | Path) -> Model:
             raise ModelError(f"model file {src} does not exist")
         from hirestile.models.unet import load_unet
         return load_unet(path, name=path.stem)
-    from hirestile.models import registry
-    return registry.load(src)
+    return load_builtin(src)
+
+
+def load_builtin(name: str) -> Model:
+    """A built-in model from the registry (``hirestile models`` lists them)."""
+    from hirestile.models.registry import get_spec
+    from hirestile.models.unet import load_unet
+    try:
+        spec = get_spec(name)
+    except KeyError as e:
+        raise ModelError(e.args[0]) from None
+    if not spec.weights_path.exists():
+        raise ModelError(f"weights of built-in model {spec.name!r} are missing ({spec.weights_path}); reinstall hirestile")
+    card = spec.card_path.read_text() if spec.card_path.exists() else ""
+    m = load_unet(spec.weights_path, contract=spec.contract, name=spec.name, classes=spec.classes)
+    return Model(graph=m.graph, contract=m.contract, name=m.name, classes=m.classes, card=card)
 
 
 def analyze(model: Model | Graph | str, image_shape: Sequence[int] | None = None) -> Report:
