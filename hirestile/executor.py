@@ -70,7 +70,7 @@ def fetch(buf: Buf, window: Region, size: tuple[int, int], mode: str = "fill", f
     iy, ix = _index(r0, r1, size[0], mode), _index(c0, c1, size[1], mode)
     vy, vx = iy >= 0, ix >= 0
     sy, sx = iy[vy], ix[vx]
-    if sy.size and (sy.min() < by0 or sy.max() >= by1) or sx.size and (sx.min() < bx0 or sx.max() >= bx1):
+    if sy.size and sx.size and (sy.min() < by0 or sy.max() >= by1 or sx.min() < bx0 or sx.max() >= bx1):
         raise AssertionError(f"internal error: window {window} reads outside the computed region {buf.region}")
     out = np.empty((r1 - r0, c1 - c0, buf.data.shape[2]), np.float32)
     if not (vy.all() and vx.all()):
@@ -145,7 +145,10 @@ def _window(node: Node, k: int, comp: Region, shapes) -> Region:
 def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
     t = node.inputs[k]
     mode, fill = padding_mode(node.op, k)
-    return fetch(bufs[t], _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
+    buf = bufs.get(t)
+    if buf is None:  # the window lies wholly in padding: no pixel of t was needed
+        buf = Buf(np.empty((0, 0, shapes[t][0]), np.float32), 0, 0)
+    return fetch(buf, _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
 
 
 def _run_conv(node, bufs, comp, shapes, wts):
@@ -335,7 +338,7 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
-                del bufs[t]
+                bufs.pop(t, None)
     res = bufs[g.output].crop(((oy0, oy1), (ox0, ox1))).data if g.output != g.input else \
         fetch(bufs[g.input], out_region, (oh, ow))
     return np.ascontiguousarray(np.moveaxis(res, -1, 0))
