@@ -1,0 +1,157 @@
+"""Register-blocked direct convolution, groups == 1 (private).
+
+Implicit GEMM on the window: for output row r, a block of P pixels and a
+block of 16*V output channels, micro-kernel ``d{P}x{V}`` (``_conv_mk``) sums
+over k = (ky, kx, ci) in that order -- the same order as the generic direct
+route -- with one FMA per term, then adds the bias and applies the
+activation. Pixels past the row end repeat the last pixel and are not
+stored, so every pixel's sum is the same FMA sequence wherever it sits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._conv_mk import d6x4, d8x1, d8x2, g6x4, g8x1, g8x2
+
+FM = {"contract"}
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
+    """Wo pixels: pixel c's k-th term reads xf[xrow + c*xps + koff[k]] (or
+    xf[xrow + c*xps + k] when koff is empty) and the weights of the (K, CoP)
+    matrix packed at wf[wb:] by :func:`pack_cols`; writes act(acc + bias) to
+    dst[rowbase + c*dps + co]."""
+    direct = koff.shape[0] > 0
+    co0 = 0
+    while co0 < CoP:
+        if CoP - co0 >= 64:
+            for c0 in range(0, Wo, 6):
+                n = min(6, Wo - c0)
+                if direct:
+                    d6x4(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 64,
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                else:
+                    g6x4(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 64,
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+            co0 += 64
+        elif CoP - co0 >= 32:
+            for c0 in range(0, Wo, 8):
+                n = min(8, Wo - c0)
+                if direct:
+                    d8x2(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 32,
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                else:
+                    g8x2(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 32,
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+            co0 += 32
+        else:
+            for c0 in range(0, Wo, 8):
+                n = min(8, Wo - c0)
+                if direct:
+                    d8x1(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 16,
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                else:
+                    g8x1(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 16,
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+            co0 += 16
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FM)
+def conv2d_blocked(xf, Wi, Ci, wf, CoP, bias, koff, out, sy, sx, act, alpha):
+    """xf: flat window (Hi*Wi*Ci); wf: flat (K, CoP) weights, k = (ky, kx, ci);
+    bias: (CoP,); koff[k]: window offset of term k; out: (Ho, Wo, Co)."""
+    Ho, Wo, Co = out.shape
+    outf = out.reshape(-1)
+    xps = sx * Ci
+    if Co == CoP:
+        for r in prange(Ho):
+            _row(xf, r * sy * Wi * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, outf, r * Wo * Co, Co,
+                 Wo, act, alpha)
+    else:
+        for r in prange(Ho):
+            tmp = np.empty(Wo * CoP, np.float32)
+            _row(xf, r * sy * Wi * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
+            for c in range(Wo):
+                for co in range(Co):
+                    out[r, c, co] = tmp[c * CoP + co]
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FM)
+def conv_transpose2d_blocked(xf, Hi, Wi, Ci, wf, kh, kw, bias, out, sy, sx, ty, tx, act, alpha):
+    """wf: the (kh*kw, Ci, Co) tap matrices packed by :func:`pack_cols`."""
+    """Transposed conv with kh <= sy, kw <= sx, dilation 1, groups 1, Co % 16 == 0: every
+    output pixel takes at most one tap, (ky, kx) = ((r + ty) % sy, (c + tx) % sx), so each
+    (row, kx) is a GEMM over consecutive input pixels. Same sum order as the generic route
+    (acc = 0; acc += x * w over ci; act(acc + bias)); pixels with no tap get act(0 + bias)."""
+    Ho, Wo, Co = out.shape
+    outf = out.reshape(-1)
+    noff = np.zeros(0, np.int64)
+    a32 = np.float32(alpha)
+    for r in prange(Ho):
+        ky = (r + ty) % sy
+        iy = (r + ty) // sy
+        for kx in range(sx):
+            cf = (kx - tx) % sx            # first output column of this tap class
+            if cf >= Wo:
+                continue
+            ncol = (Wo - 1 - cf) // sx + 1
+            ix0 = (cf + tx) // sx
+            nval = 0
+            if ky < kh and kx < kw and iy < Hi:
+                nval = max(0, min(ncol, Wi - ix0))
+            if nval > 0:
+                _row(xf, (iy * Wi + ix0) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
+                     bias, outf, (r * Wo + cf) * Co, sx * Co, nval, act, alpha)
+            for j in range(nval, ncol):
+                for co in range(Co):
+                    v = np.float32(0.0) + bias[co]
+                    if act == 1:
+                        v = v if v > 0.0 else np.float32(0.0)
+                    elif act == 2:
+                        v = v if v >= 0.0 else v * a32
+                    out[r, cf + j * sx, co] = v
+    return out
+
+
+def col_blocks(CoP):
+    """(co0, width) of the output-channel blocks the micro-kernels take: 64s, then 32, 16."""
+    out, co0 = [], 0
+    while co0 < CoP:
+        cb = 64 if CoP - co0 >= 64 else 32 if CoP - co0 >= 32 else 16
+        out.append((co0, cb))
+        co0 += cb
+    return out
+
+
+def pack_cols(m):
+    """(..., K, CoP) -> flat, each (K, CoP) matrix stored block by block: the block of
+    columns [co0, co0 + cb) as a contiguous (K, cb) array at offset co0 * K, so the
+    micro-kernel streams its weights sequentially."""
+    m = np.asarray(m, np.float32)
+    *lead, K, CoP = m.shape
+    m = m.reshape(-1, K, CoP)
+    out = np.empty((m.shape[0], K * CoP), np.float32)
+    for co0, cb in col_blocks(CoP):
+        out[:, co0 * K:(co0 + cb) * K] = m[:, :, co0:co0 + cb].reshape(m.shape[0], K * cb)
+    return out.reshape(-1)
+
+
+def pack_weights(w):
+    """(kh, kw, Ci, Co) -> (K, CoP) with k = (ky, kx, ci), Co padded to 16 lanes, packed
+    by :func:`pack_cols`."""
+    kh, kw, Ci, Co = w.shape
+    CoP = -(-Co // 16) * 16
+    K = kh * kw * Ci
+    wf = np.zeros((K, CoP), np.float32)
+    wf[:, :Co] = w.reshape(K, Co)
+    return pack_cols(wf), CoP
+
+
+def tap_offsets(kh, kw, Ci, Wi, dy, dx):
+    """koff[k] for k = (ky, kx, ci): offset of term k in the flat window."""
+    ky, kx, ci = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(Ci), indexing="ij")
+    return ((ky * dy * Wi + kx * dx) * Ci + ci).reshape(-1).astype(np.int64)
