@@ -92,6 +92,17 @@ class NodeRegion:
 
 
 @dataclass(frozen=True)
+class NodeInfo:
+    """One row of :meth:`Report.node_table`."""
+
+    name: str
+    op: str
+    shape: Shape
+    flops: float
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Report:
     """Receptive-field report of a graph for one image size.
 
@@ -334,6 +345,20 @@ class Report:
         ty, tx = (tile, tile) if isinstance(tile, int) else tile
         reg = self._interior_tile(max(ty, tx))
         return self.region_cost(((reg[0][0], reg[0][0] + ty), (reg[1][0], reg[1][0] + tx)))[1]
+
+    def node_table(self, out_region: Region | None = None) -> list[NodeInfo]:
+        """Per node: op, output shape, FLOPs and bytes, full-frame or for ``out_region``."""
+        regs = self.regions(out_region) if out_region is not None else None
+        rows = []
+        for n in self.graph.nodes:
+            c, h, w = self.shapes[n.name]
+            if regs is not None:
+                if n.name not in regs:
+                    continue
+                (a, b), (d, e) = regs[n.name].computed
+                h, w = b - a, e - d
+            rows.append(NodeInfo(n.name, op_label(n.op), (c, h, w), self.node_flops(n) * h * w, 4 * c * h * w))
+        return rows
 
     def summary(self) -> str:
         """A few lines for humans (the core of ``hirestile plan``)."""

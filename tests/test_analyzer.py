@@ -97,3 +97,14 @@ def test_plan_numbers_for_unet():
     assert rep.tile_memory(128) > rep.tile_memory(32) > 0
     assert rep.flops_per_pixel > 0
     assert "halo" in rep.summary()
+
+
+def test_node_table_sums_to_flops_per_pixel():
+    rep = hirestile.analyze(unet(base=4, depth=2), (64, 64))
+    table = rep.node_table()
+    assert sum(r.flops for r in table) == pytest.approx(rep.flops_per_pixel * 64 * 64)
+    conv = next(r for r in table if r.name == "enc.0.conv1")
+    assert conv.op == "Conv" and conv.shape == (4, 64, 64) and conv.bytes == 4 * 4 * 64 * 64
+    assert conv.flops == 2 * 9 * 3 * 4 * 64 * 64
+    tile = rep.node_table(((0, 16), (0, 16)))
+    assert 0 < sum(r.flops for r in tile) < sum(r.flops for r in table)
