@@ -122,6 +122,9 @@ def prepare(graph: Graph) -> Prepared:
         else:
             weights[n.name] = {k: np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in n.params.items()}
         nodes.append(replace(n, op=op))
+    for arrays in weights.values():
+        for a in arrays.values():
+            a.setflags(write=False)  # the conv kernels cache packed forms of read-only weights only
     prepared = Prepared(g.replace_nodes(nodes), weights)
     with _lock:
         _prepared[id(graph)] = (graph, prepared)

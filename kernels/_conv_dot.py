@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._conv_simd import vbcast, vfma, vhsum, vload, vzero
+from ._conv_simd import vfma, vhsum, vload, vzero
 
 FM = {"contract"}
 

@@ -12,7 +12,8 @@ summed for k = 0 .. K-1 in order, one FMA per term, accumulators in zmm
 registers; ``ab_p = ab0 + min(p, npix - 1) * aps`` (rows past ``npix`` repeat
 the last one and are not stored), so every row's sum is the same FMA sequence
 whatever ``p`` or ``npix``. Epilogue ``epi``: 0 stores acc; 1 stores
-act(acc + bias[bofs : bofs + 16V]). Row p's vector v goes to
+act(acc + bias[bofs : bofs + 16V]); 2 stores dst + acc (adds this partial sum
+over a block of k to the one already there). Row p's vector v goes to
 ``dst[db + p*dps + 16*v]``.
 """
 
@@ -49,6 +50,14 @@ def gen_mk(P, V, family):
     for p in range(P):
         for v in range(V):
             a(f"        c{p}_{v} = vact(vadd(c{p}_{v}, bv{v}), act, alpha)")
+    a("    elif epi == 2:")
+    for p in range(P):
+        ind = "        "
+        if p > 0:
+            a(f"        if npix > {p}:")
+            ind = "            "
+        for v in range(V):
+            a(f"{ind}c{p}_{v} = vadd(vload(dst, db + {p} * dps + {16 * v}), c{p}_{v})")
     for p in range(P):
         ind = "    "
         if p > 0:

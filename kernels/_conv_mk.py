@@ -109,6 +109,36 @@ def g6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c5_1 = vact(vadd(c5_1, bv1), act, alpha)
         c5_2 = vact(vadd(c5_2, bv2), act, alpha)
         c5_3 = vact(vadd(c5_3, bv3), act, alpha)
+    elif epi == 2:
+        c0_0 = vadd(vload(dst, db + 0 * dps + 0), c0_0)
+        c0_1 = vadd(vload(dst, db + 0 * dps + 16), c0_1)
+        c0_2 = vadd(vload(dst, db + 0 * dps + 32), c0_2)
+        c0_3 = vadd(vload(dst, db + 0 * dps + 48), c0_3)
+        if npix > 1:
+            c1_0 = vadd(vload(dst, db + 1 * dps + 0), c1_0)
+            c1_1 = vadd(vload(dst, db + 1 * dps + 16), c1_1)
+            c1_2 = vadd(vload(dst, db + 1 * dps + 32), c1_2)
+            c1_3 = vadd(vload(dst, db + 1 * dps + 48), c1_3)
+        if npix > 2:
+            c2_0 = vadd(vload(dst, db + 2 * dps + 0), c2_0)
+            c2_1 = vadd(vload(dst, db + 2 * dps + 16), c2_1)
+            c2_2 = vadd(vload(dst, db + 2 * dps + 32), c2_2)
+            c2_3 = vadd(vload(dst, db + 2 * dps + 48), c2_3)
+        if npix > 3:
+            c3_0 = vadd(vload(dst, db + 3 * dps + 0), c3_0)
+            c3_1 = vadd(vload(dst, db + 3 * dps + 16), c3_1)
+            c3_2 = vadd(vload(dst, db + 3 * dps + 32), c3_2)
+            c3_3 = vadd(vload(dst, db + 3 * dps + 48), c3_3)
+        if npix > 4:
+            c4_0 = vadd(vload(dst, db + 4 * dps + 0), c4_0)
+            c4_1 = vadd(vload(dst, db + 4 * dps + 16), c4_1)
+            c4_2 = vadd(vload(dst, db + 4 * dps + 32), c4_2)
+            c4_3 = vadd(vload(dst, db + 4 * dps + 48), c4_3)
+        if npix > 5:
+            c5_0 = vadd(vload(dst, db + 5 * dps + 0), c5_0)
+            c5_1 = vadd(vload(dst, db + 5 * dps + 16), c5_1)
+            c5_2 = vadd(vload(dst, db + 5 * dps + 32), c5_2)
+            c5_3 = vadd(vload(dst, db + 5 * dps + 48), c5_3)
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     vstore(dst, db + 0 * dps + 32, c0_2)
@@ -213,6 +243,30 @@ def g8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c6_1 = vact(vadd(c6_1, bv1), act, alpha)
         c7_0 = vact(vadd(c7_0, bv0), act, alpha)
         c7_1 = vact(vadd(c7_1, bv1), act, alpha)
+    elif epi == 2:
+        c0_0 = vadd(vload(dst, db + 0 * dps + 0), c0_0)
+        c0_1 = vadd(vload(dst, db + 0 * dps + 16), c0_1)
+        if npix > 1:
+            c1_0 = vadd(vload(dst, db + 1 * dps + 0), c1_0)
+            c1_1 = vadd(vload(dst, db + 1 * dps + 16), c1_1)
+        if npix > 2:
+            c2_0 = vadd(vload(dst, db + 2 * dps + 0), c2_0)
+            c2_1 = vadd(vload(dst, db + 2 * dps + 16), c2_1)
+        if npix > 3:
+            c3_0 = vadd(vload(dst, db + 3 * dps + 0), c3_0)
+            c3_1 = vadd(vload(dst, db + 3 * dps + 16), c3_1)
+        if npix > 4:
+            c4_0 = vadd(vload(dst, db + 4 * dps + 0), c4_0)
+            c4_1 = vadd(vload(dst, db + 4 * dps + 16), c4_1)
+        if npix > 5:
+            c5_0 = vadd(vload(dst, db + 5 * dps + 0), c5_0)
+            c5_1 = vadd(vload(dst, db + 5 * dps + 16), c5_1)
+        if npix > 6:
+            c6_0 = vadd(vload(dst, db + 6 * dps + 0), c6_0)
+            c6_1 = vadd(vload(dst, db + 6 * dps + 16), c6_1)
+        if npix > 7:
+            c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
+            c7_1 = vadd(vload(dst, db + 7 * dps + 16), c7_1)
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     if npix > 1:
@@ -285,6 +339,22 @@ def g8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c5_0 = vact(vadd(c5_0, bv0), act, alpha)
         c6_0 = vact(vadd(c6_0, bv0), act, alpha)
         c7_0 = vact(vadd(c7_0, bv0), act, alpha)
+    elif epi == 2:
+        c0_0 = vadd(vload(dst, db + 0 * dps + 0), c0_0)
+        if npix > 1:
+            c1_0 = vadd(vload(dst, db + 1 * dps + 0), c1_0)
+        if npix > 2:
+            c2_0 = vadd(vload(dst, db + 2 * dps + 0), c2_0)
+        if npix > 3:
+            c3_0 = vadd(vload(dst, db + 3 * dps + 0), c3_0)
+        if npix > 4:
+            c4_0 = vadd(vload(dst, db + 4 * dps + 0), c4_0)
+        if npix > 5:
+            c5_0 = vadd(vload(dst, db + 5 * dps + 0), c5_0)
+        if npix > 6:
+            c6_0 = vadd(vload(dst, db + 6 * dps + 0), c6_0)
+        if npix > 7:
+            c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
     vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
         vstore(dst, db + 1 * dps + 0, c1_0)
@@ -399,6 +469,36 @@ def d6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c5_1 = vact(vadd(c5_1, bv1), act, alpha)
         c5_2 = vact(vadd(c5_2, bv2), act, alpha)
         c5_3 = vact(vadd(c5_3, bv3), act, alpha)
+    elif epi == 2:
+        c0_0 = vadd(vload(dst, db + 0 * dps + 0), c0_0)
+        c0_1 = vadd(vload(dst, db + 0 * dps + 16), c0_1)
+        c0_2 = vadd(vload(dst, db + 0 * dps + 32), c0_2)
+        c0_3 = vadd(vload(dst, db + 0 * dps + 48), c0_3)
+        if npix > 1:
+            c1_0 = vadd(vload(dst, db + 1 * dps + 0), c1_0)
+            c1_1 = vadd(vload(dst, db + 1 * dps + 16), c1_1)
+            c1_2 = vadd(vload(dst, db + 1 * dps + 32), c1_2)
+            c1_3 = vadd(vload(dst, db + 1 * dps + 48), c1_3)
+        if npix > 2:
+            c2_0 = vadd(vload(dst, db + 2 * dps + 0), c2_0)
+            c2_1 = vadd(vload(dst, db + 2 * dps + 16), c2_1)
+            c2_2 = vadd(vload(dst, db + 2 * dps + 32), c2_2)
+            c2_3 = vadd(vload(dst, db + 2 * dps + 48), c2_3)
+        if npix > 3:
+            c3_0 = vadd(vload(dst, db + 3 * dps + 0), c3_0)
+            c3_1 = vadd(vload(dst, db + 3 * dps + 16), c3_1)
+            c3_2 = vadd(vload(dst, db + 3 * dps + 32), c3_2)
+            c3_3 = vadd(vload(dst, db + 3 * dps + 48), c3_3)
+        if npix > 4:
+            c4_0 = vadd(vload(dst, db + 4 * dps + 0), c4_0)
+            c4_1 = vadd(vload(dst, db + 4 * dps + 16), c4_1)
+            c4_2 = vadd(vload(dst, db + 4 * dps + 32), c4_2)
+            c4_3 = vadd(vload(dst, db + 4 * dps + 48), c4_3)
+        if npix > 5:
+            c5_0 = vadd(vload(dst, db + 5 * dps + 0), c5_0)
+            c5_1 = vadd(vload(dst, db + 5 * dps + 16), c5_1)
+            c5_2 = vadd(vload(dst, db + 5 * dps + 32), c5_2)
+            c5_3 = vadd(vload(dst, db + 5 * dps + 48), c5_3)
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     vstore(dst, db + 0 * dps + 32, c0_2)
@@ -503,6 +603,30 @@ def d8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c6_1 = vact(vadd(c6_1, bv1), act, alpha)
         c7_0 = vact(vadd(c7_0, bv0), act, alpha)
         c7_1 = vact(vadd(c7_1, bv1), act, alpha)
+    elif epi == 2:
+        c0_0 = vadd(vload(dst, db + 0 * dps + 0), c0_0)
+        c0_1 = vadd(vload(dst, db + 0 * dps + 16), c0_1)
+        if npix > 1:
+            c1_0 = vadd(vload(dst, db + 1 * dps + 0), c1_0)
+            c1_1 = vadd(vload(dst, db + 1 * dps + 16), c1_1)
+        if npix > 2:
+            c2_0 = vadd(vload(dst, db + 2 * dps + 0), c2_0)
+            c2_1 = vadd(vload(dst, db + 2 * dps + 16), c2_1)
+        if npix > 3:
+            c3_0 = vadd(vload(dst, db + 3 * dps + 0), c3_0)
+            c3_1 = vadd(vload(dst, db + 3 * dps + 16), c3_1)
+        if npix > 4:
+            c4_0 = vadd(vload(dst, db + 4 * dps + 0), c4_0)
+            c4_1 = vadd(vload(dst, db + 4 * dps + 16), c4_1)
+        if npix > 5:
+            c5_0 = vadd(vload(dst, db + 5 * dps + 0), c5_0)
+            c5_1 = vadd(vload(dst, db + 5 * dps + 16), c5_1)
+        if npix > 6:
+            c6_0 = vadd(vload(dst, db + 6 * dps + 0), c6_0)
+            c6_1 = vadd(vload(dst, db + 6 * dps + 16), c6_1)
+        if npix > 7:
+            c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
+            c7_1 = vadd(vload(dst, db + 7 * dps + 16), c7_1)
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     if npix > 1:
@@ -575,6 +699,22 @@ def d8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c5_0 = vact(vadd(c5_0, bv0), act, alpha)
         c6_0 = vact(vadd(c6_0, bv0), act, alpha)
         c7_0 = vact(vadd(c7_0, bv0), act, alpha)
+    elif epi == 2:
+        c0_0 = vadd(vload(dst, db + 0 * dps + 0), c0_0)
+        if npix > 1:
+            c1_0 = vadd(vload(dst, db + 1 * dps + 0), c1_0)
+        if npix > 2:
+            c2_0 = vadd(vload(dst, db + 2 * dps + 0), c2_0)
+        if npix > 3:
+            c3_0 = vadd(vload(dst, db + 3 * dps + 0), c3_0)
+        if npix > 4:
+            c4_0 = vadd(vload(dst, db + 4 * dps + 0), c4_0)
+        if npix > 5:
+            c5_0 = vadd(vload(dst, db + 5 * dps + 0), c5_0)
+        if npix > 6:
+            c6_0 = vadd(vload(dst, db + 6 * dps + 0), c6_0)
+        if npix > 7:
+            c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
     vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
         vstore(dst, db + 1 * dps + 0, c1_0)

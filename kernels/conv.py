@@ -155,12 +155,16 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
     Parameters
     ----------
     x : (Hi, Wi, Ci) float32
-        Input window, padding already applied.
+        Input window, padding already applied. C-contiguous avoids a copy.
     w : (kh, kw, Ci // groups, Co) float32
+        Read-only arrays get their packed / transformed form cached.
     bias : (Co,) float32 (zeros when the layer has none)
     stride, dilation : int or pair of ints
     groups : int
         Ci and Co must be multiples of it (groups == Ci is depthwise).
+        The output region must respect :func:`conv_tile` for this shape (origin
+        and size multiples of it, or ending at the map's end) for tiles to
+        reproduce the full-frame bits.
     act : {0, 1, 2}
         0 none, 1 ReLU, 2 LeakyReLU with slope ``alpha``; fused into the store.
     out : (Ho, Wo, Co) float32, C-contiguous, optional
