@@ -1,0 +1,343 @@
+"""The ``hirestile`` command line: segment, plan, info, models, convert, example.
+
+Every user error ends as one line ``hirestile: error: <what> ; <what to do>`` on
+stderr and a non-zero exit code (2 input, 3 model, 4 output, 1 other,
+130 interrupted), never a traceback.
+
+    hirestile example histology slide.zarr
+    hirestile segment slide.zarr --model unet
+    hirestile info slide.unet.zarr
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+from .errors import HirestileError, InputError, ModelError, OutputError
+
+EXIT_INTERRUPTED = 130
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# **** model loading at the boundary ****
+def load_model_cli(name: str) -> Any:
+    """``hirestile.load_model`` with every failure turned into a one-line :class:`ModelError`."""
+    from . import api
+
+    try:
+        return api.load_model(name)
+    except HirestileError:
+        raise
+    except KeyError as e:                     # the registry's unknown-name error
+        msg = str(e.args[0]) if e.args else f"unknown model {name!r}; `hirestile models` lists them"
+        raise ModelError(msg) from None
+    except MemoryError:
+        raise ModelError(f"model {name}: too large to load; check the file") from None
+    except Exception as e:                    # noqa: BLE001 - malformed files raise anything
+        if os.path.exists(name):
+            raise ModelError(f"model file {name} is malformed or unsupported ({type(e).__name__}: "
+                             f"{_one_line(e)}); export it again (ONNX opset >= 13) or check the path") from None
+        raise ModelError(f"cannot load model {name!r} ({type(e).__name__}: {_one_line(e)}); "
+                         "`hirestile models` lists the built-in models") from None
+
+
+def _one_line(e: BaseException | str) -> str:
+    s = " ".join(str(e).split())
+    return s[:300] + ("..." if len(s) > 300 else "")
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    from .examples import parse_size
+    return parse_size(text, 0)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
+
+
+# **** commands ****
+def cmd_segment(a: argparse.Namespace) -> int:
+    from .scheduler import segment_to_zarr
+
+    model = load_model_cli(a.model)
+    common = dict(tile=a.tile, kind=a.output, overwrite=a.overwrite, level=a.level, axes=a.axes,
+                  nan_fill=a.nan_fill, pyramid=a.pyramid, allow_missing=a.allow_missing,
+                  progress=None if not a.quiet else False, log=_say)
+    if a.scheduler or a.workers:                 # the same job, its tiles computed on a dask cluster
+        from .dask_api import cluster_client
+        from .dask_api import segment_to_zarr as segment_on_cluster
+
+        with cluster_client(a.scheduler, workers=a.workers) as client:
+            stats = segment_on_cluster(a.input, model, a.o, client=client, **common)
+    else:
+        stats = segment_to_zarr(a.input, model, a.o, threads=a.threads, **common)
+    _say(stats.summary())
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from . import api, ome
+    from .graph import ShapeError
+    from .scheduler import auto_tile, make_plan
+
+    model = load_model_cli(a.model)
+    h, w = _parse_hw(a.image) if a.image else (4096, 4096)
+    try:
+        rep = api.analyze(model, (h, w))
+    except ShapeError as e:
+        raise InputError(f"an image of {h}x{w} is too small for model {model.name!r} ({e}); "
+                         "try a larger --image") from None
+    k, oh, ow = rep.output_shape
+    tile = a.tile or auto_tile(rep)
+    layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)
+    plan = make_plan(rep, layout, tile)
+    ty, tx = plan.tile
+    mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
+    read = plan.tiles[0].read
+    win_bytes = 4 * model.contract.channels * (read[0][1] - read[0][0]) * (read[1][1] - read[1][0])
+    out_bytes = 4 * k * ty * tx
+    print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
+          f"({', '.join(model.classes) or '?'})")
+    print(rep.summary())
+    if rep.tileable:
+        print(f"tile {ty}x{tx} (output px): {len(plan.tiles)} tiles; compute redundancy "
+              f"{rep.redundancy((min(ty, oh), min(tx, ow))):.2f} (computed / needed FLOPs), read redundancy "
+              f"{plan.read_redundancy:.2f} (input pixels read per image pixel)")
+    print(f"output {a.output}: shape {layout.shape}, chunks {layout.chunks}, shards {layout.shards or 'none'}")
+    print(f"expected peak memory: {_mib(mem + 3 * win_bytes + 4 * out_bytes)} "
+          f"(executor {_mib(mem)} + queued windows and outputs)")
+    print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from . import ome
+    from .io import open_image
+    from .resume import DoneLog
+
+    img = open_image(a.input, level=a.level, axes=a.axes, allow_incomplete=True)
+    with img:
+        print(f"path:    {img.path}")
+        print(f"format:  {img.format}")
+        print(f"shape:   {tuple(img.array.shape)} stored, axes {img.axes}: {img.channels} channel(s), "
+              f"{img.height} x {img.width} px")
+        print(f"dtype:   {img.dtype}")
+        print(f"chunks:  {img.chunks or 'n/a'}")
+        print(f"shards:  {img.shards or 'none'}")
+        lv = "  ".join(f"{i}: {tuple(s)}" for i, s in enumerate(img.levels))
+        print(f"levels:  {len(img.levels)} ({lv}){'  [reading ' + str(img.level) + ']' if img.level else ''}")
+        missing = img.missing_chunks(limit=None)
+        if missing:
+            print(f"missing: {len(missing)} chunk(s) not stored (first {missing[0]}); read as fill value "
+                  f"{img.array.fill_value}" + ("  DAMAGED: its writer stored every chunk" if img.dense else ""))
+    if os.path.isdir(a.input) and ome.is_zarr_dir(a.input):
+        import zarr
+        node = zarr.open(a.input, mode="r")
+        st = ome.status(node) if isinstance(node, zarr.Group) else {}
+        man = st.get("manifest")
+        if man:
+            job = man["job"]
+            print(f"hirestile output: {job['output']} of model {job['model']['name']!r} "
+                  f"(fingerprint {job['model']['fingerprint']}), classes {', '.join(man.get('classes', []))}")
+            print(f"  input: {job['input']['path']} ({job['input']['format']}, level {job['input']['level']})")
+            if st.get("status") == "complete":
+                print("  status: complete")
+            else:
+                arr = node["0"]
+                lay = ome.Layout(tuple(arr.shape), tuple(arr.chunks), tuple(arr.shards) if arr.shards else None)
+                gy, gx = lay.grid
+                n = len(DoneLog(a.input).load())
+                print(f"  status: INCOMPLETE: {n} of {gy * gx} blocks written; rerun the segment command to finish")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    try:
+        from .models.registry import list_specs
+    except ImportError:
+        print("no built-in models in this installation")
+        return 0
+    for s in list_specs():
+        c = s.contract
+        have = "" if s.weights_path.exists() else "  [weights file missing]"
+        print(f"{s.name}{have}")
+        print(f"  {s.description}")
+        if s.aliases:
+            print(f"  aliases:  {', '.join(s.aliases)}")
+        print(f"  input:    {c.channels} channel(s); scale {c.scale}, mean {c.mean}, std {c.std}; "
+              f"pad to a multiple of {c.pad_to} ({c.pad_mode})")
+        print(f"  classes:  {', '.join(s.classes)}")
+        print(f"  card:     {s.card_path}")
+    print("or pass a model file: --model net.onnx | --model weights.safetensors")
+    return 0
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from . import ome
+    from .io import open_image
+
+    img = open_image(a.input, level=a.level, axes=a.axes)
+    with img:
+        _check_new_output(a.out, a.overwrite, inputs=(a.input,))
+        shape = img.shape if "C" in img.layout else (img.height, img.width)
+        read = img.read if "C" in img.layout else (lambda r, c: img.read(r, c)[0])
+        ome.write_image(a.out, read=read, shape=shape, dtype=img.dtype, name=os.path.basename(a.input),
+                        pyramid=a.pyramid, progress=not a.quiet, desc="convert")
+    print(f"wrote {a.out}: OME-Zarr {ome.OME_VERSION}, shape {shape}, {img.dtype}")
+    return 0
+
+
+def cmd_example(a: argparse.Namespace) -> int:
+    from .examples import EXAMPLES, write_example
+
+    if a.name not in EXAMPLES:
+        raise InputError(f"unknown example {a.name!r}; choose one of: {', '.join(EXAMPLES)}")
+    _check_new_output(a.out, a.overwrite)
+    shape = write_example(a.name, a.out, size=a.size, progress=not a.quiet)
+    model = "unet" if a.name == "histology" else "unet-astro"
+    print(f"wrote {a.out}: {EXAMPLES[a.name].description}, shape {shape}")
+    print(f"next: hirestile segment {a.out} --model {model}")
+    return 0
+
+
+def _check_new_output(path: str, overwrite: bool, inputs: Sequence[str] = ()) -> None:
+    from . import ome
+
+    if any(os.path.abspath(path) == os.path.abspath(i) for i in inputs):
+        raise OutputError(f"output {path} is the input; choose another output path")
+    if os.path.lexists(path):
+        if not overwrite:
+            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another path")
+        ome.remove_output(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot create {path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot create {path}: {parent} is not writable; choose another path")
+
+
+# **** argument parsing ****
+def build_parser() -> argparse.ArgumentParser:
+    from .ome import OUTPUT_KINDS
+
+    p = argparse.ArgumentParser(prog="hirestile", description="Exact tiled inference of segmentation networks "
+                                "on images too large for memory.")
+    p.add_argument("--version", action="version", version=f"hirestile {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def image_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--level", type=int, default=None, help="resolution level of a multiscale input (default 0)")
+        q.add_argument("--axes", choices=["HW", "CHW", "HWC"], type=str.upper, default=None,
+                       help="layout of the stored axes when it cannot be inferred")
+
+    s = sub.add_parser("segment", help="segment an image (zarr, OME-Zarr, TIFF) into an OME-Zarr output")
+    s.add_argument("input", metavar="IN")
+    s.add_argument("--model", "-m", required=True, help="built-in model name or a .onnx / .safetensors file")
+    s.add_argument("-o", metavar="OUT", default=None, help="output path (default IN.MODEL.zarr beside IN)")
+    s.add_argument("--tile", type=int, default=None, help="output tile side in pixels (default: largest fitting 2 GiB)")
+    s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities",
+                   help="probabilities (float16, default), logits (float32) or labels (uint8)")
+    s.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming it")
+    image_opts(s)
+    s.add_argument("--nan-fill", type=float, default=None, metavar="V",
+                   help="value standing in for NaN/Inf input pixels")
+    s.add_argument("--pyramid", action="store_true", help="add downsampled levels to the output")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="read missing input chunks as fill value even where the writer stored every chunk")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    s.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="compute the tiles on a running dask cluster, e.g. tcp://host:8786")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="compute the tiles on a local dask cluster of N worker processes")
+    s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("plan", help="show how a model would be tiled: halo, stride, FLOPs, memory")
+    s.add_argument("--model", "-m", required=True)
+    s.add_argument("--tile", type=int, default=None)
+    s.add_argument("--image", default=None, metavar="HxW", help="image size (default 4096x4096)")
+    s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("info", help="describe an image or a hirestile output")
+    s.add_argument("input", metavar="IN")
+    image_opts(s)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("models", help="list the built-in models")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("convert", help="convert TIFF/SVS/NDPI/OME-TIFF (or zarr) to OME-Zarr, streaming")
+    s.add_argument("input", metavar="IN")
+    s.add_argument("out", metavar="OUT")
+    image_opts(s)
+    s.add_argument("--pyramid", action="store_true", help="add downsampled levels")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("example", help="write a bundled example image (histology, astronomy)")
+    s.add_argument("name", metavar="NAME", help="histology | astronomy")
+    s.add_argument("out", metavar="OUT")
+    s.add_argument("--size", default=None, metavar="N|HxW", help="image size (default 1024)")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.set_defaults(func=cmd_example)
+    return p
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+        return __version__
+    except ImportError:
+        return "?"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hirestile`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)   # zarr's cancelled reads after an error
+    if threading_main():
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return int(args.func(args) or 0)
+    except HirestileError as e:
+        _say(f"hirestile: error: {_one_line(e)}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        _say("hirestile: interrupted; finished tiles are saved: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        _say("hirestile: error: out of memory; use a smaller --tile")
+        return 1
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _say(f"hirestile: error: {e.strerror or _one_line(e)}{where}; check the path, permissions and free space")
+        return 1
+    except ValueError as e:
+        _say(f"hirestile: error: {_one_line(e)}")
+        return 1
+    except RuntimeError as e:  # e.g. a codec failing on a damaged chunk outside a guarded read
+        _say(f"hirestile: error: {_one_line(e)}; the input may be damaged")
+        return 1
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""Input images: zarr (v2/v3 arrays and groups, OME-Zarr multiscales) and TIFF.
+
+One entry point, :func:`open_image`, turns a path into an :class:`InputImage`:
+a lazily read array plus its layout. Nothing is loaded until :meth:`InputImage.read`
+asks for a region, which comes back as a (C, h, w) block in the stored dtype.
+
+Layouts are inferred in this order: an explicit ``axes`` argument, OME-Zarr axes
+metadata, zarr v3 ``dimension_names`` (or xarray/tifffile ``_ARRAY_DIMENSIONS``),
+TIFF series axes, and finally the shape (a small first or last axis is the channel
+axis). When none of them decides, the user is asked for ``--axes``.
+
+Examples
+--------
+>>> import numpy as np, zarr, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "img.zarr")
+>>> zarr.create_array(path, data=np.zeros((50, 30, 2), np.uint8)).shape
+(50, 30, 2)
+>>> img = open_image(path)
+>>> img.axes, img.channels, img.height, img.width
+('HWC', 2, 50, 30)
+>>> img.read((10, 13), (0, 2)).shape
+(2, 3, 2)
+"""
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .errors import InputError
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+SMALL_AXIS = 16          # an end axis this small (and the other end larger) is the channel axis
+
+# axis-name synonyms -> role: C channel, Y rows, X columns, 1 a singleton to drop
+_ROLE_OF_NAME = {
+    **dict.fromkeys(("c", "ch", "channel", "channels", "s", "sample", "samples", "band", "bands"), "C"),
+    **dict.fromkeys(("y", "row", "rows", "height", "h", "lat"), "Y"),
+    **dict.fromkeys(("x", "col", "cols", "column", "columns", "width", "w", "lon"), "X"),
+    **dict.fromkeys(("t", "time", "z", "depth", "plane", "q", "i"), "1"),
+}
+_ROLE_OF_TYPE = {"channel": "C", "time": "1"}
+
+
+@dataclass
+class InputImage:
+    """A 2D image with an optional channel axis, stored in zarr or TIFF, read lazily.
+
+    Attributes
+    ----------
+    path : str
+        The path it was opened from.
+    array : zarr.Array (or any object with ``shape``, ``dtype`` and NumPy indexing)
+        The stored array of the chosen resolution level.
+    layout : str
+        One letter per stored axis: ``C`` channel, ``Y`` rows, ``X`` columns, ``1`` a
+        size-1 axis (time, z) that is dropped.
+    format : str
+        Human-readable source format, e.g. ``"OME-Zarr 0.5"``, ``"zarr v2"``, ``"TIFF"``.
+    level : int
+        Resolution level read (0 = full resolution).
+    levels : tuple of tuple of int
+        Stored shapes of every level the source holds.
+    """
+
+    path: str
+    array: Any
+    layout: str
+    format: str
+    level: int = 0
+    levels: tuple[tuple[int, ...], ...] = ()
+    dense: bool = False               # the writer stored every chunk: a missing one means damage
+    extra_identity: dict[str, Any] = field(default_factory=dict)
+    _closers: list[Any] = field(default_factory=list, repr=False)
+
+    # ---- shape ---------------------------------------------------------------
+    @property
+    def axes(self) -> str:
+        """Layout in the CLI's vocabulary: ``"HW"``, ``"CHW"`` or ``"HWC"``."""
+        return self.layout.replace("1", "").replace("Y", "H").replace("X", "W")
+
+    def _size(self, role: str, default: int = 1) -> int:
+        i = self.layout.find(role)
+        return int(self.array.shape[i]) if i >= 0 else default
+
+    @property
+    def height(self) -> int:
+        return self._size("Y")
+
+    @property
+    def width(self) -> int:
+        return self._size("X")
+
+    @property
+    def channels(self) -> int:
+        return self._size("C")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) as the network sees it."""
+        return (self.channels, self.height, self.width)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def chunks(self) -> tuple[int, ...] | None:
+        return tuple(getattr(self.array, "chunks", ()) or ()) or None
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return tuple(getattr(self.array, "shards", None) or ()) or None
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies this input for resume: path, level, layout, shape, dtype (+ file stamp)."""
+        return {"path": os.path.abspath(self.path), "format": self.format, "level": self.level,
+                "axes": self.axes, "shape": list(self.shape), "dtype": self.dtype.str,
+                **self.extra_identity}
+
+    # ---- reading -------------------------------------------------------------
+    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Read rows [r0, r1) and columns [c0, c1) as a C-contiguous (C, h, w) block.
+
+        The region must lie inside the image; the stored dtype is kept.
+        Read failures (corrupt chunk, vanished file) raise :class:`InputError`.
+        """
+        (r0, r1), (c0, c1) = rows, cols
+        if not (0 <= r0 <= r1 <= self.height and 0 <= c0 <= c1 <= self.width):
+            raise ValueError(f"region rows {r0}:{r1} cols {c0}:{c1} outside the {self.height}x{self.width} image")
+        index = tuple(0 if r == "1" else slice(r0, r1) if r == "Y" else slice(c0, c1) if r == "X"
+                      else slice(None) for r in self.layout)
+        try:
+            block = np.asarray(self.array[index])
+        except (RuntimeError, ValueError, OSError, KeyError, EOFError) as e:
+            raise InputError(f"{self.path}: cannot read rows {r0}:{r1}, columns {c0}:{c1} "
+                             f"({type(e).__name__}: {_first_line(e)}); a chunk is corrupt or unreadable: "
+                             "repair or re-create the input") from None
+        kept = [r for r in self.layout if r != "1"]
+        if "C" not in kept:
+            return np.ascontiguousarray(block[None])
+        return np.ascontiguousarray(block.transpose([kept.index(r) for r in "CYX"]))
+
+    def missing_chunks(self, limit: int | None = None) -> list[str]:
+        """Stored chunk keys (shard keys when sharded) absent from a local store, up to ``limit``.
+
+        zarr reads a missing chunk as the fill value, so a deleted chunk is silent.
+        zarr writers also skip chunks that are all fill value, so a missing chunk is
+        damage only where the writer stored every chunk (:attr:`dense`, set for
+        images hirestile wrote). Only local directory stores are checked (TIFF and
+        remote stores return []).
+        """
+        arr = self.array
+        store = getattr(getattr(arr, "store_path", None), "store", None)
+        if not isinstance(store, zarr.storage.LocalStore):
+            return []
+        grid = tuple(getattr(arr, "shards", None) or arr.chunks)
+        root = os.path.join(str(store.root), arr.store_path.path)
+        counts = [-(-s // g) for s, g in zip(arr.shape, grid)]
+        missing: list[str] = []
+        for coords in np.ndindex(*counts):
+            key = arr.metadata.encode_chunk_key(coords)
+            if not os.path.exists(os.path.join(root, key)):
+                missing.append(key)
+                if limit is not None and len(missing) >= limit:
+                    break
+        return missing
+
+    def close(self) -> None:
+        for c in self._closers:
+            c.close()
+        self._closers.clear()
+
+    def __enter__(self) -> InputImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+# ---- opening -----------------------------------------------------------------
+def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: str | None = None,
+               channels: int | None = None, allow_incomplete: bool = False) -> InputImage:
+    """Open a zarr array/group, OME-Zarr image or TIFF file as an :class:`InputImage`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A zarr directory (array or group, v2 or v3), a ``.zip`` zarr store, or a
+        TIFF/BigTIFF/OME-TIFF/SVS/NDPI file.
+    level : int, optional
+        Resolution level of a multiscale source (0, full resolution, by default).
+    axes : {"HW", "CHW", "HWC"}, optional
+        Layout of the stored axes, overriding what metadata or shape suggest.
+    channels : int, optional
+        Channel count the caller expects; breaks ties when the shape is ambiguous.
+    allow_incomplete : bool
+        Open a hirestile output that is still being written (for ``info``).
+
+    Raises
+    ------
+    InputError
+        Missing path, not zarr/TIFF, unsupported dtype or shape, empty image,
+        level out of range, undecidable layout.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory; check the path")
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head in TIFF_MAGIC:
+            img = _open_tiff(path, level, axes)
+        elif zipfile.is_zipfile(path):
+            img = _open_zarr(path, zarr.storage.ZipStore(path, mode="r"), level, axes, channels, allow_incomplete)
+        else:
+            raise InputError(f"{path}: not a zarr store or TIFF file; hirestile reads zarr "
+                             "directories (v2/v3, OME-Zarr) and TIFF/SVS/NDPI files "
+                             "(`hirestile convert` turns TIFF into OME-Zarr)")
+    else:
+        img = _open_zarr(path, path, level, axes, channels, allow_incomplete)
+    _validate(img)
+    return img
+
+
+def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
+               channels: int | None, allow_incomplete: bool = False) -> InputImage:
+    try:
+        node = zarr.open(store, mode="r")
+    except (zarr.errors.BaseZarrError, FileNotFoundError, KeyError) as e:
+        raise InputError(f"{path}: not a zarr store or TIFF file ({_first_line(e)}); "
+                         "give a zarr array or group, an OME-Zarr image or a TIFF file") from None
+    except (ValueError, TypeError, OSError) as e:  # unreadable zarr.json / .zarray
+        raise InputError(f"{path}: corrupt zarr metadata ({_first_line(e)}); "
+                         "repair or re-create the input") from None
+    fmt = f"zarr v{node.metadata.zarr_format}"
+    ome_axes = None
+    mark = dict(node.attrs).get("hirestile", {}) if isinstance(node, zarr.Group) else {}
+    if isinstance(mark, dict) and mark.get("status") == "incomplete" and not allow_incomplete:
+        raise InputError(f"{path}: is an incomplete hirestile output or conversion; rerun the command "
+                         "that wrote it to finish it first")
+    dense = bool(isinstance(mark, dict) and mark.get("all_chunks_stored"))
+    levels: tuple[tuple[int, ...], ...] = ()
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ome = attrs.get("ome", attrs)
+        if "bioformats2raw.layout" in ome and "0" in node:
+            node = node["0"]
+            attrs = dict(node.attrs)
+            ome = attrs.get("ome", attrs)
+        ms = ome.get("multiscales")
+        if ms:
+            version = ome.get("version") or ms[0].get("version", "?")
+            fmt = f"OME-Zarr {version}"
+            datasets = ms[0].get("datasets", [])
+            paths = [d["path"] for d in datasets]
+            lv = 0 if level is None else level
+            if not 0 <= lv < len(paths):
+                raise InputError(f"{path}: level {lv} does not exist; the image has levels "
+                                 f"0..{len(paths) - 1}: pass --level within that range")
+            try:
+                levels = tuple(tuple(node[p].shape) for p in paths)
+                arr = node[paths[lv]]
+            except KeyError:
+                raise InputError(f"{path}: multiscales metadata names level '{paths[lv]}' but no such "
+                                 "array exists; repair or re-create the input") from None
+            level = lv
+            ome_axes = ms[0].get("axes")
+        else:
+            with warnings.catch_warnings():      # hirestile's own .hirestile state dir is no zarr node
+                warnings.simplefilter("ignore")
+                arrays = sorted(k for k, v in node.members() if isinstance(v, zarr.Array))
+            if len(arrays) != 1:
+                listing = ", ".join(arrays[:8]) or "none"
+                raise InputError(f"{path}: a zarr group without OME multiscales metadata holding "
+                                 f"arrays [{listing}]; give the array's path, e.g. {path}/<name>")
+            arr = node[arrays[0]]
+    else:
+        arr = node
+    if level not in (None, 0) and not levels:
+        raise InputError(f"{path}: has a single resolution level; drop --level {level}")
+    layout = _layout(path, arr, axes, ome_axes, channels)
+    return InputImage(path=path, array=arr, layout=layout, format=fmt, level=level or 0,
+                      levels=levels or (tuple(arr.shape),), dense=dense, extra_identity=_stamp(arr))
+
+
+def _stamp(arr: Any) -> dict[str, Any]:
+    """Modification time of a local array's metadata file: a re-created input gets a new one."""
+    store = getattr(getattr(arr, "store_path", None), "store", None)
+    if not isinstance(store, zarr.storage.LocalStore):
+        return {}
+    base = os.path.join(str(store.root), arr.store_path.path)
+    for name in ("zarr.json", ".zarray"):
+        try:
+            return {"mtime_ns": os.stat(os.path.join(base, name)).st_mtime_ns}
+        except OSError:
+            continue
+    return {}
+
+
+def _open_tiff(path: str, level: int | None, axes: str | None) -> InputImage:
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception as e:  # tifffile raises many types for bad files
+        raise InputError(f"{path}: not a readable TIFF ({_first_line(e)}); check the file") from None
+    try:
+        series = tf.series[0]
+        lv = 0 if level is None else level
+        if not 0 <= lv < len(series.levels):
+            raise InputError(f"{path}: level {lv} does not exist; the TIFF has levels "
+                             f"0..{len(series.levels) - 1}: pass --level within that range")
+        store = series.aszarr(level=lv)
+        arr = zarr.open(store, mode="r")
+        tiff_axes = series.levels[lv].axes
+        fmt = ("OME-TIFF" if tf.is_ome else "SVS" if tf.is_svs else "NDPI" if tf.is_ndpi
+               else "BigTIFF" if tf.is_bigtiff else "TIFF")
+        levels = tuple(tuple(s.shape) for s in series.levels)
+    except InputError:
+        tf.close()
+        raise
+    except Exception as e:
+        tf.close()
+        raise InputError(f"{path}: cannot read this TIFF ({_first_line(e)}); convert it with another "
+                         "tool or check the file") from None
+    names = [{"S": "c", "C": "c", "Y": "y", "X": "x"}.get(a, a.lower()) for a in tiff_axes]
+    layout = _layout(path, arr, axes, [{"name": n} for n in names], None)
+    st = os.stat(path)
+    return InputImage(path=path, array=arr, layout=layout, format=fmt, level=lv, levels=levels,
+                      extra_identity={"size": st.st_size, "mtime_ns": st.st_mtime_ns},
+                      _closers=[store, tf])
+
+
+def _layout(path: str, arr: Any, axes: str | None, ome_axes: list[dict[str, Any]] | None,
+            channels: int | None) -> str:
+    """Decide the stored layout (letters C/Y/X/1 per axis)."""
+    shape = tuple(arr.shape)
+    if axes is not None:
+        want = axes.upper().replace("H", "Y").replace("W", "X")
+        if sorted(want) not in (sorted("YX"), sorted("CYX")) or len(want) != len(shape):
+            raise InputError(f"{path}: --axes {axes} does not fit an array of shape {shape}; "
+                             "use HW for 2D, CHW or HWC for 3D")
+        return want
+    names = None
+    if ome_axes:
+        names = [_ROLE_OF_TYPE.get(a.get("type", ""), _ROLE_OF_NAME.get(str(a.get("name", "")).lower(), "?"))
+                 for a in ome_axes]
+    else:
+        dims = getattr(arr.metadata, "dimension_names", None) or dict(arr.attrs).get("_ARRAY_DIMENSIONS")
+        if dims and all(d is not None for d in dims):
+            names = [_ROLE_OF_NAME.get(str(d).lower(), "?") for d in dims]
+    if names is not None and len(names) == len(shape):
+        if names.count("Y") == 1 and names.count("X") == 1 and names.count("C") <= 1 and "?" not in names:
+            for n, s in zip(names, shape):
+                if n == "1" and s != 1:
+                    raise InputError(f"{path}: has a non-channel extra axis of size {s} (shape {shape}); "
+                                     "hirestile segments 2D images: select one plane first")
+            return "".join(names)
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) != 3:
+        raise InputError(f"{path}: array has {len(shape)} dimensions (shape {shape}); hirestile "
+                         "takes 2D (H, W) or 3D (C, H, W) / (H, W, C) images")
+    first, last = shape[0], shape[2]
+    if first <= SMALL_AXIS < last:
+        return "CYX"
+    if last <= SMALL_AXIS < first:
+        return "YXC"
+    if channels is not None and (first == channels) != (last == channels):
+        return "CYX" if first == channels else "YXC"
+    raise InputError(f"{path}: cannot tell the channel axis of shape {shape}; pass --axes CHW or --axes HWC")
+
+
+def _validate(img: InputImage) -> None:
+    dt = img.dtype
+    if dt.kind not in "iuf" or dt.itemsize > 8:
+        raise InputError(f"{img.path}: dtype {dt} is not supported; hirestile reads integer and "
+                         "floating-point images: convert it (e.g. to uint8 or float32)")
+    if 0 in tuple(img.array.shape):
+        raise InputError(f"{img.path}: the image is empty (shape {tuple(img.array.shape)}); nothing to segment")
+
+
+__all__ = ["InputImage", "open_image"]

@@ -1,0 +1,229 @@
+"""The streaming scheduler: tiled zarr output == full-frame output bit for bit, shard
+ownership, resume without recomputation, job identity, bad inputs at the API level."""
+from __future__ import annotations
+
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hirestile
+from hirestile import executor, ome
+from hirestile.errors import InputError, OutputError
+from hirestile.models.unet import unet
+from hirestile.scheduler import default_output, make_plan, segment_to_zarr
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture(scope="module")
+def rgb_model():
+    return unet(in_channels=3, classes=2, base=4, depth=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def grey_model():
+    return unet(in_channels=1, classes=3, base=4, depth=2, seed=2)
+
+
+def _store(path, chw: np.ndarray, layout: str) -> str:
+    """Write a (C, H, W) image in the given stored layout; return its path."""
+    if layout == "CHW":
+        zarr.create_array(path, data=chw, dimension_names=["c", "y", "x"])
+    elif layout == "HWC":                       # zarr v2, layout inferred from the shape
+        a = zarr.create_array(path, shape=chw.shape[1:] + chw.shape[:1], dtype=chw.dtype, zarr_format=2,
+                              chunks=(32, 32, chw.shape[0]))
+        a[...] = chw.transpose(1, 2, 0)
+    else:                                       # HW
+        zarr.create_array(path, data=chw[0], chunks=(32, 32))
+    return path
+
+
+def _image(shape, dtype) -> np.ndarray:
+    if np.dtype(dtype).kind == "f":
+        return RNG.random(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return RNG.integers(max(info.min, -1000), min(info.max, 60000), shape).astype(dtype)
+
+
+def _segment(tmp_path, model, chw, layout="CHW", name="out.zarr", **kw) -> tuple[np.ndarray, object]:
+    inp = str(tmp_path / "in.zarr")
+    if not os.path.exists(inp):
+        _store(inp, chw, layout)
+    out = str(tmp_path / name)
+    stats = segment_to_zarr(inp, model, out, progress=False, **kw)
+    return zarr.open_group(out, mode="r")["0"][...], stats
+
+
+def _reference(model, chw, kind="probabilities") -> np.ndarray:
+    return ome.postprocess(hirestile.predict(model, chw), kind)
+
+
+# (size, tile, stored layout, dtype, output kind): odd sizes, 1 x 1, smaller than a tile, primes,
+# non-multiples of the stride (4), every layout, several dtypes and tile sizes
+CASES = [
+    ((1, 1), 16, "CHW", "uint8", "probabilities"),
+    ((1, 1), None, "HW", "float32", "labels"),
+    ((5, 3), 16, "HWC", "uint16", "logits"),
+    ((31, 37), 16, "CHW", "float32", "labels"),
+    ((31, 37), 48, "HW", "uint8", "probabilities"),
+    ((67, 53), 16, "HWC", "uint8", "labels"),
+    ((67, 53), 32, "CHW", "int16", "logits"),
+    ((67, 53), None, "HW", "uint16", "probabilities"),
+    ((100, 130), 48, "HWC", "float64", "probabilities"),
+    ((97, 101), 24, "HW", "float32", "logits"),
+]
+
+
+@pytest.mark.parametrize("size, tile, layout, dtype, kind", CASES)
+def test_segment_equals_full_frame(tmp_path, rgb_model, grey_model, size, tile, layout, dtype, kind):
+    model = grey_model if layout == "HW" else rgb_model
+    chw = _image((model.contract.channels,) + size, dtype)
+    got, stats = _segment(tmp_path, model, chw, layout, tile=tile, kind=kind)
+    ref = _reference(model, chw, kind)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    assert np.array_equal(got, ref, equal_nan=True)
+    assert stats.tiles_computed == stats.tiles_total >= 1
+    attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs
+    assert attrs["hirestile"]["status"] == "complete" and "ome" in attrs
+    assert not os.path.exists(tmp_path / "out.zarr" / ".hirestile")
+
+
+def test_sharded_output_and_pyramid(tmp_path, rgb_model, monkeypatch):
+    monkeypatch.setattr(ome, "CHUNK", 16)       # small chunks: shards of 3 x 3 chunks on a small image
+    chw = _image((3, 101, 77), np.uint8)
+    got, stats = _segment(tmp_path, rgb_model, chw, tile=48, pyramid=True)
+    g = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert g["0"].chunks == (2, 16, 16) and g["0"].shards == (2, 48, 48)
+    assert np.array_equal(got, _reference(rgb_model, chw))
+    assert stats.tiles_total == 3 * 2 and sorted(g.keys()) == ["0", "1", "2", "3"]
+    np.testing.assert_array_equal(g["1"][...], ome.downsample(got, "probabilities"))
+
+
+def test_nan_refused_then_filled(tmp_path, grey_model):
+    chw = _image((1, 40, 30), np.float32)
+    chw[0, 33, 7] = np.nan
+    chw[0, 35, 2] = np.inf
+    with pytest.raises(InputError, match="NaN at channel 0, row 33, column 7.*--nan-fill"):
+        _segment(tmp_path, grey_model, chw, "HW", tile=64)
+    got, _ = _segment(tmp_path, grey_model, chw, "HW", tile=16, nan_fill=0.5)   # resumes into the same output
+    filled = np.where(np.isfinite(chw), chw, np.float32(0.5))
+    assert np.array_equal(got, _reference(grey_model, filled))
+
+
+def test_bad_inputs_api(tmp_path, rgb_model):
+    with pytest.raises(InputError, match="has 1 channel"):
+        _segment(tmp_path, rgb_model, _image((1, 20, 20), np.uint8), "HW")
+    small = unet(in_channels=1, classes=2, base=2, depth=2, padding="valid")
+    zarr.create_array(str(tmp_path / "tiny.zarr"), data=np.zeros((9, 9), np.uint8))
+    with pytest.raises(InputError, match="smaller than model"):
+        segment_to_zarr(str(tmp_path / "tiny.zarr"), small, str(tmp_path / "o.zarr"), progress=False)
+    assert not os.path.exists(tmp_path / "o.zarr")
+
+
+# ---- plan: one writer per shard --------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 200), w=st.integers(1, 200), tile=st.integers(8, 150), chunk=st.sampled_from([8, 16, 256]))
+def test_plan_gives_each_shard_one_writer(rgb_model, h, w, tile, chunk):
+    old, ome.CHUNK = ome.CHUNK, chunk
+    try:
+        rep = hirestile.analyze(rgb_model, (h, w))
+        lay = ome.choose_layout("probabilities", classes=2, out_hw=(h, w), tile=tile)
+    finally:
+        ome.CHUNK = old
+    plan = make_plan(rep, lay, tile)
+    owner = plan.owner()                                          # raises if a block had two writers
+    assert sorted(owner) == [(i, j) for i in range(lay.grid[0]) for j in range(lay.grid[1])]
+    (bh, bw), covered = lay.block, np.zeros((h, w), np.int32)
+    for t in plan.tiles:
+        (y0, y1), (x0, x1) = t.out
+        i0, i1, j0, j1 = t.blocks
+        assert (y0, x0) == (i0 * bh, j0 * bw)                     # starts on a shard boundary
+        assert y1 == min(i1 * bh, h) and x1 == min(j1 * bw, w)    # ends on one, or at the image edge
+        covered[y0:y1, x0:x1] += 1
+        (a, b), (c, d) = t.read
+        assert 0 <= a < b <= h and 0 <= c < d <= w
+    assert (covered == 1).all()
+
+
+def test_concurrent_writers_on_shard_aligned_tiles(tmp_path, rgb_model, monkeypatch):
+    """Many threads write the plan's tiles at once, in random order: nothing is lost."""
+    monkeypatch.setattr(ome, "CHUNK", 8)
+    h, w = 120, 100
+    lay = ome.choose_layout("logits", classes=2, out_hw=(h, w), tile=24)
+    assert lay.shards is not None
+    g = ome.create_output(str(tmp_path / "c.zarr"), kind="logits", layout=lay, attrs={})
+    plan = make_plan(hirestile.analyze(rgb_model, (h, w)), lay, 24)
+    expect = RNG.normal(size=(2, h, w)).astype(np.float32)
+    tiles = list(plan.tiles) * 3                                  # each tile written 3 times
+    random.Random(0).shuffle(tiles)
+    barrier = threading.Barrier(6)
+
+    def write(t):
+        (y0, y1), (x0, x1) = t.out
+        if t.index < 6:
+            barrier.wait(timeout=10)
+        g["0"][:, y0:y1, x0:x1] = expect[:, y0:y1, x0:x1]
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(write, tiles))
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "c.zarr"))["0"][...], expect)
+
+
+# ---- resume and job identity -------------------------------------------------------------
+def test_resume_after_crash_recomputes_nothing(tmp_path, rgb_model, monkeypatch):
+    chw = _image((3, 70, 90), np.uint8)
+    ref = _reference(rgb_model, chw, "labels")
+    calls, real = [], executor.run_region
+
+    def crashing(rep, window, origin, out_region):
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        calls.append(out_region)
+        return real(rep, window, origin, out_region)
+
+    monkeypatch.setattr(executor, "run_region", crashing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _segment(tmp_path, rgb_model, chw, tile=16, kind="labels")
+    out = str(tmp_path / "out.zarr")
+    attrs = zarr.open_group(out, mode="r").attrs
+    assert attrs["hirestile"]["status"] == "incomplete" and "ome" not in attrs    # does not look complete
+    first = list(calls)
+    calls.clear()
+    monkeypatch.setattr(executor, "run_region", lambda *a: (calls.append(a[3]), real(*a))[1])
+    got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels")
+    assert stats.tiles_skipped == len(first) == 7
+    assert stats.tiles_computed == len(calls) == stats.tiles_total - 7 == 5 * 6 - 7
+    assert not set(first) & set(calls)                            # finished tiles were not recomputed
+    assert np.array_equal(got, ref)
+
+
+def test_job_identity(tmp_path, rgb_model, monkeypatch):
+    monkeypatch.setattr(ome, "CHUNK", 16)       # so that --pyramid has levels to add
+    chw = _image((3, 40, 50), np.uint8)
+    _segment(tmp_path, rgb_model, chw, tile=32)
+    _, again = _segment(tmp_path, rgb_model, chw, tile=32)
+    assert again.already_complete and "nothing to do" in again.summary()
+    with pytest.raises(OutputError, match="different job.*output"):
+        _segment(tmp_path, rgb_model, chw, kind="labels")
+    other = unet(in_channels=3, classes=2, base=4, depth=2, seed=99)
+    with pytest.raises(OutputError, match="different job.*fingerprint"):
+        _segment(tmp_path, other, chw)
+    got, _ = _segment(tmp_path, other, chw, overwrite=True, kind="labels")
+    assert np.array_equal(got, _reference(other, chw, "labels"))
+    got, stats = _segment(tmp_path, other, chw, kind="labels", pyramid=True)   # adds levels, computes nothing
+    assert stats.tiles_computed == 0 and "1" in zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    os.mkdir(tmp_path / "plain")
+    with pytest.raises(OutputError, match="already exists"):
+        segment_to_zarr(str(tmp_path / "in.zarr"), rgb_model, str(tmp_path / "plain"), progress=False)
+
+
+def test_default_output_name():
+    assert default_output("/d/slide.ome.zarr", "unet") == "/d/slide.unet.zarr"
+    assert default_output("/d/scan.svs", "my net.v2") == "/d/scan.my-net-v2.zarr"
