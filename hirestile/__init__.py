@@ -16,6 +16,7 @@ if "NUMBA_THREADING_LAYER" not in _os.environ:
 
 from hirestile.api import analyze, from_torch, load_model, predict  # noqa: E402
 from hirestile.errors import HirestileError, InputError, ModelError, NotTileableError, OutputError  # noqa: E402
+from hirestile.dask_api import segment  # noqa: E402
 
 __all__ = ["analyze", "from_torch", "load_model", "predict", "HirestileError", "InputError", "ModelError",
            "NotTileableError", "OutputError"]

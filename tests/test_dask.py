@@ -1,0 +1,298 @@
+"""hirestile.segment and the cluster path (hirestile.dask_api), issue 5.
+
+Everything is compared bit for bit with hirestile's own full-frame run
+(``hirestile.predict`` without ``tile``). The distributed tests share one
+``LocalCluster(processes=True, n_workers=2, threads_per_worker=1)``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dask.array as da
+import zarr
+
+import hirestile
+from hirestile import dask_api
+from hirestile.errors import InputError, NotTileableError
+from hirestile.graph import Binary, Conv, GlobalPool, Graph, Node
+from hirestile.models.unet import init_state, save_unet, unet
+
+
+@pytest.fixture(scope="module")
+def model():
+    return unet(in_channels=1, classes=2, base=4, depth=2)
+
+
+@pytest.fixture(scope="module")
+def model3():
+    return unet(in_channels=3, classes=3, base=4, depth=2, seed=3)
+
+
+def softmax(lg):
+    e = np.exp(lg - lg.max(axis=0, keepdims=True))
+    e /= e.sum(axis=0, keepdims=True)
+    return e
+
+
+def expected(m, img, output):
+    lg = hirestile.predict(m, img)
+    return {"logits": lg, "probabilities": softmax(lg), "labels": np.argmax(lg, axis=0).astype(np.uint8)}[output]
+
+
+def image(shape, seed=0, dtype=np.uint8):
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=dtype)
+
+
+# **** in-process: NumPy, Dask and zarr sources ****
+@pytest.mark.parametrize("output", ["logits", "probabilities", "labels"])
+def test_numpy_in_numpy_out(model, output):
+    img = image((45, 61))
+    want = expected(model, img, output)
+    for chunks in ((16, 24), ((20, 25), (30, 1, 30))):
+        got = hirestile.segment(img, model, output=output, chunks=chunks)
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.integers(9, 70), w=st.integers(9, 70), cy=st.integers(5, 40), cx=st.integers(5, 40),
+       oy=st.integers(4, 50), ox=st.integers(4, 50))
+def test_dask_in_lazy_out(model, h, w, cy, cx, oy, ox):
+    img = image((h, w), seed=h * 100 + w)
+    y = hirestile.segment(da.from_array(img, chunks=(cy, cx)), model, chunks=(oy, ox))
+    assert isinstance(y, da.Array)
+    assert y.dtype == np.float32 and type(y._meta) is np.ndarray and y._meta.dtype == np.float32
+    assert y.chunks[0] == (2,) and all(c == oy for c in y.chunks[1][:-1]) and all(c == ox for c in y.chunks[2][:-1])
+    assert np.array_equal(y.compute(scheduler="sync"), hirestile.predict(model, img))
+
+
+def test_zarr_source_hwc_one_task_per_block(tmp_path, model3):
+    img = image((50, 70, 3), seed=5)
+    z = zarr.create_array(str(tmp_path / "in.zarr"), data=img, chunks=(16, 16, 3))
+    y = hirestile.segment(z, model3, output="probabilities", chunks=(16, 32))
+    graph = dict(y.__dask_graph__())
+    assert len(graph) == y.npartitions + 2            # blocks + the job + the source array
+    want = softmax(hirestile.predict(model3, img.transpose(2, 0, 1)))
+    assert np.array_equal(y.compute(scheduler="threads"), want)
+    # da.from_zarr input is recognised and read the same way
+    y2 = hirestile.segment(da.from_zarr(z), model3, output="probabilities", chunks=(16, 32))
+    assert len(dict(y2.__dask_graph__())) == y2.npartitions + 2
+    assert np.array_equal(y2.compute(scheduler="sync"), want)
+    # the same from a Dask array: tasks take the source chunks their windows overlap
+    y3 = hirestile.segment(da.from_array(img, chunks=(20, 25, 2)), model3, output="probabilities", chunks=(16, 32))
+    assert np.array_equal(y3.compute(scheduler="sync"), want)
+
+
+def test_valid_unet_chw_float(model3):
+    m = unet(in_channels=3, classes=2, base=4, depth=2, padding="valid")
+    img = np.random.default_rng(2).random((3, 76, 92)).astype(np.float32)
+    y = hirestile.segment(da.from_array(img, chunks=(2, 30, 30)), m, chunks=11, output="labels")
+    assert y.shape == hirestile.predict(m, img).shape[1:] and y.dtype == np.uint8
+    assert np.array_equal(y.compute(scheduler="sync"), expected(m, img, "labels"))
+
+
+def test_read_windows_contain_every_block_window(model):
+    for m, hw in ((model, (77, 91)), (unet(in_channels=1, classes=2, base=4, depth=2, padding="valid"), (76, 92))):
+        rep = hirestile.analyze(m, hw)
+        rows, cols = dask_api._out_chunks(rep, (13, 17))
+        rr, cc = dask_api._read_windows(rep, rows, cols)
+        for r, ry in zip(rows, rr):
+            for c, rx in zip(cols, cc):
+                (a, b), (p, q) = rep.input_window((r, c))
+                exact = ((max(a, 0), min(b, hw[0])), (max(p, 0), min(q, hw[1])))
+                assert exact == (ry, rx)               # equal for these networks (contained in general)
+
+
+def test_graph_holds_no_array_data(tmp_path, model):
+    img = image((64, 80))
+    for src in (da.from_array(img, chunks=32), zarr.create_array(str(tmp_path / "a.zarr"), data=img, chunks=(32, 32))):
+        y = hirestile.segment(src, model, chunks=16)
+        mine = {k: v for k, v in dict(y.__dask_graph__()).items() if "hirestile" in str(k)}
+        big = {k: len(pickle.dumps(v)) for k, v in mine.items() if len(pickle.dumps(v)) > 2000}
+        assert [str(k) for k in big] == [k for k in map(str, mine) if k.startswith("hirestile-job-")]
+    # a model given by path travels as its path: every task stays small, workers load it
+    path = str(tmp_path / "m.safetensors")
+    arch = dict(in_channels=1, classes=2, base=4, depth=2)
+    save_unet(path, init_state(**arch, seed=0), **arch)          # the weights of unet(**arch)
+    y = hirestile.segment(da.from_array(img, chunks=32), path, chunks=16)
+    assert max(len(pickle.dumps(v)) for k, v in dict(y.__dask_graph__()).items() if "hirestile" in str(k)) < 2000
+    assert np.array_equal(y.compute(scheduler="sync"), hirestile.predict(model, img))
+
+
+def _global_pool_model():
+    rng = np.random.default_rng(0)
+    c1 = Node("c1", Conv(kernel=(3, 3), pads=(1, 1, 1, 1), cin=1, cout=2), ("input",),
+              {"w": rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "b": np.zeros(2, np.float32)})
+    gp = Node("gp", GlobalPool(), ("c1",))
+    out = Node("out", Binary(fn="add"), ("c1", "gp"))
+    return Graph(nodes=(c1, gp, out), output="out", in_channels=1)
+
+
+def test_not_tileable(model):
+    g = _global_pool_model()
+    img = image((30, 40))
+    with pytest.raises(NotTileableError, match="gp"):
+        hirestile.segment(da.from_array(img, chunks=16), g, chunks=16)
+    y = hirestile.segment(da.from_array(img, chunks=16), g)          # default: one block
+    assert y.npartitions == 1
+    assert np.array_equal(y.compute(scheduler="sync"), hirestile.predict(g, img))
+
+
+def test_bad_input(model, model3):
+    with pytest.raises(InputError, match="channel"):
+        hirestile.segment(image((20, 30)), model3)
+    with pytest.raises(InputError, match="axes"):
+        hirestile.segment(image((3, 20, 3)), model3)
+    with pytest.raises(InputError, match="axes"):
+        hirestile.segment(image((20, 30)), model, axes="CHW")
+    with pytest.raises(InputError, match="shape"):
+        hirestile.segment(np.zeros((1, 1, 20, 30), np.uint8), model)
+    with pytest.raises(InputError, match="too small"):
+        hirestile.segment(np.zeros((20, 30), np.uint8), unet(in_channels=1, classes=2, base=4, depth=2,
+                                                             padding="valid"))
+    with pytest.raises(ValueError, match="output"):
+        hirestile.segment(image((20, 30)), model, output="mask")
+    with pytest.raises(InputError, match="compute_chunk_sizes"):
+        hirestile.segment(da.from_array(image((20, 30)), chunks=10)[da.ones(20, chunks=10) > 0], model)
+    x = np.zeros((20, 30), np.float32)
+    x[5, 7] = np.nan
+    with pytest.raises(InputError, match="row 5, column 7"):
+        hirestile.segment(da.from_array(x, chunks=10), model, chunks=10).compute(scheduler="sync")
+    x0 = x.copy()
+    x0[5, 7] = 0.5
+    y = hirestile.segment(da.from_array(x, chunks=10), model, chunks=10, nan_fill=0.5)
+    assert np.array_equal(y.compute(scheduler="sync"), hirestile.predict(model, x0))
+
+
+def test_graph_100k(tmp_path, model):
+    t = time.perf_counter()
+    y = hirestile.segment(da.zeros((100_000, 100_000), np.uint8, chunks=1024), model, chunks=1024)
+    n = len(dict(y.__dask_graph__()))
+    assert time.perf_counter() - t < 5
+    assert n <= 2 * y.npartitions + 1                 # source chunks + blocks + the shared job key
+    z = zarr.create_array(str(tmp_path / "big.zarr"), shape=(100_000, 100_000), chunks=(1024, 1024), dtype="uint8")
+    t = time.perf_counter()
+    y = hirestile.segment(z, model, chunks=1024)
+    n = len(dict(y.__dask_graph__()))
+    assert time.perf_counter() - t < 5
+    assert n == y.npartitions + 2
+
+
+# **** dask.distributed ****
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       env={"NUMBA_NUM_THREADS": "1"}, silence_logs=40)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _out_array(path, shape, chunks, shards):
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, shards=shards, dtype="float32", fill_value=0)
+
+
+def test_distributed_store_into_shards(tmp_path, client, model):
+    img = image((96, 128), seed=7)
+    src = zarr.create_array(str(tmp_path / "in.zarr"), data=img, chunks=(32, 32))
+    y = hirestile.segment(src, model, chunks=(32, 64))
+    out = _out_array(tmp_path / "out.zarr", y.shape, (2, 16, 32), (2, 32, 64))
+    da.store(y, out, lock=False, scheduler=client)
+    want = hirestile.predict(model, img)
+    assert np.array_equal(out[:], want)
+    info = client.run(dask_api.worker_info)
+    assert len(info) == 2
+    for w in info.values():
+        assert w["threading_layer"] in ("omp", "tbb"), w      # not workqueue: thread-safe layer holds
+        assert w["numba_threads"] == [1], w                       # NUMBA_NUM_THREADS=1 / 1 thread per worker
+    # a second job (to_zarr) compiles nothing new: kernels come once per worker, not per task
+    y.to_zarr(_out_array(tmp_path / "out2.zarr", y.shape, (2, 32, 64), None), compute=True)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "out2.zarr"))[:], want)
+    again = client.run(dask_api.worker_info)
+    for addr, w in again.items():
+        assert w["signatures"] == info[addr]["signatures"] and w["compiled"] == info[addr]["compiled"], (w, info)
+    assert sum(w["tasks"] for w in again.values()) >= sum(w["tasks"] for w in info.values()) + y.npartitions
+
+
+def _slow(block):
+    time.sleep(0.25)
+    return block
+
+
+def test_worker_killed_mid_run(tmp_path, client, model):
+    import cloudpickle
+    from distributed import wait
+    mod = sys.modules.get(_slow.__module__)
+    if mod is not None:
+        cloudpickle.register_pickle_by_value(mod)
+    img = image((128, 128), seed=11)
+    src = da.from_array(img, chunks=32).map_blocks(_slow, dtype=img.dtype)
+    y = hirestile.segment(src, model, chunks=32)
+    out = _out_array(tmp_path / "out.zarr", y.shape, (2, 32, 32), None)
+    fut = client.compute(da.store(y, out, lock=False, compute=False))
+    pids = client.run(os.getpid)
+    victim = sorted(pids)[0]
+    deadline = time.time() + 60
+    while not os.path.isdir(tmp_path / "out.zarr" / "c") and time.time() < deadline:
+        time.sleep(0.05)                               # until a first block is written
+    assert not fut.done()
+    os.kill(pids[victim], signal.SIGKILL)
+    wait(fut, timeout=180)
+    fut.result()
+    assert np.array_equal(out[:], hirestile.predict(model, img))
+    deadline = time.time() + 60
+    while len(client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert pids[victim] not in client.run(os.getpid).values()     # it did die (and was replaced)
+
+
+def test_cluster_segment_to_zarr_matches_scheduler_and_resumes(tmp_path, client, model, monkeypatch):
+    from hirestile import scheduler
+    from hirestile.resume import DoneLog
+
+    img = image((1, 80, 100), seed=13)
+    src = str(tmp_path / "in.zarr")
+    zarr.create_array(src, data=img, chunks=(1, 32, 32))
+    ref = str(tmp_path / "ref.zarr")
+    scheduler.segment_to_zarr(src, model, ref, tile=32, progress=False)
+    want = zarr.open_group(ref)["0"][:]
+
+    out = str(tmp_path / "out.zarr")
+    stats = dask_api.segment_to_zarr(src, model, out, client=client, tile=32, progress=False)
+    assert stats.tiles_computed == stats.tiles_total == 12
+    assert np.array_equal(zarr.open_group(out)["0"][:], want)
+    assert scheduler.segment_to_zarr(src, model, out, tile=32, progress=False).already_complete
+
+    # interrupted after 3 tiles: both the cluster and the one-machine path resume it
+    calls = []
+    real = DoneLog.mark
+
+    def mark(self, rect):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(rect)
+        real(self, rect)
+
+    part = str(tmp_path / "part.zarr")
+    monkeypatch.setattr(DoneLog, "mark", mark)
+    with pytest.raises(KeyboardInterrupt):
+        dask_api.segment_to_zarr(src, model, part, client=client, tile=32, kind="labels", progress=False)
+    monkeypatch.setattr(DoneLog, "mark", real)
+    deadline = time.time() + 60
+    while any(client.processing().values()) and time.time() < deadline:
+        time.sleep(0.05)                               # stragglers finish before the rerun
+    assert zarr.open_group(part).attrs["hirestile"]["status"] == "incomplete"
+    stats = dask_api.segment_to_zarr(src, model, part, client=client, tile=32, kind="labels", progress=False)
+    assert stats.tiles_skipped == 3 and stats.tiles_computed == 9
+    assert np.array_equal(zarr.open_group(part)["0"][:], expected(model, img, "labels"))
