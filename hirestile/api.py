@@ -1,6 +1,7 @@
 """Python API: load a model, analyze it, predict full-frame or tiled."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -23,9 +24,21 @@ def as_model(model: Model | Graph | str | Path) -> Model:
     return load_model(model)
 
 
-def load_model(source: str | Path) -> Model:
+CONTRACT_FIELDS = ("mean", "std", "scale", "pad_to", "pad_mode", "stretch", "softening")
+
+
+def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
     """Load a model: a built-in name (see ``hirestile models``), an ``.onnx`` file or a
     UNet ``.safetensors`` file.
+
+    A model file may come with a sidecar ``<file>.json`` (e.g. ``my.onnx.json``)
+    declaring its input contract and class names::
+
+        {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "scale": "dtype",
+         "pad_to": 16, "pad_mode": "reflect", "classes": ["background", "nucleus"]}
+
+    ``contract`` (same keys) overrides the sidecar; the CLI fills it from
+    ``--pad-to``, ``--mean``, ``--std`` and ``--scale``.
 
     Examples
     --------
@@ -34,18 +47,58 @@ def load_model(source: str | Path) -> Model:
     """
     src = str(source)
     path = Path(src)
-    if path.suffix.lower() == ".onnx" or (path.exists() and path.suffix.lower() != ".safetensors"):
-        if not path.exists():
-            raise ModelError(f"model file {src} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".safetensors") and not path.exists():
+        m = load_builtin(src)
+        return with_contract(m, contract) if contract else m
+    if not path.exists():
+        raise ModelError(f"model file {src} does not exist")
+    if suffix == ".safetensors":
+        from hirestile.models.unet import load_unet
+        m = load_unet(path, name=path.stem)
+    else:
         from hirestile.onnx_import import load_onnx
         graph = load_onnx(path)
-        return Model(graph=graph, contract=InputContract(channels=graph.in_channels, scale="none"), name=path.stem)
-    if path.suffix.lower() == ".safetensors":
-        if not path.exists():
-            raise ModelError(f"model file {src} does not exist")
-        from hirestile.models.unet import load_unet
-        return load_unet(path, name=path.stem)
-    return load_builtin(src)
+        m = Model(graph=graph, contract=InputContract(channels=graph.in_channels, scale="none"), name=path.stem)
+    spec = dict(read_sidecar(path))
+    spec.update(contract or {})
+    return with_contract(m, spec) if spec else m
+
+
+def read_sidecar(path: Path) -> dict:
+    """The contract/classes declared in ``<path>.json`` beside a model file ({} if none)."""
+    side = path.with_name(path.name + ".json")
+    if not side.exists():
+        return {}
+    import json
+    try:
+        spec = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{side}: not a readable JSON sidecar ({e})") from None
+    if not isinstance(spec, dict):
+        raise ModelError(f"{side}: the sidecar must be a JSON object")
+    return spec
+
+
+def with_contract(m: Model, spec: dict) -> Model:
+    """``m`` with its input contract / class names changed by ``spec`` (keys of
+    :class:`InputContract` plus ``classes``)."""
+    unknown = set(spec) - set(CONTRACT_FIELDS) - {"classes"}
+    if unknown:
+        raise ModelError(f"unknown input-contract keys {sorted(unknown)}; use {', '.join(CONTRACT_FIELDS)}, classes")
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k in CONTRACT_FIELDS}
+    try:
+        contract = replace(m.contract, **fields)
+        if contract.pad_to < 1 or contract.pad_mode not in ("reflect", "replicate", "zeros") \
+                or contract.scale not in ("dtype", "none") or contract.stretch not in ("linear", "asinh"):
+            raise ValueError(f"{fields}")
+        for v in (contract.mean, contract.std):
+            if len(v) not in (1, m.graph.in_channels):
+                raise ValueError(f"{len(v)} values for {m.graph.in_channels} channels")
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"invalid input contract: {e}") from None
+    classes = tuple(spec.get("classes", m.classes))
+    return Model(graph=m.graph, contract=contract, name=m.name, classes=classes, card=m.card)
 
 
 def load_builtin(name: str) -> Model:

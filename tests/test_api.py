@@ -1,0 +1,74 @@
+"""The Python front end: model loading, input contracts, input validation."""
+import json
+
+import numpy as np
+import pytest
+
+import hirestile
+from hirestile.errors import InputError, ModelError
+from hirestile.models.unet import init_state, save_unet, unet
+
+ARCH = dict(in_channels=1, classes=2, base=4, depth=2)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_unet(path, init_state(**ARCH, seed=3), **ARCH)
+    return path
+
+
+def test_safetensors_roundtrip_equals_in_memory_model(weights):
+    x = np.random.default_rng(0).random((1, 23, 19), np.float32)
+    loaded = hirestile.load_model(weights)
+    assert loaded.contract.pad_to == 4
+    assert np.array_equal(hirestile.predict(loaded, x), hirestile.predict(unet(**ARCH, seed=3), x))
+
+
+def test_sidecar_declares_contract_and_classes(weights):
+    x = np.random.default_rng(1).integers(0, 255, (1, 16, 16), dtype=np.uint8)
+    plain = hirestile.predict(hirestile.load_model(weights), (x.astype(np.float32) / 255 - 0.5) / 2)
+    (weights.parent / (weights.name + ".json")).write_text(
+        json.dumps({"mean": [0.5], "std": [2.0], "classes": ["sky", "star"]}))
+    m = hirestile.load_model(weights)
+    assert m.classes == ("sky", "star") and m.contract.mean == (0.5,)
+    assert np.allclose(hirestile.predict(m, x), plain, atol=1e-6)
+    assert hirestile.load_model(weights, contract={"pad_to": 8}).contract.pad_to == 8
+
+
+@pytest.mark.parametrize("spec, match", [({"bogus": 1}, "unknown input-contract"),
+                                         ({"pad_to": 0}, "invalid input contract"),
+                                         ({"mean": [1, 2, 3]}, "3 values for 1 channels")])
+def test_bad_contract_is_a_model_error(weights, spec, match):
+    with pytest.raises(ModelError, match=match):
+        hirestile.load_model(weights, contract=spec)
+
+
+def test_bad_sidecar(weights):
+    (weights.parent / (weights.name + ".json")).write_text("{not json")
+    with pytest.raises(ModelError, match="sidecar"):
+        hirestile.load_model(weights)
+
+
+def test_missing_and_unknown_models(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        hirestile.load_model(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="unknown model"):
+        hirestile.load_model("no-such-model")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(ModelError):
+        hirestile.load_model(bad)
+
+
+def test_predict_validates_input():
+    m = unet(**ARCH)
+    with pytest.raises(InputError, match="channel"):
+        hirestile.predict(m, np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(InputError, match="empty"):
+        hirestile.predict(m, np.zeros((1, 0, 8), np.float32))
+    x = np.zeros((1, 9, 9), np.float32)
+    x[0, 4, 7] = np.nan
+    with pytest.raises(InputError, match="row 4, col 7"):
+        hirestile.predict(m, x)
+    assert hirestile.predict(m, np.zeros((9, 9), np.float32)).shape == (2, 9, 9)  # 2D = one channel
