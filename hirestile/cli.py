@@ -11,6 +11,7 @@ stderr and a non-zero exit code (2 input, 3 model, 4 output, 1 other,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -67,17 +68,17 @@ def cmd_segment(a: argparse.Namespace) -> int:
     from .scheduler import segment_to_zarr
 
     model = load_model_cli(a.model)
-    common = dict(tile=a.tile, kind=a.output, overwrite=a.overwrite, level=a.level, axes=a.axes,
-                  nan_fill=a.nan_fill, pyramid=a.pyramid, allow_missing=a.allow_missing,
-                  progress=None if not a.quiet else False, log=_say)
-    if a.scheduler or a.workers:                 # the same job, its tiles computed on a dask cluster
-        from .dask_api import cluster_client
-        from .dask_api import segment_to_zarr as segment_on_cluster
+    with contextlib.ExitStack() as stack:
+        run_tiles = None
+        if a.scheduler or a.workers:             # the same job, its tiles computed on a dask cluster
+            from .dask_api import cluster_client, cluster_tiles
 
-        with cluster_client(a.scheduler, workers=a.workers) as client:
-            stats = segment_on_cluster(a.input, model, a.o, client=client, **common)
-    else:
-        stats = segment_to_zarr(a.input, model, a.o, threads=a.threads, **common)
+            client = stack.enter_context(cluster_client(a.scheduler, workers=a.workers))
+            run_tiles = cluster_tiles(client, log=_say)
+        stats = segment_to_zarr(a.input, model, a.o, tile=a.tile, kind=a.output, threads=a.threads,
+                                overwrite=a.overwrite, level=a.level, axes=a.axes, nan_fill=a.nan_fill,
+                                pyramid=a.pyramid, allow_missing=a.allow_missing,
+                                progress=None if not a.quiet else False, log=_say, run_tiles=run_tiles)
     _say(stats.summary())
     return 0
 
@@ -208,19 +209,13 @@ def cmd_example(a: argparse.Namespace) -> int:
 
 
 def _check_new_output(path: str, overwrite: bool, inputs: Sequence[str] = ()) -> None:
-    from . import ome
+    from .scheduler import make_room
 
     if any(os.path.abspath(path) == os.path.abspath(i) for i in inputs):
         raise OutputError(f"output {path} is the input; choose another output path")
-    if os.path.lexists(path):
-        if not overwrite:
-            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another path")
-        ome.remove_output(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise OutputError(f"cannot create {path}: directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot create {path}: {parent} is not writable; choose another path")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another path")
+    make_room(path, choose="another path")
 
 
 # **** argument parsing ****

@@ -4,9 +4,10 @@ Layer 6 of DESIGN.md section 3, beside the Python API and the CLI. Two entry poi
 
 * :func:`segment` -- NumPy in, NumPy out; Dask or zarr in, a lazy Dask array out
   (dask-image style: the halo is hirestile's business, never the user's).
-* :func:`segment_to_zarr` -- what ``hirestile segment --scheduler ADDR`` /
-  ``--workers N`` runs: the scheduler's zarr-to-OME-Zarr job (same output, same
-  manifest, same resume log) with the tiles computed on a dask.distributed cluster.
+* :func:`cluster_tiles` -- what ``hirestile segment --scheduler ADDR`` /
+  ``--workers N`` runs: :func:`hirestile.scheduler.segment_to_zarr`'s job (same
+  output, same manifest, same resume log) with the tiles computed on a
+  dask.distributed cluster.
 
 Graph shape
 -----------
@@ -49,6 +50,7 @@ True
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -63,12 +65,11 @@ import numpy as np
 import hirestile
 from hirestile import api, executor
 from hirestile.analyzer import Report
-from hirestile.errors import HirestileError, InputError, ModelError
+from hirestile.errors import HirestileError, InputError
 from hirestile.graph import ShapeError
 from hirestile.model import Model
 
-__all__ = ["segment", "segment_to_zarr", "stream_tiles", "cluster_client", "postprocess", "worker_info",
-           "OUTPUTS"]
+__all__ = ["segment", "cluster_tiles", "cluster_client", "postprocess", "worker_info", "OUTPUTS"]
 
 OUTPUTS = ("logits", "probabilities", "labels")
 DEFAULT_BLOCK = 1024             # default output block side (rows, cols)
@@ -289,8 +290,10 @@ def _task_threads(requested: int | None) -> int | None:
 def _run_logits(job: Job, raw: np.ndarray, read: Region, out_region: Region) -> np.ndarray:
     """The executor on one read window: raw (C, h, w) stored pixels -> (K, h', w') logits."""
     import numba
+
+    from hirestile.scheduler import check_finite
     model, rep = _prepared(job)
-    raw = _finite(raw, read, job.nan_fill)
+    raw = check_finite(raw, read, job.nan_fill, where="image", hint="pass nan_fill=VALUE to stand in for NaN/Inf")
     window = model.contract.normalize(raw)
     del raw
     threads = _task_threads(job.numba_threads)
@@ -304,21 +307,6 @@ def _run_logits(job: Job, raw: np.ndarray, read: Region, out_region: Region) -> 
         numba.set_num_threads(old)
     _STATS["tasks"] += 1
     return logits
-
-
-def _finite(raw: np.ndarray, read: Region, nan_fill: float | None) -> np.ndarray:
-    if raw.dtype.kind != "f":
-        return raw
-    bad = ~np.isfinite(raw)
-    if not bad.any():
-        return raw
-    if nan_fill is None:
-        c, y, x = np.argwhere(bad)[0]
-        raise InputError(f"image holds NaN/Inf at channel {c}, row {read[0][0] + y}, column {read[1][0] + x}; "
-                         "pass nan_fill=VALUE to stand in for them")
-    raw = raw.copy()
-    raw[bad] = nan_fill
-    return raw
 
 
 # **** sources, layout and blocks ****
@@ -604,8 +592,9 @@ def cluster_client(address: str | None = None, *, workers: int | None = None, th
 
     Examples
     --------
+    >>> from hirestile.scheduler import segment_to_zarr
     >>> with cluster_client(workers=2) as client:     # doctest: +SKIP
-    ...     stats = segment_to_zarr("slide.zarr", "unet", client=client)
+    ...     stats = segment_to_zarr("slide.zarr", "unet", run_tiles=cluster_tiles(client))
     """
     from distributed import Client, LocalCluster
 
@@ -649,6 +638,7 @@ class _ClusterJob:
     source: tuple[str, int, str, int]     # input path, level, axes, channels: each worker opens it
     out: Any                              # the output's level-0 zarr array (pickles by store path)
     kind: str
+    output: str                           # the output's path, for messages
 
 
 _IMAGES: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -671,43 +661,46 @@ def _cluster_tile(cj: _ClusterJob, tile: Any) -> tuple[int, float, float, float]
 
     Returns (tile index, read s, compute s, write s); the driver marks it done.
     """
-    from hirestile import ome
-    from hirestile.errors import OutputError
-    from hirestile.resume import fsync_path
-    from hirestile.scheduler import _block_files, _check_finite
+    from hirestile.scheduler import read_tile, store_tile
 
     t0 = time.perf_counter()
-    img = _open_source(cj.source)
-    raw = _check_finite(img.read(*tile.read), tile.read, cj.job.nan_fill, img.path)
+    raw = read_tile(_open_source(cj.source), tile, cj.job.nan_fill)
     t1 = time.perf_counter()
     logits = _run_logits(cj.job, raw, tile.read, tile.out)
     t2 = time.perf_counter()
-    data = ome.postprocess(logits, cj.kind)
-    (y0, y1), (x0, x1) = tile.out
-    try:
-        cj.out[(..., slice(y0, y1), slice(x0, x1))] = data
-        files, dirs = _block_files(cj.out, tile, cj.kind)
-        for f in files:
-            fsync_path(f)
-        for d in dirs:
-            fsync_path(d)
-    except OSError as e:
-        raise OutputError(f"writing {cj.out.store_path} failed at tile {tile.index} ({e.strerror or e}); "
-                          "free space or fix permissions, then rerun the same command to resume") from None
+    store_tile(cj.out, tile, logits, kind=cj.kind, output=cj.output)
     return tile.index, t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
-def stream_tiles(img: Any, model: Any, rep: Report, arr: Any, todo: list[Any], donelog: Any, stats: Any, *,
-                 kind: str, nan_fill: float | None, progress: bool | None, total: int, client: Any) -> None:
-    """The cluster twin of the scheduler's tile stream: one task per tile on ``client``'s workers.
+def cluster_tiles(client: Any, *, log: Callable[[str], None] | None = None) -> Callable[..., None]:
+    """The tile runner that computes a scheduler job's tiles on ``client``'s workers.
 
-    Same arguments as ``hirestile.scheduler._stream`` plus ``client``. Each task
-    opens the input by path (cached per worker), reads its tile's window, runs
-    the executor, writes whole shards of ``arr`` and fsyncs them; this process
-    marks each tile in ``donelog`` as its task reports back, so a run stopped
-    here (Ctrl-C, SIGTERM, a crash) resumes like the single-machine one. A
-    failed worker's tiles are recomputed elsewhere by dask.
+    Pass it as ``run_tiles`` to :func:`hirestile.scheduler.segment_to_zarr`: same
+    output, same job manifest and same resume log, so a run interrupted on the
+    cluster resumes on one machine, and the reverse. This process plans the
+    tiles, holds the output's lock, marks tiles done as workers report them
+    written and shows progress; each worker opens the input by path (cached per
+    worker), reads its tile's window, runs the executor and writes and fsyncs
+    whole shards. Input and output must be visible to every worker under the
+    same path (one machine, or a shared filesystem). A run stopped here
+    (Ctrl-C, SIGTERM, a crash) resumes like the single-machine one; a failed
+    worker's tiles are recomputed elsewhere by dask. In the returned RunStats,
+    ``read``, ``compute`` and ``write`` add up worker time; ``idle`` is unused.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        See :func:`cluster_client`.
+    log : callable, optional
+        Receives a one-line note: how many tiles on how many workers.
     """
+    return functools.partial(_stream_tiles, client=client, say=log or (lambda s: None))
+
+
+def _stream_tiles(img: Any, model: Any, rep: Report, arr: Any, todo: list[Any], donelog: Any, stats: Any, *,
+                  kind: str, nan_fill: float | None, progress: bool | None, total: int, client: Any,
+                  say: Callable[[str], None]) -> None:
+    """:func:`cluster_tiles`' runner (``hirestile.scheduler.TileRunner``): one task per tile."""
     import signal
 
     from dask._task_spec import DataNode, Task, TaskRef
@@ -718,7 +711,7 @@ def stream_tiles(img: Any, model: Any, rep: Report, arr: Any, todo: list[Any], d
     job = Job(model=m, token=_model_token(m, m), image_hw=(img.height, img.width), layout="", output=kind,
               nan_fill=nan_fill)
     cj = _ClusterJob(job=job, source=(os.path.abspath(img.path), img.level, img.axes, m.contract.channels),
-                     out=arr, kind=kind)
+                     out=arr, kind=kind, output=stats.output)
     run = uuid.uuid4().hex[:12]              # tiles write files: never share keys with another run
     job_key = f"hirestile-cluster-job-{run}"
     dsk: dict[Any, Any] = {job_key: DataNode(job_key, cj)}
@@ -728,6 +721,9 @@ def stream_tiles(img: Any, model: Any, rep: Report, arr: Any, todo: list[Any], d
         dsk[key] = Task(key, _cluster_tile, TaskRef(job_key), t)
         keys.append(key)
         by_index[t.index] = t
+    if keys:
+        nworkers = len(client.scheduler_info().get("workers", {}))
+        say(f"computing {len(keys)} tiles on {nworkers} dask worker(s) at {client.scheduler.address}")
     bar = tqdm(total=total, initial=total - len(todo), unit="tile", dynamic_ncols=True, desc="segment",
                smoothing=0.1, disable=None if progress is None else not progress)
     old_term = None
@@ -759,133 +755,3 @@ def stream_tiles(img: Any, model: Any, rep: Report, arr: Any, todo: list[Any], d
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 
-
-def segment_to_zarr(image: str, model: Any, output: str | None = None, *, client: Any, tile: int | None = None,
-                    kind: str = "probabilities", overwrite: bool = False, level: int | None = None,
-                    axes: str | None = None, nan_fill: float | None = None, pyramid: bool = False,
-                    allow_missing: bool = False, progress: bool | None = True, memory_budget: int | None = None,
-                    log: Callable[[str], None] | None = None) -> Any:
-    """:func:`hirestile.scheduler.segment_to_zarr` with the tiles computed on a dask cluster.
-
-    Same output, same job manifest and same resume log: a run interrupted here
-    resumes here or on one machine, and the reverse. This process plans the
-    tiles, holds the output's lock, marks tiles done as workers report them
-    written and shows progress (:func:`stream_tiles`); each worker opens the
-    input by path, reads its tile's window, runs the executor and writes whole
-    shards. Input and output must be visible to every worker under the same
-    path (one machine, or a shared filesystem).
-
-    Parameters
-    ----------
-    image : str
-        Input path (zarr array/group, OME-Zarr, TIFF).
-    model : Model or str
-        The model; a name or path is loaded here and shipped to each worker once.
-    client : distributed.Client
-        See :func:`cluster_client`.
-    tile, kind, overwrite, level, axes, nan_fill, pyramid, allow_missing, progress, log :
-        As in :func:`hirestile.scheduler.segment_to_zarr`. ``memory_budget`` bounds one
-        tile's executor memory (default: the scheduler's).
-
-    Returns
-    -------
-    RunStats
-        ``read``, ``compute`` and ``write`` add up worker time; ``idle`` is unused.
-    """
-    # Mirrors scheduler.segment_to_zarr step for step, with _stream -> stream_tiles.
-    from hirestile import ome, scheduler as sch
-    from hirestile.errors import OutputError
-    from hirestile.io import open_image
-    from hirestile.resume import DoneLog
-
-    say = log or (lambda s: None)
-    t_start = time.perf_counter()
-    if kind not in ome.OUTPUT_KINDS:
-        raise ValueError(f"output must be one of {', '.join(ome.OUTPUT_KINDS)}, got {kind!r}")
-    m = api.as_model(model)
-    channels = m.contract.channels
-    img = open_image(image, level=level, axes=axes, channels=channels)
-    try:
-        if img.channels != channels:
-            raise InputError(f"{img.path}: has {img.channels} channel(s) (axes {img.axes}, shape {img.shape}) but "
-                             f"model {m.name!r} takes {channels}; give a {channels}-channel image or check --axes")
-        missing = img.missing_chunks(limit=1 if img.dense else None)
-        if missing and img.dense and not allow_missing:
-            raise InputError(f"{img.path}: chunk {missing[0]} is missing (its writer stored every chunk, so the "
-                             "data is damaged); restore or re-create the input, or pass --allow-missing to read "
-                             f"it as fill value {img.array.fill_value}")
-        try:
-            rep = api.analyze(m, (img.height, img.width))
-        except ShapeError as e:
-            raise InputError(f"{img.path}: image {img.height}x{img.width} is smaller than model {m.name!r} "
-                             f"takes ({e}); use a larger image") from None
-        k, oh, ow = rep.output_shape
-        if kind == "labels" and k > 255:
-            raise ModelError(f"model {m.name!r} has {k} classes, too many for uint8 labels; "
-                             "use --output probabilities")
-        if tile is None:
-            tile = sch.auto_tile(rep, budget=memory_budget or sch.MEMORY_BUDGET)
-        if tile < 1:
-            raise InputError(f"--tile must be a positive number of pixels, got {tile}")
-        if not rep.tileable and (oh > tile or ow > tile):
-            rep.check_tileable()
-        classes = tuple(m.classes) or tuple(f"class{i}" for i in range(k))
-        out_path = output or sch.default_output(img.path, m.name)
-        if os.path.abspath(out_path) == os.path.abspath(img.path):
-            raise OutputError(f"output {out_path} is the input; choose another -o")
-        manifest = {"job": {"model": {"name": m.name, "fingerprint": sch.model_fingerprint(m)},
-                            "input": img.identity(), "output": kind, "output_shape": [int(k), int(oh), int(ow)]},
-                    "nan_fill": nan_fill, "pyramid": bool(pyramid), "classes": list(classes),
-                    "hirestile": hirestile.__version__}
-        group, layout, tiles_done = sch._open_output(out_path, manifest=manifest, kind=kind, classes=k,
-                                                     out_hw=(oh, ow), tile=tile, overwrite=overwrite)
-        stats = sch.RunStats(output=out_path, halo=tuple(rep.halo) if rep.tileable else (0, 0, 0, 0))
-        plan = sch.make_plan(rep, layout, tile)
-        stats.tiles_total = len(plan.tiles)
-        if group is None:
-            stats.already_complete, stats.wall = True, time.perf_counter() - t_start
-            return stats
-        stats.tile = plan.tile
-        stats.read_redundancy = plan.read_redundancy
-        stats.compute_redundancy = sch.compute_redundancy(rep, plan)
-        donelog = DoneLog(out_path)
-        try:
-            donelog.lock()
-        except OSError as e:
-            if isinstance(e, HirestileError):
-                raise
-            raise OutputError(f"cannot write {out_path}: {e.strerror or e}; choose a writable output path") from None
-        try:
-            done = donelog.load()
-            todo = [] if tiles_done else [t for t in plan.tiles if not sch._all_done(t, done)]
-            stats.tiles_skipped = len(plan.tiles) - len(todo)
-            if stats.tiles_skipped:
-                say(f"resuming {out_path}: {stats.tiles_skipped} of {len(plan.tiles)} tiles already done")
-            if missing and todo:
-                say(f"note: {len(missing)} input chunk(s) are not stored (first {missing[0]}); zarr reads them "
-                    f"as fill value {img.array.fill_value}")
-            if todo:
-                nworkers = len(client.scheduler_info().get("workers", {}))
-                say(f"computing {len(todo)} tiles on {nworkers} dask worker(s) at {client.scheduler.address}")
-            stream_tiles(img, m, rep, group["0"], todo, donelog, stats, kind=kind, nan_fill=nan_fill,
-                         progress=progress, total=len(plan.tiles), client=client)
-            t_fin = time.perf_counter()
-            levels = ome.pyramid_levels((oh, ow)) if pyramid else 1
-            try:
-                if levels > 1:
-                    ome.build_pyramid(group, kind=kind, base=layout, levels=levels)
-                scale = ome.scale_of((img.height, img.width), (oh, ow))
-                ome.finalize(group, ome=ome.ome_metadata(kind=kind, classes=classes, name=m.name, levels=levels,
-                                                         scale=scale, extra={"model": m.name}))
-            except OSError as e:
-                raise OutputError(f"writing {out_path} failed ({e.strerror or e}); free space or fix permissions, "
-                                  "then rerun the same command to finish") from None
-            donelog.remove()
-            stats.finish = time.perf_counter() - t_fin
-        finally:
-            donelog.close()
-    finally:
-        img.close()
-    stats.wall = time.perf_counter() - t_start
-    stats.peak_rss = sch.peak_rss()
-    return stats

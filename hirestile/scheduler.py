@@ -12,7 +12,9 @@ Layer 5 of DESIGN.md section 3. One run of :func:`segment_to_zarr`:
    the main thread computes (numba's parallel kernels are called from one thread
    only), a writer thread turns logits into the stored output, writes whole
    blocks, fsyncs them and marks them done. Bounded queues between them keep
-   memory at a few tiles, independent of the image size.
+   memory at a few tiles, independent of the image size. A ``run_tiles`` runner
+   may compute them elsewhere instead (``hirestile.dask_api.cluster_tiles``);
+   everything else stays here.
 4. **finish** — pyramid levels, OME metadata, resume state removed.
 
 Examples
@@ -232,6 +234,13 @@ def default_output(input_path: str, model_name: str) -> str:
 
 
 # **** the run ****
+TileRunner = Callable[..., None]
+"""Computes and durably writes tiles, called as ``run(img, model, rep, arr, todo, donelog, stats, *,
+kind, nan_fill, progress, total)``: the opened input, the Model and its Report, the output's
+level-0 zarr array, the tiles to do, the resume log (mark each tile's blocks once written), the
+RunStats to add to (tiles_computed, out_pixels, in_pixels_read, read/compute/write seconds);
+``total`` tiles in all, for the progress bar. :func:`_stream` is this process's;
+``hirestile.dask_api.cluster_tiles(client)`` gives a dask cluster's."""
 _STOP = object()
 
 
@@ -262,7 +271,10 @@ class _Pipeline:
         return False
 
 
-def _check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, path: str) -> np.ndarray:
+def check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, *, where: str,
+                 hint: str = "pass --nan-fill VALUE to stand in for NaN/Inf (e.g. --nan-fill 0)") -> np.ndarray:
+    """``raw`` (C, h, w) read at ``read`` with NaN/Inf replaced by ``nan_fill``; when that is None,
+    an :class:`InputError` naming ``where``, the first such pixel and ``hint``."""
     if raw.dtype.kind != "f":
         return raw
     finite = np.isfinite(raw)
@@ -271,11 +283,38 @@ def _check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, path: s
     if nan_fill is None:
         c, y, x = np.argwhere(~finite)[0]
         val = raw[c, y, x]
-        raise InputError(f"{path}: holds {'NaN' if np.isnan(val) else 'Inf'} at channel {c}, row {read[0][0] + y}, "
-                         f"column {read[1][0] + x}; pass --nan-fill VALUE to stand in for NaN/Inf (e.g. --nan-fill 0)")
+        raise InputError(f"{where} holds {'NaN' if np.isnan(val) else 'Inf'} at channel {c}, row {read[0][0] + y}, "
+                         f"column {read[1][0] + x}; {hint}")
     raw = raw.copy()
     raw[~finite] = nan_fill
     return raw
+
+
+def read_tile(img: InputImage, tile: Tile, nan_fill: float | None) -> np.ndarray:
+    """The tile's read window as stored (C, h, w), NaN/Inf checked (:func:`check_finite`)."""
+    return check_finite(img.read(*tile.read), tile.read, nan_fill, where=f"{img.path}:")
+
+
+def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: str,
+               mark: Callable[[tuple[int, int, int, int]], None] | None = None) -> None:
+    """Write the tile's ``logits`` as ``kind`` into ``arr`` (whole blocks), fsync them, then ``mark(tile.blocks)``.
+
+    An OSError becomes an :class:`OutputError` naming ``output`` (the output's path).
+    """
+    data = ome.postprocess(logits, kind)
+    (y0, y1), (x0, x1) = tile.out
+    try:
+        arr[(..., slice(y0, y1), slice(x0, x1))] = data
+        files, dirs = _block_files(arr, tile, kind)
+        for f in files:
+            fsync_path(f)
+        for d in dirs:
+            fsync_path(d)
+        if mark is not None:
+            mark(tile.blocks)
+    except OSError as e:
+        raise OutputError(f"writing {output} failed at tile {tile.index} ({e.strerror or e}); "
+                          "free space or fix permissions, then rerun the same command to resume") from None
 
 
 def _block_files(arr: Any, tile: Tile, kind: str) -> tuple[list[str], set[str]]:
@@ -292,12 +331,30 @@ def _block_files(arr: Any, tile: Tile, kind: str) -> tuple[list[str], set[str]]:
     return files, {os.path.dirname(f) for f in files}
 
 
+def make_room(path: str, *, choose: str) -> None:
+    """Remove ``path`` if it exists (never under a running writer) and check it can be created.
+
+    ``choose`` ends the errors' advice, e.g. ``"another -o"``.
+    """
+    if os.path.lexists(path):
+        if os.path.isdir(os.path.join(path, STATE_DIR)):      # never delete under a running writer
+            probe = DoneLog(path)
+            probe.lock()
+            probe.close()
+        ome.remove_output(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot create {path}: directory {parent} does not exist; create it or choose {choose}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot create {path}: {parent} is not writable; choose {choose}")
+
+
 def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = None, *,
                     tile: int | None = None, kind: str = "probabilities", threads: int | None = None,
                     overwrite: bool = False, level: int | None = None, axes: str | None = None,
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory_budget: int = MEMORY_BUDGET,
-                    log: Callable[[str], None] | None = None) -> RunStats:
+                    log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None) -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -313,7 +370,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         Rounded up to whole output shards.
     kind : {"probabilities", "logits", "labels"}
     threads : int, optional
-        Numba threads for the kernels.
+        Numba threads for the kernels (when they run in this process).
     overwrite : bool
         Replace an existing output (of any job) instead of resuming it.
     level, axes : see :func:`hirestile.io.open_image`.
@@ -330,10 +387,20 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         Bytes the executor may use for one tile when ``tile`` is not given.
     log : callable, optional
         Receives one-line notes (resuming, missing chunks).
+    run_tiles : TileRunner, optional
+        What computes and writes the tiles; by default this process's reader ->
+        compute -> writer stream. ``hirestile.dask_api.cluster_tiles(client)``
+        computes them on a dask cluster: same output, manifest and resume log.
 
     Returns
     -------
     RunStats
+
+    Examples
+    --------
+    >>> from hirestile.dask_api import cluster_client, cluster_tiles
+    >>> with cluster_client(workers=2) as client:     # doctest: +SKIP
+    ...     stats = segment_to_zarr("slide.zarr", "unet", run_tiles=cluster_tiles(client))
     """
     from . import api
 
@@ -348,7 +415,8 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
     try:
         return _segment(img, model, output, tile=tile, kind=kind, threads=threads, overwrite=overwrite,
                         nan_fill=nan_fill, pyramid=pyramid, allow_missing=allow_missing, progress=progress,
-                        memory_budget=memory_budget, say=log or (lambda s: None), t_start=t_start)
+                        memory_budget=memory_budget, say=log or (lambda s: None), t_start=t_start,
+                        run_tiles=run_tiles)
     finally:
         if img is not image:
             img.close()
@@ -356,7 +424,8 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
 
 def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | None, kind: str,
              threads: int | None, overwrite: bool, nan_fill: float | None, pyramid: bool, allow_missing: bool,
-             progress: bool | None, memory_budget: int, say: Callable[[str], None], t_start: float) -> RunStats:
+             progress: bool | None, memory_budget: int, say: Callable[[str], None], t_start: float,
+             run_tiles: TileRunner | None) -> RunStats:
     from . import api
     from .graph import ShapeError
 
@@ -420,12 +489,14 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         if missing and todo:
             say(f"note: {len(missing)} input chunk(s) are not stored (first {missing[0]}); zarr reads them as "
                 f"fill value {img.array.fill_value}")
-        if threads:
-            import numba
-            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        keep_freed_memory()
-        _stream(img, model, rep, group["0"], todo, donelog, stats, kind=kind, nan_fill=nan_fill,
-                progress=progress, total=len(plan.tiles))
+        if run_tiles is None:                      # the tiles are computed in this process
+            if threads:
+                import numba
+                numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+            keep_freed_memory()
+            run_tiles = _stream
+        run_tiles(img, model, rep, group["0"], todo, donelog, stats, kind=kind, nan_fill=nan_fill,
+                  progress=progress, total=len(plan.tiles))
         t_fin = time.perf_counter()
         levels = ome.pyramid_levels((oh, ow)) if pyramid else 1
         try:
@@ -493,17 +564,7 @@ def _open_output(path: str, *, manifest: dict[str, Any], kind: str, classes: int
         elif old != manifest:
             existing.attrs.put({**dict(existing.attrs), "hirestile": {**st, "manifest": manifest}})
         return existing, layout, complete or st.get("tiles") == "complete"
-    if overwrite and os.path.lexists(path):
-        if os.path.isdir(os.path.join(path, STATE_DIR)):      # never delete under a running writer
-            probe = DoneLog(path)
-            probe.lock()
-            probe.close()
-        ome.remove_output(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise OutputError(f"cannot create {path}: directory {parent} does not exist; create it or choose another -o")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot create {path}: {parent} is not writable; choose another -o")
+    make_room(path, choose="another -o")
     layout = ome.choose_layout(kind, classes=classes, out_hw=out_hw, tile=tile)
     group = ome.create_output(path, kind=kind, layout=layout, attrs={"manifest": manifest})
     return group, layout, False
@@ -511,7 +572,8 @@ def _open_output(path: str, *, manifest: dict[str, Any], kind: str, classes: int
 
 def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], donelog: DoneLog,
             stats: RunStats, *, kind: str, nan_fill: float | None, progress: bool | None, total: int) -> None:
-    """Run ``todo`` through reader -> compute -> writer; raise the first error any stage hit."""
+    """This process's :data:`TileRunner`: ``todo`` through reader -> compute -> writer threads;
+    raise the first error any stage hit."""
     from tqdm import tqdm
 
     from . import executor
@@ -529,8 +591,7 @@ def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], d
                 if pipe.stop.is_set():
                     return
                 s = time.perf_counter()
-                raw = img.read(*t.read)
-                raw = _check_finite(raw, t.read, nan_fill, img.path)
+                raw = read_tile(img, t, nan_fill)
                 window = contract.normalize(raw)
                 del raw
                 stats.read += time.perf_counter() - s
@@ -549,19 +610,8 @@ def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], d
                     return
                 t, logits = item
                 s = time.perf_counter()
-                data = ome.postprocess(logits, kind)
+                store_tile(arr, t, logits, kind=kind, output=stats.output, mark=donelog.mark)
                 (y0, y1), (x0, x1) = t.out
-                try:
-                    arr[(..., slice(y0, y1), slice(x0, x1))] = data
-                    files, dirs = _block_files(arr, t, kind)
-                    for f in files:
-                        fsync_path(f)
-                    for d in dirs:
-                        fsync_path(d)
-                    donelog.mark(t.blocks)
-                except OSError as e:
-                    raise OutputError(f"writing {stats.output} failed at tile {t.index} ({e.strerror or e}); "
-                                      "free space or fix permissions, then rerun the same command to resume") from None
                 stats.write += time.perf_counter() - s
                 stats.tiles_computed += 1
                 stats.out_pixels += (y1 - y0) * (x1 - x0)
@@ -637,5 +687,6 @@ def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], d
         raise pipe.error
 
 
-__all__ = ["Tile", "Plan", "RunStats", "make_plan", "auto_tile", "segment_to_zarr", "default_output",
-           "model_fingerprint", "peak_rss", "keep_freed_memory"]
+__all__ = ["Tile", "Plan", "RunStats", "TileRunner", "make_plan", "auto_tile", "segment_to_zarr", "default_output",
+           "model_fingerprint", "peak_rss", "keep_freed_memory", "check_finite", "read_tile", "store_tile",
+           "make_room"]

@@ -269,7 +269,8 @@ def test_cluster_segment_to_zarr_matches_scheduler_and_resumes(tmp_path, client,
     want = zarr.open_group(ref)["0"][:]
 
     out = str(tmp_path / "out.zarr")
-    stats = dask_api.segment_to_zarr(src, model, out, client=client, tile=32, progress=False)
+    on_cluster = dask_api.cluster_tiles(client)
+    stats = scheduler.segment_to_zarr(src, model, out, run_tiles=on_cluster, tile=32, progress=False)
     assert stats.tiles_computed == stats.tiles_total == 12
     assert np.array_equal(zarr.open_group(out)["0"][:], want)
     assert scheduler.segment_to_zarr(src, model, out, tile=32, progress=False).already_complete
@@ -287,12 +288,14 @@ def test_cluster_segment_to_zarr_matches_scheduler_and_resumes(tmp_path, client,
     part = str(tmp_path / "part.zarr")
     monkeypatch.setattr(DoneLog, "mark", mark)
     with pytest.raises(KeyboardInterrupt):
-        dask_api.segment_to_zarr(src, model, part, client=client, tile=32, kind="labels", progress=False)
+        scheduler.segment_to_zarr(src, model, part, run_tiles=on_cluster, tile=32, kind="labels",
+                                  progress=False)
     monkeypatch.setattr(DoneLog, "mark", real)
     deadline = time.time() + 60
     while any(client.processing().values()) and time.time() < deadline:
         time.sleep(0.05)                               # stragglers finish before the rerun
     assert zarr.open_group(part).attrs["hirestile"]["status"] == "incomplete"
-    stats = dask_api.segment_to_zarr(src, model, part, client=client, tile=32, kind="labels", progress=False)
+    stats = scheduler.segment_to_zarr(src, model, part, run_tiles=on_cluster, tile=32, kind="labels",
+                                      progress=False)
     assert stats.tiles_skipped == 3 and stats.tiles_computed == 9
     assert np.array_equal(zarr.open_group(part)["0"][:], expected(model, img, "labels"))
