@@ -1,0 +1,1 @@
+"""Model zoo: architecture builders, the built-in model registry and their weights."""
