@@ -28,12 +28,16 @@ def _say(msg: str) -> None:
 
 
 # **** model loading at the boundary ****
-def load_model_cli(name: str) -> Any:
-    """``hirestile.load_model`` with every failure turned into a one-line :class:`ModelError`."""
+def load_model_cli(name: str, a: argparse.Namespace | None = None) -> Any:
+    """``hirestile.load_model`` with every failure turned into a one-line :class:`ModelError`;
+    the contract flags of ``a`` (--pad-to, --mean, --std, --scale) override the model's."""
     from . import api
 
+    contract = {k: v for k, v in (("pad_to", getattr(a, "pad_to", None)), ("mean", getattr(a, "mean", None)),
+                                  ("std", getattr(a, "std", None)), ("scale", getattr(a, "scale", None)))
+                if v is not None}
     try:
-        return api.load_model(name)
+        return api.load_model(name, contract=contract or None)
     except HirestileError:
         raise
     except KeyError as e:                     # the registry's unknown-name error
@@ -67,7 +71,7 @@ def _mib(n: float) -> str:
 def cmd_segment(a: argparse.Namespace) -> int:
     from .scheduler import segment_to_zarr
 
-    model = load_model_cli(a.model)
+    model = load_model_cli(a.model, a)
     with contextlib.ExitStack() as stack:
         run_tiles = None
         if a.scheduler or a.workers:             # the same job, its tiles computed on a dask cluster
@@ -88,7 +92,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from .graph import ShapeError
     from .scheduler import auto_tile, make_plan
 
-    model = load_model_cli(a.model)
+    model = load_model_cli(a.model, a)
     h, w = _parse_hw(a.image) if a.image else (4096, 4096)
     try:
         rep = api.analyze(model, (h, w))
@@ -227,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hirestile {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def contract_opts(q: argparse.ArgumentParser) -> None:
+        g = q.add_argument_group("input contract (override the model's, or its <model>.json sidecar)")
+        g.add_argument("--pad-to", type=int, default=None, metavar="M",
+                       help="the network takes multiples of M: pad (reflect) and crop back")
+        g.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean subtracted after scaling")
+        g.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std divided by after that")
+        g.add_argument("--scale", choices=["dtype", "none"], default=None,
+                       help="dtype: integers / dtype max (uint8 -> /255); none: raw values")
+
     def image_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("--level", type=int, default=None, help="resolution level of a multiscale input (default 0)")
         q.add_argument("--axes", choices=["HW", "CHW", "HWC"], type=str.upper, default=None,
@@ -252,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the tiles on a running dask cluster, e.g. tcp://host:8786")
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="compute the tiles on a local dask cluster of N worker processes")
+    contract_opts(s)
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("plan", help="show how a model would be tiled: halo, stride, FLOPs, memory")
@@ -259,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None)
     s.add_argument("--image", default=None, metavar="HxW", help="image size (default 4096x4096)")
     s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities")
+    contract_opts(s)
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("info", help="describe an image or a hirestile output")

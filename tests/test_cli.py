@@ -293,3 +293,20 @@ def test_second_writer_refused_and_sigterm_resumes(work, big, tmp_path):
     assert r.returncode == 0 and "already done" in err, err
     got = zarr.open_group(str(out), mode="r")["0"][...]
     assert np.array_equal(got, _reference(work / "rgb.safetensors", big, "logits"))
+
+
+def test_contract_flags_and_sidecar(work, tmp_path):
+    """--mean/--std/--pad-to override the model's contract; a <model>.json sidecar declares it."""
+    import shutil
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(work / "rgb.safetensors", model)
+    r = cli("segment", work / "slide.zarr", "--model", model, "-o", tmp_path / "a.zarr", "--output", "logits",
+            "--mean", "0.5", "--std", "0.25", "--pad-to", "8")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "m.safetensors.json").write_text(json.dumps({"mean": [0.5], "std": [0.25], "pad_to": 8}))
+    expect = hirestile.predict(hirestile.load_model(model), _slide(work))
+    got = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["0"][...]
+    assert np.array_equal(got, expect)
+    assert not np.array_equal(expect, hirestile.predict(hirestile.load_model(work / "rgb.safetensors"), _slide(work)))
+    assert_one_line_error(cli("plan", "--model", model, "--mean", "1", "2"), 3, "2 values for 3 channels")
