@@ -86,11 +86,16 @@ FM = {"contract"}
 '''
 
 
-def main():
+def source() -> str:
+    """The text of ``_conv_mk.py``."""
     src = HEADER + "".join(gen_mk(P, V, f) for f in "gd" for P, V in SHAPES)
+    return src.rstrip("\n") + "\n"
+
+
+def main():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_conv_mk.py")
     with open(path, "w") as f:
-        f.write(src.rstrip("\n") + "\n")
+        f.write(source())
 
 
 if __name__ == "__main__":

@@ -409,3 +409,13 @@ def test_conv_transpose2d_threads_bitwise(restore_threads):
         numba.set_num_threads(n)
         res.append(conv.conv_transpose2d(x, w, b, stride=2, out_shape=(42, 60)))
     assert np.array_equal(res[0], res[1])
+
+
+def test_generated_microkernels_match_their_generator():
+    """_conv_mk.py is committed generated code: it must be what _conv_gen.py writes."""
+    from pathlib import Path
+
+    from hirestile.kernels import _conv_gen
+
+    path = Path(_conv_gen.__file__).with_name("_conv_mk.py")
+    assert path.read_text() == _conv_gen.source(), "run: python kernels/_conv_gen.py"
