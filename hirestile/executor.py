@@ -171,24 +171,13 @@ def _run_conv_transpose(node, bufs, comp, shapes, wts):
                                   offset=offset, out_shape=shape, act=ACT[op.act], alpha=op.alpha)
 
 
-def _pool_counts(o0: int, o1: int, n: int, k: int, s: int, p0: int, p1: int, include_pad: bool) -> np.ndarray:
-    """PyTorch's average-pool divisor factor per output position (one axis)."""
-    start = np.arange(o0, o1) * s - p0
-    end = np.minimum(start + k, n + p1)
-    size = end - start
-    if include_pad:
-        return size.astype(np.int64)
-    return (np.minimum(end, n) - np.maximum(start, 0)).astype(np.int64)
-
-
 def _run_pool(node, bufs, comp, shapes, wts):
     op = node.op
     x = _fetch_input(node, 0, bufs, comp, shapes)
     if op.mode == "max":
         return kpool.max_pool2d(x, kernel=op.kernel, stride=op.stride, dilation=op.dilation)
     _, h, w = shapes[node.inputs[0]]
-    cy = _pool_counts(*comp[0], h, op.kernel[0], op.stride[0], op.pads[0], op.pads[2], op.count_include_pad)
-    cx = _pool_counts(*comp[1], w, op.kernel[1], op.stride[1], op.pads[1], op.pads[3], op.count_include_pad)
+    cy, cx = op.divisors(0, *comp[0], h), op.divisors(1, *comp[1], w)
     return kpool.avg_pool2d(x, kernel=op.kernel, stride=op.stride, count_y=cy, count_x=cx)
 
 

@@ -46,14 +46,17 @@ def window_rule(iv: Interval, k: int, s: int, d: int, p: int) -> Interval:
 
 
 def window_size(n: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bool = False) -> int:
-    """Output length of a sliding window over ``n`` inputs padded by ``p0``/``p1``."""
+    """Output length of a sliding window over ``n`` inputs padded by ``p0``/``p1``.
+
+    PyTorch's rule: with ``ceil_mode`` the last window may run past the padded
+    input (it then has fewer members), as long as it starts inside the input or
+    the left padding.
+    """
     span = n + p0 + p1 - d * (k - 1) - 1
-    if span < 0:
-        return 0
     out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= n + p0:  # the last window must start inside the input or left pad
+    if ceil_mode and (out - 1) * s >= n + p0:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 # ---------------------------------------------------------------- ops
@@ -193,6 +196,21 @@ class Pool(Op):
     in_interval = Conv.in_interval
     centre = Conv.centre
 
+    def divisors(self, axis: int, o0: int, o1: int, n: int) -> np.ndarray:
+        """Average-pool divisor factors (int64) of outputs ``[o0, o1)`` on ``axis`` over ``n`` inputs.
+
+        PyTorch's rule: the window ``[o*s - p0, o*s - p0 + k)`` clipped to the padded
+        input ``[-p0, n + p1)``; with ``count_include_pad`` its length, else the length
+        of its part inside ``[0, n)``. An output's divisor is its row factor times its
+        column factor.
+        """
+        k, s, p0, p1 = self.kernel[axis], self.stride[axis], self.pads[axis], self.pads[axis + 2]
+        start = np.arange(o0, o1, dtype=np.int64) * s - p0
+        end = np.minimum(start + k, n + p1)
+        if not self.count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, n)
+        return end - start
+
     def flops(self, shapes, out):
         return float(self.kernel[0] * self.kernel[1] * out[0])
 
@@ -206,6 +224,11 @@ class Resize(Op):
     "half_pixel", "pytorch_half_pixel", "align_corners" or "asymmetric".
     Nearest uses ``floor(src)`` of the asymmetric transform (PyTorch "nearest")
     unless ``nearest`` says "round_prefer_floor" / "round_prefer_ceil" / "ceil".
+
+    :meth:`taps` is the one rule for which inputs (and weights) an output reads:
+    the region rule and the executor both use it. It reproduces the arithmetic of
+    the framework that defines the mode (see :meth:`source`), so the taps are the
+    reference's taps exactly.
     """
 
     kind: ClassVar[str] = "Resize"
@@ -221,35 +244,83 @@ class Resize(Op):
             return (c, self.size[0], self.size[1])
         return (c, int(math.floor(h * self.scale[0])), int(math.floor(w * self.scale[1])))
 
+    @property
+    def torch_mode(self) -> bool:
+        """Whether the mode is one of PyTorch's ``F.interpolate`` modes: "bilinear" (half-pixel
+        or align_corners), "nearest" (asymmetric, floor), "nearest-exact" (half_pixel,
+        round_prefer_ceil). The others exist only in ONNX."""
+        if self.mode == "bilinear":
+            return self.coord != "asymmetric"
+        return (self.coord, self.nearest) in (("asymmetric", "floor"), ("half_pixel", "round_prefer_ceil"))
+
+    def _inv_scale(self, axis: int, n_in: int, n_out: int) -> np.float32:
+        """PyTorch's float32 input/output ratio: ``1/scale`` (taken in double) when a scale
+        factor is given, else ``in/out``."""
+        if self.size is None:
+            return np.float32(1.0 / self.scale[axis])
+        return np.float32(n_in) / np.float32(n_out)
+
     def source(self, axis: int, o: np.ndarray, n_in: int, n_out: int) -> np.ndarray:
-        """Continuous source coordinate (float64) of output positions ``o``."""
-        o = np.asarray(o, np.float64)
+        """Continuous source coordinate (float32) of output positions ``o``.
+
+        PyTorch modes (:attr:`torch_mode`) use PyTorch's CPU arithmetic: the product of
+        ``o`` and the float32 ratio of :meth:`_inv_scale` (``(in-1)/(out-1)`` for
+        align_corners), and for half-pixel ``ratio*(o + 0.5) - 0.5`` as one fused
+        multiply-add, as its vectorised builds compute it. ONNX-only modes use ONNX
+        Runtime's: float32 division by the scale (``out/in`` with a fixed size).
+        """
+        o = np.asarray(o, np.int64)
+        f32 = np.float32
+        if n_out <= 1 and self.coord in ("align_corners", "pytorch_half_pixel"):
+            return np.zeros(o.shape, f32)
+        of = o.astype(f32)
         if self.coord == "align_corners":
-            return o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(o)
-        r = self.scale[axis] if self.size is None else n_out / n_in
-        if self.coord == "asymmetric":
-            return o / r
-        if self.coord == "pytorch_half_pixel" and n_out <= 1:
-            return np.zeros_like(o)
-        return (o + 0.5) / r - 0.5
+            if self.torch_mode:
+                return of * (f32(n_in - 1) / f32(n_out - 1))
+            return of * f32(n_in - 1) / f32(n_out - 1)
+        half = self.coord != "asymmetric"
+        if self.torch_mode:
+            r = self._inv_scale(axis, n_in, n_out)
+            if not half:
+                return of * r
+            # the float64 product of a float32 and o + 0.5 is exact, and so is the
+            # subtraction: one rounding to float32, as a fused multiply-add does
+            return (np.float64(r) * (o + 0.5) - 0.5).astype(f32)
+        r = f32(self.scale[axis]) if self.size is None else f32(n_out) / f32(n_in)
+        return of / r if not half else (of + f32(0.5)) / r - f32(0.5)
 
     def taps(self, axis: int, o: np.ndarray, n_in: int, n_out: int):
-        """Source indices and weights: (i0, i1, lambda) for bilinear, (i0,) for nearest."""
-        src = self.source(axis, o, n_in, n_out)
+        """Source indices and weights of output positions ``o`` (global, on ``axis``):
+        (i0, i1, lambda) for bilinear, (i0,) for nearest; int64 indices, float32 weights.
+
+        Monotone in ``o``. Equal sizes copy (PyTorch and ONNX Runtime short-cut them).
+        Bilinear follows PyTorch: ``src`` clamped at 0, ``i0 = floor(src)``, ``i1 = i0 + 1``
+        but at the last input, ``lambda = src - i0`` clamped to [0, 1].
+        """
+        o = np.asarray(o, np.int64)
+        if n_out == n_in:
+            return (o.copy(),) if self.mode == "nearest" else (o.copy(), o.copy(), np.zeros(o.shape, np.float32))
         if self.mode == "nearest":
-            if self.nearest == "round_prefer_floor":
-                i = np.ceil(src - 0.5)
-            elif self.nearest == "round_prefer_ceil":
-                i = np.floor(src + 0.5)
-            elif self.nearest == "ceil":
-                i = np.ceil(src)
+            if (self.coord, self.nearest) == ("asymmetric", "floor") and n_out == 2 * n_in:
+                i = o >> 1  # PyTorch's nearest short-cuts x2
+            elif self.torch_mode and self.nearest == "round_prefer_ceil":
+                # PyTorch's nearest-exact: floorf((o + 0.5) * ratio), the product rounded to float32
+                i = np.floor((np.float64(self._inv_scale(axis, n_in, n_out)) * (o + 0.5)).astype(np.float32))
             else:
-                i = np.floor(src)
+                src = self.source(axis, o, n_in, n_out).astype(np.float64)  # rounding offsets exact
+                if self.nearest == "round_prefer_floor":
+                    i = np.ceil(src - 0.5)
+                elif self.nearest == "round_prefer_ceil":
+                    i = np.floor(src + 0.5)
+                elif self.nearest == "ceil":
+                    i = np.ceil(src)
+                else:
+                    i = np.floor(src)
             return (np.clip(i, 0, n_in - 1).astype(np.int64),)
-        src = np.maximum(src, 0.0)
+        src = np.maximum(self.source(axis, o, n_in, n_out), np.float32(0))
         i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
         i1 = np.minimum(i0 + 1, n_in - 1)
-        lam = (src - i0).astype(np.float32)
+        lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
         return i0, i1, lam
 
     def in_interval(self, k, axis, iv, shapes, out):
@@ -257,7 +328,7 @@ class Resize(Op):
             return (0, 0)
         n_in, n_out = shapes[0][axis + 1], out[axis + 1]
         idx = np.concatenate(self.taps(axis, np.array([iv[0], iv[1] - 1]), n_in, n_out)[:2])
-        return (int(idx.min()), int(idx.max()) + 1)  # taps are monotone in o
+        return (int(idx.min()), int(idx.max()) + 1)  # taps are monotone in o: the hull of all of them
 
     def centre(self, axis, shapes, out):
         n_in, n_out = shapes[0][axis + 1], out[axis + 1]

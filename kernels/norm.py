@@ -9,61 +9,31 @@ result does not depend on the thread count.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
+
+from ._common import as_f32, out_array
 
 __all__ = ["global_avg_pool", "instance_norm", "group_norm"]
 
 
-def _check_input(x):
-    x = np.asarray(x)
-    if x.ndim != 3 or x.dtype != np.float32:
-        raise ValueError(f"expected a float32 (h, w, C) array, got {x.dtype} {x.shape}")
-    return np.ascontiguousarray(x)
-
-
-def _out_array(out, shape):
-    if out is None:
-        return np.empty(shape, dtype=np.float32)
-    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(
-            f"out must be a C-contiguous float32 array of shape {shape}, got {out.dtype} {out.shape}"
-        )
-    return out
-
-
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _channel_sums(x):
-    """Per-channel sum over (h, w) in float64; rows in parallel, then in order."""
+def _channel_sums(x, mean, square):
+    """Per-channel sum over (h, w) in float64 of ``x``, or with ``square`` of
+    ``(x - mean[c])**2``; rows in parallel, then the row sums in order."""
     h, w, c = x.shape
     part = np.zeros((h, c), dtype=np.float64)
     for i in prange(h):
         acc = part[i]
         for j in range(w):
             src = x[i, j]
-            for ch in range(c):
-                acc[ch] += src[ch]
-    total = np.zeros(c, dtype=np.float64)
-    for i in range(h):
-        for ch in range(c):
-            total[ch] += part[i, ch]
-    return total
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _channel_sq_dev(x, mean):
-    """Per-channel sum of (x - mean[c])**2 over (h, w) in float64."""
-    h, w, c = x.shape
-    part = np.zeros((h, c), dtype=np.float64)
-    for i in prange(h):
-        acc = part[i]
-        for j in range(w):
-            src = x[i, j]
-            for ch in range(c):
-                d = np.float64(src[ch]) - mean[ch]
-                acc[ch] += d * d
+            if square:
+                for ch in range(c):
+                    d = np.float64(src[ch]) - mean[ch]
+                    acc[ch] += d * d
+            else:
+                for ch in range(c):
+                    acc[ch] += src[ch]
     total = np.zeros(c, dtype=np.float64)
     for i in range(h):
         for ch in range(c):
@@ -92,11 +62,11 @@ def global_avg_pool(x):
     >>> global_avg_pool(np.arange(8, dtype=np.float32).reshape(2, 2, 2))
     array([[[3., 4.]]], dtype=float32)
     """
-    x = _check_input(x)
+    x = as_f32(x, ndim=3)
     h, w, c = x.shape
     if h * w == 0:
         raise ValueError("global_avg_pool of an empty image")
-    return (_channel_sums(x) / (h * w)).astype(np.float32).reshape(1, 1, c)
+    return (_channel_sums(x, np.zeros(c), False) / (h * w)).astype(np.float32).reshape(1, 1, c)
 
 
 def _param(v, c, name):
@@ -109,20 +79,20 @@ def _param(v, c, name):
 
 
 def _group_norm(x, groups, scale, bias, eps, out):
-    x = _check_input(x)
+    x = as_f32(x, ndim=3)
     h, w, c = x.shape
     if groups < 1 or c % groups:
         raise ValueError(f"{c} channels cannot be split into {groups} groups")
     scale = _param(scale, c, "scale")
     bias = _param(bias, c, "bias")
-    out = _out_array(out, x.shape)
+    out = out_array(out, x.shape)
     if x.size == 0:
         return out
     cg = c // groups
     n = h * w * cg
-    mean = _channel_sums(x).reshape(groups, cg).sum(axis=1) / n   # per group, in order
+    mean = _channel_sums(x, np.zeros(c), False).reshape(groups, cg).sum(axis=1) / n   # per group, in order
     mean_c = np.repeat(mean, cg)
-    var = _channel_sq_dev(x, mean_c).reshape(groups, cg).sum(axis=1) / n
+    var = _channel_sums(x, mean_c, True).reshape(groups, cg).sum(axis=1) / n
     inv = 1.0 / np.sqrt(var + float(eps))
     alpha = np.repeat(inv, cg) * scale
     return _normalize(x, mean_c, alpha, bias, out)
@@ -140,7 +110,7 @@ def instance_norm(x, scale, bias, eps, out=None):
     >>> instance_norm(x, np.ones(1), np.zeros(1), 0.0)[..., 0]
     array([[-1.,  1.]], dtype=float32)
     """
-    x = _check_input(x)
+    x = as_f32(x, ndim=3)
     return _group_norm(x, x.shape[2], scale, bias, eps, out)
 
 

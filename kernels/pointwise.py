@@ -4,7 +4,8 @@ affine, softmax and argmax over channels.
 All arithmetic is float32 and follows PyTorch's CPU formulas (see each op).
 Every output element is computed by the same scalar expression wherever it
 lies, so any sub-region equals the crop of the full result bit for bit.
-Work is split into fixed blocks of whole pixels run in parallel.
+Elementwise work is split into fixed blocks of whole pixels run in parallel;
+the ops over channels run pixels in parallel.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 
 import numpy as np
 from numba import njit, prange
+
+from ._common import as_f32, out_array
 
 __all__ = [
     "UNARY", "BINARY", "unary", "prelu", "binary", "rbinary",
@@ -26,8 +29,9 @@ UNARY = {
     "log": 17, "reciprocal": 18, "mish": 19, "erf": 20,
 }
 BINARY = {"add": 0, "sub": 1, "mul": 2, "div": 3, "max": 4, "min": 5, "pow": 6}
-# internal codes for constant-on-the-left forms of the non-commutative ops
-_RSUB, _RDIV, _RPOW = 7, 8, 9
+# internal codes: constant-on-the-left forms of the non-commutative ops, and the
+# per-channel parameter ops prelu (x, slope) and affine (x, scale, shift)
+_RSUB, _RDIV, _RPOW, _PRELU, _AFFINE = 7, 8, 9, 10, 11
 _REVERSED = {0: 0, 1: _RSUB, 2: 2, 3: _RDIV, 4: 4, 5: 5, 6: _RPOW}
 
 _BLOCK = 4096  # elements per parallel work item (rounded to whole pixels)
@@ -44,24 +48,6 @@ _SOFTPLUS_THRESHOLD = np.float32(20.0)
 
 
 # **** helpers ****
-
-
-def _as_f32(x, name="x"):
-    x = np.asarray(x)
-    if x.dtype != np.float32:
-        raise ValueError(f"{name} must be float32, got {x.dtype}")
-    return np.ascontiguousarray(x)
-
-
-def _out_array(out, shape, dtype=np.float32):
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"out must be a C-contiguous {np.dtype(dtype).name} array of shape {tuple(shape)}, "
-            f"got {out.dtype} {out.shape}"
-        )
-    return out
 
 
 def _channels(x):
@@ -199,8 +185,8 @@ def unary(x, code, p0=0.0, p1=0.0, out=None):
         code = UNARY[code]
     if int(code) not in UNARY.values():
         raise ValueError(f"unknown unary code {code}")
-    x = _as_f32(x)
-    out = _out_array(out, x.shape)
+    x = as_f32(x)
+    out = out_array(out, x.shape)
     if x.size == 0:
         return out
     _unary(x.reshape(-1), out.reshape(-1), int(code), np.float32(p0), np.float32(p1),
@@ -208,82 +194,12 @@ def unary(x, code, p0=0.0, p1=0.0, out=None):
     return out
 
 
-# **** per-channel parameter ops (prelu, affine) ****
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _prelu(x, s, o):
-    n = x.size
-    block = s.size
-    nb = (n + block - 1) // block
-    for b in prange(nb):
-        lo = b * block
-        hi = min(lo + block, n)
-        xs = x[lo:hi]
-        os_ = o[lo:hi]
-        for i in range(hi - lo):
-            v = xs[i]
-            os_[i] = v if v > _Z else s[i] * v  # torch: x > 0 ? x : w * x
-    return o
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _affine(x, s, t, o):
-    n = x.size
-    block = s.size
-    nb = (n + block - 1) // block
-    for b in prange(nb):
-        lo = b * block
-        hi = min(lo + block, n)
-        xs = x[lo:hi]
-        os_ = o[lo:hi]
-        for i in range(hi - lo):
-            os_[i] = xs[i] * s[i] + t[i]
-    return o
-
-
-def prelu(x, slope, out=None):
-    """PReLU: ``x if x > 0 else slope[c] * x``; ``slope`` is (C,) or (1,).
-
-    Examples
-    --------
-    >>> prelu(np.array([[[-2.0, 2.0]]], np.float32), np.array([0.5, 0.1], np.float32))
-    array([[[-1.,  2.]]], dtype=float32)
-    """
-    x = _as_f32(x)
-    out = _out_array(out, x.shape)
-    if x.size == 0:
-        return out
-    c = _channels(x)
-    block = _block_len(c)
-    _prelu(x.reshape(-1), _tile(slope, c, block), out.reshape(-1))
-    return out
-
-
-def affine_channels(x, scale, shift, out=None):
-    """``out = x * scale[c] + shift[c]`` (an unfused inference BatchNorm).
-
-    Examples
-    --------
-    >>> affine_channels(np.ones((1, 1, 2), np.float32), np.array([2, 3], np.float32),
-    ...                 np.array([0.5, -1], np.float32))
-    array([[[2.5, 2. ]]], dtype=float32)
-    """
-    x = _as_f32(x)
-    out = _out_array(out, x.shape)
-    if x.size == 0:
-        return out
-    c = _channels(x)
-    block = _block_len(c)
-    _affine(x.reshape(-1), _tile(scale, c, block), _tile(shift, c, block), out.reshape(-1))
-    return out
-
-
-# **** binary ****
+# **** binary and per-channel parameter ops ****
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _binary_span(a, b, o, code):
+def _binary_span(a, b, t, o, code):
+    # t is read by _AFFINE only
     n = a.size
     if code == 0:
         for i in range(n):
@@ -319,30 +235,71 @@ def _binary_span(a, b, o, code):
     elif code == 9:
         for i in range(n):
             o[i] = b[i] ** a[i]
+    elif code == 10:  # prelu (torch): x > 0 ? x : w * x
+        for i in range(n):
+            v = a[i]
+            o[i] = v if v > _Z else b[i] * v
+    elif code == 11:  # affine
+        for i in range(n):
+            o[i] = a[i] * b[i] + t[i]
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _binary_full(a, b, o, code, block):
+def _binary_blocks(a, b, t, o, code, block, tiled):
+    # blocks of `block` elements in parallel; b and t cover all of a, or (tiled)
+    # hold one block of a per-channel vector repeated (a whole number of pixels)
     n = a.size
     nb = (n + block - 1) // block
     for k in prange(nb):
         lo = k * block
         hi = min(lo + block, n)
-        _binary_span(a[lo:hi], b[lo:hi], o[lo:hi], code)
+        j = 0 if tiled else lo
+        _binary_span(a[lo:hi], b[j: j + hi - lo], t[j: j + hi - lo], o[lo:hi], code)
     return o
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _binary_tiled(a, bt, o, code):
-    # bt: a per-channel vector tiled to one block (a whole number of pixels)
-    n = a.size
-    block = bt.size
-    nb = (n + block - 1) // block
-    for k in prange(nb):
-        lo = k * block
-        hi = min(lo + block, n)
-        _binary_span(a[lo:hi], bt[: hi - lo], o[lo:hi], code)
-    return o
+def _per_channel(a, code, b, t=None, out=None):
+    """``a OP b`` with ``b`` (and ``t``) per-channel (C,) or scalar (1,) constants."""
+    out = out_array(out, a.shape)
+    if a.size:
+        c = _channels(a)
+        block = _block_len(c)
+        bt = _tile(b, c, block)
+        _binary_blocks(a.reshape(-1), bt, bt if t is None else _tile(t, c, block), out.reshape(-1),
+                       code, block, True)
+    return out
+
+
+def _elementwise(a, b, code, out):
+    """``a OP b`` for ``b`` of ``a``'s shape."""
+    out = out_array(out, a.shape)
+    if a.size:
+        b = np.ascontiguousarray(b).reshape(-1)
+        _binary_blocks(a.reshape(-1), b, b, out.reshape(-1), code, _block_len(_channels(a)), False)
+    return out
+
+
+def prelu(x, slope, out=None):
+    """PReLU: ``x if x > 0 else slope[c] * x``; ``slope`` is (C,) or (1,).
+
+    Examples
+    --------
+    >>> prelu(np.array([[[-2.0, 2.0]]], np.float32), np.array([0.5, 0.1], np.float32))
+    array([[[-1.,  2.]]], dtype=float32)
+    """
+    return _per_channel(as_f32(x), _PRELU, slope, out=out)
+
+
+def affine_channels(x, scale, shift, out=None):
+    """``out = x * scale[c] + shift[c]`` (an unfused inference BatchNorm).
+
+    Examples
+    --------
+    >>> affine_channels(np.ones((1, 1, 2), np.float32), np.array([2, 3], np.float32),
+    ...                 np.array([0.5, -1], np.float32))
+    array([[[2.5, 2. ]]], dtype=float32)
+    """
+    return _per_channel(as_f32(x), _AFFINE, scale, shift, out)
 
 
 def _binary(a, b, code, reverse, out):
@@ -351,31 +308,18 @@ def _binary(a, b, code, reverse, out):
     code = int(code)
     if code not in _REVERSED:
         raise ValueError(f"unknown binary code {code}")
-    a = _as_f32(a, "a")
+    a = as_f32(a, "a")
     b = np.asarray(b, dtype=np.float32)
     c = _channels(a)
     k = _REVERSED[code] if reverse else code
     if b.shape == a.shape:
-        out = _out_array(out, a.shape)
-        if a.size:
-            b = np.ascontiguousarray(b)
-            _binary_full(a.reshape(-1), b.reshape(-1), out.reshape(-1), k, _block_len(c))
-        return out
+        return _elementwise(a, b, k, out)
     if b.ndim <= a.ndim and b.size in (1, c) and (b.ndim == 0 or b.shape[-1] == b.size):
-        # scalar or per-channel constant
-        out = _out_array(out, a.shape)
-        if a.size:
-            block = _block_len(c)
-            _binary_tiled(a.reshape(-1), _tile(b, c, block), out.reshape(-1), k)
-        return out
+        return _per_channel(a, k, b, out=out)  # scalar or per-channel constant
     # general broadcasting (e.g. an (h, w, 1) gate times (h, w, C)): materialise
     shape = np.broadcast_shapes(a.shape, b.shape)
     aa = np.ascontiguousarray(np.broadcast_to(a, shape))
-    bb = np.ascontiguousarray(np.broadcast_to(b, shape))
-    out = _out_array(out, shape)
-    if out.size:
-        _binary_full(aa.reshape(-1), bb.reshape(-1), out.reshape(-1), k, _block_len(shape[-1]))
-    return out
+    return _elementwise(aa, np.broadcast_to(b, shape), k, out)
 
 
 def binary(a, b, code, out=None):
@@ -410,50 +354,42 @@ def rbinary(b, a, code, out=None):
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _softmax(x, o, block):
+def _softmax(x, o):
     npix, c = x.shape
-    nb = (npix + block - 1) // block
-    for k in prange(nb):
-        lo = k * block
-        hi = min(lo + block, npix)
-        for p in range(lo, hi):
-            xp = x[p]
-            op = o[p]
-            m = xp[0]
-            for ch in range(1, c):
-                v = xp[ch]
-                m = v if (v > m or v != v) else m
-            s = _Z
-            for ch in range(c):
-                e = math.exp(xp[ch] - m)
-                op[ch] = e
-                s += e
-            for ch in range(c):
-                op[ch] = op[ch] / s
+    for p in prange(npix):
+        xp = x[p]
+        op = o[p]
+        m = xp[0]
+        for ch in range(1, c):
+            v = xp[ch]
+            m = v if (v > m or v != v) else m
+        s = _Z
+        for ch in range(c):
+            e = math.exp(xp[ch] - m)
+            op[ch] = e
+            s += e
+        for ch in range(c):
+            op[ch] = op[ch] / s
     return o
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _argmax(x, o, block):
+def _argmax(x, o):
     npix, c = x.shape
-    nb = (npix + block - 1) // block
-    for k in prange(nb):
-        lo = k * block
-        hi = min(lo + block, npix)
-        for p in range(lo, hi):
-            xp = x[p]
-            best = xp[0]
-            idx = 0
-            if best == best:
-                for ch in range(1, c):
-                    v = xp[ch]
-                    if v != v:  # numpy: the first NaN wins
-                        idx = ch
-                        break
-                    if v > best:
-                        best = v
-                        idx = ch
-            o[p] = idx
+    for p in prange(npix):
+        xp = x[p]
+        best = xp[0]
+        idx = 0
+        if best == best:
+            for ch in range(1, c):
+                v = xp[ch]
+                if v != v:  # numpy: the first NaN wins
+                    idx = ch
+                    break
+                if v > best:
+                    best = v
+                    idx = ch
+        o[p] = idx
     return o
 
 
@@ -468,12 +404,12 @@ def softmax_channels(x, out=None):
     >>> softmax_channels(np.zeros((1, 1, 4), np.float32))
     array([[[0.25, 0.25, 0.25, 0.25]]], dtype=float32)
     """
-    x = _as_f32(x)
-    out = _out_array(out, x.shape)
+    x = as_f32(x)
+    out = out_array(out, x.shape)
     if x.size == 0:
         return out
     c = x.shape[-1]
-    _softmax(x.reshape(-1, c), out.reshape(-1, c), max(1, _BLOCK // c))
+    _softmax(x.reshape(-1, c), out.reshape(-1, c))
     return out
 
 
@@ -485,14 +421,14 @@ def argmax_channels(x, out=None):
     >>> argmax_channels(np.array([[[0.1, 0.7, 0.7]]], np.float32))
     array([[1]], dtype=uint8)
     """
-    x = _as_f32(x)
+    x = as_f32(x)
     c = x.shape[-1]
     if c > 256:
         raise ValueError(f"argmax_channels returns uint8 labels; {c} channels is more than 256")
-    out = _out_array(out, x.shape[:-1], np.uint8)
+    out = out_array(out, x.shape[:-1], np.uint8)
     if out.size == 0:
         return out
     if c == 0:
         raise ValueError("argmax over zero channels")
-    _argmax(x.reshape(-1, c), out.reshape(-1), max(1, _BLOCK // c))
+    _argmax(x.reshape(-1, c), out.reshape(-1))
     return out

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import erf as erf64
 
+from hirestile.graph import Resize
 from hirestile.kernels import norm, pointwise, pool, resize
 
 F32 = np.float32
@@ -22,6 +23,12 @@ def rng(seed=0):
 
 def randx(h, w, c, seed=0, scale=1.0):
     return (rng(seed).standard_normal((h, w, c)) * scale).astype(F32)
+
+
+def sub_range(draw, n):
+    """A drawn (a, b) with 0 <= a < b <= n."""
+    a = draw(st.integers(0, n - 1))
+    return a, draw(st.integers(a + 1, n))
 
 
 def assert_close(got, ref, rtol=1e-6, atol_rel=1e-6):
@@ -83,16 +90,6 @@ def ref_bilinear(x, y0, y1, ly, x0, x1, lx):
     return top * (1 - ly) + bot * ly
 
 
-def padded_window(x, pad, rows, cols, value):
-    """x padded by `pad` on top/left with `value`, extended/cropped to rows x cols."""
-    h, w, c = x.shape
-    out = np.full((rows, cols, c), value, F32)
-    r = min(h, rows - pad)
-    q = min(w, cols - pad)
-    out[pad: pad + r, pad: pad + q] = x[:r, :q]
-    return out
-
-
 # **** pooling ****
 
 
@@ -118,22 +115,6 @@ def test_max_pool_nan_and_out():
     assert np.isnan(got[0, 0, 0]) and not np.isnan(got[..., 1]).any()
 
 
-@pytest.mark.parametrize("shape", [(9, 8, 3), (12, 13, 5), (5, 4, 1)])
-@pytest.mark.parametrize("k,s,p,d,ceil", [(2, 2, 0, 1, False), (3, 2, 1, 1, True), (3, 2, 1, 2, True),
-                                          (3, 3, 1, 1, True), (2, 1, 1, 1, False), (5, 3, 2, 1, True)])
-def test_max_pool_torch(shape, k, s, p, d, ceil):
-    torch = pytest.importorskip("torch")
-    x = randx(*shape, seed=3)
-    h, w, _ = shape
-    ho = pool.pool_output_size(h, kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
-    wo = pool.pool_output_size(w, kernel=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
-    want = from_torch(torch.nn.functional.max_pool2d(to_torch(x), k, s, p, d, ceil_mode=ceil))
-    assert want.shape[:2] == (ho, wo)
-    span = lambda n: (n - 1) * s + d * (k - 1) + 1  # noqa: E731
-    win = padded_window(x, p, span(ho), span(wo), -np.inf)
-    np.testing.assert_array_equal(pool.max_pool2d(win, kernel=k, stride=s, dilation=d), want)
-
-
 @pytest.mark.parametrize("shape", [(1, 1, 2), (7, 5, 3), (13, 17, 8)])
 @pytest.mark.parametrize("k,s", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 3))])
 def test_avg_pool_reference(shape, k, s):
@@ -147,36 +128,13 @@ def test_avg_pool_reference(shape, k, s):
     assert_close(got, ref_avg_pool(x, k, s, cy, cx), rtol=1e-6, atol_rel=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(9, 8, 3), (12, 13, 5), (6, 7, 1)])
-@pytest.mark.parametrize("k,s,p,ceil", [(2, 2, 0, False), (3, 2, 1, True), (3, 3, 1, True),
-                                        (3, 1, 1, False), (5, 3, 2, True), (4, 3, 2, False)])
-@pytest.mark.parametrize("cip", [True, False])
-def test_avg_pool_torch(shape, k, s, p, ceil, cip):
-    torch = pytest.importorskip("torch")
-    x = randx(*shape, seed=7)
-    h, w, _ = shape
-    ho = pool.pool_output_size(h, kernel=k, stride=s, padding=p, ceil_mode=ceil)
-    wo = pool.pool_output_size(w, kernel=k, stride=s, padding=p, ceil_mode=ceil)
-    want = from_torch(torch.nn.functional.avg_pool2d(
-        to_torch(x), k, s, p, ceil_mode=ceil, count_include_pad=cip))
-    assert want.shape[:2] == (ho, wo)
-    cy = pool.pool_divisors(0, ho, in_size=h, kernel=k, stride=s, padding=p, count_include_pad=cip)
-    cx = pool.pool_divisors(0, wo, in_size=w, kernel=k, stride=s, padding=p, count_include_pad=cip)
-    win = padded_window(x, p, (ho - 1) * s + k, (wo - 1) * s + k, 0.0)
-    got = pool.avg_pool2d(win, kernel=k, stride=s, count_y=cy, count_x=cx)
-    assert_close(got, want, rtol=1e-6, atol_rel=1e-6)
-
-
 @st.composite
 def pool_case(draw):
     k = draw(st.integers(1, 4))
     s = draw(st.integers(1, 3))
     d = draw(st.integers(1, 2))
     ho, wo = draw(st.integers(1, 17)), draw(st.integers(1, 17))
-    r0 = draw(st.integers(0, ho - 1))
-    r1 = draw(st.integers(r0 + 1, ho))
-    c0 = draw(st.integers(0, wo - 1))
-    c1 = draw(st.integers(c0 + 1, wo))
+    (r0, r1), (c0, c1) = sub_range(draw, ho), sub_range(draw, wo)
     c = draw(st.sampled_from([1, 3, 5, 8, 13]))
     return k, s, d, ho, wo, (r0, r1, c0, c1), c, draw(st.integers(0, 2**16))
 
@@ -230,49 +188,11 @@ def test_resize_bilinear_reference():
     assert_close(got, ref_bilinear(x, y0, y1, ly, x0, x1, lx))
 
 
-@pytest.mark.parametrize("hw,size,scale", [((5, 7), (10, 14), None), ((5, 7), (13, 4), None),
-                                           ((6, 9), None, 2.0), ((6, 9), None, 1.7),
-                                           ((8, 8), (3, 5), None), ((6, 6), (6, 6), None)])
-@pytest.mark.parametrize("exact", [False, True])
-def test_resize_nearest_torch(hw, size, scale, exact):
-    torch = pytest.importorskip("torch")
-    x = randx(*hw, 4, seed=13)
-    mode = "nearest-exact" if exact else "nearest"
-    want = from_torch(torch.nn.functional.interpolate(
-        to_torch(x), size=size, scale_factor=scale, mode=mode))
-    ho, wo = want.shape[:2]
-    iy = resize.nearest_indices(0, ho, in_size=hw[0], out_size=ho, scale=scale, exact=exact)
-    ix = resize.nearest_indices(0, wo, in_size=hw[1], out_size=wo, scale=scale, exact=exact)
-    np.testing.assert_array_equal(resize.resize_nearest(x, iy=iy, ix=ix), want)
-
-
-@pytest.mark.parametrize("hw,size,scale", [((5, 7), (10, 14), None), ((5, 7), (13, 4), None),
-                                           ((6, 9), None, 2.0), ((6, 9), None, 1.7),
-                                           ((9, 10), (4, 3), None), ((1, 4), (3, 9), None),
-                                           ((6, 6), (6, 7), None)])
-@pytest.mark.parametrize("align", [False, True])
-def test_resize_bilinear_torch(hw, size, scale, align):
-    torch = pytest.importorskip("torch")
-    x = randx(*hw, 5, seed=14)
-    want = from_torch(torch.nn.functional.interpolate(
-        to_torch(x), size=size, scale_factor=scale, mode="bilinear", align_corners=align))
-    ho, wo = want.shape[:2]
-    y0, y1, ly = resize.bilinear_weights(0, ho, in_size=hw[0], out_size=ho, align_corners=align,
-                                         scale=scale)
-    x0, x1, lx = resize.bilinear_weights(0, wo, in_size=hw[1], out_size=wo, align_corners=align,
-                                         scale=scale)
-    got = resize.resize_bilinear(x, y0=y0, y1=y1, ly=ly, x0=x0, x1=x1, lx=lx)
-    assert_close(got, want, rtol=1e-6, atol_rel=1e-6)
-
-
 @st.composite
 def resize_case(draw):
     hi, wi = draw(st.integers(1, 13)), draw(st.integers(1, 13))
     ho, wo = draw(st.integers(1, 29)), draw(st.integers(1, 29))
-    r0 = draw(st.integers(0, ho - 1))
-    r1 = draw(st.integers(r0 + 1, ho))
-    c0 = draw(st.integers(0, wo - 1))
-    c1 = draw(st.integers(c0 + 1, wo))
+    (r0, r1), (c0, c1) = sub_range(draw, ho), sub_range(draw, wo)
     c = draw(st.sampled_from([1, 2, 3, 7, 16]))
     align = draw(st.booleans())
     return hi, wi, ho, wo, (r0, r1, c0, c1), c, align, draw(st.integers(0, 2**16))
@@ -283,27 +203,36 @@ def resize_case(draw):
 def test_resize_subwindow_bitwise(case):
     hi, wi, ho, wo, (r0, r1, c0, c1), c, align, seed = case
     x = randx(hi, wi, c, seed=seed)
-    # nearest
-    iy = resize.nearest_indices(0, ho, in_size=hi, out_size=ho)
-    ix = resize.nearest_indices(0, wo, in_size=wi, out_size=wo)
+    # tables in global coordinates, as the executor takes them from the resize op
+    op = Resize(mode="nearest", size=(ho, wo))
+    (iy,), (ix,) = op.taps(0, np.arange(ho), hi, ho), op.taps(1, np.arange(wo), wi, wo)
     sy, sx = iy[r0:r1], ix[c0:c1]
     a, b = sy.min(), sx.min()
     part = resize.resize_nearest(x[a: sy.max() + 1, b: sx.max() + 1], iy=sy - a, ix=sx - b)
     assert np.array_equal(resize.resize_nearest(x, iy=iy, ix=ix)[r0:r1, c0:c1], part)
-    # bilinear
-    y0, y1, ly = resize.bilinear_weights(0, ho, in_size=hi, out_size=ho, align_corners=align)
-    x0, x1, lx = resize.bilinear_weights(0, wo, in_size=wi, out_size=wo, align_corners=align)
+    op = Resize(mode="bilinear", size=(ho, wo), coord="align_corners" if align else "half_pixel")
+    (y0, y1, ly), (x0, x1, lx) = op.taps(0, np.arange(ho), hi, ho), op.taps(1, np.arange(wo), wi, wo)
     full = resize.resize_bilinear(x, y0=y0, y1=y1, ly=ly, x0=x0, x1=x1, lx=lx)
-    # the tables of a sub-range are the slice of the full tables
-    sub_y = resize.bilinear_weights(r0, r1, in_size=hi, out_size=ho, align_corners=align)
-    for u, v in zip(sub_y, (y0[r0:r1], y1[r0:r1], ly[r0:r1])):
-        assert np.array_equal(u, v)
     a, a1 = y0[r0:r1].min(), y1[r0:r1].max() + 1
     b, b1 = x0[c0:c1].min(), x1[c0:c1].max() + 1
     part = resize.resize_bilinear(
         x[a:a1, b:b1], y0=y0[r0:r1] - a, y1=y1[r0:r1] - a, ly=ly[r0:r1],
         x0=x0[c0:c1] - b, x1=x1[c0:c1] - b, lx=lx[c0:c1])
     assert np.array_equal(full[r0:r1, c0:c1], part)
+
+
+def test_argument_checks():
+    x = randx(4, 4, 2)
+    for call in (lambda: pool.max_pool2d(x.astype(np.float64), kernel=2, stride=2),
+                 lambda: pool.max_pool2d(x[0], kernel=2, stride=2),
+                 lambda: pool.max_pool2d(x, kernel=2, stride=0),
+                 lambda: pool.max_pool2d(x, kernel=2, stride=2, out=np.empty((3, 2, 2), F32)),
+                 lambda: resize.resize_nearest(x, iy=[0], ix=[0], out=np.empty((1, 1, 2))),
+                 lambda: norm.global_avg_pool(x[0]),
+                 lambda: pointwise.unary(x, "relu", out=x[:, :2]),
+                 lambda: pointwise.argmax_channels(x, out=np.empty((4, 4), F32))):
+        with pytest.raises(ValueError):
+            call()
 
 
 # **** pointwise ****
@@ -481,10 +410,7 @@ def test_softmax_argmax_reference():
 def crop_case(draw):
     h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
     c = draw(st.sampled_from([1, 2, 3, 5, 7, 16, 33]))
-    r0 = draw(st.integers(0, h - 1))
-    r1 = draw(st.integers(r0 + 1, h))
-    c0 = draw(st.integers(0, w - 1))
-    c1 = draw(st.integers(c0 + 1, w))
+    (r0, r1), (c0, c1) = sub_range(draw, h), sub_range(draw, w)
     return h, w, c, (slice(r0, r1), slice(c0, c1)), draw(st.integers(0, 2**16))
 
 
