@@ -92,14 +92,9 @@ class Op:
 
 
 @dataclass(frozen=True)
-class Conv(Op):
-    """2-D convolution (cross-correlation), weights ``w`` (Co, Ci/g, kh, kw), bias ``b``.
+class _Convolution(Op):
+    """What Conv and ConvTranspose share: kernel geometry, channels, a fused activation."""
 
-    ``pads`` is (top, left, bottom, right); ``pad_mode`` one of zeros, reflect,
-    replicate. ``act`` is a fused activation ("", "relu", "leaky_relu") with ``alpha``.
-    """
-
-    kind: ClassVar[str] = "Conv"
     kernel: Pair = (1, 1)
     stride: Pair = (1, 1)
     dilation: Pair = (1, 1)
@@ -107,14 +102,29 @@ class Conv(Op):
     groups: int = 1
     cin: int = 1
     cout: int = 1
-    pad_mode: str = "zeros"
     act: str = ""
     alpha: float = 0.0
 
-    def out_shape(self, shapes):
+    def _input_hw(self, shapes) -> tuple[int, int]:
         c, h, w = shapes[0]
         if c != self.cin:
             raise ShapeError(f"expects {self.cin} input channels, got {c}")
+        return h, w
+
+
+@dataclass(frozen=True)
+class Conv(_Convolution):
+    """2-D convolution (cross-correlation), weights ``w`` (Co, Ci/g, kh, kw), bias ``b``.
+
+    ``pads`` is (top, left, bottom, right); ``pad_mode`` one of zeros, reflect,
+    replicate. ``act`` is a fused activation ("", "relu", "leaky_relu") with ``alpha``.
+    """
+
+    kind: ClassVar[str] = "Conv"
+    pad_mode: str = "zeros"
+
+    def out_shape(self, shapes):
+        h, w = self._input_hw(shapes)
         ho = window_size(h, self.kernel[0], self.stride[0], self.dilation[0], self.pads[0], self.pads[2])
         wo = window_size(w, self.kernel[1], self.stride[1], self.dilation[1], self.pads[1], self.pads[3])
         return (self.cout, ho, wo)
@@ -130,30 +140,18 @@ class Conv(Op):
 
 
 @dataclass(frozen=True)
-class ConvTranspose(Op):
+class ConvTranspose(_Convolution):
     """Transposed convolution: output ``y = s*x - pad + d*j`` for input x, tap j.
 
     Weights ``w`` (Ci, Co/g, kh, kw) as in PyTorch and ONNX; bias ``b``.
     """
 
     kind: ClassVar[str] = "ConvTranspose"
-    kernel: Pair = (1, 1)
-    stride: Pair = (1, 1)
-    dilation: Pair = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     output_padding: Pair = (0, 0)
-    groups: int = 1
-    cin: int = 1
-    cout: int = 1
-    act: str = ""
-    alpha: float = 0.0
 
     def out_shape(self, shapes):
-        c, h, w = shapes[0]
-        if c != self.cin:
-            raise ShapeError(f"expects {self.cin} input channels, got {c}")
         dims = []
-        for a, n in ((0, h), (1, w)):
+        for a, n in enumerate(self._input_hw(shapes)):
             dims.append((n - 1) * self.stride[a] - self.pads[a] - self.pads[a + 2]
                         + self.dilation[a] * (self.kernel[a] - 1) + self.output_padding[a] + 1)
         return (self.cout, max(dims[0], 0), max(dims[1], 0))
