@@ -129,10 +129,11 @@ class Report:
 
     # -- regions
 
-    def regions(self, out_region: Region) -> dict[str, NodeRegion]:
+    def regions(self, out_region: Region, *, aligned: bool = True) -> dict[str, NodeRegion]:
         """Region every tensor must provide for ``out_region`` (output grid, global).
 
         The graph input's entry holds, in ``needed``, the clipped input window.
+        ``aligned=False`` ignores the kernels' tile steps: the network's own geometry.
         """
         g, shapes = self.graph, self.shapes
         need: dict[str, list[Interval | None]] = {}
@@ -144,7 +145,8 @@ class Report:
             if nr is None or empty(nr[0]) or empty(nr[1]):
                 continue
             needed = (nr[0], nr[1])
-            computed = (align(needed[0], node.op.align[0]), align(needed[1], node.op.align[1]))
+            steps = node.op.align if aligned else (1, 1)
+            computed = (align(needed[0], steps[0]), align(needed[1], steps[1]))
             out[node.name] = NodeRegion(needed, computed)
             ins = [shapes[t] for t in node.inputs]
             for k, t in enumerate(node.inputs):
@@ -162,15 +164,19 @@ class Report:
             out[g.input] = NodeRegion((nr[0], nr[1]), (nr[0], nr[1]))
         return out
 
-    def input_window(self, out_region: Region) -> Region:
+    def input_window(self, out_region: Region, *, aligned: bool = True) -> Region:
         """Exact input rows/cols that ``out_region`` reads, in global coordinates.
+
+        By default this is what the executor reads, including the extra rows/cols
+        the kernel routes' tile steps need (Winograd tiles sit on a global 2x2
+        grid); ``aligned=False`` gives the network's own minimal window.
 
         Includes the positions outside the image the first layers' padding
         stands in for, so it may extend past the image; clip it to the image
         when reading (the executor reproduces the borders).
         """
         g, shapes = self.graph, self.shapes
-        regs = self.regions(out_region)
+        regs = self.regions(out_region, aligned=aligned)
         window: list[Interval | None] = [None, None]
         for node in g.nodes:
             if node.name not in regs or g.input not in node.inputs:
@@ -243,7 +249,7 @@ class Report:
             for r in range(step if base + t + step <= n else 1):
                 reg = [(0, 1), (0, 1)]
                 reg[a] = (base + r, base + r + t)
-                win = self.input_window((reg[0], reg[1]))[a]
+                win = self.input_window((reg[0], reg[1]), aligned=False)[a]
                 if best is None or win[1] - win[0] < best[0]:
                     best = (win[1] - win[0], base + r)
             res.append((best[1], best[1] + t))
@@ -251,7 +257,7 @@ class Report:
 
     def halo_of(self, out_region: Region) -> tuple[int, int, int, int]:
         """Input pixels read beyond ``out_region``'s own footprint: (top, left, bottom, right)."""
-        win = self.input_window(out_region)
+        win = self.input_window(out_region, aligned=False)
         cy, cx = self._centres[self.graph.output]
         res = []
         for a, (sc, off) in ((0, cy), (1, cx)):
@@ -278,7 +284,7 @@ class Report:
                 reg[a] = [base[a][0] + r] * 2
                 reg[0][1] += 1
                 reg[1][1] += 1
-                win = self.input_window(((reg[0][0], reg[0][1]), (reg[1][0], reg[1][1])))
+                win = self.input_window(((reg[0][0], reg[0][1]), (reg[1][0], reg[1][1])), aligned=False)
                 best = max(best, win[a][1] - win[a][0])
             res.append(best)
         return (res[0], res[1])

@@ -108,3 +108,18 @@ def test_node_table_sums_to_flops_per_pixel():
     assert conv.flops == 2 * 9 * 3 * 4 * 64 * 64
     tile = rep.node_table(((0, 16), (0, 16)))
     assert 0 < sum(r.flops for r in tile) < sum(r.flops for r in table)
+
+
+def test_kernel_alignment_is_not_counted_as_halo():
+    """A 16->16 3x3 conv runs on the Winograd route (2x2 tile grid): the executor reads one
+    extra row/col at odd edges, but halo and receptive field are the network's own."""
+    rng = np.random.default_rng(0)
+    node = Node("c", Conv(kernel=(3, 3), pads=(1, 1, 1, 1), cin=16, cout=16), (INPUT,),
+                {"w": rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "b": np.zeros(16, np.float32)})
+    rep = hirestile.analyze(Graph(nodes=(node,), output="c", in_channels=16), (40, 40))
+    assert rep.halo == (1, 1, 1, 1) and rep.receptive_field == (3, 3)
+    assert rep.input_window(((5, 6), (5, 6)), aligned=False) == ((4, 7), (4, 7))
+    win = rep.input_window(((5, 6), (5, 6)))
+    assert win[0][0] <= 4 and win[0][1] >= 7
+    x = rng.standard_normal((16, 40, 40)).astype(np.float32)
+    assert np.array_equal(hirestile.predict(rep.graph, x, tile=5), hirestile.predict(rep.graph, x))
