@@ -194,3 +194,33 @@ def test_lr_schedule_warms_up_and_decays():
 
     assert lr_at(0.0, 1.0) < lr_at(0.03, 1.0) == pytest.approx(1.0)
     assert lr_at(0.5, 1.0) > lr_at(0.9, 1.0) > lr_at(1.0, 1.0) == pytest.approx(0.02)
+
+
+# ---- evaluation helpers
+
+def test_dice_iou():
+    from hirestile.models.training.evaluate import dice_iou
+
+    a = np.zeros((4, 4), bool)
+    assert dice_iou(a, a) == (1.0, 1.0)
+    b = a.copy()
+    b[:2] = True
+    c = a.copy()
+    c[1:3] = True
+    assert dice_iou(b, b) == (1.0, 1.0)
+    assert dice_iou(b, c) == pytest.approx((0.5, 1 / 3))
+    assert dice_iou(b, a) == (0.0, 0.0)
+
+
+def test_classical_baselines_find_the_generated_objects():
+    from hirestile.models.training.evaluate import classical_nuclei, dice_iou
+
+    s = make_histo((128, 128), rng=2, mode="he")
+    lab = classical_nuclei(s.image)
+    assert lab.shape == s.mask.shape and lab.max() > 1
+    assert dice_iou(lab > 0, s.mask)[0] > 0.5
+    pytest.importorskip("photutils")
+    from hirestile.models.training.evaluate import photutils_sources
+
+    a = make_astro((128, 128), rng=4, style="float")
+    assert dice_iou(photutils_sources(a.image), a.mask)[0] > 0.5

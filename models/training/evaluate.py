@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m hirestile.models.training.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=MODELS_DIR, help="folder holding weights/; metrics/ and the figure go here")
+    ap.add_argument("--out", type=Path, default=MODELS_DIR,
+                    help="folder holding weights/; metrics/ and the figure go here")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-n", type=int, default=48, help="held-out images per model")
     a = ap.parse_args(argv)

@@ -35,7 +35,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.signal import fftconvolve
 from scipy.special import gamma, gammaincinv
 

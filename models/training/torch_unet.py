@@ -21,6 +21,7 @@ and the header metadata makes the file self-describing: the key
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ def save_weights(net: UNet, path: str | Path, *, extra: dict[str, str] | None = 
     meta = {"hirestile": json.dumps(net.arch, sort_keys=True)}
     meta.update(extra or {})
     save_file(state, str(path), metadata=meta)
+    os.chmod(path, 0o644)  # safetensors writes 0600; package data must be world-readable
 
 
 def read_arch(path: str | Path) -> dict[str, Any]:
