@@ -675,26 +675,33 @@ def prune(graph: Graph) -> Graph:
     return graph.replace_nodes([n for n in graph.nodes if n.name in live and n.name in by_name])
 
 
-def fold_batchnorm(graph: Graph) -> Graph:
-    """Fold Affine (inference BatchNorm) nodes into the conv that feeds only them."""
+def _fuse_into_producer(graph: Graph, follows, absorbs, merge) -> Graph:
+    """Merge every node ``follows`` accepts into its producer, when ``absorbs`` accepts
+    the producer and the producer feeds only that node (and is not the output)."""
     cons = graph.consumers()
-    by_name = graph.by_name
     nodes = {n.name: n for n in graph.nodes}
     renamed: dict[str, str] = {}
     for n in graph.nodes:
-        if not isinstance(n.op, Affine):
+        if not follows(n):
             continue
-        src = by_name.get(n.inputs[0])
-        if src is None or not isinstance(src.op, Conv) or src.op.act or len(cons[src.name]) != 1 \
-                or src.name == graph.output:
+        src = nodes.get(renamed.get(n.inputs[0], n.inputs[0]))
+        if src is None or not absorbs(src) or len(cons[n.inputs[0]]) != 1 or n.inputs[0] == graph.output:
             continue
-        scale, shift = n.params["scale"], n.params["shift"]
-        w = src.params["w"] * scale.reshape(-1, 1, 1, 1).astype(np.float32)
-        b = src.params["b"] * scale + shift
-        nodes[src.name] = replace(src, params={"w": w.astype(np.float32), "b": b.astype(np.float32)})
+        nodes[src.name] = merge(src, n)
         del nodes[n.name]
         renamed[n.name] = src.name
     return _rename(graph, nodes.values(), renamed)
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """Fold Affine (inference BatchNorm) nodes into the conv that feeds only them."""
+    def merge(conv: Node, bn: Node) -> Node:
+        scale, shift = bn.params["scale"], bn.params["shift"]
+        w = conv.params["w"] * scale.reshape(-1, 1, 1, 1).astype(np.float32)
+        b = conv.params["b"] * scale + shift
+        return replace(conv, params={"w": w.astype(np.float32), "b": b.astype(np.float32)})
+    return _fuse_into_producer(graph, lambda n: isinstance(n.op, Affine),
+                               lambda n: isinstance(n.op, Conv) and not n.op.act, merge)
 
 
 FUSABLE = {"relu", "leaky_relu"}
@@ -702,22 +709,9 @@ FUSABLE = {"relu", "leaky_relu"}
 
 def fuse_activations(graph: Graph) -> Graph:
     """Fuse ReLU / LeakyReLU into the conv (or transposed conv) that feeds only them."""
-    cons = graph.consumers()
-    by_name = graph.by_name
-    nodes = {n.name: n for n in graph.nodes}
-    renamed: dict[str, str] = {}
-    for n in graph.nodes:
-        if not (isinstance(n.op, Unary) and n.op.fn in FUSABLE):
-            continue
-        src_name = renamed.get(n.inputs[0], n.inputs[0])
-        src = nodes.get(src_name)
-        if src is None or not isinstance(src.op, (Conv, ConvTranspose)) or src.op.act \
-                or len(cons[n.inputs[0]]) != 1 or n.inputs[0] == graph.output:
-            continue
-        nodes[src.name] = replace(src, op=replace(src.op, act=n.op.fn, alpha=n.op.p0))
-        del nodes[n.name]
-        renamed[n.name] = src.name
-    return _rename(graph, nodes.values(), renamed)
+    return _fuse_into_producer(graph, lambda n: isinstance(n.op, Unary) and n.op.fn in FUSABLE,
+                               lambda n: isinstance(n.op, (Conv, ConvTranspose)) and not n.op.act,
+                               lambda conv, act: replace(conv, op=replace(conv.op, act=act.op.fn, alpha=act.op.p0)))
 
 
 def _rename(graph: Graph, nodes, renamed: dict[str, str]) -> Graph:
