@@ -187,6 +187,13 @@ def test_train_smoke(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "metrics" / f"{small.name}.json").read_text())
     assert saved["steps"] == 3
     assert read_arch(tmp_path / "weights" / small.weights)["base"] == 4
+    # a --steps run is a pure function of its arguments: the same weights again
+    train_mod.train("unet-astro", steps=3, out=tmp_path / "again", batch_size=2, patch=32, threads=1,
+                    log_every=1, heldout_n=3)
+    from safetensors.numpy import load_file
+    a = load_file(str(tmp_path / "weights" / small.weights))
+    b = load_file(str(tmp_path / "again" / "weights" / small.weights))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_lr_schedule_warms_up_and_decays():

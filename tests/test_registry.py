@@ -75,28 +75,33 @@ def test_card_has_the_required_sections(name):
 
 # ---- hirestile == PyTorch on the shipped weights (DESIGN.md section 1)
 
-def _raw(name: str, shape: tuple[int, int], seed: int) -> np.ndarray:
+def _raw(name: str, shape: tuple[int, int], seed: int, kind: str) -> np.ndarray:
     from hirestile.models.training.synth_astro import make_astro
     from hirestile.models.training.synth_histo import make_histo
 
     if get_spec(name).name == "unet":
-        return np.moveaxis(make_histo(shape, rng=seed).image, -1, 0)
-    return make_astro(shape, rng=seed, style="uint16").image[None]
+        return np.moveaxis(make_histo(shape, rng=seed, mode=kind).image, -1, 0)
+    return make_astro(shape, rng=seed, style=kind).image[None]
 
 
-def _torch_logits(net, contract, raw: np.ndarray) -> np.ndarray:
+def _torch_logits(net, contract, raw: np.ndarray, dtype=None) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(contract.normalize(raw))[None]
     H, W = x.shape[-2:]
     ph, pw = (-H) % contract.pad_to, (-W) % contract.pad_to
     x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+    if dtype is not None:
+        net, x = net.to(dtype), x.to(dtype)
     with torch.no_grad():
         return net(x)[0, :, :H, :W].numpy()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_hirestile_equals_torch_on_builtin_weights(name):
+CASES = [("unet", "he"), ("unet", "ihc"), ("unet-astro", "display8"), ("unet-astro", "float")]
+
+
+@pytest.mark.parametrize("name,kind", CASES)
+def test_hirestile_equals_torch_on_builtin_weights(name, kind):
     pytest.importorskip("torch")
     pytest.importorskip("hirestile.models.unet")
     import hirestile
@@ -108,11 +113,37 @@ def test_hirestile_equals_torch_on_builtin_weights(name):
     net = load_weights(s.weights_path)
     model = hirestile.load_model(name)
     assert model.classes == s.classes and model.contract == s.contract
-    raw = _raw(name, (75, 90), seed=3)  # not a multiple of 16: exercises the pad-to contract
+    raw = _raw(name, (75, 90), seed=3, kind=kind)  # not a multiple of 16: exercises the pad-to contract
     ref = _torch_logits(net, s.contract, raw)
     full = hirestile.predict(model, raw)
     assert full.shape == ref.shape
-    tol = 1e-5 * np.abs(ref).max()
-    assert np.abs(full - ref).max() <= tol
+    assert np.abs(full - ref).max() <= 1e-5 * np.abs(ref).max()
     tiled = hirestile.predict(model, raw, tile=(32, 40), tile_origin=(5, 11))
     np.testing.assert_array_equal(tiled, full)
+
+
+def test_hirestile_accuracy_on_ill_conditioned_astro_input():
+    """Raw uint16 frames carry a bias + sky pedestal ~100x the noise, so the network
+    amplifies differences of nearly equal inputs, and float32 rounding of any
+    implementation shows. Against a float64 forward, hirestile must stay within a
+    small factor of PyTorch's own float32 error (and bit-exact when tiled)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("hirestile.models.unet")
+    import hirestile
+    from hirestile.models.training.torch_unet import load_weights
+
+    s = get_spec("unet-astro")
+    if not s.weights_path.exists():
+        pytest.skip("weights not trained yet")
+    net = load_weights(s.weights_path)
+    raw = _raw("unet-astro", (75, 90), seed=3, kind="uint16")
+    ref64 = _torch_logits(net, s.contract, raw, dtype=torch.float64)
+    ref32 = _torch_logits(load_weights(s.weights_path), s.contract, raw)
+    model = hirestile.load_model("unet-astro")
+    full = hirestile.predict(model, raw)
+    scale = np.abs(ref64).max()
+    err_torch = np.abs(ref32 - ref64).max() / scale
+    err_hs = np.abs(full - ref64).max() / scale
+    assert err_hs <= max(10 * err_torch, 1e-5), (err_hs, err_torch)
+    assert err_hs <= 1e-4
+    np.testing.assert_array_equal(hirestile.predict(model, raw, tile=(32, 40), tile_origin=(5, 11)), full)
