@@ -74,6 +74,12 @@ def _as_f32c(a, name):
     return np.ascontiguousarray(a)
 
 
+def _operands(x, w, bias, stride, dilation):
+    """The checks and conversions conv2d and conv_transpose2d share."""
+    return (_as_f32c(x, "x"), _as_f32c(w, "w"), _as_f32c(bias, "bias"),
+            _pair(stride, "stride"), _pair(dilation, "dilation"))
+
+
 def _check_out(out, shape):
     if out is None:
         return np.empty(shape, np.float32)
@@ -186,11 +192,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
            [42., 50.]], dtype=float32)
     """
     w_in = w
-    x = _as_f32c(x, "x")
-    w = _as_f32c(w, "w")
-    bias = _as_f32c(bias, "bias")
-    sy, sx = _pair(stride, "stride")
-    dy, dx = _pair(dilation, "dilation")
+    x, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
     groups = int(groups)
     if x.ndim != 3 or w.ndim != 4:
         raise ValueError(f"x must be (h, w, C) and w (kh, kw, Ci/g, Co); got {x.shape}, {w.shape}")
@@ -265,11 +267,7 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
            [2., 3., 2., 3.]], dtype=float32)
     """
     w_in = w
-    x = _as_f32c(x, "x")
-    w = _as_f32c(w, "w")
-    bias = _as_f32c(bias, "bias")
-    sy, sx = _pair(stride, "stride")
-    dy, dx = _pair(dilation, "dilation")
+    x, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
     ty, tx = int(offset[0]), int(offset[1])
     if ty < 0 or tx < 0:
         raise ValueError(f"offset must be non-negative, got {offset}")
