@@ -83,7 +83,7 @@ import numpy as np
 from hirestile.errors import ModelError
 from hirestile.graph import (
     Affine, Binary, Concat, Conv, ConvTranspose, CropLike, Graph, GlobalPool, Node, Norm, Pad,
-    Pool, PRelu, Resize, ShapeError, Slice, Softmax, Unary, prune,
+    Pool, PRelu, Resize, ShapeError, Slice, Softmax, Unary, batchnorm_affine, prune,
 )
 
 __all__ = ["load_onnx"]
@@ -1308,9 +1308,8 @@ def _batchnorm(imp: _Importer, n, name, ins, at):
     c = imp.shape(x)[0]
     if not all(a.size == c for a in (gamma, beta, mean, var)):
         raise ModelError(f"{imp.label}: node {name!r}: batch-norm parameters do not have {c} channels")
-    scale = gamma / np.sqrt(var + float(at.get("epsilon", 1e-5)))
-    shift = beta - mean * scale
-    out = imp.emit(name, Affine(), [x], {"scale": _f32(scale), "shift": _f32(shift)}, n.op_type)
+    scale, shift = batchnorm_affine(gamma, beta, mean, var, float(at.get("epsilon", 1e-5)))
+    out = imp.emit(name, Affine(), [x], {"scale": scale, "shift": shift}, n.op_type)
     return [Act(out)] + [Poison()] * (len(n.output) - 1)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from hirestile.contract import InputContract
 from hirestile.errors import ModelError
-from hirestile.graph import INPUT, Affine, Concat, Conv, ConvTranspose, CropLike, Graph, Node, Pool, Resize, Unary
+from hirestile.graph import (INPUT, Affine, Concat, Conv, ConvTranspose, CropLike, Graph, Node, Pool, Resize, Unary,
+                             batchnorm_affine)
 from hirestile.model import Model
 
 ARCH_KEYS = ("in_channels", "classes", "base", "depth", "padding", "up", "bn")
@@ -84,8 +85,7 @@ def build_graph(state: dict[str, np.ndarray], *, in_channels: int = 3, classes: 
     def bnorm(name: str, src: str) -> str:
         g, b = param(name + ".weight"), param(name + ".bias")
         mean, var = param(name + ".running_mean"), param(name + ".running_var")
-        scale = (g / np.sqrt(var.astype(np.float64) + 1e-5)).astype(np.float32)
-        shift = (b - mean * scale).astype(np.float32)
+        scale, shift = batchnorm_affine(g, b, mean, var, 1e-5)
         nodes.append(Node(name, Affine(), (src,), {"scale": scale, "shift": shift}))
         return name
 
