@@ -129,11 +129,13 @@ class Report:
 
     # -- regions
 
-    def regions(self, out_region: Region, *, aligned: bool = True) -> dict[str, NodeRegion]:
+    def regions(self, out_region: Region, *, aligned: bool = False) -> dict[str, NodeRegion]:
         """Region every tensor must provide for ``out_region`` (output grid, global).
 
         The graph input's entry holds, in ``needed``, the clipped input window.
-        ``aligned=False`` ignores the kernels' tile steps: the network's own geometry.
+        By default this is the network's own geometry; ``aligned=True`` widens each
+        node's computed region to its kernel route's tile steps (Winograd tiles sit
+        on a global 2x2 grid), which is what the executor computes.
         """
         g, shapes = self.graph, self.shapes
         need: dict[str, list[Interval | None]] = {}
@@ -164,12 +166,13 @@ class Report:
             out[g.input] = NodeRegion((nr[0], nr[1]), (nr[0], nr[1]))
         return out
 
-    def input_window(self, out_region: Region, *, aligned: bool = True) -> Region:
+    def input_window(self, out_region: Region, *, aligned: bool = False) -> Region:
         """Exact input rows/cols that ``out_region`` reads, in global coordinates.
 
-        By default this is what the executor reads, including the extra rows/cols
-        the kernel routes' tile steps need (Winograd tiles sit on a global 2x2
-        grid); ``aligned=False`` gives the network's own minimal window.
+        By default this is the network's own minimal window: every pixel in it
+        can change the region's output. ``aligned=True`` gives what the executor
+        reads, including the extra rows/cols the kernel routes' tile steps need
+        (Winograd tiles sit on a global 2x2 grid); readers of input use that.
 
         Includes the positions outside the image the first layers' padding
         stands in for, so it may extend past the image; clip it to the image
@@ -249,7 +252,7 @@ class Report:
             for r in range(step if base + t + step <= n else 1):
                 reg = [(0, 1), (0, 1)]
                 reg[a] = (base + r, base + r + t)
-                win = self.input_window((reg[0], reg[1]), aligned=False)[a]
+                win = self.input_window((reg[0], reg[1]))[a]
                 if best is None or win[1] - win[0] < best[0]:
                     best = (win[1] - win[0], base + r)
             res.append((best[1], best[1] + t))
@@ -257,7 +260,7 @@ class Report:
 
     def halo_of(self, out_region: Region) -> tuple[int, int, int, int]:
         """Input pixels read beyond ``out_region``'s own footprint: (top, left, bottom, right)."""
-        win = self.input_window(out_region, aligned=False)
+        win = self.input_window(out_region)
         cy, cx = self._centres[self.graph.output]
         res = []
         for a, (sc, off) in ((0, cy), (1, cx)):
@@ -284,7 +287,7 @@ class Report:
                 reg[a] = [base[a][0] + r] * 2
                 reg[0][1] += 1
                 reg[1][1] += 1
-                win = self.input_window(((reg[0][0], reg[0][1]), (reg[1][0], reg[1][1])), aligned=False)
+                win = self.input_window(((reg[0][0], reg[0][1]), (reg[1][0], reg[1][1])))
                 best = max(best, win[a][1] - win[a][0])
             res.append(best)
         return (res[0], res[1])
@@ -308,7 +311,7 @@ class Report:
         Bytes simulate the executor: each node's computed buffer lives until its
         last consumer has run; the padded input window of each op is counted too.
         """
-        regs = self.regions(out_region)
+        regs = self.regions(out_region, aligned=True)
         g, shapes = self.graph, self.shapes
         last_use: dict[str, int] = {}
         for i, n in enumerate(g.nodes):
@@ -354,7 +357,7 @@ class Report:
 
     def node_table(self, out_region: Region | None = None) -> list[NodeInfo]:
         """Per node: op, output shape, FLOPs and bytes, full-frame or for ``out_region``."""
-        regs = self.regions(out_region) if out_region is not None else None
+        regs = self.regions(out_region, aligned=True) if out_region is not None else None
         rows = []
         for n in self.graph.nodes:
             c, h, w = self.shapes[n.name]

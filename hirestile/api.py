@@ -223,7 +223,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     out = np.empty((k, oh, ow), np.float32)
     _, h, w = img.shape
     for (y0, y1), (x0, x1) in tiles((oh, ow), (ty, tx), tile_origin):
-        (a, b), (c, d) = rep.input_window(((y0, y1), (x0, x1)))
+        (a, b), (c, d) = rep.input_window(((y0, y1), (x0, x1)), aligned=True)
         a, b, c, d = max(a, 0), min(b, h), max(c, 0), min(d, w)
         out[:, y0:y1, x0:x1] = executor.run_region(rep, img[:, a:b, c:d], (a, c), ((y0, y1), (x0, x1)))
     return out

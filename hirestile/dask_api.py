@@ -422,8 +422,8 @@ def _read_windows(rep: Report, rows: list[tuple[int, int]],
         lo = min(max(iv[0], 0), n)
         return (lo, max(min(iv[1], n), lo))
 
-    rr = [clip(rep.input_window((r, (0, ow)))[0], h) for r in rows]
-    cc = [clip(rep.input_window(((0, oh), c))[1], w) for c in cols]
+    rr = [clip(rep.input_window((r, (0, ow)), aligned=True)[0], h) for r in rows]
+    cc = [clip(rep.input_window(((0, oh), c), aligned=True)[1], w) for c in cols]
     return rr, cc
 
 

@@ -282,7 +282,7 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
     rep : Report
         From :func:`analyze` (the graph as prepared by the executor).
     window : ndarray, float32, (C, h, w)
-        Input pixels covering at least ``rep.input_window(out_region)`` clipped to
+        Input pixels covering at least ``rep.input_window(out_region, aligned=True)`` clipped to
         the image, already normalised.
     origin : (int, int)
         Global (row, col) of ``window[:, 0, 0]``.
@@ -295,7 +295,7 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
     """
     g = rep.graph
     prepared = prepare_report(rep)
-    regs = rep.regions(out_region)
+    regs = rep.regions(out_region, aligned=True)
     (oy0, oy1), (ox0, ox1) = out_region
     k_out, oh, ow = rep.output_shape
     if not (0 <= oy0 <= oy1 <= oh and 0 <= ox0 <= ox1 <= ow):

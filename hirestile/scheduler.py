@@ -118,7 +118,7 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int]) -> Plan
         for j0 in range(0, gx, nx):
             i1, j1 = min(i0 + ny, gy), min(j0 + nx, gx)
             out = ((i0 * bh, min(i1 * bh, h)), (j0 * bw, min(j1 * bw, w)))
-            (a, b), (c, d) = rep.input_window(out)
+            (a, b), (c, d) = rep.input_window(out, aligned=True)
             read = ((max(a, 0), min(b, ih)), (max(c, 0), min(d, iw)))
             tiles.append(Tile(len(tiles), out, (i0, i1, j0, j1), read))
     return Plan(layout=layout, tile=(min(ny * bh, h), min(nx * bw, w)), tiles=tuple(tiles), image_hw=(ih, iw))

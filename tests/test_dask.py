@@ -107,7 +107,7 @@ def test_read_windows_contain_every_block_window(model):
         rr, cc = dask_api._read_windows(rep, rows, cols)
         for r, ry in zip(rows, rr):
             for c, rx in zip(cols, cc):
-                (a, b), (p, q) = rep.input_window((r, c))
+                (a, b), (p, q) = rep.input_window((r, c), aligned=True)
                 exact = ((max(a, 0), min(b, hw[0])), (max(p, 0), min(q, hw[1])))
                 assert exact == (ry, rx)               # equal for these networks (contained in general)
 
