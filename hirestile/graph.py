@@ -185,6 +185,12 @@ class Pool(Op):
     ceil_mode: bool = False
     count_include_pad: bool = True
 
+    def __post_init__(self):
+        if self.mode not in ("max", "avg"):
+            raise ValueError(f"pool mode must be 'max' or 'avg', got {self.mode!r}")
+        if self.mode == "avg" and tuple(self.dilation) != (1, 1):
+            raise ValueError("average pooling with dilation is not supported (PyTorch has none)")
+
     def out_shape(self, shapes):
         c, h, w = shapes[0]
         ho = window_size(h, self.kernel[0], self.stride[0], self.dilation[0], self.pads[0], self.pads[2], self.ceil_mode)

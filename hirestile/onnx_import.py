@@ -97,6 +97,9 @@ MAX_SHAPE_ELEMENTS = 1 << 12
 #: largest image side a model may declare, and largest resize factor
 MAX_SIDE = 1 << 24
 MAX_RESIZE = 256
+#: most input pixels one output pixel of one op may reach per axis, beyond the input
+#: (kernel extent with dilation, padding): bounds the halo a malformed file can ask for
+MAX_REACH = 1 << 14
 #: probe offsets from the first probe size (rows, cols)
 PROBE_OFFSETS = ((0, 0), (128, 256), (256, 128))
 DEFAULT_PROBE = (512, 512)
@@ -738,6 +741,21 @@ class _Importer:
         self.used.add(name)
         return name
 
+    def _check_reach(self, name: str, op, ins, out, onnx_op: str) -> None:
+        """Refuse an op whose first or last output pixel reads a window absurdly far
+        outside its input (e.g. dilation 1e8 with pads 1e8 keeps a sane output shape
+        but asks the executor for a 1e8-pixel halo)."""
+        for k, shape in enumerate(ins):
+            for a in (0, 1):
+                n_in = shape[a + 1]
+                for o in (0, out[a + 1] - 1):
+                    iv = op.in_interval(k, a, (o, o + 1), ins, out)
+                    if iv is not None and (iv[0] < -MAX_REACH or iv[1] > n_in + MAX_REACH
+                                           or iv[1] - iv[0] > MAX_REACH):
+                        raise ModelError(f"{self.label}: node {name!r} ({onnx_op or op.kind}) reads input "
+                                         f"{'rows' if a == 0 else 'cols'} {iv[0]}..{iv[1]} for one output "
+                                         f"pixel of a {n_in}-pixel axis: absurd kernel, dilation or padding")
+
     def emit(self, base: str, op, inputs: Sequence[str], params=None, onnx_op: str = "") -> str:
         name = self._unique(base)
         first_err = None
@@ -749,6 +767,7 @@ class _Importer:
                 if max(out[1:]) > MAX_RESIZE * max(self.probes[p]) + 4096 or out[0] > MAX_TENSOR_ELEMENTS:
                     raise ModelError(f"{self.label}: node {name!r} ({onnx_op or op.kind}) gives an absurd "
                                      f"tensor shape {out}")
+                self._check_reach(name, op, [self.shapes[p][t] for t in inputs], out, onnx_op)
             except ShapeError as e:
                 if self.static and p == 0:
                     raise ModelError(f"{self.label}: node {name!r} ({onnx_op or op.kind}) at the model's input "
@@ -1178,6 +1197,8 @@ def _pool(imp: _Importer, n, name, ins, at):
     dil = _pair(at.get("dilations"), (1, 1))
     if min(kernel) < 1 or min(stride) < 1 or min(dil) < 1:
         raise ModelError(f"{imp.label}: node {name!r}: bad kernel/strides/dilations")
+    if n.op_type == "AveragePool" and dil != (1, 1):
+        raise _Unsupported(f"dilations {list(dil)}")
     pads = _window_pads(imp, at, x, kernel, stride, dil)
     op = Pool(mode="max" if n.op_type == "MaxPool" else "avg", kernel=kernel, stride=stride, dilation=dil,
               pads=pads, ceil_mode=bool(at.get("ceil_mode", 0)),

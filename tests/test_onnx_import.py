@@ -534,6 +534,20 @@ def test_absurd_resize_refused(arg, value):
     refuse(make_model([oh.make_node("Resize", ins, ["y"])], inits), "absurd")
 
 
+def test_absurd_reach_with_sane_output_shape_refused():
+    """Dilation 1e8 with pads 1e8 keeps a 12 x 14 output but would ask for a 1e8-pixel halo."""
+    big = 10**8
+    conv = oh.make_node("Conv", ["x", "w"], ["y"], dilations=[big, big], pads=[big] * 4, name="wide")
+    refuse(make_model([conv], {"w": w(2, 3, 3, 3)}), ["'wide'", "absurd kernel, dilation or padding"])
+
+
+def test_average_pool_with_dilations_is_unsupported():
+    pool = oh.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], dilations=[2, 2], name="dap")
+    refuse(make_model([pool], opset=19), ["AveragePool ('dap'", "dilations"])
+    with pytest.raises(ValueError, match="dilation"):
+        G.Pool(mode="avg", kernel=(3, 3), stride=(1, 1), dilation=(2, 2))
+
+
 def test_external_data_refused():
     t = nh.from_array(w(2, 3, 1, 1), "w")
     t.ClearField("raw_data")
