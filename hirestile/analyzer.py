@@ -269,15 +269,52 @@ class Report:
             res.append((math.ceil(lo - win[a][0]), math.ceil(win[a][1] - 1 - hi)))
         return (res[0][0], res[1][0], res[0][1], res[1][1])
 
+    def _holds_interior(self, region: Region) -> bool:
+        """Whether ``region``'s input window lies inside the image, away from its borders."""
+        win = self.input_window(region)
+        return all(win[a][0] > 0 and win[a][1] < self.image_shape[a] for a in (0, 1))
+
+    @cached_property
+    def _geometry(self) -> Report:
+        """A report on which halo and receptive field are the network's own.
+
+        On an image too small for an interior tile, borders clip every window; then
+        the same graph is analysed on a larger image of the same size modulo the total
+        stride (the largest it takes up to 32768 px). A graph that takes only its own
+        size (fixed-size resizes) keeps this report.
+        """
+        if self._holds_interior(self._interior_tile(2 * max(self.tile_step))):
+            return self
+        (h, w), (sy, sx) = self.image_shape, self.stride
+        for target in (512, 2048, 8192, 32768):
+            size = (h + -(-max(target - h, 0) // sy) * sy, w + -(-max(target - w, 0) // sx) * sx)
+            try:
+                big = analyze_graph(self.graph, size)
+            except (ValueError, ArithmeticError):      # ShapeError is a ValueError
+                return self
+            if big._holds_interior(big._interior_tile(2 * max(big.tile_step))):
+                return big
+        return self
+
     @cached_property
     def halo(self) -> tuple[int, int, int, int]:
-        """Per-side halo (top, left, bottom, right) of a stride-aligned interior tile."""
+        """Per-side halo (top, left, bottom, right) of a stride-aligned interior tile.
+
+        The network's own: not clipped by a small image's borders (see ``_geometry``).
+        """
+        geo = self._geometry
+        if geo is not self:
+            return geo.halo
         step = max(self.tile_step)
         return self.halo_of(self._interior_tile(2 * step))
 
     @cached_property
     def receptive_field(self) -> tuple[int, int]:
-        """Receptive field (y, x) in input pixels: the largest window one output pixel reads."""
+        """Receptive field (y, x) in input pixels: the largest window one output pixel
+        reads (the network's own, as ``halo``)."""
+        geo = self._geometry
+        if geo is not self:
+            return geo.receptive_field
         base = self._interior_tile(max(self.tile_step))
         res = []
         for a in (0, 1):
@@ -345,9 +382,10 @@ class Report:
         """FLOPs of an interior output tile over the same tile's share of a full-frame run."""
         ty, tx = (tile, tile) if isinstance(tile, int) else tile
         reg = self._interior_tile(max(ty, tx))
-        reg = ((reg[0][0], reg[0][0] + ty), (reg[1][0], reg[1][0] + tx))
+        _, oh, ow = self.output_shape
+        reg = (clip((reg[0][0], reg[0][0] + ty), oh), clip((reg[1][0], reg[1][0] + tx), ow))
         flops, _ = self.region_cost(reg)
-        return flops / (self.flops_per_pixel * ty * tx)
+        return flops / (self.flops_per_pixel * (reg[0][1] - reg[0][0]) * (reg[1][1] - reg[1][0]))
 
     def tile_memory(self, tile: int | tuple[int, int]) -> int:
         """Peak executor bytes for one interior output tile of this size."""

@@ -123,3 +123,14 @@ def test_kernel_alignment_is_not_counted_as_halo():
     assert win[0][0] <= 4 and win[0][1] >= 7
     x = rng.standard_normal((16, 40, 40)).astype(np.float32)
     assert np.array_equal(hirestile.predict(rep.graph, x, tile=5), hirestile.predict(rep.graph, x))
+
+
+def test_halo_and_receptive_field_do_not_shrink_on_small_images():
+    """Borders clip every window of a small image; the report still gives the network's own
+    halo and receptive field (measured on a larger image of the same size modulo the stride)."""
+    m = unet(in_channels=1, classes=2, base=2, depth=4)
+    big = hirestile.analyze(m, (1024, 1024))
+    assert big.halo[0] > 32 and big.receptive_field[0] > 64
+    for hw in ((16, 16), (64, 80), (48, 1024)):
+        small = hirestile.analyze(m, hw)
+        assert (small.halo, small.receptive_field) == (big.halo, big.receptive_field), hw
