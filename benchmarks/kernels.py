@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/kernels.py                   # UNet(base 32, depth 4) layers at 2048^2
+    python benchmarks/kernels.py                   # UNet(base 32, depth 4) layers at 2048^2, then full-frame
     python benchmarks/kernels.py --scale 0.25      # same layers, spatial sizes / 4
     python benchmarks/kernels.py --threads 1 --reps 7 --only 32-32,64-64
 
@@ -16,8 +16,8 @@ allocates its output per call, as it does in a model. Both compute the conv +
 bias only (act=0): a fused ReLU would favour hirestile. FLOPs are the direct
 count 2*Ho*Wo*Ci*Co*kh*kw/groups for every route (Winograd included).
 
-``--unet`` adds the full-frame network comparison (hirestile.predict vs PyTorch
-channels_last vs ONNX Runtime; benchmarks/fullframe.py), in the same run.
+The same run then compares full-frame networks (hirestile.predict vs PyTorch
+channels_last vs ONNX Runtime; benchmarks/fullframe.py); ``--no-unet`` skips that.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--only", default="", help="comma list of substrings of layer names")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     p.add_argument("--accuracy", action="store_true", help="also print per-layer accuracy")
-    p.add_argument("--unet", action="store_true", help="also run the full-frame network section")
+    p.add_argument("--no-unet", dest="unet", action="store_false",
+                   help="skip the full-frame network section (run by default)")
     p.add_argument("--unet-reps", type=int, default=2, help="timed runs per engine (default 2)")
     return p.parse_args(argv)
 

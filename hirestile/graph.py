@@ -538,6 +538,7 @@ class GlobalPool(Op):
 
     kind: ClassVar[str] = "GlobalAveragePool"
     whole_image: ClassVar[str] = "output depends on the whole image (global average over space)"
+    label: str = "GlobalAveragePool"      # or "ReduceMean": the op the user's model names
 
     def out_shape(self, shapes):
         return (shapes[0][0], 1, 1)
@@ -716,14 +717,21 @@ def _fuse_into_producer(graph: Graph, follows, absorbs, merge) -> Graph:
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
-    """Fold Affine (inference BatchNorm) nodes into the conv that feeds only them."""
+    """Fold Affine (inference BatchNorm) nodes into the conv or transposed conv that
+    feeds only them."""
     def merge(conv: Node, bn: Node) -> Node:
         scale, shift = (np.asarray(bn.params[k], np.float64) for k in ("scale", "shift"))
-        w = conv.params["w"].astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+        w = conv.params["w"].astype(np.float64)
+        if isinstance(conv.op, ConvTranspose):
+            # w is (cin, cout / groups, kh, kw); input channel ci of group g feeds outputs g*cpg + j
+            per_out = scale.reshape(conv.op.groups, -1)
+            w = w * np.repeat(per_out, conv.op.cin // conv.op.groups, axis=0)[:, :, None, None]
+        else:
+            w = w * scale.reshape(-1, 1, 1, 1)
         b = conv.params["b"].astype(np.float64) * scale + shift
         return replace(conv, params={"w": w.astype(np.float32), "b": b.astype(np.float32)})
     return _fuse_into_producer(graph, lambda n: isinstance(n.op, Affine),
-                               lambda n: isinstance(n.op, Conv) and not n.op.act, merge)
+                               lambda n: isinstance(n.op, (Conv, ConvTranspose)) and not n.op.act, merge)
 
 
 FUSABLE = {"relu", "leaky_relu"}

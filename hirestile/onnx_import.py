@@ -1222,7 +1222,7 @@ def _reduce_mean(imp: _Importer, n, name, ins, at):
         raise _Unsupported(f"mean over axes {axes} (only over rows and columns, axes [2, 3])")
     if not at.get("keepdims", 1):
         raise _Unsupported("keepdims=0 (use keepdims=1)")
-    return [Act(imp.emit(name, GlobalPool(), [x], onnx_op=n.op_type))]
+    return [Act(imp.emit(name, GlobalPool(label=n.op_type), [x], onnx_op=n.op_type))]
 
 
 _COORD = {"half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"}

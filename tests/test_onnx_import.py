@@ -197,6 +197,24 @@ def test_batchnorm_becomes_affine_and_folds(graph_eval):
     assert [type(n.op).__name__ for n in opt.nodes] == ["Conv"] and opt.nodes[0].op.act == "relu"
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_after_conv_transpose_folds(groups):
+    """ConvTranspose (w: cin x cout/groups x kh x kw) -> BN folds per output channel."""
+    import hirestile
+
+    cin, cout = 4, 6
+    data = make_model(
+        [oh.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2], group=groups, name="up"),
+         oh.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")],
+        {"w": w(cin, cout // groups, 2, 2), "g": np.linspace(0.5, 1.5, cout, dtype=np.float32),
+         "b": np.linspace(-0.2, 0.2, cout, dtype=np.float32), "m": np.linspace(-0.3, 0.1, cout, dtype=np.float32),
+         "v": np.linspace(0.3, 2.0, cout, dtype=np.float32)}, shape=(1, cin, 9, 11))
+    opt = G.optimize(load_onnx(data))
+    assert [type(n.op).__name__ for n in opt.nodes] == ["ConvTranspose"]
+    x = image(cin, 9, 11)
+    assert rel_err(hirestile.predict(opt, x), ort_run(data, x)) <= REL
+
+
 @pytest.mark.parametrize("mode,stride,k,size", [("SAME_UPPER", 2, 3, (16, 20)), ("SAME_LOWER", 1, 4, (11, 13)),
                                                ("VALID", 2, 3, (11, 13)), ("SAME_UPPER", 1, 2, (11, 13))])
 def test_conv_auto_pad(mode, stride, k, size, graph_eval):
