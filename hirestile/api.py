@@ -24,7 +24,7 @@ def as_model(model: Model | Graph | str | Path) -> Model:
     return load_model(model)
 
 
-CONTRACT_FIELDS = ("mean", "std", "scale", "pad_to", "pad_mode", "stretch", "softening")
+CONTRACT_FIELDS = ("mean", "std", "scale", "pad_to", "pad_mode", "stretch", "softening", "value_range")
 
 
 def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
@@ -89,12 +89,6 @@ def with_contract(m: Model, spec: dict) -> Model:
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k in CONTRACT_FIELDS}
     try:
         contract = replace(m.contract, **fields)
-        if contract.pad_to < 1 or contract.pad_mode not in ("reflect", "replicate", "zeros") \
-                or contract.scale not in ("dtype", "none") or contract.stretch not in ("linear", "asinh"):
-            raise ValueError(f"{fields}")
-        for v in (contract.mean, contract.std):
-            if len(v) not in (1, m.graph.in_channels):
-                raise ValueError(f"{len(v)} values for {m.graph.in_channels} channels")
     except (TypeError, ValueError) as e:
         raise ModelError(f"invalid input contract: {e}") from None
     classes = tuple(spec.get("classes", m.classes))
@@ -229,8 +223,21 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     return out
 
 
-def from_torch(module, example_input) -> Model:
-    """Import a PyTorch ``nn.Module`` (through ONNX export; needs torch installed)."""
+def from_torch(module, example_input, *, contract: dict | None = None) -> Model:
+    """Import a PyTorch ``nn.Module`` (through ONNX export; needs torch installed).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        In eval mode; every op must be one hirestile supports.
+    example_input : torch.Tensor
+        ``(1, C, H, W)``; the export keeps H and W dynamic.
+    contract : dict, optional
+        The input contract (keys of :class:`~hirestile.contract.InputContract`
+        plus ``classes``), as in :func:`load_model`. Without it the model takes
+        values as given (``scale="none"``) at any size.
+    """
     from hirestile.torch_import import from_torch as _from_torch
     graph = _from_torch(module, example_input)
-    return Model(graph=graph, contract=InputContract(channels=graph.in_channels, scale="none"), name=type(module).__name__)
+    m = Model(graph=graph, contract=InputContract(channels=graph.in_channels, scale="none"), name=type(module).__name__)
+    return with_contract(m, contract) if contract else m

@@ -176,8 +176,9 @@ def cmd_models(a: argparse.Namespace) -> int:
         print(f"  {s.description}")
         if s.aliases:
             print(f"  aliases:  {', '.join(s.aliases)}")
-        print(f"  input:    {c.channels} channel(s); scale {c.scale}, mean {c.mean}, std {c.std}; "
-              f"pad to a multiple of {c.pad_to} ({c.pad_mode})")
+        if s.inputs:
+            print(f"  input:    {s.inputs}")
+        print(f"  contract: {c.describe()}")
         print(f"  classes:  {', '.join(s.classes)}")
         print(f"  card:     {s.card_path}")
     print("or pass a model file: --model net.onnx | --model weights.safetensors")

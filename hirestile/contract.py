@@ -6,6 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+SCALES = ("dtype", "none")
+PAD_MODES = ("reflect", "replicate", "zeros")
+STRETCHES = ("linear", "asinh")
+
+
 @dataclass(frozen=True)
 class InputContract:
     """What a model expects of its input image.
@@ -33,6 +38,10 @@ class InputContract:
         with a *fixed* softening and no per-image statistics.
     softening : float
         The ``"asinh"`` softening, in scaled units.
+    value_range : (float, float) or None
+        The range the network was trained on, after scaling (e.g. ``(0, 1)``:
+        uint8 images, or float images already in [0, 1]). Declared for users and
+        ``hirestile models``; values outside it are not refused.
 
     Examples
     --------
@@ -49,6 +58,50 @@ class InputContract:
     pad_mode: str = "reflect"
     stretch: str = "linear"
     softening: float = 1.0
+    value_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.channels, (int, np.integer)) or self.channels < 1:
+            problems.append(f"channels must be a positive integer, got {self.channels!r}")
+        if not isinstance(self.pad_to, (int, np.integer)) or self.pad_to < 1:
+            problems.append(f"pad_to must be a positive integer (1: any size), got {self.pad_to!r}")
+        for name, value, allowed in (("scale", self.scale, SCALES), ("pad_mode", self.pad_mode, PAD_MODES),
+                                     ("stretch", self.stretch, STRETCHES)):
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not self.softening > 0:
+            problems.append(f"softening must be positive, got {self.softening!r}")
+        if any(float(s) == 0 for s in self.std):
+            problems.append(f"std must not be 0, got {self.std}")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) not in (1, self.channels):
+                problems.append(f"{name} has {len(v)} values for {self.channels} channels (give 1 or {self.channels})")
+        if self.value_range is not None and (len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]):
+            problems.append(f"value_range must be (low, high) with low < high, got {self.value_range!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def describe(self) -> str:
+        """One line for humans: what the model expects and how its input is mapped.
+
+        >>> InputContract(channels=1, std=(2.0,), stretch="asinh", softening=0.01, pad_to=16).describe()
+        '1 channel; integers / dtype max, floats as given; arcsinh(x / 0.01); x / 2; pad to a multiple of 16 (reflect)'
+        """
+        parts = [f"{self.channels} channel{'s' if self.channels > 1 else ''}"]
+        scaled = "integers / dtype max, floats as given" if self.scale == "dtype" else "values as given"
+        if self.value_range is not None:
+            scaled += f", expected in [{self.value_range[0]:g}, {self.value_range[1]:g}]"
+        parts.append(scaled)
+        if self.stretch == "asinh":
+            parts.append(f"arcsinh(x / {self.softening:g})")
+        fmt = lambda v: (f"{float(v[0]):g}" if len(set(v)) == 1  # noqa: E731
+                         else "[" + ", ".join(f"{float(a):g}" for a in v) + "]")
+        mean, std = any(float(m) != 0 for m in self.mean), any(float(s) != 1 for s in self.std)
+        if mean or std:
+            parts.append(("(x - " + fmt(self.mean) + ")" if mean else "x") + (" / " + fmt(self.std) if std else ""))
+        parts.append("any size" if self.pad_to == 1 else f"pad to a multiple of {self.pad_to} ({self.pad_mode})")
+        return "; ".join(parts)
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         """Map a raw (C, h, w) block of any numeric dtype to the float32 the network takes.

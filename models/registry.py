@@ -44,6 +44,8 @@ class ModelSpec:
         File name under ``models/cards/`` (the model card).
     description : str
         One line for ``hirestile models``.
+    inputs : str
+        Which dtypes and value ranges the model was trained for (one line).
     """
 
     name: str
@@ -54,6 +56,7 @@ class ModelSpec:
     weights: str
     card: str
     description: str
+    inputs: str = ""
 
     @property
     def weights_path(self) -> Path:
@@ -69,8 +72,8 @@ class ModelSpec:
 # Both built-in nets: small same-padding UNets (base 8, depth 4: 0.49 M
 # parameters, 1.9 MB of float32 weights, ~11 k multiply-adds per output pixel)
 # -- fast on a CPU and trainable on two CPU cores in minutes. Depth 4 gives a
-# ~140 px receptive field (local background for galaxies, context for nuclei)
-# and a pad-to of 16.
+# 204 px receptive field (94 px of context per side: local background for
+# galaxies, context for nuclei) and a pad-to of 16.
 _ARCH = dict(base=8, depth=4, padding="same", up="transpose", bn=True)
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -80,11 +83,12 @@ REGISTRY: dict[str, ModelSpec] = {
         arch=dict(in_channels=3, classes=2, **_ARCH),
         # RGB uint8 -> [0, 1] -> (x - 0.5) / 0.25. Float RGB input must already be in [0, 1].
         contract=InputContract(channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), scale="dtype",
-                               pad_to=16, pad_mode="reflect"),
+                               pad_to=16, pad_mode="reflect", value_range=(0.0, 1.0)),
         classes=("background", "nucleus"),
         weights="unet.safetensors",
         card="unet.md",
         description="Nuclei in brightfield histology (H&E, IHC/DAB), RGB, ~0.25-0.6 um/px",
+        inputs="uint8 RGB (0..255), uint16 RGB, or float RGB already in [0, 1]",
     ),
     "unet-astro": ModelSpec(
         name="unet-astro",
@@ -98,6 +102,8 @@ REGISTRY: dict[str, ModelSpec] = {
         weights="unet-astro.safetensors",
         card="unet-astro.md",
         description="Stars and galaxies in single-band sky images (float fluxes, uint16 ADU, 8-bit renderings)",
+        inputs=("float fluxes with background noise ~3e-4..3e-2 (sky-subtracted or not), "
+                "uint16 ADU frames, uint8 renderings; NaN no-data needs --nan-fill"),
     ),
 }
 

@@ -37,7 +37,11 @@ def test_sidecar_declares_contract_and_classes(weights):
 
 
 @pytest.mark.parametrize("spec, match", [({"bogus": 1}, "unknown input-contract"),
-                                         ({"pad_to": 0}, "invalid input contract"),
+                                         ({"pad_to": 0}, r"pad_to must be a positive integer \(1: any size\)"),
+                                         ({"pad_mode": "wrap"}, "pad_mode must be one of reflect, replicate, zeros"),
+                                         ({"std": [0]}, "std must not be 0"),
+                                         ({"softening": -1}, "softening must be positive"),
+                                         ({"value_range": [1, 0]}, "low < high"),
                                          ({"mean": [1, 2, 3]}, "3 values for 1 channels")])
 def test_bad_contract_is_a_model_error(weights, spec, match):
     with pytest.raises(ModelError, match=match):
@@ -72,3 +76,24 @@ def test_predict_validates_input():
     with pytest.raises(InputError, match="row 4, col 7"):
         hirestile.predict(m, x)
     assert hirestile.predict(m, np.zeros((9, 9), np.float32)).shape == (2, 9, 9)  # 2D = one channel
+
+
+def test_contract_describes_itself():
+    from hirestile.contract import InputContract
+
+    astro = hirestile.load_model("unet-astro").contract.describe()
+    assert "arcsinh(x / 0.01)" in astro and "x / 2" in astro and "multiple of 16 (reflect)" in astro
+    histo = hirestile.load_model("unet").contract.describe()
+    assert "expected in [0, 1]" in histo and "(x - 0.5) / 0.25" in histo
+    assert InputContract(channels=3, scale="none").describe() == "3 channels; values as given; any size"
+
+
+def test_from_torch_takes_a_contract():
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1)).eval()
+    m = hirestile.from_torch(net, torch.zeros(1, 1, 16, 16), contract={"std": [255.0], "classes": ["a", "b"]})
+    assert m.contract.std == (255.0,) and m.classes == ("a", "b")
+    x = np.random.default_rng(2).integers(0, 255, (1, 11, 13)).astype(np.uint8)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x.astype(np.float32) / 255)[None]).numpy()[0]
+    assert np.abs(hirestile.predict(m, x) - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -87,6 +87,7 @@ def test_info_example_models_plan(work, tmp_path):
     assert zarr.open_group(str(tmp_path / "sky.zarr"), mode="r")["0"].shape == (200, 200)
     m = cli("models")
     assert m.returncode == 0 and "unet" in m.stdout and "unet-astro" in m.stdout and "classes:" in m.stdout
+    assert "arcsinh(x / 0.01)" in m.stdout and "expected in [0, 1]" in m.stdout       # the whole contract
     p = cli("plan", "--model", work / "rgb.safetensors", "--image", "1000x700", "--tile", "256")
     assert p.returncode == 0, p.stderr
     for s in ("halo", "total stride", "receptive field", "FLOPs per output pixel", "redundancy",
