@@ -28,14 +28,15 @@ def _say(msg: str) -> None:
 
 
 # **** model loading at the boundary ****
+#: InputContract fields settable on the command line (contract_opts adds the flags)
+CONTRACT_FLAGS = ("pad_to", "pad_mode", "mean", "std", "scale", "stretch", "softening")
+
 def load_model_cli(name: str, a: argparse.Namespace | None = None) -> Any:
     """``hirestile.load_model`` with every failure turned into a one-line :class:`ModelError`;
-    the contract flags of ``a`` (--pad-to, --mean, --std, --scale) override the model's."""
+    the contract flags of ``a`` (``CONTRACT_FLAGS``: --pad-to, --mean, ...) override the model's."""
     from . import api
 
-    contract = {k: v for k, v in (("pad_to", getattr(a, "pad_to", None)), ("mean", getattr(a, "mean", None)),
-                                  ("std", getattr(a, "std", None)), ("scale", getattr(a, "scale", None)))
-                if v is not None}
+    contract = {k: getattr(a, k) for k in CONTRACT_FLAGS if getattr(a, k, None) is not None}
     try:
         return api.load_model(name, contract=contract or None)
     except HirestileError:
@@ -238,8 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the network takes multiples of M: pad (reflect) and crop back")
         g.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean subtracted after scaling")
         g.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std divided by after that")
+        g.add_argument("--pad-mode", choices=["reflect", "replicate", "zeros"], default=None,
+                       help="how --pad-to pads (default reflect)")
         g.add_argument("--scale", choices=["dtype", "none"], default=None,
                        help="dtype: integers / dtype max (uint8 -> /255); none: raw values")
+        g.add_argument("--stretch", choices=["linear", "asinh"], default=None,
+                       help="asinh: arcsinh(x / softening) after scaling, before mean/std (astronomy)")
+        g.add_argument("--softening", type=float, default=None, help="the asinh softening, in scaled units")
 
     def image_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("--level", type=int, default=None, help="resolution level of a multiscale input (default 0)")

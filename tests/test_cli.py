@@ -313,3 +313,17 @@ def test_contract_flags_and_sidecar(work, tmp_path):
     assert np.array_equal(got, expect)
     assert not np.array_equal(expect, hirestile.predict(hirestile.load_model(work / "rgb.safetensors"), _slide(work)))
     assert_one_line_error(cli("plan", "--model", model, "--mean", "1", "2"), 3, "2 values for 3 channels")
+
+
+def test_every_contract_field_has_a_flag(work, tmp_path):
+    """--pad-mode, --stretch and --softening too: the command line can declare a whole contract."""
+    flags = ("--pad-to", "8", "--pad-mode", "replicate", "--stretch", "asinh", "--softening", "0.5",
+             "--scale", "dtype", "--mean", "0.1", "--std", "2")
+    r = cli("segment", work / "slide.zarr", "--model", work / "rgb.safetensors", "-o", tmp_path / "a.zarr",
+            "--output", "logits", *flags)
+    assert r.returncode == 0, r.stderr
+    m = hirestile.api.with_contract(hirestile.load_model(work / "rgb.safetensors"),
+                                    dict(pad_to=8, pad_mode="replicate", stretch="asinh", softening=0.5,
+                                         scale="dtype", mean=[0.1], std=[2.0]))
+    got = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["0"][...]
+    assert np.array_equal(got, hirestile.predict(m, _slide(work)))
