@@ -18,6 +18,6 @@ from hirestile.api import analyze, from_torch, load_model, predict  # noqa: E402
 from hirestile.errors import HirestileError, InputError, ModelError, NotTileableError, OutputError  # noqa: E402
 from hirestile.dask_api import segment  # noqa: E402
 
-__all__ = ["analyze", "from_torch", "load_model", "predict", "HirestileError", "InputError", "ModelError",
+__all__ = ["analyze", "from_torch", "load_model", "predict", "segment", "HirestileError", "InputError", "ModelError",
            "NotTileableError", "OutputError"]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from hirestile import executor
 from hirestile.analyzer import Report
 from hirestile.contract import InputContract
 from hirestile.errors import InputError, ModelError
-from hirestile.graph import Graph
+from hirestile.graph import Graph, ShapeError
 from hirestile.model import Model
 
 
@@ -126,6 +126,12 @@ def analyze(model: Model | Graph | str, image_shape: Sequence[int] | None = None
         ``tileable``, ``reason``, ``input_window(region)``, ``halo``, ``stride``,
         ``receptive_field``, ``flops_per_pixel``, ``regions(region)``, ...
 
+    Raises
+    ------
+    InputError
+        If the network cannot take an image of this size; the message says which
+        sizes it takes (a multiple to declare as ``pad_to``, or a minimum size).
+
     Examples
     --------
     >>> import hirestile
@@ -136,7 +142,34 @@ def analyze(model: Model | Graph | str, image_shape: Sequence[int] | None = None
     """
     m = as_model(model)
     shape = tuple(image_shape) if image_shape is not None else (1024, 1024)
-    return executor.analyze(m.runnable, shape)
+    try:
+        return executor.analyze(m.runnable, shape)
+    except ShapeError as e:
+        raise InputError(_size_advice(m, shape, e)) from None
+
+
+def _size_advice(m: Model, shape: tuple[int, int], err: Exception) -> str:
+    """Why a network cannot take an image of ``shape``, and which sizes it takes."""
+    h, w = shape
+    head = f"model {m.name!r} cannot take a {h}x{w} image ({err})"
+    def takes(hw) -> bool:
+        try:
+            executor.analyze(m.runnable, hw)
+            return True
+        except (ShapeError, ArithmeticError):
+            return False
+    def multiple(ks) -> str:
+        for k in ks:
+            if takes((-(-h // k) * k, -(-w // k) * k)):
+                return (f"{head}: it takes sizes that are multiples of {k}; declare pad_to={k} "
+                        f"(--pad-to {k}) to pad virtually and crop back")
+        return ""
+    # small multiples first (a same-padding UNet), then a minimum size (valid padding)
+    found = multiple((2, 4, 8, 16, 32))
+    for s in (64, 128, 256, 512, 1024, 2048, 4096):
+        if not found and takes((max(h, s), max(w, s))):
+            found = f"{head}: the image is too small for it; it takes {max(h, s)}x{max(w, s)}, use a larger image"
+    return found or multiple((64, 128, 256)) or f"{head}; check the model's input contract (pad_to)"
 
 
 def _as_image(m: Model, x: np.ndarray) -> np.ndarray:

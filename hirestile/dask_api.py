@@ -153,10 +153,7 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
     hw = (int(src.shape[layout.index("Y")]), int(src.shape[layout.index("X")]))
     if 0 in hw:
         raise InputError(f"image is empty: shape {tuple(src.shape)}")
-    try:
-        rep = api.analyze(m, hw)
-    except ShapeError as e:
-        raise InputError(f"image {hw[0]}x{hw[1]} is too small for model {m.name!r} ({e}); use a larger image") from None
+    rep = api.analyze(m, hw)
     k, oh, ow = rep.output_shape
     rows, cols = _out_chunks(rep, chunks)
     if not rep.tileable and (len(rows) > 1 or len(cols) > 1):

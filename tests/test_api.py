@@ -97,3 +97,13 @@ def test_from_torch_takes_a_contract():
     with torch.no_grad():
         ref = net(torch.from_numpy(x.astype(np.float32) / 255)[None]).numpy()[0]
     assert np.abs(hirestile.predict(m, x) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("kw, size, match", [({}, (5, 7), r"multiples of 4; declare pad_to=4 \(--pad-to 4\)"),
+                                             ({"padding": "valid"}, (20, 20), "too small for it; it takes 64x64")])
+def test_size_the_network_cannot_take_says_which_it_takes(kw, size, match):
+    m = hirestile.api.with_contract(unet(**ARCH, **kw), {"pad_to": 1})
+    with pytest.raises(InputError, match=match):
+        hirestile.predict(m, np.zeros((1, *size), np.float32))
+    with pytest.raises(InputError, match=match):
+        hirestile.analyze(m, size)
