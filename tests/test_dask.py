@@ -299,3 +299,57 @@ def test_cluster_segment_to_zarr_matches_scheduler_and_resumes(tmp_path, client,
                                       progress=False)
     assert stats.tiles_skipped == 3 and stats.tiles_computed == 9
     assert np.array_equal(zarr.open_group(part)["0"][:], expected(model, img, "labels"))
+
+
+# **** the CLI on a cluster ****
+def _cli(*args, **kw):
+    import subprocess
+    return subprocess.Popen([sys.executable, "-m", "hirestile", "segment", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def cli_job(tmp_path_factory):
+    """A small UNet's weights, a 1-channel input and the single-machine output for them."""
+    from hirestile import scheduler
+    d = tmp_path_factory.mktemp("cli_cluster")
+    arch = dict(in_channels=1, classes=2, base=4, depth=2)
+    save_unet(d / "m.safetensors", init_state(**arch, seed=2), **arch)
+    zarr.create_array(str(d / "in.zarr"), data=image((1, 160, 224), seed=17), chunks=(1, 32, 32))
+    scheduler.segment_to_zarr(str(d / "in.zarr"), hirestile.load_model(d / "m.safetensors"), str(d / "ref.zarr"),
+                              tile=32, kind="logits", progress=False)
+    return d, zarr.open_group(str(d / "ref.zarr"))["0"][:]
+
+
+def test_cli_workers_starts_a_local_cluster(tmp_path, cli_job):
+    d, want = cli_job
+    p = _cli(d / "in.zarr", "--model", d / "m.safetensors", "-o", tmp_path / "o.zarr", "--tile", "32",
+             "--output", "logits", "--workers", "2")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "35 tiles computed" in err, err
+    assert np.array_equal(zarr.open_group(str(tmp_path / "o.zarr"))["0"][:], want)
+
+
+def test_cli_scheduler_survives_a_killed_worker(tmp_path, client, cli_job):
+    """--scheduler ADDR runs the tiles on an existing cluster; killing one of its workers
+    mid-run still finishes the job with the same bits."""
+    d, want = cli_job
+    out = tmp_path / "o.zarr"
+    log = out / ".hirestile" / "done.log"
+    p = _cli(d / "in.zarr", "--model", d / "m.safetensors", "-o", out, "--tile", "32", "--output", "logits",
+             "--scheduler", client.scheduler.address)
+    pids = client.run(os.getpid)
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_bytes().count(b"\n") >= 1) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    killed = p.poll() is None
+    if killed:
+        os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert killed, "the job finished before a worker could be killed"
+    assert np.array_equal(zarr.open_group(str(out))["0"][:], want)
+    deadline = time.time() + 60
+    while len(client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
+        time.sleep(0.2)                                 # the nanny restarts it for later tests
