@@ -23,11 +23,14 @@ Examples
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import zarr
@@ -315,14 +318,59 @@ def _stamp(arr: Any) -> dict[str, Any]:
     return {}
 
 
+class _ListHandler(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+_TIFF_LOG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[list[str]]:
+    """Keep tifffile's logged warnings off stderr (a bad file must end in one error line)
+    and collect them: they often say what is wrong better than the exception."""
+    log = logging.getLogger("tifffile")
+    seen: list[str] = []
+    handler = _ListHandler(seen)
+    with _TIFF_LOG_LOCK:
+        propagate, log.propagate = log.propagate, False
+        log.addHandler(handler)
+        try:
+            yield seen
+        finally:
+            log.removeHandler(handler)
+            log.propagate = propagate
+
+
+def _tiff_reason(e: BaseException, logged: list[str]) -> str:
+    """The first thing tifffile logged (minus its ``<TiffPages @...>`` prefix), else the exception."""
+    if logged:
+        msg = logged[0].split("> ", 1)[-1] if logged[0].startswith("<") else logged[0]
+        return " ".join(msg.split())[:200]
+    return _first_line(e)
+
+
 def _open_tiff(path: str, level: int | None, axes: str | None) -> InputImage:
+    with _tifffile_log() as logged:
+        return _open_tiff_quiet(path, level, axes, logged)
+
+
+def _open_tiff_quiet(path: str, level: int | None, axes: str | None, logged: list[str]) -> InputImage:
     import tifffile
 
     try:
         tf = tifffile.TiffFile(path)
     except Exception as e:  # tifffile raises many types for bad files
-        raise InputError(f"{path}: not a readable TIFF ({_first_line(e)}); check the file") from None
+        raise InputError(f"{path}: not a readable TIFF ({_tiff_reason(e, logged)}); check the file "
+                         "or convert it with another tool") from None
     try:
+        if not tf.series:
+            raise ValueError("no image in the file")
         series = tf.series[0]
         lv = 0 if level is None else level
         if not 0 <= lv < len(series.levels):
@@ -339,8 +387,8 @@ def _open_tiff(path: str, level: int | None, axes: str | None) -> InputImage:
         raise
     except Exception as e:
         tf.close()
-        raise InputError(f"{path}: cannot read this TIFF ({_first_line(e)}); convert it with another "
-                         "tool or check the file") from None
+        raise InputError(f"{path}: cannot read this TIFF ({_tiff_reason(e, logged)}); check the file "
+                         "or convert it with another tool") from None
     names = [{"S": "c", "C": "c", "Y": "y", "X": "x"}.get(a, a.lower()) for a in tiff_axes]
     layout = _layout(path, arr, axes, [{"name": n} for n in names], None)
     st = os.stat(path)

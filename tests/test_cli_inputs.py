@@ -65,3 +65,7 @@ def test_truncated_tiff_tile_is_one_line(d, tmp_path, command):
     assert_one_line_error(r, 2, r"cut.tif: cannot read rows \d+:\d+, columns \d+:\d+ \(zlib.error: .*\); "
                                 r"a chunk is corrupt or unreadable: repair or re-create the input")
     _no_complete_output(out)
+
+
+def test_tiff_junk_after_magic_is_one_line(d):
+    assert_one_line_error(cli("info", d / "junk.tif"), 2, r"junk.tif: cannot read this TIFF \(invalid offset.*\); check")
