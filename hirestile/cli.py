@@ -59,11 +59,6 @@ def _one_line(e: BaseException | str) -> str:
     return s[:300] + ("..." if len(s) > 300 else "")
 
 
-def _parse_hw(text: str) -> tuple[int, int]:
-    from .examples import parse_size
-    return parse_size(text, 0)
-
-
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
@@ -90,18 +85,19 @@ def cmd_segment(a: argparse.Namespace) -> int:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from . import api, ome
+    from .examples import parse_size
     from .graph import ShapeError
-    from .scheduler import auto_tile, make_plan
+    from .scheduler import make_plan, resolve_tile
 
     model = load_model_cli(a.model, a)
-    h, w = _parse_hw(a.image) if a.image else (4096, 4096)
+    h, w = parse_size(a.image, 4096, option="--image")
     try:
         rep = api.analyze(model, (h, w))
     except ShapeError as e:
         raise InputError(f"an image of {h}x{w} is too small for model {model.name!r} ({e}); "
                          "try a larger --image") from None
     k, oh, ow = rep.output_shape
-    tile = a.tile or auto_tile(rep)
+    tile = resolve_tile(rep, a.tile)
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)
     plan = make_plan(rep, layout, tile)
     ty, tx = plan.tile

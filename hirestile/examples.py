@@ -105,8 +105,8 @@ EXAMPLES = {
 }
 
 
-def parse_size(text: str | int | None, default: int) -> tuple[int, int]:
-    """``"4096"`` -> (4096, 4096); ``"3000x5000"`` -> (3000, 5000)."""
+def parse_size(text: str | int | None, default: int, *, option: str = "--size") -> tuple[int, int]:
+    """``"4096"`` -> (4096, 4096); ``"3000x5000"`` -> (3000, 5000); errors name ``option``."""
     if text is None:
         return (default, default)
     parts = str(text).lower().replace(",", "x").split("x")
@@ -115,7 +115,8 @@ def parse_size(text: str | int | None, default: int) -> tuple[int, int]:
     except ValueError:
         vals = []
     if len(vals) not in (1, 2) or min(vals) < 1:
-        raise InputError(f"size {text!r} is not a positive N or HxW; e.g. --size 4096 or --size 3000x5000")
+        raise InputError(f"{option} {text!r} is not a positive size; give {option} HxW or {option} N, "
+                         f"e.g. {option} 3000x5000 or {option} 4096")
     return (vals[0], vals[-1])
 
 

@@ -94,6 +94,16 @@ class Plan:
         return own
 
 
+def resolve_tile(rep: Any, tile: int | None, *, budget: int = MEMORY_BUDGET) -> int:
+    """``tile``, checked to be a positive number of pixels, or :func:`auto_tile` when it is None."""
+    if tile is None:
+        return auto_tile(rep, budget=budget)
+    if tile < 1:
+        raise InputError(f"--tile must be a positive number of output pixels, got {tile}; "
+                         "e.g. --tile 512, or leave it out to choose one automatically")
+    return int(tile)
+
+
 def auto_tile(rep: Any, *, budget: int = MEMORY_BUDGET) -> int:
     """Largest candidate tile whose executor memory fits ``budget`` bytes."""
     _, oh, ow = rep.output_shape
@@ -446,10 +456,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     k, oh, ow = rep.output_shape
     if kind == "labels" and k > 255:
         raise ModelError(f"model {model.name!r} has {k} classes, too many for uint8 labels; use --output probabilities")
-    if tile is None:
-        tile = auto_tile(rep, budget=memory_budget)
-    if tile < 1:
-        raise InputError(f"--tile must be a positive number of pixels, got {tile}")
+    tile = resolve_tile(rep, tile, budget=memory_budget)
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
     classes = tuple(model.classes) or tuple(f"class{i}" for i in range(k))
@@ -687,6 +694,6 @@ def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], d
         raise pipe.error
 
 
-__all__ = ["Tile", "Plan", "RunStats", "TileRunner", "make_plan", "auto_tile", "segment_to_zarr", "default_output",
-           "model_fingerprint", "peak_rss", "keep_freed_memory", "check_finite", "read_tile", "store_tile",
-           "make_room"]
+__all__ = ["Tile", "Plan", "RunStats", "TileRunner", "make_plan", "auto_tile", "resolve_tile", "segment_to_zarr",
+           "default_output", "model_fingerprint", "peak_rss", "keep_freed_memory", "check_finite",
+           "read_tile", "store_tile", "make_room"]

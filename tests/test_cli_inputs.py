@@ -69,3 +69,17 @@ def test_truncated_tiff_tile_is_one_line(d, tmp_path, command):
 
 def test_tiff_junk_after_magic_is_one_line(d):
     assert_one_line_error(cli("info", d / "junk.tif"), 2, r"junk.tif: cannot read this TIFF \(invalid offset.*\); check")
+
+
+# ---- command-line values ---------------------------------------------------------------------
+BAD = [
+    (["plan", "--model", "unet", "--tile", "-5"], 2, r"--tile must be a positive number.*got -5; e.g. --tile 512"),
+    (["plan", "--model", "unet", "--tile", "0"], 2, r"--tile must be a positive number.*got 0"),
+    (["segment", "s.tif", "--model", "rgb.safetensors", "--tile", "0"], 2, r"--tile must be a positive"),
+    (["plan", "--model", "unet", "--image", "3x"], 2, r"--image '3x' is not a positive size; give --image HxW"),
+]
+
+
+@pytest.mark.parametrize("args, code, pattern", BAD, ids=[" ".join(b[0][:1] + b[0][-2:]) for b in BAD])
+def test_bad_values(d, args, code, pattern):
+    assert_one_line_error(cli(*args, cwd=d), code, pattern)
