@@ -77,6 +77,12 @@ BAD = [
     (["plan", "--model", "unet", "--tile", "0"], 2, r"--tile must be a positive number.*got 0"),
     (["segment", "s.tif", "--model", "rgb.safetensors", "--tile", "0"], 2, r"--tile must be a positive"),
     (["plan", "--model", "unet", "--image", "3x"], 2, r"--image '3x' is not a positive size; give --image HxW"),
+    (["plan", "--model", "unet", "--pad-to", "0"], 3, r"pad_to must be a positive integer"),
+    (["plan", "--model", "models"], 3, r"model models is a directory; --model takes a built-in name.*\.onnx.*\.safetensors"),
+    (["plan", "--model", "notes.txt"], 3, r"notes.txt is neither .onnx nor .safetensors; --model takes a built-in"),
+    (["plan", "--model", "gone.safetensors"], 3, r"gone.safetensors does not exist; check the path.*hirestile models"),
+    (["plan", "--model", "gone.onnx"], 3, r"gone.onnx does not exist; check the path"),
+    (["plan", "--model", "cut.tif.safetensors"], 3, r"does not exist"),
 ]
 
 
