@@ -59,6 +59,23 @@ def init_state(*, in_channels: int = 3, classes: int = 2, base: int = 32, depth:
     return sd
 
 
+def _param(state: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``state[key]`` as float32, refused unless it has ``shape`` and holds only finite values."""
+    if key not in state:
+        raise ModelError(f"UNet weights lack {key!r}; is this a hirestile UNet state dict with these settings? "
+                         "Export it again with hirestile.models.unet.save_unet")
+    a = np.asarray(state[key])
+    if a.shape != shape:
+        raise ModelError(f"UNet weights {key} have shape {a.shape}, expected {shape} for this architecture; "
+                         "export the model again (the file does not match its architecture metadata)")
+    with np.errstate(over="ignore", invalid="ignore"):      # a float64 beyond float32 range becomes Inf: refused
+        a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ModelError(f"UNet weights {key} hold NaN or Inf; the model is damaged (or diverged in training): "
+                         "export it again from a good checkpoint")
+    return a
+
+
 def build_graph(state: dict[str, np.ndarray], *, in_channels: int = 3, classes: int = 2, base: int = 32, depth: int = 4,
                 padding: str = "same", up: str = "transpose", bn: bool = True) -> Graph:
     """The UNet graph for a state dict (PyTorch names and layouts)."""
@@ -69,22 +86,21 @@ def build_graph(state: dict[str, np.ndarray], *, in_channels: int = 3, classes: 
     nodes: list[Node] = []
     p = 1 if padding == "same" else 0
 
-    def param(key: str) -> np.ndarray:
-        if key not in state:
-            raise ModelError(f"UNet weights lack {key!r} (is this a hirestile UNet state dict with these settings?)")
-        return np.asarray(state[key], np.float32)
+    def param(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        return _param(state, key, shape)
 
     def conv(name: str, src: str, cin: int, cout: int, k: int, pad: int, bias: bool = True) -> str:
-        wt = param(name + ".weight")
-        if wt.shape != (cout, cin, k, k):
-            raise ModelError(f"{name}.weight has shape {wt.shape}, expected {(cout, cin, k, k)}")
-        b = param(name + ".bias") if bias else np.zeros(cout, np.float32)
+        wt = param(name + ".weight", (cout, cin, k, k))
+        b = param(name + ".bias", (cout,)) if bias else np.zeros(cout, np.float32)
         nodes.append(Node(name, Conv(kernel=(k, k), pads=(pad,) * 4, cin=cin, cout=cout), (src,), {"w": wt, "b": b}))
         return name
 
-    def bnorm(name: str, src: str) -> str:
-        g, b = param(name + ".weight"), param(name + ".bias")
-        mean, var = param(name + ".running_mean"), param(name + ".running_var")
+    def bnorm(name: str, src: str, c: int) -> str:
+        g, b = param(name + ".weight", (c,)), param(name + ".bias", (c,))
+        mean, var = param(name + ".running_mean", (c,)), param(name + ".running_var", (c,))
+        if (var < 0).any():
+            raise ModelError(f"UNet weights {name}.running_var hold negative variances; the file is damaged: "
+                             "export the model again")
         scale, shift = batchnorm_affine(g, b, mean, var, 1e-5)
         nodes.append(Node(name, Affine(), (src,), {"scale": scale, "shift": shift}))
         return name
@@ -93,7 +109,7 @@ def build_graph(state: dict[str, np.ndarray], *, in_channels: int = 3, classes: 
         for j, c in ((1, cin), (2, cout)):
             src = conv(f"{prefix}.conv{j}", src, c, cout, 3, p, bias=not bn)
             if bn:
-                src = bnorm(f"{prefix}.bn{j}", src)
+                src = bnorm(f"{prefix}.bn{j}", src, cout)
             nodes.append(Node(f"{prefix}.relu{j}", Unary(fn="relu"), (src,)))
             src = f"{prefix}.relu{j}"
         return src
@@ -108,11 +124,9 @@ def build_graph(state: dict[str, np.ndarray], *, in_channels: int = 3, classes: 
         skips.append(x)
     for i in reversed(range(depth)):
         if up == "transpose":
-            wt = param(f"up.{i}.weight")
-            if wt.shape != (w[i + 1], w[i], 2, 2):
-                raise ModelError(f"up.{i}.weight has shape {wt.shape}, expected {(w[i + 1], w[i], 2, 2)}")
+            wt = param(f"up.{i}.weight", (w[i + 1], w[i], 2, 2))
             nodes.append(Node(f"up.{i}", ConvTranspose(kernel=(2, 2), stride=(2, 2), cin=w[i + 1], cout=w[i]), (x,),
-                              {"w": wt, "b": param(f"up.{i}.bias")}))
+                              {"w": wt, "b": param(f"up.{i}.bias", (w[i],))}))
             x = f"up.{i}"
         else:
             mode = "bilinear" if up == "bilinear" else "nearest"
@@ -180,7 +194,8 @@ def read_arch(path: str | Path) -> dict:
     try:
         arch = json.loads(meta["hirestile"])
     except (KeyError, ValueError):
-        raise ModelError(f"{path}: safetensors file has no hirestile architecture metadata") from None
+        raise ModelError(f"{path}: safetensors file has no hirestile architecture metadata; save it with "
+                         "hirestile.models.unet.save_unet, or export the network to ONNX") from None
     arch.pop("arch", None)
     return {k: arch[k] for k in ARCH_KEYS if k in arch}
 
@@ -195,6 +210,8 @@ def load_unet(path: str | Path, *, contract: InputContract | None = None, name: 
     except ModelError:
         raise
     except Exception as e:  # safetensors raises several types for corrupt files
-        raise ModelError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ModelError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]}); "
+                         "check the path, or save the weights again with hirestile.models.unet.save_unet "
+                         "(`hirestile models` lists the built-in models)") from None
     m = unet(**arch, state=state, contract=contract, name=name)
     return m if not classes else Model(graph=m.graph, contract=m.contract, name=name, classes=tuple(classes))

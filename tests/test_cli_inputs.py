@@ -89,3 +89,31 @@ BAD = [
 @pytest.mark.parametrize("args, code, pattern", BAD, ids=[" ".join(b[0][:1] + b[0][-2:]) for b in BAD])
 def test_bad_values(d, args, code, pattern):
     assert_one_line_error(cli(*args, cwd=d), code, pattern)
+
+
+# ---- malformed weights -----------------------------------------------------------------------
+@pytest.mark.parametrize("key, value, pattern", [
+    ("dec.0.bn1.bias", np.zeros(1, np.float32), r"dec.0.bn1.bias have shape \(1,\), expected \(4,\)"),
+    ("head.bias", np.zeros(3, np.float32), r"head.bias have shape \(3,\), expected \(2,\)"),
+    ("up.0.bias", np.zeros((4, 1), np.float32), r"up.0.bias have shape \(4, 1\), expected \(4,\)"),
+    ("enc.1.bn2.running_mean", np.full(8, np.nan, np.float32), r"enc.1.bn2.running_mean hold NaN or Inf"),
+    ("enc.0.conv1.weight", np.full((4, 3, 3, 3), 1e300), r"enc.0.conv1.weight hold NaN or Inf"),
+    ("dec.0.bn1.running_var", -np.ones(4, np.float32), r"dec.0.bn1.running_var hold negative"),
+])
+def test_malformed_unet_weights_refused(key, value, pattern):
+    state = init_state(**ARCH, seed=5)
+    state[key] = value
+    with pytest.raises(ModelError, match=pattern + ".*export"):
+        unet(**ARCH, state=state)
+
+
+def test_malformed_weights_through_cli(d, tmp_path):
+    state = init_state(**ARCH, seed=5)
+    state["dec.0.bn1.bias"] = np.zeros(1, np.float32)
+    save_unet(tmp_path / "bn.safetensors", state, **ARCH)
+    r = cli("segment", d / "s.tif", "--model", tmp_path / "bn.safetensors", "-o", tmp_path / "o.zarr")
+    assert_one_line_error(r, 3, r"dec.0.bn1.bias have shape \(1,\), expected \(4,\).*export the model again")
+    assert not (tmp_path / "o.zarr").exists()
+    (tmp_path / "w.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    assert_one_line_error(cli("plan", "--model", tmp_path / "w.safetensors"), 3,
+                          r"not a readable safetensors file .*; check the path, or save the weights again")
