@@ -117,3 +117,16 @@ def test_malformed_weights_through_cli(d, tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     assert_one_line_error(cli("plan", "--model", tmp_path / "w.safetensors"), 3,
                           r"not a readable safetensors file .*; check the path, or save the weights again")
+
+
+# ---- values beyond float32 -------------------------------------------------------------------
+def test_float64_beyond_float32_range_refused(d, tmp_path):
+    img = np.random.default_rng(2).random((3, 40, 50))
+    img[1, 17, 23] = 1e300
+    zarr.create_array(str(tmp_path / "f64.zarr"), data=img)
+    r = cli("segment", tmp_path / "f64.zarr", "--model", d / "rgb.safetensors", "-o", tmp_path / "o.zarr",
+            "--nan-fill", "0")
+    assert "Warning" not in r.stderr
+    assert_one_line_error(r, 2, r"value 1e\+300 at channel 1, row 17, column 23 is inf once normalised to "
+                                r"float32.*; rescale the input")
+    _no_complete_output(tmp_path / "o.zarr")
