@@ -24,6 +24,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -305,17 +306,44 @@ def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
 
 
 def _stamp(arr: Any) -> dict[str, Any]:
-    """Modification time of a local array's metadata file: a re-created input gets a new one."""
+    """What changes when a local array's stored data changes: a hash of every file under the
+    array's directory (path, size, mtime), from stat alone. A chunk rewritten in place
+    (zarr ``r+``) changes it, so resume never mixes two versions of an input."""
     store = getattr(getattr(arr, "store_path", None), "store", None)
+    if isinstance(store, zarr.storage.ZipStore):
+        return _file_stamp(str(store.path))
     if not isinstance(store, zarr.storage.LocalStore):
         return {}
     base = os.path.join(str(store.root), arr.store_path.path)
-    for name in ("zarr.json", ".zarray"):
-        try:
-            return {"mtime_ns": os.stat(os.path.join(base, name)).st_mtime_ns}
-        except OSError:
-            continue
-    return {}
+    h = hashlib.sha256()
+    n = 0
+    for rel, st in sorted(_walk_files(base)):
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        n += 1
+    return {"data": f"{n} files, {h.hexdigest()[:16]}"}
+
+
+def _walk_files(base: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, stat) of every regular file below ``base`` (symlinks not followed)."""
+    try:
+        entries = list(os.scandir(os.path.join(base, rel)))
+    except OSError:
+        return
+    for e in entries:
+        r = f"{rel}/{e.name}" if rel else e.name
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk_files(base, r)
+        else:
+            try:
+                yield r, e.stat()
+            except OSError:
+                continue
+
+
+def _file_stamp(path: str) -> dict[str, Any]:
+    """Size and modification time of a single-file input (TIFF, zip store)."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 class _ListHandler(logging.Handler):
@@ -391,9 +419,8 @@ def _open_tiff_quiet(path: str, level: int | None, axes: str | None, logged: lis
                          "or convert it with another tool") from None
     names = [{"S": "c", "C": "c", "Y": "y", "X": "x"}.get(a, a.lower()) for a in tiff_axes]
     layout = _layout(path, arr, axes, [{"name": n} for n in names], None)
-    st = os.stat(path)
     return InputImage(path=path, array=arr, layout=layout, format=fmt, level=lv, levels=levels,
-                      extra_identity={"size": st.st_size, "mtime_ns": st.st_mtime_ns},
+                      extra_identity=_file_stamp(path),
                       _closers=[store, tf])
 
 

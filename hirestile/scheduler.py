@@ -594,7 +594,9 @@ def _open_output(path: str, *, manifest: dict[str, Any], kind: str, classes: int
         if old.get("nan_fill") not in (None, manifest["nan_fill"]):
             diff.append("nan_fill")
         if diff:
-            raise OutputError(f"{path} holds the output of a different job ({', '.join(diff)} differ); "
+            why = ": the input changed since this output was started" if any(
+                d.startswith("input.") for d in diff) else ""
+            raise OutputError(f"{path} holds the output of a different job ({', '.join(diff)} differ{why}); "
                               "pass --overwrite to replace it or choose another -o")
         arr = existing["0"]
         layout = ome.Layout(tuple(arr.shape), tuple(arr.chunks), tuple(arr.shards) if arr.shards else None)

@@ -227,3 +227,31 @@ def test_job_identity(tmp_path, rgb_model, monkeypatch):
 def test_default_output_name():
     assert default_output("/d/slide.ome.zarr", "unet") == "/d/slide.unet.zarr"
     assert default_output("/d/scan.svs", "my net.v2") == "/d/scan.my-net-v2.zarr"
+
+
+def test_input_rewritten_in_place_refuses_resume(tmp_path, rgb_model, monkeypatch):
+    """A chunk rewritten in place (zarr r+) between a crash and the rerun: the old output would mix
+    two inputs, so the rerun is refused naming the changed input; --overwrite recomputes it."""
+    chw = _image((3, 70, 90), np.uint8)
+    real = executor.run_region
+    calls = []
+
+    def crashing(*a):
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(executor, "run_region", crashing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _store(str(tmp_path / "in.zarr"), chw, "HWC")             # zarr v2, (32, 32, 3) chunks
+        _segment(tmp_path, rgb_model, chw, tile=16)
+    monkeypatch.setattr(executor, "run_region", real)
+    meta = os.stat(tmp_path / "in.zarr" / ".zarray").st_mtime_ns
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="r+")[40:50, 40:50] = 7    # one chunk, in place
+    assert os.stat(tmp_path / "in.zarr" / ".zarray").st_mtime_ns == meta       # metadata untouched
+    with pytest.raises(OutputError, match=r"different job \(input.data differ: the input changed .*--overwrite"):
+        _segment(tmp_path, rgb_model, chw, tile=16)
+    got, _ = _segment(tmp_path, rgb_model, chw, tile=16, overwrite=True)
+    changed = zarr.open_array(str(tmp_path / "in.zarr"), mode="r")[...].transpose(2, 0, 1)
+    assert np.array_equal(got, _reference(rgb_model, changed))
