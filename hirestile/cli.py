@@ -161,6 +161,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         node = zarr.open(a.input, mode="r")
         st = ome.status(node) if isinstance(node, zarr.Group) else {}
         man = st.get("manifest")
+        if st.get("status") == "incomplete" and not man:          # convert / example that did not finish
+            writer = f"`hirestile {st['writer']}`" if st.get("writer") else "the command that wrote it"
+            print(f"status:  INCOMPLETE: {writer} stopped before the end; run it again with --overwrite")
         if man:
             job = man["job"]
             print(f"hirestile output: {job['output']} of model {job['model']['name']!r} "

@@ -260,7 +260,8 @@ def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
     if isinstance(mark, dict) and mark.get("status") == "incomplete" and not allow_incomplete:
         raise InputError(f"{path}: is an incomplete hirestile output or conversion; rerun the command "
                          "that wrote it to finish it first")
-    dense = bool(isinstance(mark, dict) and mark.get("all_chunks_stored"))
+    # a missing chunk is damage only once the writer that stores every chunk has finished
+    dense = bool(isinstance(mark, dict) and mark.get("all_chunks_stored") and mark.get("status") == "complete")
     levels: tuple[tuple[int, ...], ...] = ()
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)

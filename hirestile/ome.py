@@ -238,6 +238,13 @@ def create_array(group: zarr.Group, name: str, layout: Layout, dtype: np.dtype, 
         config={"write_empty_chunks": write_empty})
 
 
+def new_group(path: str, attrs: dict[str, Any]) -> zarr.Group:
+    """A new zarr v3 group whose first metadata already marks it incomplete (``status``), so
+    no reader ever sees it as a finished image; :func:`finalize` marks it complete."""
+    return zarr.open_group(path, mode="w", zarr_format=3,
+                           attributes={"hirestile": {**attrs, "status": "incomplete"}})
+
+
 def create_output(path: str, *, kind: str, layout: Layout, attrs: dict[str, Any]) -> zarr.Group:
     """Create the output group with an empty level-0 array, marked incomplete.
 
@@ -246,10 +253,9 @@ def create_output(path: str, *, kind: str, layout: Layout, attrs: dict[str, Any]
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     try:
-        group = zarr.open_group(path, mode="w", zarr_format=3)
+        group = new_group(path, attrs)
         create_array(group, "0", layout, OUTPUT_KINDS[kind],
                      dimension_names=[a["name"] for a in _axes(kind)])
-        group.attrs.put({"hirestile": {**attrs, "status": "incomplete"}})
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e.strerror or e}; choose a writable output path") from None
     return group
@@ -278,7 +284,8 @@ def build_pyramid(group: zarr.Group, *, kind: str, base: Layout, levels: int,
 
 
 def finalize(group: zarr.Group, *, ome: dict[str, Any]) -> None:
-    """Write the OME metadata and mark the output complete (last step of a run)."""
+    """Write the OME metadata and mark the output complete (last step of a run, after
+    :func:`new_group` marked it incomplete)."""
     attrs = dict(group.attrs)
     attrs["ome"] = ome
     attrs["hirestile"] = {**attrs.get("hirestile", {}), "status": "complete"}
@@ -293,7 +300,8 @@ def write_image(path: str, *, read: Callable[[tuple[int, int], tuple[int, int]],
     ``shape`` is (C, H, W) or (H, W); ``read(rows, cols)`` returns that piece in the
     same layout. Every chunk is stored, even uniform ones, so a missing chunk in
     the result always means damage. Levels are added down to one 256 x 256 chunk
-    when ``pyramid`` is true. The group is marked complete only at the end.
+    when ``pyramid`` is true. The group is marked incomplete (``writer`` names
+    ``desc``) until the end.
     """
     from tqdm import tqdm
 
@@ -303,8 +311,7 @@ def write_image(path: str, *, read: Callable[[tuple[int, int], tuple[int, int]],
     lay = Layout(shape=tuple(shape), chunks=lead + chunk, shards=None)
     dims = ["c", "y", "x"] if lead else ["y", "x"]
     try:
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        group.attrs.put({"hirestile": {"status": "incomplete"}})
+        group = new_group(path, {"writer": desc, "all_chunks_stored": True})
         arr = create_array(group, "0", lay, np.dtype(dtype), dimension_names=dims, write_empty=True)
         step_y, step_x = -(-block // chunk[0]) * chunk[0], -(-block // chunk[1]) * chunk[1]
         pieces = [((y, min(y + step_y, h)), (x, min(x + step_x, w)))
@@ -313,10 +320,8 @@ def write_image(path: str, *, read: Callable[[tuple[int, int], tuple[int, int]],
             arr[(..., slice(*rows), slice(*cols))] = read(rows, cols)
         levels = pyramid_levels((h, w)) if pyramid else 1
         build_pyramid(group, kind="image", base=lay, levels=levels, dims=dims, write_empty=True)
-        attrs = {"ome": image_metadata(name=name, channels=lead[0] if lead else None, levels=levels,
-                                       dtype=np.dtype(dtype)),
-                 "hirestile": {"status": "complete", "all_chunks_stored": True}}
-        group.attrs.put(attrs)
+        finalize(group, ome=image_metadata(name=name, channels=lead[0] if lead else None, levels=levels,
+                                           dtype=np.dtype(dtype)))
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}; check the path and free space") from None
 
@@ -328,4 +333,4 @@ def scale_of(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, fl
 
 __all__ = ["Layout", "OUTPUT_KINDS", "choose_layout", "level_layout", "pyramid_levels", "blocks",
            "postprocess", "downsample", "ome_metadata", "image_metadata", "create_output", "create_array",
-           "build_pyramid", "finalize", "write_image", "status", "remove_output", "scale_of"]
+           "build_pyramid", "new_group", "finalize", "write_image", "status", "remove_output", "scale_of"]

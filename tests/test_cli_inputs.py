@@ -65,6 +65,10 @@ def test_truncated_tiff_tile_is_one_line(d, tmp_path, command):
     assert_one_line_error(r, 2, r"cut.tif: cannot read rows \d+:\d+, columns \d+:\d+ \(zlib.error: .*\); "
                                 r"a chunk is corrupt or unreadable: repair or re-create the input")
     _no_complete_output(out)
+    if command == "convert":                    # marked incomplete from its first metadata on
+        info = cli("info", out)
+        assert info.returncode == 0 and "INCOMPLETE: `hirestile convert` stopped" in info.stdout, info.stdout
+        assert_one_line_error(cli("segment", out, "--model", d / "rgb.safetensors"), 2, "incomplete")
 
 
 def test_tiff_junk_after_magic_is_one_line(d):
