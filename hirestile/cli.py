@@ -95,7 +95,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
         stats = segment_to_zarr(a.input, model, a.o, tile=a.tile, kind=a.output, threads=a.threads,
                                 overwrite=a.overwrite, level=a.level, axes=a.axes, nan_fill=a.nan_fill,
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
-                                progress=None if not a.quiet else False, log=_say, run_tiles=run_tiles)
+                                progress=_progress(a), log=_say, run_tiles=run_tiles)
     _say(stats.summary())
     return 0
 
@@ -212,7 +212,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         shape = img.shape if "C" in img.layout else (img.height, img.width)
         read = img.read if "C" in img.layout else (lambda r, c: img.read(r, c)[0])
         ome.write_image(a.out, read=read, shape=shape, dtype=img.dtype, name=os.path.basename(a.input),
-                        pyramid=a.pyramid, progress=not a.quiet, desc="convert")
+                        pyramid=a.pyramid, progress=_progress(a), desc="convert")
     print(f"wrote {a.out}: OME-Zarr {ome.OME_VERSION}, shape {shape}, {img.dtype}")
     return 0
 
@@ -223,11 +223,16 @@ def cmd_example(a: argparse.Namespace) -> int:
     if a.name not in EXAMPLES:
         raise InputError(f"unknown example {a.name!r}; choose one of: {', '.join(EXAMPLES)}")
     _check_new_output(a.out, a.overwrite)
-    shape = write_example(a.name, a.out, size=a.size, progress=not a.quiet)
+    shape = write_example(a.name, a.out, size=a.size, progress=_progress(a))
     model = "unet" if a.name == "histology" else "unet-astro"
     print(f"wrote {a.out}: {EXAMPLES[a.name].description}, shape {shape}")
     print(f"next: hirestile segment {a.out} --model {model}")
     return 0
+
+
+def _progress(a: argparse.Namespace) -> bool | None:
+    """Every command's progress bar: off with --quiet, else (None) only when stderr is a terminal."""
+    return False if a.quiet else None
 
 
 def _check_new_output(path: str, overwrite: bool, inputs: Sequence[str] = ()) -> None:

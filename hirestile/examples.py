@@ -121,7 +121,7 @@ def parse_size(text: str | int | None, default: int, *, option: str = "--size") 
 
 
 def write_example(name: str, path: str, *, size: str | int | None = None, pyramid: bool = True,
-                  progress: bool = True) -> tuple[int, ...]:
+                  progress: bool | None = None) -> tuple[int, ...]:
     """Write example ``name`` to ``path`` as OME-Zarr 0.5; returns the stored shape.
 
     Examples

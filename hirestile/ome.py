@@ -294,14 +294,14 @@ def finalize(group: zarr.Group, *, ome: dict[str, Any]) -> None:
 
 def write_image(path: str, *, read: Callable[[tuple[int, int], tuple[int, int]], np.ndarray],
                 shape: tuple[int, ...], dtype: np.dtype, name: str, pyramid: bool = True,
-                block: int = 1024, progress: bool = True, desc: str = "writing") -> None:
+                block: int = 1024, progress: bool | None = None, desc: str = "writing") -> None:
     """Stream an image into a new OME-Zarr 0.5 group, one ``block`` x ``block`` piece at a time.
 
     ``shape`` is (C, H, W) or (H, W); ``read(rows, cols)`` returns that piece in the
     same layout. Every chunk is stored, even uniform ones, so a missing chunk in
     the result always means damage. Levels are added down to one 256 x 256 chunk
     when ``pyramid`` is true. The group is marked incomplete (``writer`` names
-    ``desc``) until the end.
+    ``desc``) until the end. ``progress`` None shows a bar only on a terminal.
     """
     from tqdm import tqdm
 
@@ -316,7 +316,8 @@ def write_image(path: str, *, read: Callable[[tuple[int, int], tuple[int, int]],
         step_y, step_x = -(-block // chunk[0]) * chunk[0], -(-block // chunk[1]) * chunk[1]
         pieces = [((y, min(y + step_y, h)), (x, min(x + step_x, w)))
                   for y in range(0, h, step_y) for x in range(0, w, step_x)]
-        for rows, cols in tqdm(pieces, desc=desc, unit="block", disable=not progress, leave=False):
+        for rows, cols in tqdm(pieces, desc=desc, unit="block", leave=False,
+                               disable=None if progress is None else not progress):   # None: only on a terminal
             arr[(..., slice(*rows), slice(*cols))] = read(rows, cols)
         levels = pyramid_levels((h, w)) if pyramid else 1
         build_pyramid(group, kind="image", base=lay, levels=levels, dims=dims, write_empty=True)

@@ -75,6 +75,14 @@ def test_tiff_junk_after_magic_is_one_line(d):
     assert_one_line_error(cli("info", d / "junk.tif"), 2, r"junk.tif: cannot read this TIFF \(invalid offset.*\); check")
 
 
+def test_convert_and_example_bars_hidden_off_a_terminal(d, tmp_path):
+    r = cli("convert", d / "s.tif", tmp_path / "c.zarr")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "complete" == zarr.open_group(str(tmp_path / "c.zarr"), mode="r").attrs["hirestile"]["status"]
+    r = cli("example", "astronomy", tmp_path / "e.zarr", "--size", "64")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 # ---- command-line values ---------------------------------------------------------------------
 BAD = [
     (["plan", "--model", "unet", "--tile", "-5"], 2, r"--tile must be a positive number.*got -5; e.g. --tile 512"),
