@@ -104,7 +104,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from . import api, ome
     from .examples import parse_size
     from .graph import ShapeError
-    from .scheduler import make_plan, resolve_tile
+    from .scheduler import PROCESS_BASELINE, make_plan, resolve_tile
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
@@ -130,8 +130,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
               f"{rep.redundancy((min(ty, oh), min(tx, ow))):.2f} (computed / needed FLOPs), read redundancy "
               f"{plan.read_redundancy:.2f} (input pixels read per image pixel)")
     print(f"output {a.output}: shape {layout.shape}, chunks {layout.chunks}, shards {layout.shards or 'none'}")
-    print(f"expected peak memory: {_mib(mem + 3 * win_bytes + 4 * out_bytes)} "
-          f"(executor {_mib(mem)} + queued windows and outputs)")
+    working = mem + 3 * win_bytes + 4 * out_bytes
+    print(f"expected peak memory: {_mib(working + PROCESS_BASELINE)} = working memory {_mib(working)} "
+          f"(executor {_mib(mem)} + queued windows and outputs) + process baseline ~{_mib(PROCESS_BASELINE)} "
+          "(Python, NumPy, Numba, compiled kernels; measured)")
     print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image")
     return 0
 

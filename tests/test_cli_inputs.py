@@ -103,6 +103,13 @@ def test_bad_values(d, args, code, pattern):
     assert_one_line_error(cli(*args, cwd=d), code, pattern)
 
 
+def test_plan_memory_includes_process_baseline(d):
+    r = cli("plan", "--model", d / "rgb.safetensors", "--image", "600x600")
+    assert r.returncode == 0, r.stderr
+    line = next(s for s in r.stdout.splitlines() if s.startswith("expected peak memory"))
+    assert "working memory" in line and "process baseline" in line, line
+
+
 # ---- malformed weights -----------------------------------------------------------------------
 @pytest.mark.parametrize("key, value, pattern", [
     ("dec.0.bn1.bias", np.zeros(1, np.float32), r"dec.0.bn1.bias have shape \(1,\), expected \(4,\)"),
