@@ -56,6 +56,15 @@ def _no_complete_output(path) -> None:
 
 
 # ---- TIFF ------------------------------------------------------------------------------------
+def test_segment_tiff_equals_predict(d):
+    out = d / "s.out.zarr"
+    r = cli("segment", d / "s.tif", "--model", d / "rgb.safetensors", "-o", out, "--tile", "32",
+            "--output", "logits")
+    assert r.returncode == 0, r.stderr
+    expect = hirestile.predict(hirestile.load_model(d / "rgb.safetensors"), np.load(d / "rgb.npy").transpose(2, 0, 1))
+    assert np.array_equal(zarr.open_group(str(out), mode="r")["0"][...], expect)
+
+
 @pytest.mark.parametrize("command", ["segment", "convert"])
 def test_truncated_tiff_tile_is_one_line(d, tmp_path, command):
     out = tmp_path / "out.zarr"
