@@ -103,16 +103,11 @@ def cmd_segment(a: argparse.Namespace) -> int:
 def cmd_plan(a: argparse.Namespace) -> int:
     from . import api, ome
     from .examples import parse_size
-    from .graph import ShapeError
     from .scheduler import PROCESS_BASELINE, make_plan, resolve_tile
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
-    try:
-        rep = api.analyze(model, (h, w))
-    except ShapeError as e:
-        raise InputError(f"an image of {h}x{w} is too small for model {model.name!r} ({e}); "
-                         "try a larger --image") from None
+    rep = api.analyze(model, (h, w))              # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
     tile = resolve_tile(rep, a.tile)
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)

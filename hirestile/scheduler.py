@@ -480,7 +480,6 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
              progress: bool | None, memory_budget: int, say: Callable[[str], None], t_start: float,
              run_tiles: TileRunner | None) -> RunStats:
     from . import api
-    from .graph import ShapeError
 
     channels = model.contract.channels
     if img.channels != channels:
@@ -492,10 +491,9 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
                          "data is damaged); restore or re-create the input, or pass --allow-missing to read "
                          f"it as fill value {img.array.fill_value}")
     try:
-        rep = api.analyze(model, (img.height, img.width))
-    except ShapeError as e:
-        raise InputError(f"{img.path}: image {img.height}x{img.width} is smaller than model {model.name!r} "
-                         f"takes ({e}); use a larger image") from None
+        rep = api.analyze(model, (img.height, img.width))     # its InputError says which sizes the model takes
+    except InputError as e:
+        raise InputError(f"{img.path}: {e}") from None
     k, oh, ow = rep.output_shape
     if kind == "labels" and k > 255:
         raise ModelError(f"model {model.name!r} has {k} classes, too many for uint8 labels; use --output probabilities")

@@ -157,7 +157,7 @@ BAD = [
     ("dtype", "complex", ["segment", "c.zarr", "--model", "{rgb}"], 2, r"dtype complex64 is not supported"),
     ("NaN", "nan", ["segment", "nan.zarr", "--model", "{grey}"], 2, r"NaN at channel 0, row 17, column 23.*--nan-fill"),
     ("empty", "empty", ["segment", "empty.zarr", "--model", "{rgb}"], 2, r"empty"),
-    ("too small", "tiny", ["segment", "tiny.zarr", "--model", "{valid}"], 2, r"smaller than model"),
+    ("too small", "tiny", ["segment", "tiny.zarr", "--model", "{valid}"], 2, r"tiny.zarr: model 'valid' cannot take a 6x6 image.*larger image"),
     ("output exists", "exists", ["segment", "{slide}", "--model", "{rgb}", "-o", "taken"], 4,
      r"already exists.*--overwrite"),
     ("overwrite non-zarr", "exists", ["segment", "{slide}", "--model", "{rgb}", "-o", "taken", "--overwrite"], 4,
