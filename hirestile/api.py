@@ -9,7 +9,7 @@ import numpy as np
 
 from hirestile import executor
 from hirestile.analyzer import Report
-from hirestile.contract import InputContract
+from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError, ModelError
 from hirestile.graph import Graph, ShapeError
 from hirestile.model import Model
@@ -184,12 +184,8 @@ def _as_image(m: Model, x: np.ndarray) -> np.ndarray:
         raise InputError(f"image is empty: shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise InputError(f"unsupported image dtype {x.dtype}")
-    y = m.contract.normalize(x)
-    bad = ~np.isfinite(y)
-    if bad.any():
-        c, r, col = np.argwhere(bad)[0]
-        raise InputError(f"image holds NaN/Inf (first at channel {c}, row {r}, col {col})")
-    return y
+    return normalize_window(x, ((0, x.shape[1]), (0, x.shape[2])), m.contract, None, where="image",
+                            hint="replace them first (np.nan_to_num), or use hirestile.segment(..., nan_fill=VALUE)")
 
 
 def tiles(shape: Sequence[int], tile: Sequence[int], origin: Sequence[int] = (0, 0)):

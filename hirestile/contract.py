@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from hirestile.errors import InputError
+from hirestile.graph import Region
 
 
 SCALES = ("dtype", "none")
@@ -123,3 +127,51 @@ class InputContract:
         if np.any(std != 1):
             x /= std
         return x
+
+
+def check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, *, where: str,
+                 hint: str) -> np.ndarray:
+    """``raw`` (C, h, w) read at ``read`` with NaN/Inf replaced by ``nan_fill``; when that is None,
+    an :class:`InputError` naming ``where``, the first such pixel and ``hint``."""
+    if raw.dtype.kind != "f":
+        return raw
+    finite = np.isfinite(raw)
+    if finite.all():
+        return raw
+    if nan_fill is None:
+        _refuse_nonfinite(raw, read, tuple(np.argwhere(~finite)[0]), where=where, hint=hint)
+    raw = raw.copy()
+    raw[~finite] = nan_fill
+    return raw
+
+
+def normalize_window(raw: np.ndarray, read: Region, contract: Any, nan_fill: float | None, *, where: str,
+                     hint: str) -> np.ndarray:
+    """The network's float32 window for ``raw`` (C, h, w) read at ``read``: NaN/Inf filled with
+    ``nan_fill``, normalised by ``contract``, and refused (:class:`InputError` naming ``where`` and
+    the first pixel) where it is not finite after normalisation.
+
+    Checking the normalised block catches both NaN/Inf stored in the input and finite values
+    that the float32 cast or the contract's arithmetic turn into Inf (a float64 1e300), in one pass.
+    """
+    if nan_fill is not None:
+        raw = check_finite(raw, read, nan_fill, where=where, hint=hint)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # refused below instead
+        x = contract.normalize(raw)
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    first = tuple(np.argwhere(bad)[0])
+    if not np.isfinite(raw[first]):
+        _refuse_nonfinite(raw, read, first, where=where, hint=hint)
+    c, y, z = first
+    raise InputError(f"{where} value {float(raw[first]):g} at channel {c}, row {read[0][0] + y}, column "
+                     f"{read[1][0] + z} is {x[first]} once normalised to float32 (beyond its range, about 3.4e38); "
+                     "rescale the input into float32 range first")
+
+
+def _refuse_nonfinite(block: np.ndarray, read: Region, first: tuple[int, ...], *, where: str, hint: str) -> None:
+    """Raise the :class:`InputError` naming the non-finite value of ``block`` at ``first`` (c, y, x)."""
+    c, y, x = first
+    what = "NaN" if np.isnan(block[first]) else "Inf"
+    raise InputError(f"{where} holds {what} at channel {c}, row {read[0][0] + y}, column {read[1][0] + x}; {hint}")

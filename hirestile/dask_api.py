@@ -66,7 +66,7 @@ import hirestile
 from hirestile import api, executor
 from hirestile.analyzer import Report
 from hirestile.errors import HirestileError, InputError
-from hirestile.graph import ShapeError
+from hirestile.contract import normalize_window
 from hirestile.model import Model
 
 __all__ = ["segment", "cluster_tiles", "cluster_client", "postprocess", "worker_info", "OUTPUTS"]
@@ -288,10 +288,9 @@ def _run_logits(job: Job, raw: np.ndarray, read: Region, out_region: Region) -> 
     """The executor on one read window: raw (C, h, w) stored pixels -> (K, h', w') logits."""
     import numba
 
-    from hirestile.scheduler import check_finite
     model, rep = _prepared(job)
-    raw = check_finite(raw, read, job.nan_fill, where="image", hint="pass nan_fill=VALUE to stand in for NaN/Inf")
-    window = model.contract.normalize(raw)
+    window = normalize_window(raw, read, model.contract, job.nan_fill, where="image",
+                              hint="pass nan_fill=VALUE to stand in for NaN/Inf")
     del raw
     threads = _task_threads(job.numba_threads)
     old = numba.get_num_threads()

@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import ome
+from .contract import check_finite, normalize_window
 from .errors import HirestileError, InputError, ModelError, OutputError
 from .io import InputImage, open_image
 from .resume import STATE_DIR, DoneLog, differences, fingerprint_arrays, fsync_path
@@ -290,62 +291,15 @@ class _Pipeline:
 NAN_HINT = "pass --nan-fill VALUE to stand in for NaN/Inf (e.g. --nan-fill 0)"
 
 
-def check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, *, where: str,
-                 hint: str = NAN_HINT) -> np.ndarray:
-    """``raw`` (C, h, w) read at ``read`` with NaN/Inf replaced by ``nan_fill``; when that is None,
-    an :class:`InputError` naming ``where``, the first such pixel and ``hint``."""
-    if raw.dtype.kind != "f":
-        return raw
-    finite = np.isfinite(raw)
-    if finite.all():
-        return raw
-    if nan_fill is None:
-        _refuse_nonfinite(raw, read, tuple(np.argwhere(~finite)[0]), where=where, hint=hint)
-    raw = raw.copy()
-    raw[~finite] = nan_fill
-    return raw
-
-
-def normalize_window(raw: np.ndarray, read: Region, contract: Any, nan_fill: float | None, *, where: str,
-                     hint: str = NAN_HINT) -> np.ndarray:
-    """The network's float32 window for ``raw`` (C, h, w) read at ``read``: NaN/Inf filled with
-    ``nan_fill``, normalised by ``contract``, and refused (:class:`InputError` naming ``where`` and
-    the first pixel) where it is not finite after normalisation.
-
-    Checking the normalised block catches both NaN/Inf stored in the input and finite values
-    that the float32 cast or the contract's arithmetic turn into Inf (a float64 1e300), in one pass.
-    """
-    if nan_fill is not None:
-        raw = check_finite(raw, read, nan_fill, where=where, hint=hint)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # refused below instead
-        x = contract.normalize(raw)
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return x
-    first = tuple(np.argwhere(bad)[0])
-    if not np.isfinite(raw[first]):
-        _refuse_nonfinite(raw, read, first, where=where, hint=hint)
-    c, y, z = first
-    raise InputError(f"{where} value {float(raw[first]):g} at channel {c}, row {read[0][0] + y}, column "
-                     f"{read[1][0] + z} is {x[first]} once normalised to float32 (beyond its range, about 3.4e38); "
-                     "rescale the input into float32 range first")
-
-
-def _refuse_nonfinite(block: np.ndarray, read: Region, first: tuple[int, ...], *, where: str, hint: str) -> None:
-    """Raise the :class:`InputError` naming the non-finite value of ``block`` at ``first`` (c, y, x)."""
-    c, y, x = first
-    what = "NaN" if np.isnan(block[first]) else "Inf"
-    raise InputError(f"{where} holds {what} at channel {c}, row {read[0][0] + y}, column {read[1][0] + x}; {hint}")
-
-
 def read_tile(img: InputImage, tile: Tile, nan_fill: float | None) -> np.ndarray:
     """The tile's read window as stored (C, h, w), NaN/Inf checked (:func:`check_finite`)."""
-    return check_finite(img.read(*tile.read), tile.read, nan_fill, where=f"{img.path}:")
+    return check_finite(img.read(*tile.read), tile.read, nan_fill, where=f"{img.path}:", hint=NAN_HINT)
 
 
 def read_window(img: InputImage, tile: Tile, nan_fill: float | None, contract: Any) -> np.ndarray:
     """The tile's read window normalised for the network, checked finite (:func:`normalize_window`)."""
-    return normalize_window(img.read(*tile.read), tile.read, contract, nan_fill, where=f"{img.path}:")
+    return normalize_window(img.read(*tile.read), tile.read, contract, nan_fill, where=f"{img.path}:",
+                            hint=NAN_HINT)
 
 
 def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: str,
@@ -736,5 +690,5 @@ def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], d
 
 
 __all__ = ["Tile", "Plan", "RunStats", "TileRunner", "make_plan", "auto_tile", "resolve_tile", "segment_to_zarr",
-           "default_output", "model_fingerprint", "peak_rss", "keep_freed_memory", "check_finite",
-           "normalize_window", "read_tile", "read_window", "store_tile", "make_room", "PROCESS_BASELINE"]
+           "default_output", "model_fingerprint", "peak_rss", "keep_freed_memory",
+           "read_tile", "read_window", "store_tile", "make_room", "PROCESS_BASELINE"]

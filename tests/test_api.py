@@ -73,7 +73,7 @@ def test_predict_validates_input():
         hirestile.predict(m, np.zeros((1, 0, 8), np.float32))
     x = np.zeros((1, 9, 9), np.float32)
     x[0, 4, 7] = np.nan
-    with pytest.raises(InputError, match="row 4, col 7"):
+    with pytest.raises(InputError, match="NaN at channel 0, row 4, column 7"):
         hirestile.predict(m, x)
     assert hirestile.predict(m, np.zeros((9, 9), np.float32)).shape == (2, 9, 9)  # 2D = one channel
 

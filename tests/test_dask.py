@@ -171,6 +171,10 @@ def test_bad_input(model, model3):
     x0[5, 7] = 0.5
     y = hirestile.segment(da.from_array(x, chunks=10), model, chunks=10, nan_fill=0.5)
     assert np.array_equal(y.compute(scheduler="sync"), hirestile.predict(model, x0))
+    big = np.zeros((20, 30), np.float64)
+    big[6, 8] = 1e300                                  # finite, but Inf once cast to float32
+    with pytest.raises(InputError, match="value 1e[+]300 at channel 0, row 6, column 8 is inf"):
+        hirestile.segment(da.from_array(big, chunks=10), model, chunks=10).compute(scheduler="sync")
 
 
 def test_graph_100k(tmp_path, model):
