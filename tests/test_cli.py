@@ -21,21 +21,7 @@ from hirestile import ome
 from hirestile.examples import write_example
 from hirestile.models.unet import init_state, save_unet
 
-TIMEOUT = 180
-
-
-def cli(*args: str, cwd=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hirestile", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=TIMEOUT, **kw)
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, code: int, pattern: str) -> None:
-    import re
-
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == code, r.stderr
-    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
-    assert lines[0].startswith("hirestile: error: ") and re.search(pattern, lines[0]), lines[0]
+from clihelp import TIMEOUT, assert_one_line_error, cli
 
 
 @pytest.fixture(scope="module")

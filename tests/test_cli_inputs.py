@@ -4,9 +4,6 @@ TIFF path end to end, convert's incomplete mark and quiet progress bars off a te
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,19 +14,9 @@ import hirestile
 from hirestile.errors import ModelError
 from hirestile.models.unet import init_state, save_unet, unet
 
+from clihelp import assert_one_line_error, cli
+
 ARCH = dict(in_channels=3, classes=2, base=4, depth=2)
-
-
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:      # as in test_cli (importlib mode: no imports)
-    return subprocess.run([sys.executable, "-m", "hirestile", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=180)
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, code: int, pattern: str) -> None:
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == code, r.stderr
-    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
-    assert lines[0].startswith("hirestile: error: ") and re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.fixture(scope="module")
