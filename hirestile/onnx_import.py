@@ -100,6 +100,8 @@ MAX_RESIZE = 256
 #: most input pixels one output pixel of one op may reach per axis, beyond the input
 #: (kernel extent with dilation, padding): bounds the halo a malformed file can ask for
 MAX_REACH = 1 << 14
+#: what to do about a file that is not a readable ONNX model
+REEXPORT = "re-export it (torch.onnx.export, opset >= 13) or check the download"
 #: probe offsets from the first probe size (rows, cols)
 PROBE_OFFSETS = ((0, 0), (128, 256), (256, 128))
 DEFAULT_PROBE = (512, 512)
@@ -162,14 +164,15 @@ def _read(src):
     else:
         raise ModelError(f"cannot load an ONNX model from a {type(src).__name__}; pass a path or bytes")
     if not data:
-        raise ModelError(f"{label}: empty file, not an ONNX model")
+        raise ModelError(f"{label}: empty file, not an ONNX model; {REEXPORT}")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
     except Exception as e:  # google.protobuf.message.DecodeError and friends
-        raise ModelError(f"{label}: not a valid ONNX file (truncated or not protobuf: {_one_line(e)})") from None
+        raise ModelError(f"{label}: not a valid ONNX file (truncated or not protobuf: {_one_line(e)}); "
+                         f"{REEXPORT}") from None
     if not model.HasField("graph") or not model.graph.node:
-        raise ModelError(f"{label}: not an ONNX model (no graph; truncated or not an .onnx file?)")
+        raise ModelError(f"{label}: not an ONNX model (no graph; truncated or not an .onnx file?); {REEXPORT}")
     _check_text(model, label)
     return model, label
 
