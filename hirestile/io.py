@@ -122,10 +122,11 @@ class InputImage:
         return tuple(getattr(self.array, "shards", None) or ()) or None
 
     def identity(self) -> dict[str, Any]:
-        """What identifies this input for resume: path, level, layout, shape, dtype (+ file stamp)."""
+        """What identifies this input for resume: path, level, layout, shape, dtype, and a stamp
+        of the stored data (computed here, not at open: only a resumable run needs it)."""
         return {"path": os.path.abspath(self.path), "format": self.format, "level": self.level,
                 "axes": self.axes, "shape": list(self.shape), "dtype": self.dtype.str,
-                **self.extra_identity}
+                **_stamp(self.array), **self.extra_identity}
 
     # ---- reading -------------------------------------------------------------
     def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
@@ -303,7 +304,7 @@ def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
         raise InputError(f"{path}: has a single resolution level; drop --level {level}")
     layout = _layout(path, arr, axes, ome_axes, channels)
     return InputImage(path=path, array=arr, layout=layout, format=fmt, level=level or 0,
-                      levels=levels or (tuple(arr.shape),), dense=dense, extra_identity=_stamp(arr))
+                      levels=levels or (tuple(arr.shape),), dense=dense)
 
 
 def _stamp(arr: Any) -> dict[str, Any]:
