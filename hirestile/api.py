@@ -24,6 +24,7 @@ def as_model(model: Model | Graph | str | Path) -> Model:
     return load_model(model)
 
 
+MODEL_FORMATS = "a model is a built-in name (`hirestile models` lists them), a .onnx file or a UNet .safetensors file"
 CONTRACT_FIELDS = ("mean", "std", "scale", "pad_to", "pad_mode", "stretch", "softening", "value_range")
 
 
@@ -48,11 +49,21 @@ def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
     src = str(source)
     path = Path(src)
     suffix = path.suffix.lower()
-    if suffix not in (".onnx", ".safetensors") and not path.exists():
-        m = load_builtin(src)
+    if suffix not in (".onnx", ".safetensors") and not path.is_file():
+        try:
+            m = load_builtin(src)              # a built-in name wins over a folder of that name
+        except ModelError:
+            if path.is_dir():
+                raise ModelError(f"model {src} is a directory; {MODEL_FORMATS}") from None
+            raise
         return with_contract(m, contract) if contract else m
+    if path.is_dir():
+        raise ModelError(f"model {src} is a directory; {MODEL_FORMATS}")
     if not path.exists():
-        raise ModelError(f"model file {src} does not exist")
+        raise ModelError(f"model file {src} does not exist; check the path, or give a built-in name "
+                         "(`hirestile models` lists them)")
+    if suffix not in (".onnx", ".safetensors"):
+        raise ModelError(f"model file {src} is neither .onnx nor .safetensors; {MODEL_FORMATS}")
     if suffix == ".safetensors":
         from hirestile.models.unet import load_unet
         m = load_unet(path, name=path.stem)
@@ -158,18 +169,18 @@ def _size_advice(m: Model, shape: tuple[int, int], err: Exception) -> str:
             return True
         except (ShapeError, ArithmeticError):
             return False
-    def multiple(ks) -> str:
-        for k in ks:
-            if takes((-(-h // k) * k, -(-w // k) * k)):
+    # candidates in order: small multiples (a same-padding UNet), a minimum size (valid
+    # padding), then large multiples; the first size the network takes names the fix
+    candidates = ([("multiple", k) for k in (2, 4, 8, 16, 32)] + [("size", s) for s in (64, 128, 256, 512, 1024,
+                  2048, 4096)] + [("multiple", k) for k in (64, 128, 256)])
+    for kind, k in candidates:
+        hw = (-(-h // k) * k, -(-w // k) * k) if kind == "multiple" else (max(h, k), max(w, k))
+        if takes(hw):
+            if kind == "multiple":
                 return (f"{head}: it takes sizes that are multiples of {k}; declare pad_to={k} "
                         f"(--pad-to {k}) to pad virtually and crop back")
-        return ""
-    # small multiples first (a same-padding UNet), then a minimum size (valid padding)
-    found = multiple((2, 4, 8, 16, 32))
-    for s in (64, 128, 256, 512, 1024, 2048, 4096):
-        if not found and takes((max(h, s), max(w, s))):
-            found = f"{head}: the image is too small for it; it takes {max(h, s)}x{max(w, s)}, use a larger image"
-    return found or multiple((64, 128, 256)) or f"{head}; check the model's input contract (pad_to)"
+            return f"{head}: the image is too small for it; it takes {hw[0]}x{hw[1]}, use a larger image"
+    return f"{head}; check the model's input contract (pad_to)"
 
 
 def _as_image(m: Model, x: np.ndarray) -> np.ndarray:

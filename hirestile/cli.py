@@ -37,7 +37,6 @@ def load_model_cli(name: str, a: argparse.Namespace | None = None) -> Any:
     from . import api
 
     contract = {k: getattr(a, k) for k in CONTRACT_FLAGS if getattr(a, k, None) is not None}
-    _check_model_path(name)
     try:
         return api.load_model(name, contract=contract or None)
     except HirestileError:
@@ -53,22 +52,6 @@ def load_model_cli(name: str, a: argparse.Namespace | None = None) -> Any:
                              f"{_one_line(e)}); export it again (ONNX opset >= 13) or check the path") from None
         raise ModelError(f"cannot load model {name!r} ({type(e).__name__}: {_one_line(e)}); "
                          "`hirestile models` lists the built-in models") from None
-
-
-MODEL_FORMATS = "a built-in name (`hirestile models` lists them), a .onnx file or a UNet .safetensors file"
-
-
-def _check_model_path(name: str) -> None:
-    """Refuse a --model that is a directory, a missing model file or a file of another format
-    before a loader reports it in its own terms ("no such ONNX file", "not a valid ONNX file")."""
-    suffix = os.path.splitext(name)[1].lower()
-    if os.path.isdir(name):
-        raise ModelError(f"model {name} is a directory; --model takes {MODEL_FORMATS}")
-    if suffix in (".onnx", ".safetensors") and not os.path.exists(name):
-        raise ModelError(f"model file {name} does not exist; check the path, or give a built-in name "
-                         "(`hirestile models` lists them)")
-    if os.path.isfile(name) and suffix not in (".onnx", ".safetensors"):
-        raise ModelError(f"model file {name} is neither .onnx nor .safetensors; --model takes {MODEL_FORMATS}")
 
 
 def _one_line(e: BaseException | str) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -145,7 +144,7 @@ def check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, *, where
     return raw
 
 
-def normalize_window(raw: np.ndarray, read: Region, contract: Any, nan_fill: float | None, *, where: str,
+def normalize_window(raw: np.ndarray, read: Region, contract: InputContract, nan_fill: float | None, *, where: str,
                      hint: str) -> np.ndarray:
     """The network's float32 window for ``raw`` (C, h, w) read at ``read``: NaN/Inf filled with
     ``nan_fill``, normalised by ``contract``, and refused (:class:`InputError` naming ``where`` and

@@ -107,3 +107,15 @@ def test_size_the_network_cannot_take_says_which_it_takes(kw, size, match):
         hirestile.predict(m, np.zeros((1, *size), np.float32))
     with pytest.raises(InputError, match=match):
         hirestile.analyze(m, size)
+
+
+def test_model_paths_that_are_not_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unet").mkdir()                       # a folder named like a built-in does not shadow it
+    assert hirestile.load_model("unet").name == "unet"
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ModelError, match="weights is a directory; a model is a built-in name"):
+        hirestile.load_model("weights")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelError, match="neither .onnx nor .safetensors"):
+        hirestile.load_model("notes.txt")
