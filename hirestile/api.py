@@ -38,8 +38,9 @@ def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
         {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "scale": "dtype",
          "pad_to": 16, "pad_mode": "reflect", "classes": ["background", "nucleus"]}
 
-    ``contract`` (same keys) overrides the sidecar; the CLI fills it from
-    ``--pad-to``, ``--mean``, ``--std`` and ``--scale``.
+    ``contract`` (same keys) overrides the sidecar; the CLI fills it from its
+    contract flags (``--pad-to``, ``--pad-mode``, ``--mean``, ``--std``, ``--scale``,
+    ``--stretch``, ``--softening``).
 
     Examples
     --------
