@@ -8,9 +8,9 @@ Layer 5 of DESIGN.md section 3. One run of :func:`segment_to_zarr`:
    window for it, clipped to the image (the executor reproduces the borders).
 2. **resume** — the output's manifest must match this job; blocks already
    marked done are skipped (:mod:`hirestile.resume`).
-3. **stream** — a reader thread reads and normalises the next tiles' windows,
-   the main thread computes (numba's parallel kernels are called from one thread
-   only), a writer thread turns logits into the stored output, writes whole
+3. **stream** — a reader thread reads the next tiles' windows (queued as stored,
+   uint8 being a quarter of float32), the main thread normalises and computes
+   (numba's parallel kernels are called from one thread only), a writer thread turns logits into the stored output, writes whole
    blocks, fsyncs them and marks them done. Bounded queues between them keep
    memory at a few tiles, independent of the image size. A ``run_tiles`` runner
    may compute them elsewhere instead (``hirestile.dask_api.cluster_tiles``);
