@@ -24,7 +24,9 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -140,6 +142,7 @@ class InputImage:
             raise ValueError(f"region rows {r0}:{r1} cols {c0}:{c1} outside the {self.height}x{self.width} image")
         index = tuple(0 if r == "1" else slice(r0, r1) if r == "Y" else slice(c0, c1) if r == "X"
                       else slice(None) for r in self.layout)
+        self._check_frames(index)
         try:
             block = np.asarray(self.array[index])
         except MemoryError:
@@ -152,6 +155,53 @@ class InputImage:
         if "C" not in kept:
             return np.ascontiguousarray(block[None])
         return np.ascontiguousarray(block.transpose([kept.index(r) for r in "CYX"]))
+
+    @functools.cached_property
+    def _blosc_root(self) -> str | None:
+        """Chunk directory of an unsharded local zarr array whose chunk files are Blosc frames."""
+        arr = self.array
+        store = getattr(getattr(arr, "store_path", None), "store", None)
+        codecs = getattr(arr, "compressors", None) or ()
+        if (not isinstance(store, zarr.storage.LocalStore) or getattr(arr, "shards", None)
+                or not codecs or type(codecs[-1]).__name__ not in ("Blosc", "BloscCodec")):
+            return None
+        return os.path.join(str(store.root), arr.store_path.path)
+
+    def _check_frames(self, index: tuple[Any, ...]) -> None:
+        """Refuse a truncated Blosc chunk among those ``index`` reads (an :class:`InputError`).
+
+        Blosc decodes a cut-off frame without complaint (garbage past the cut), but its
+        16-byte header states the frame's length, so a file shorter than that is damage.
+        """
+        root = self._blosc_root
+        if root is None:
+            return
+        arr = self.array
+        spans = []
+        for ix, n, g in zip(index, arr.shape, arr.chunks):
+            if isinstance(ix, slice):
+                a, b = ix.start or 0, n if ix.stop is None else ix.stop
+                if b <= a:
+                    return
+                spans.append(range(a // g, (b - 1) // g + 1))
+            else:
+                spans.append(range(ix // g, ix // g + 1))
+        for coords in itertools.product(*spans):
+            key = arr.metadata.encode_chunk_key(coords)
+            try:
+                with open(os.path.join(root, key), "rb") as f:
+                    head = f.read(16)
+                    size = os.fstat(f.fileno()).st_size
+            except FileNotFoundError:
+                continue                       # fill value (missing_chunks says whether that is damage)
+            except OSError as e:
+                raise InputError(f"{self.path}: cannot read chunk {key} ({e.strerror or e}); repair or "
+                                 "re-create the input") from None
+            stated = int.from_bytes(head[12:16], "little") if len(head) == 16 else None
+            if stated is None or size < stated:
+                raise InputError(f"{self.path}: chunk {key} is truncated ({size} of "
+                                 f"{stated if stated is not None else 'at least 16'} bytes); a chunk is corrupt: "
+                                 "repair or re-create the input")
 
     def missing_chunks(self, limit: int | None = None) -> list[str]:
         """Stored chunk keys (shard keys when sharded) absent from a local store, up to ``limit``.

@@ -129,6 +129,13 @@ def _setup(kind: str, d):
     elif kind == "corrupt-chunk":
         write_example("histology", str(d / "bad.zarr"), size=600, pyramid=False, progress=False)
         (d / "bad.zarr" / "0" / "c" / "0" / "1" / "1").write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    elif kind == "truncated-blosc":
+        from numcodecs import Blosc
+        rgb = np.random.default_rng(2).integers(0, 255, (3, 300, 300), dtype=np.uint8)
+        zarr.create_array(str(d / "cut.zarr"), data=rgb, chunks=(3, 128, 128), zarr_format=2,
+                          compressors=Blosc(cname="lz4"))
+        chunk = d / "cut.zarr" / "0.1.1"
+        chunk.write_bytes(chunk.read_bytes()[:1000])
     elif kind == "bad-onnx":
         (d / "net.onnx").write_bytes(b"\x08\x07\x12\x04junk" * 10)
     elif kind == "bad-safetensors":
@@ -153,6 +160,8 @@ BAD = [
     ("missing chunk", "missing-chunk", ["segment", "holey.zarr", "--model", "{rgb}"], 2, r"chunk c/0/1/0 is missing"),
     ("corrupt chunk", "corrupt-chunk", ["segment", "bad.zarr", "--model", "{rgb}", "--tile", "256"], 2,
      r"corrupt"),
+    ("truncated Blosc chunk", "truncated-blosc", ["segment", "cut.zarr", "--model", "{rgb}", "--tile", "256"], 2,
+     r"cut.zarr: chunk 0.1.1 is truncated \(1000 of \d+ bytes\); a chunk is corrupt"),
     ("unknown model", None, ["segment", "{slide}", "--model", "no-such-net"], 3, r"unknown model 'no-such-net'"),
     ("malformed onnx", "bad-onnx", ["segment", "{slide}", "--model", "net.onnx"], 3, r"net.onnx"),
     ("malformed safetensors", "bad-safetensors", ["segment", "{slide}", "--model", "w.safetensors"], 3,

@@ -173,6 +173,29 @@ def test_missing_and_corrupt_chunks(tmp_path):
     assert not sparse.dense and len(sparse.missing_chunks()) == 9
 
 
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_truncated_blosc_chunk_is_refused(tmp_path, fmt):
+    """Blosc decodes a cut-off frame as garbage without an error; the reader refuses it."""
+    from numcodecs import Blosc
+    data = RNG.integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    data[:, 40:] = 0                                            # chunks that compress well, too
+    p = str(tmp_path / f"b{fmt}.zarr")
+    codec = Blosc(cname="lz4") if fmt == 2 else zarr.codecs.BloscCodec()
+    zarr.create_array(p, data=data, chunks=(3, 32, 32), zarr_format=fmt, compressors=codec)
+    img = open_image(p)
+    assert np.array_equal(img.read((0, 70), (0, 90)), data)     # intact: no false alarm
+    key = "0.0.1" if fmt == 2 else "c/0/0/1"
+    f = os.path.join(p, key)
+    whole = open(f, "rb").read()
+    open(f, "wb").write(whole[:-1])
+    with pytest.raises(InputError, match=f"chunk {key} is truncated \\({len(whole) - 1} of {len(whole)} bytes\\)"):
+        img.read((10, 20), (30, 40))
+    assert np.array_equal(img.read((0, 70), (0, 32)), data[:, :, :32])    # other chunks still read
+    open(f, "wb").write(whole[:9])
+    with pytest.raises(InputError, match="truncated .9 of at least 16 bytes"):
+        img.read((0, 1), (32, 33))
+
+
 # ---- output layout and metadata ---------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(h=st.integers(1, 3000), w=st.integers(1, 3000), tile=st.integers(1, 2100), k=st.integers(1, 5),
