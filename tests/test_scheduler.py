@@ -95,6 +95,36 @@ def test_segment_equals_full_frame(tmp_path, rgb_model, grey_model, size, tile, 
     assert not os.path.exists(tmp_path / "out.zarr" / ".hirestile")
 
 
+LAYOUTS = ("CHW", "HWC", "HW")
+DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
+
+
+@settings(max_examples=20, deadline=None)
+@given(pair=st.sampled_from([(lay, dt) for lay in LAYOUTS for dt in DTYPES]),
+       h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(8, 64),
+       kind=st.sampled_from(list(ome.OUTPUT_KINDS)))
+def test_segment_equals_full_frame_any_layout_dtype(tmp_path_factory, rgb_model, grey_model, pair, h, w, tile,
+                                                     kind):
+    """Random sizes and tiles over every stored layout x dtype pair (CASES pins the odd sizes)."""
+    layout, dtype = pair
+    model = grey_model if layout == "HW" else rgb_model
+    chw = _image((model.contract.channels, h, w), dtype)
+    got, stats = _segment(tmp_path_factory.mktemp("any"), model, chw, layout, tile=tile, kind=kind)
+    assert np.array_equal(got, _reference(model, chw, kind), equal_nan=True)
+    assert stats.tiles_computed == stats.tiles_total >= 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_segment_equals_full_frame_every_layout_dtype(tmp_path, rgb_model, grey_model, layout, dtype):
+    """Each layout x dtype pair once, on a prime-sized image over several tiles."""
+    model = grey_model if layout == "HW" else rgb_model
+    chw = _image((model.contract.channels, 41, 59), dtype)
+    got, stats = _segment(tmp_path, model, chw, layout, tile=16, kind="logits")
+    assert np.array_equal(got, _reference(model, chw, "logits"))
+    assert stats.tiles_total == 3 * 4
+
+
 def test_sharded_output_and_pyramid(tmp_path, rgb_model, monkeypatch):
     monkeypatch.setattr(ome, "CHUNK", 16)       # small chunks: shards of 3 x 3 chunks on a small image
     chw = _image((3, 101, 77), np.uint8)
