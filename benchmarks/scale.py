@@ -6,7 +6,7 @@ small random-weight UNet (base 8, depth 4) unless ``--model`` names another.
 
     python benchmarks/scale.py                       # 2048^2, 8192^2, 16384^2
     python benchmarks/scale.py --sizes 2048,4096     # pick sizes
-    python benchmarks/scale.py --huge                # adds 40960^2 (hours on 2 cores, ~5 GB input)
+    python benchmarks/scale.py --huge                # adds 40960^2 (4.3 GB input; ~30 min on 2 cores)
 
 Prints per size: tiles, wall seconds, MP/s, peak RSS, and where the time went
 (read = reader thread busy, compute = main thread in the executor, write =
