@@ -9,7 +9,7 @@ small random-weight UNet (base 8, depth 4) unless ``--model`` names another.
     python benchmarks/scale.py --huge                # adds 40960^2 (4.3 GB input; ~30 min on 2 cores)
 
 Prints per size: tiles, wall seconds, MP/s, peak RSS, and where the time went
-(read = reader thread busy, compute = main thread in the executor, write =
+(read = reader thread busy, compute = main thread normalising and in the executor, write =
 writer thread busy, idle = main thread waiting), plus the two targets of the
 scheduler issue: peak RSS of the largest run within 1.2x of the smallest, and
 compute busy >= 90% of wall.

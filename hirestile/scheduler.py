@@ -10,8 +10,9 @@ Layer 5 of DESIGN.md section 3. One run of :func:`segment_to_zarr`:
    marked done are skipped (:mod:`hirestile.resume`).
 3. **stream** — a reader thread reads the next tiles' windows (queued as stored,
    uint8 being a quarter of float32), the main thread normalises and computes
-   (numba's parallel kernels are called from one thread only), a writer thread turns logits into the stored output, writes whole
-   blocks, fsyncs them and marks them done. Bounded queues between them keep
+   (numba's parallel kernels are called from one thread only), a writer thread
+   turns logits into the stored output, writes whole blocks, fsyncs them and
+   marks them done. Bounded queues between them keep
    memory at a few tiles, independent of the image size. A ``run_tiles`` runner
    may compute them elsewhere instead (``hirestile.dask_api.cluster_tiles``);
    everything else stays here.
@@ -169,7 +170,7 @@ class RunStats:
     in_pixels_read: int = 0
     wall: float = 0.0
     read: float = 0.0                 # reader thread busy
-    compute: float = 0.0              # main thread in the executor
+    compute: float = 0.0              # main thread normalising and in the executor
     write: float = 0.0                # writer thread busy
     idle: float = 0.0                 # main thread waiting for input or for the writer
     finish: float = 0.0               # pyramid + metadata
