@@ -97,8 +97,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
     plan = make_plan(rep, layout, tile)
     ty, tx = plan.tile
     mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
-    read = plan.tiles[0].read
-    win_bytes = 4 * model.contract.channels * (read[0][1] - read[0][0]) * (read[1][1] - read[1][0])
+    win_px = max((r[0][1] - r[0][0]) * (r[1][1] - r[1][0]) for r in (t.read for t in plan.tiles))  # an interior tile's
+    win_bytes = 4 * model.contract.channels * win_px
     out_bytes = 4 * k * ty * tx
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
           f"({', '.join(model.classes) or '?'})")

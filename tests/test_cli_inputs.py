@@ -106,6 +106,17 @@ def test_plan_memory_includes_process_baseline(d):
     assert "working memory" in line and "process baseline" in line, line
 
 
+def test_plan_memory_counts_an_interior_tile(d):
+    """Corner tiles read a smaller window; the estimate is for the largest (interior) one."""
+    def working(image):
+        r = cli("plan", "--model", d / "rgb.safetensors", "--image", image, "--tile", "512")
+        assert r.returncode == 0, r.stderr
+        line = next(s for s in r.stdout.splitlines() if s.startswith("expected peak memory"))
+        value, unit = line.split("working memory ")[1].split()[:2]
+        return float(value.replace(",", "")) * {"KiB": 1, "MiB": 1024}[unit]
+    assert working("3000x3000") > working("1024x1024")       # 1024^2 at tile 512: corner tiles only
+
+
 # ---- malformed weights -----------------------------------------------------------------------
 @pytest.mark.parametrize("key, value, pattern", [
     ("dec.0.bn1.bias", np.zeros(1, np.float32), r"dec.0.bn1.bias have shape \(1,\), expected \(4,\)"),
