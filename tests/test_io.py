@@ -185,13 +185,13 @@ def test_truncated_blosc_chunk_is_refused(tmp_path, fmt):
     img = open_image(p)
     assert np.array_equal(img.read((0, 70), (0, 90)), data)     # intact: no false alarm
     key = "0.0.1" if fmt == 2 else "c/0/0/1"
-    f = os.path.join(p, key)
-    whole = open(f, "rb").read()
-    open(f, "wb").write(whole[:-1])
+    f = tmp_path / f"b{fmt}.zarr" / key
+    whole = f.read_bytes()
+    f.write_bytes(whole[:-1])
     with pytest.raises(InputError, match=f"chunk {key} is truncated \\({len(whole) - 1} of {len(whole)} bytes\\)"):
         img.read((10, 20), (30, 40))
     assert np.array_equal(img.read((0, 70), (0, 32)), data[:, :, :32])    # other chunks still read
-    open(f, "wb").write(whole[:9])
+    f.write_bytes(whole[:9])
     with pytest.raises(InputError, match="truncated .9 of at least 16 bytes"):
         img.read((0, 1), (32, 33))
 
