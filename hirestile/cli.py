@@ -86,7 +86,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
 def cmd_plan(a: argparse.Namespace) -> int:
     from . import api, ome
     from .examples import parse_size
-    from .scheduler import PROCESS_BASELINE, make_plan, resolve_tile
+    from .scheduler import PROCESS_BASELINE, expected_memory, make_plan, resolve_tile
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
@@ -96,10 +96,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)
     plan = make_plan(rep, layout, tile)
     ty, tx = plan.tile
-    mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
-    win_px = max((r[0][1] - r[0][0]) * (r[1][1] - r[1][0]) for r in (t.read for t in plan.tiles))  # an interior tile's
-    win_bytes = 4 * model.contract.channels * win_px
-    out_bytes = 4 * k * ty * tx
+    mem, working = expected_memory(rep, plan, model.contract.channels)
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
           f"({', '.join(model.classes) or '?'})")
     print(rep.summary())
@@ -108,7 +105,6 @@ def cmd_plan(a: argparse.Namespace) -> int:
               f"{rep.redundancy((min(ty, oh), min(tx, ow))):.2f} (computed / needed FLOPs), read redundancy "
               f"{plan.read_redundancy:.2f} (input pixels read per image pixel)")
     print(f"output {a.output}: shape {layout.shape}, chunks {layout.chunks}, shards {layout.shards or 'none'}")
-    working = mem + 3 * win_bytes + 4 * out_bytes
     print(f"expected peak memory: {_mib(working + PROCESS_BASELINE)} = working memory {_mib(working)} "
           f"(executor {_mib(mem)} + queued windows and outputs) + process baseline ~{_mib(PROCESS_BASELINE)} "
           "(Python, NumPy, Numba, compiled kernels; measured)")

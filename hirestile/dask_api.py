@@ -284,13 +284,14 @@ def _task_threads(requested: int | None) -> int | None:
     return max(1, n // int(dask.config.get("num_workers", None) or CPU_COUNT))
 
 
-def _run_logits(job: Job, raw: np.ndarray, read: Region, out_region: Region) -> np.ndarray:
-    """The executor on one read window: raw (C, h, w) stored pixels -> (K, h', w') logits."""
+def _run_logits(job: Job, raw: np.ndarray, read: Region, out_region: Region, *, where: str = "image",
+                hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf") -> np.ndarray:
+    """The executor on one read window: raw (C, h, w) stored pixels -> (K, h', w') logits; a
+    NaN/Inf error names ``where`` and ``hint`` (:func:`~hirestile.contract.normalize_window`)."""
     import numba
 
     model, rep = _prepared(job)
-    window = normalize_window(raw, read, model.contract, job.nan_fill, where="image",
-                              hint="pass nan_fill=VALUE to stand in for NaN/Inf")
+    window = normalize_window(raw, read, model.contract, job.nan_fill, where=where, hint=hint)
     del raw
     threads = _task_threads(job.numba_threads)
     old = numba.get_num_threads()
@@ -657,12 +658,13 @@ def _cluster_tile(cj: _ClusterJob, tile: Any) -> tuple[int, float, float, float]
 
     Returns (tile index, read s, compute s, write s); the driver marks it done.
     """
-    from hirestile.scheduler import read_tile, store_tile
+    from hirestile.scheduler import NAN_HINT, store_tile
 
     t0 = time.perf_counter()
-    raw = read_tile(_open_source(cj.source), tile, cj.job.nan_fill)
+    img = _open_source(cj.source)
+    raw = img.read(*tile.read)
     t1 = time.perf_counter()
-    logits = _run_logits(cj.job, raw, tile.read, tile.out)
+    logits = _run_logits(cj.job, raw, tile.read, tile.out, where=f"{img.path}:", hint=NAN_HINT)
     t2 = time.perf_counter()
     store_tile(cj.out, tile, logits, kind=cj.kind, output=cj.output)
     return tile.index, t1 - t0, t2 - t1, time.perf_counter() - t2

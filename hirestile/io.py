@@ -160,12 +160,10 @@ class InputImage:
     def _blosc_root(self) -> str | None:
         """Chunk directory of an unsharded local zarr array whose chunk files are Blosc frames."""
         arr = self.array
-        store = getattr(getattr(arr, "store_path", None), "store", None)
         codecs = getattr(arr, "compressors", None) or ()
-        if (not isinstance(store, zarr.storage.LocalStore) or getattr(arr, "shards", None)
-                or not codecs or type(codecs[-1]).__name__ not in ("Blosc", "BloscCodec")):
+        if getattr(arr, "shards", None) or not codecs or type(codecs[-1]).__name__ not in ("Blosc", "BloscCodec"):
             return None
-        return os.path.join(str(store.root), arr.store_path.path)
+        return local_dir(arr)
 
     def _check_frames(self, index: tuple[Any, ...]) -> None:
         """Refuse a truncated Blosc chunk among those ``index`` reads (an :class:`InputError`).
@@ -213,11 +211,10 @@ class InputImage:
         remote stores return []).
         """
         arr = self.array
-        store = getattr(getattr(arr, "store_path", None), "store", None)
-        if not isinstance(store, zarr.storage.LocalStore):
+        root = local_dir(arr)
+        if root is None:
             return []
         grid = tuple(getattr(arr, "shards", None) or arr.chunks)
-        root = os.path.join(str(store.root), arr.store_path.path)
         counts = [-(-s // g) for s, g in zip(arr.shape, grid)]
         missing: list[str] = []
         for coords in np.ndindex(*counts):
@@ -238,6 +235,14 @@ class InputImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def local_dir(arr: Any) -> str | None:
+    """The directory holding a zarr array's files in a local directory store, else None."""
+    store = getattr(getattr(arr, "store_path", None), "store", None)
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None
+    return os.path.join(str(store.root), arr.store_path.path)
 
 
 def _first_line(e: BaseException) -> str:
@@ -364,9 +369,9 @@ def _stamp(arr: Any) -> dict[str, Any]:
     store = getattr(getattr(arr, "store_path", None), "store", None)
     if isinstance(store, zarr.storage.ZipStore):
         return _file_stamp(str(store.path))
-    if not isinstance(store, zarr.storage.LocalStore):
+    base = local_dir(arr)
+    if base is None:
         return {}
-    base = os.path.join(str(store.root), arr.store_path.path)
     h = hashlib.sha256()
     n = 0
     for rel, st in sorted(_walk_files(base)):
@@ -525,4 +530,4 @@ def _validate(img: InputImage) -> None:
         raise InputError(f"{img.path}: the image is empty (shape {tuple(img.array.shape)}); nothing to segment")
 
 
-__all__ = ["InputImage", "open_image"]
+__all__ = ["InputImage", "open_image", "local_dir"]

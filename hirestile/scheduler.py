@@ -47,9 +47,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import ome
-from .contract import check_finite, normalize_window
+from .contract import normalize_window
 from .errors import HirestileError, InputError, ModelError, OutputError
-from .io import InputImage, open_image
+from .io import InputImage, local_dir, open_image
 from .resume import STATE_DIR, DoneLog, differences, fingerprint_arrays, fsync_path
 
 Region = tuple[tuple[int, int], tuple[int, int]]
@@ -73,6 +73,12 @@ class Tile:
     blocks: tuple[int, int, int, int]      # block rows [i0, i1) x cols [j0, j1)
     read: Region
 
+    @property
+    def read_pixels(self) -> int:
+        """Pixels in the read window."""
+        (r0, r1), (c0, c1) = self.read
+        return (r1 - r0) * (c1 - c0)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -86,8 +92,7 @@ class Plan:
     @property
     def read_redundancy(self) -> float:
         """Input pixels read over all tiles / image pixels (1.0 = each pixel read once)."""
-        read = sum((t.read[0][1] - t.read[0][0]) * (t.read[1][1] - t.read[1][0]) for t in self.tiles)
-        return read / max(self.image_hw[0] * self.image_hw[1], 1)
+        return sum(t.read_pixels for t in self.tiles) / max(self.image_hw[0] * self.image_hw[1], 1)
 
     def owner(self) -> dict[tuple[int, int], int]:
         """Block -> the index of the one tile that writes it."""
@@ -268,10 +273,27 @@ RunStats to add to (tiles_computed, out_pixels, in_pixels_read, read/compute/wri
 _STOP = object()
 
 
+PIPELINE_DEPTH = 2                # windows queued for compute, and outputs queued for the writer
+
+
+def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
+    """(executor bytes, working bytes) for running ``plan``'s tiles in this process. Working
+    memory is the executor's memory for one tile plus what the pipeline holds at once. That is
+    the windows queued and the one being read, and the outputs queued, the one being written and
+    the one being computed. Windows count at 4 bytes a value (any dtype up to float32); the
+    largest window is an interior tile's. :data:`PROCESS_BASELINE` comes on top."""
+    _, oh, ow = rep.output_shape
+    ty, tx = plan.tile
+    mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
+    window = 4 * channels * max(t.read_pixels for t in plan.tiles)
+    output = 4 * rep.output_shape[0] * ty * tx
+    return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
+
+
 class _Pipeline:
     """Reader thread -> main thread (compute) -> writer thread, through bounded queues."""
 
-    def __init__(self, depth: int = 2) -> None:
+    def __init__(self, depth: int = PIPELINE_DEPTH) -> None:
         self.inq: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.outq: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
@@ -296,11 +318,6 @@ class _Pipeline:
 
 
 NAN_HINT = "pass --nan-fill VALUE to stand in for NaN/Inf (e.g. --nan-fill 0)"
-
-
-def read_tile(img: InputImage, tile: Tile, nan_fill: float | None) -> np.ndarray:
-    """The tile's read window as stored (C, h, w), NaN/Inf checked (:func:`check_finite`)."""
-    return check_finite(img.read(*tile.read), tile.read, nan_fill, where=f"{img.path}:", hint=NAN_HINT)
 
 
 def tile_window(img: InputImage, tile: Tile, raw: np.ndarray, nan_fill: float | None, contract: Any) -> np.ndarray:
@@ -333,11 +350,9 @@ def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: s
 
 def _block_files(arr: Any, tile: Tile, kind: str) -> tuple[list[str], set[str]]:
     """Local file paths of the tile's blocks and their directories (for fsync)."""
-    store = getattr(arr.store_path, "store", None)
-    root = getattr(store, "root", None)
-    if root is None:
+    base = local_dir(arr)
+    if base is None:
         return [], set()
-    base = os.path.join(str(root), arr.store_path.path)
     i0, i1, j0, j1 = tile.blocks
     lead = () if kind == "labels" else (0,)
     files = [os.path.join(base, arr.metadata.encode_chunk_key(lead + (i, j)))
@@ -701,4 +716,4 @@ def _stream(img: InputImage, model: Any, rep: Any, arr: Any, todo: list[Tile], d
 
 __all__ = ["Tile", "Plan", "RunStats", "TileRunner", "make_plan", "auto_tile", "resolve_tile", "segment_to_zarr",
            "default_output", "model_fingerprint", "peak_rss", "keep_freed_memory",
-           "read_tile", "tile_window", "store_tile", "make_room", "PROCESS_BASELINE"]
+           "tile_window", "store_tile", "make_room", "expected_memory", "PROCESS_BASELINE", "PIPELINE_DEPTH"]
