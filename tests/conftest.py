@@ -22,17 +22,22 @@ reference_onnx
     ``reference_onnx(name, dynamo=False, dynamic=True) -> (module, bytes)``: one
     seeded module per network and its export, cached for the session.
 graph_eval
-    :func:`eval_graph`, a float64 torch evaluation of a hirestile Graph (the
-    importer's reference, independent of the engine).
+    :func:`eval_graph`, a float64 NumPy evaluation of a hirestile Graph that implements
+    every op from its ONNX / PyTorch definition (the importer's reference, independent
+    of the engine and of the IR's own region and index rules).
 """
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable
 
+import numpy as np
 import pytest
+from scipy.special import erf
 
 
 @dataclass(frozen=True)
@@ -355,7 +360,6 @@ def export_bytes(module, example, *, dynamo: bool = False, dynamic: bool = True,
 @pytest.fixture(scope="session")
 def export_onnx():
     pytest.importorskip("torch")
-    pytest.importorskip("onnx")
     return export_bytes
 
 
@@ -363,7 +367,6 @@ def export_onnx():
 def reference_onnx(torch_nets):
     """``reference_onnx(name, dynamo=False, dynamic=True) -> (module, onnx_bytes)``, cached
     for the session so the import and reference tests share one export per network."""
-    pytest.importorskip("onnx")
     cache: dict = {}
 
     def get(name: str, *, dynamo: bool = False, dynamic: bool = True):
@@ -381,141 +384,262 @@ def reference_onnx(torch_nets):
 
 
 # ----------------------------------------------------------------------------- graph reference
+#
+# An engine-independent float64 NumPy evaluation of a hirestile Graph. Each op is
+# written from the ONNX operator / PyTorch documentation and reads only the op's
+# attribute values (kernel, stride, pads, mode, ...) and the node's params: no
+# graph.py rule (taps, bounds, offset, amounts, out_shape, window_size, divisors),
+# no analyzer, executor or kernel code. Images are (C, H, W).
+
+
+def _np_pad(x, top, left, bottom, right, mode, value=0.0):
+    """torch.nn.functional.pad / ONNX Pad on (C, H, W): positive amounts add rows and
+    columns ("constant" with ``value``, "reflect" without repeating the edge,
+    "edge" = "replicate" repeating it), negative amounts remove them."""
+    pos = [(0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0))]
+    if mode == "constant":
+        x = np.pad(x, pos, mode="constant", constant_values=value)
+    else:
+        x = np.pad(x, pos, mode={"reflect": "reflect", "edge": "edge", "replicate": "edge"}[mode])
+    h, w = x.shape[1:]
+    return x[:, -min(top, 0):h + min(bottom, 0), -min(left, 0):w + min(right, 0)]
+
+
+def _np_conv(x, w, b, stride, dilation, groups):
+    """ONNX Conv / torch conv2d on an already padded (C, H, W): cross-correlation,
+    y[o, i, j] = b[o] + sum_{c in group(o), u, v} w[o, c, u, v] x[c, s*i + d*u, s*j + d*v]."""
+    co, cpg, kh, kw = w.shape
+    (sy, sx), (dy, dx) = stride, dilation
+    _, h, wd = x.shape
+    ho, wo = (h - dy * (kh - 1) - 1) // sy + 1, (wd - dx * (kw - 1) - 1) // sx + 1
+    y = np.zeros((co, max(ho, 0), max(wo, 0)))
+    opg = co // groups
+    for g in range(groups):
+        xg, wg = x[g * cpg:(g + 1) * cpg], w[g * opg:(g + 1) * opg]
+        for u in range(kh):
+            for v in range(kw):
+                patch = xg[:, dy * u:dy * u + sy * (ho - 1) + 1:sy, dx * v:dx * v + sx * (wo - 1) + 1:sx]
+                y[g * opg:(g + 1) * opg] += np.einsum("oc,chw->ohw", wg[:, :, u, v], patch)
+    return y + np.asarray(b, np.float64).reshape(-1, 1, 1)
+
+
+def _np_conv_transpose(x, w, b, stride, dilation, groups, pads, output_padding):
+    """ONNX ConvTranspose / torch conv_transpose2d: input x[c, i, j] adds
+    w[c, o, u, v] x[c, i, j] at output (s*i - pad_top + d*u, s*j - pad_left + d*v);
+    the output has (n - 1)*s - pad_begin - pad_end + d*(k - 1) + output_padding + 1 rows/cols."""
+    ci, opg, kh, kw = w.shape
+    (sy, sx), (dy, dx) = stride, dilation
+    _, h, wd = x.shape
+    full = np.zeros((opg * groups, (h - 1) * sy + dy * (kh - 1) + 1 + output_padding[0],
+                     (wd - 1) * sx + dx * (kw - 1) + 1 + output_padding[1]))
+    cpg = ci // groups
+    for g in range(groups):
+        xg, wg = x[g * cpg:(g + 1) * cpg], w[g * cpg:(g + 1) * cpg]
+        for u in range(kh):
+            for v in range(kw):
+                full[g * opg:(g + 1) * opg, dy * u:dy * u + sy * (h - 1) + 1:sy, dx * v:dx * v + sx * (wd - 1) + 1:sx] \
+                    += np.einsum("co,chw->ohw", wg[:, :, u, v], xg)
+    top, left, bottom, right = pads
+    hf, wf = full.shape[1:]
+    y = full[:, top:hf - bottom, left:wf - right]
+    return y + np.asarray(b, np.float64).reshape(-1, 1, 1)
+
+
+def _np_pool(x, op):
+    """torch max_pool2d / avg_pool2d (and ONNX MaxPool / AveragePool): window o covers
+    s*o - pad_begin + d*j, j < k. Output length floor((n + p0 + p1 - d*(k-1) - 1) / s) + 1,
+    with ceil_mode rounded up unless that last window would start past the input and
+    the begin padding. Max ignores positions outside the input; average divides the sum
+    by the window's length clipped to the padded input (count_include_pad) or to the
+    input, per axis."""
+    c, h, w = x.shape
+    windows, divisors = [], []
+    for a, n in enumerate((h, w)):
+        k, s, d = op.kernel[a], op.stride[a], op.dilation[a]
+        p0, p1 = op.pads[a], op.pads[a + 2]
+        span = n + p0 + p1 - d * (k - 1) - 1
+        no = (-(-span // s) if op.ceil_mode else span // s) + 1
+        if op.ceil_mode and (no - 1) * s >= n + p0:
+            no -= 1
+        starts = [s * o - p0 for o in range(no)]
+        windows.append([[t for t in range(st, st + d * k, d) if 0 <= t < n] for st in starts])
+        lo, hi = (-p0, n + p1) if op.count_include_pad else (0, n)
+        divisors.append([min(st + k, hi) - max(st, lo) for st in starts])
+    y = np.empty((c, len(windows[0]), len(windows[1])))
+    for i, ry in enumerate(windows[0]):
+        for j, rx in enumerate(windows[1]):
+            win = x[:, ry][:, :, rx]
+            if op.mode == "max":
+                y[:, i, j] = win.max(axis=(1, 2)) if win.size else -np.inf
+            else:
+                assert op.mode == "avg", op.mode
+                y[:, i, j] = win.sum(axis=(1, 2)) / (divisors[0][i] * divisors[1][j])
+    return y
+
+
+def _np_resize_axis(op, axis, n_in):
+    """Source positions of one axis under ONNX Resize (PyTorch's interpolate modes are
+    special cases): output length ``size`` or floor(n * scale); the source coordinate of
+    output o, as an exact fraction, is by coordinate_transformation_mode
+    half_pixel (o + 1/2)/r - 1/2, pytorch_half_pixel the same (0 when one output),
+    align_corners o (n_in - 1)/(n_out - 1), asymmetric o / r, with r the scale (or
+    n_out / n_in when a size is given). Nearest rounds it by nearest_mode; linear reads
+    floor(x) and floor(x) + 1 with weight x - floor(x), x clamped to [0, n_in - 1].
+    Returns (n_out, i0, i1, lambda)."""
+    if op.size is not None:
+        n_out = int(op.size[axis])
+        r = Fraction(n_out, n_in)
+    else:
+        r = Fraction(float(op.scale[axis]))
+        n_out = math.floor(n_in * r)
+    i0, i1, lam = [], [], []
+    for o in range(n_out):
+        if op.coord in ("half_pixel", "pytorch_half_pixel"):
+            x = (o + Fraction(1, 2)) / r - Fraction(1, 2)
+            if op.coord == "pytorch_half_pixel" and n_out <= 1:
+                x = Fraction(0)
+        elif op.coord == "align_corners":
+            x = Fraction(o * (n_in - 1), n_out - 1) if n_out > 1 else Fraction(0)
+        else:
+            assert op.coord == "asymmetric", op.coord
+            x = o / r
+        if op.mode == "nearest":
+            i = {"floor": math.floor(x), "ceil": math.ceil(x), "round_prefer_floor": math.ceil(x - Fraction(1, 2)),
+                 "round_prefer_ceil": math.floor(x + Fraction(1, 2))}[op.nearest]
+            i = min(max(i, 0), n_in - 1)
+            i0.append(i), i1.append(i), lam.append(0.0)
+        else:
+            assert op.mode == "bilinear", op.mode
+            x = min(max(x, Fraction(0)), Fraction(n_in - 1))
+            f = math.floor(x)
+            i0.append(f), i1.append(min(f + 1, n_in - 1)), lam.append(float(x - f))
+    return n_out, np.array(i0, np.int64), np.array(i1, np.int64), np.array(lam)
+
+
+def _np_unary(fn, v, p0, p1):
+    """The activations by their PyTorch / ONNX definitions (p0, p1: alpha, beta, min, max)."""
+    def softplus(t):  # torch: beta 1, threshold 20
+        return np.where(t > 20, t, np.log1p(np.exp(np.minimum(t, 20))))
+
+    def sigmoid(t):
+        return 1 / (1 + np.exp(-t))
+
+    return {
+        "identity": lambda: v,
+        "relu": lambda: np.maximum(v, 0),
+        "leaky_relu": lambda: np.where(v > 0, v, p0 * v),
+        "sigmoid": lambda: sigmoid(v),
+        "tanh": lambda: np.tanh(v),
+        "silu": lambda: v * sigmoid(v),
+        "gelu": lambda: 0.5 * v * (1 + erf(v / np.sqrt(2))),
+        "gelu_tanh": lambda: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))),
+        "hard_sigmoid": lambda: np.clip(p0 * v + p1, 0, 1),
+        "hard_swish": lambda: v * np.clip(v + 3, 0, 6) / 6,
+        "clip": lambda: np.minimum(np.maximum(v, p0), p1),
+        "elu": lambda: np.where(v > 0, v, p0 * np.expm1(np.minimum(v, 0))),
+        "softplus": lambda: softplus(v),
+        "exp": lambda: np.exp(v),
+        "abs": lambda: np.abs(v),
+        "neg": lambda: -v,
+        "sqrt": lambda: np.sqrt(v),
+        "log": lambda: np.log(v),
+        "reciprocal": lambda: 1 / v,
+        "mish": lambda: v * np.tanh(softplus(v)),
+        "erf": lambda: erf(v),
+    }[fn]()
+
+
+def _np_act(y, fn, alpha):
+    """A convolution's fused activation ("", "relu", "leaky_relu")."""
+    return _np_unary(fn, y, alpha, 0.0) if fn else y
 
 
 def eval_graph(graph, x):
-    """Evaluate a hirestile Graph on one (C, H, W) image with plain torch ops in float64.
+    """Evaluate a hirestile Graph on one (C, H, W) image in float64 NumPy.
 
-    The slow, obvious reference for the importer's tests: it reads only the graph
-    IR (ops, attributes, params), so an import can be checked against ONNX Runtime
-    and PyTorch without the engine.
+    The slow, obvious reference for the importer's tests: every op is implemented
+    here from its ONNX / PyTorch definition, reading only the op's attributes and
+    the node's weights, so an import is checked against ONNX Runtime and PyTorch
+    without the engine or the IR's own region and index rules.
     """
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
     from hirestile import graph as G
 
-    def t(a):
-        return torch.as_tensor(np.asarray(a, np.float64))
+    def f64(a):
+        return np.asarray(a, np.float64)
 
-    def act(y, fn, alpha):
-        if fn == "relu":
-            return torch.relu(y)
-        if fn == "leaky_relu":
-            return torch.where(y > 0, y, y * alpha)
-        assert not fn, fn
-        return y
+    def per_channel(a):
+        return f64(a).reshape(-1, 1, 1)
 
-    def pad(y, pads, mode, value=0.0):
-        top, left, bottom, right = pads
-        if mode in ("reflect", "replicate", "edge"):
-            pos = [max(v, 0) for v in (left, right, top, bottom)]
-            y = F.pad(y[None], pos, mode="replicate" if mode == "edge" else mode)[0]
-            h, w = y.shape[1:]
-            return y[:, -min(top, 0):h + min(bottom, 0), -min(left, 0):w + min(right, 0)]
-        return F.pad(y, (left, right, top, bottom), value=value)
-
-    def pool(y, op, out):
-        c, h, w = y.shape
-        idx = []
-        for a, (n, no) in enumerate(((h, out[1]), (w, out[2]))):
-            o = np.arange(no)[:, None]
-            j = np.arange(op.kernel[a])[None, :]
-            r = op.stride[a] * o - op.pads[a] + op.dilation[a] * j
-            inside_pad = (r >= -op.pads[a]) & (r < n + op.pads[a + 2])
-            idx.append((r, (r >= 0) & (r < n), inside_pad))
-        (ry, vy, py), (rx, vx, px) = idx
-        g = y[:, np.clip(ry, 0, h - 1)][:, :, :, np.clip(rx, 0, w - 1)]  # (C, Ho, kh, Wo, kw)
-        valid = torch.as_tensor(vy[:, :, None, None] & vx[None, None])
-        if op.mode == "max":
-            return torch.where(valid, g, torch.tensor(-np.inf, dtype=g.dtype)).amax(dim=(2, 4))
-        s = torch.where(valid, g, torch.zeros((), dtype=g.dtype)).sum(dim=(2, 4))
-        if op.count_include_pad:
-            cnt = (py[:, :, None, None] & px[None, None]).sum(axis=(1, 3))
-        else:
-            cnt = valid.numpy().sum(axis=(1, 3))
-        return s / torch.as_tensor(cnt, dtype=s.dtype)
-
-    vals = {graph.input: t(x)}
+    vals = {graph.input: f64(x)}
     for n in graph.nodes:
         op, ins, prm = n.op, [vals[i] for i in n.inputs], n.params
         y = ins[0]
         if isinstance(op, G.Conv):
-            mode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}[op.pad_mode]
-            y = pad(y, op.pads, mode)
-            y = F.conv2d(y[None], t(prm["w"]), t(prm["b"]), op.stride, 0, op.dilation, op.groups)[0]
-            y = act(y, op.act, op.alpha)
+            top, left, bottom, right = op.pads
+            mode = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"}[op.pad_mode]
+            y = _np_pad(y, top, left, bottom, right, mode)
+            w = f64(prm["w"])
+            y = _np_conv(y, w, prm.get("b", np.zeros(w.shape[0])), op.stride, op.dilation, op.groups)
+            y = _np_act(y, op.act, op.alpha)
         elif isinstance(op, G.ConvTranspose):
-            full = F.conv_transpose2d(y[None], t(prm["w"]), None, op.stride, 0, 0, op.groups, op.dilation)[0]
-            full = F.pad(full, (0, op.output_padding[1], 0, op.output_padding[0]))
-            hf, wf = full.shape[1:]
-            y = full[:, op.pads[0]:hf - op.pads[2], op.pads[1]:wf - op.pads[3]] + t(prm["b"])[:, None, None]
-            y = act(y, op.act, op.alpha)
+            w = f64(prm["w"])
+            y = _np_conv_transpose(y, w, prm.get("b", np.zeros(w.shape[1] * op.groups)), op.stride, op.dilation,
+                                   op.groups, op.pads, op.output_padding)
+            y = _np_act(y, op.act, op.alpha)
         elif isinstance(op, G.Pool):
-            y = pool(y, op, op.out_shape([tuple(y.shape)]))
+            y = _np_pool(y, op)
         elif isinstance(op, G.Resize):
-            shp = tuple(y.shape)
-            out = op.out_shape([shp])
-            ty = op.taps(0, np.arange(out[1]), shp[1], out[1])
-            tx = op.taps(1, np.arange(out[2]), shp[2], out[2])
-            if op.mode == "nearest":
-                y = y[:, ty[0]][:, :, tx[0]]
-            else:
-                ly, lx = t(ty[2])[None, :, None], t(tx[2])[None, None, :]
-                rows0, rows1 = y[:, ty[0]], y[:, ty[1]]
-                top = rows0[:, :, tx[0]] * (1 - lx) + rows0[:, :, tx[1]] * lx
-                bot = rows1[:, :, tx[0]] * (1 - lx) + rows1[:, :, tx[1]] * lx
-                y = top * (1 - ly) + bot * ly
+            _, ry0, ry1, ly = _np_resize_axis(op, 0, y.shape[1])
+            _, rx0, rx1, lx = _np_resize_axis(op, 1, y.shape[2])
+            ly, lx = ly[None, :, None], lx[None, None, :]
+            top = y[:, ry0][:, :, rx0] * (1 - lx) + y[:, ry0][:, :, rx1] * lx
+            bot = y[:, ry1][:, :, rx0] * (1 - lx) + y[:, ry1][:, :, rx1] * lx
+            y = top * (1 - ly) + bot * ly
         elif isinstance(op, G.Unary):
-            p0, p1 = op.p0, op.p1
-            y = {
-                "identity": lambda v: v, "relu": torch.relu, "leaky_relu": lambda v: torch.where(v > 0, v, v * p0),
-                "sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu, "gelu": F.gelu,
-                "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
-                "hard_sigmoid": lambda v: torch.clamp(p0 * v + p1, 0, 1),
-                "hard_swish": F.hardswish, "clip": lambda v: torch.clamp(v, p0, p1),
-                "elu": lambda v: F.elu(v, p0), "softplus": F.softplus, "exp": torch.exp, "abs": torch.abs,
-                "neg": torch.neg, "sqrt": torch.sqrt, "log": torch.log, "reciprocal": torch.reciprocal,
-                "mish": F.mish, "erf": torch.erf,
-            }[op.fn](y)
+            y = _np_unary(op.fn, y, op.p0, op.p1)
         elif isinstance(op, G.PRelu):
-            s = t(prm["slope"])[:, None, None]
-            y = torch.where(y > 0, y, y * s)
+            y = np.where(y > 0, y, y * per_channel(prm["slope"]))
         elif isinstance(op, G.Affine):
-            y = y * t(prm["scale"])[:, None, None] + t(prm["shift"])[:, None, None]
+            y = y * per_channel(prm["scale"]) + per_channel(prm["shift"])
         elif isinstance(op, G.Binary):
-            f = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "max": torch.maximum,
-                 "min": torch.minimum, "pow": torch.pow}[op.fn]
+            f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+                 "min": np.minimum, "pow": np.power}[op.fn]
             if len(ins) == 2:
                 y = f(ins[0], ins[1])
             else:
-                c = t(prm["const"])[:, None, None]
+                c = per_channel(prm["const"])
                 y = f(c, y) if op.const_left else f(y, c)
+            y = np.broadcast_to(y, y.shape).copy()
         elif isinstance(op, G.Concat):
-            y = torch.cat(ins, 0)
+            y = np.concatenate(ins, 0)
         elif isinstance(op, G.Slice):
-            b = [op.bounds(a, s) for a, s in enumerate(y.shape)]
-            y = y[b[0][0]:b[0][1], b[1][0]:b[1][1], b[2][0]:b[2][1]]
+            y = y[tuple(slice(a, b) for a, b in zip(op.starts, op.stops))]
         elif isinstance(op, G.CropLike):
-            shapes = [tuple(v.shape) for v in ins]
-            oy, ox = op.offset(0, shapes), op.offset(1, shapes)
-            y = y[:, oy:oy + shapes[1][1], ox:ox + shapes[1][2]]
+            (h0, w0), (h1, w1) = ins[0].shape[1:], ins[1].shape[1:]
+            oy, ox = ((h0 - h1) // 2, (w0 - w1) // 2) if op.anchor == "centre" else (0, 0)
+            assert op.anchor in ("centre", "start") and h0 >= h1 and w0 >= w1
+            y = y[:, oy:oy + h1, ox:ox + w1]
         elif isinstance(op, G.Pad):
-            y = pad(y, op.amounts(tuple(y.shape)), op.mode, op.value)
+            top, left, bottom, right = op.pads
+            if op.multiple > 1:      # pad-to-multiple: bottom/right up to the next multiple
+                top, left, bottom, right = 0, 0, -y.shape[1] % op.multiple, -y.shape[2] % op.multiple
+            y = _np_pad(y, top, left, bottom, right, op.mode, op.value)
         elif isinstance(op, G.Softmax):
-            y = torch.softmax(y, 0)
+            e = np.exp(y - y.max(axis=0, keepdims=True))
+            y = e / e.sum(axis=0, keepdims=True)
         elif isinstance(op, G.GlobalPool):
-            y = y.mean(dim=(1, 2), keepdim=True)
-        elif isinstance(op, G.Norm):
-            y = F.group_norm(y[None], op.groups, t(prm["scale"]), t(prm["bias"]), op.eps)[0]
+            y = y.mean(axis=(1, 2), keepdims=True)
+        elif isinstance(op, G.Norm):       # group norm (instance norm: groups == channels), biased variance
+            c, h, w = y.shape
+            g = y.reshape(op.groups, -1)
+            g = (g - g.mean(axis=1, keepdims=True)) / np.sqrt(g.var(axis=1, keepdims=True) + op.eps)
+            y = g.reshape(c, h, w) * per_channel(prm["scale"]) + per_channel(prm["bias"])
         else:
             raise NotImplementedError(op.kind)
         vals[n.name] = y
-    return vals[graph.output].numpy()
+    return vals[graph.output]
 
 
 @pytest.fixture(scope="session")
 def graph_eval():
-    pytest.importorskip("torch")
     return eval_graph
