@@ -17,7 +17,9 @@ import hirestile
 from hirestile import executor, ome
 from hirestile.errors import InputError, OutputError
 from hirestile.models.unet import unet
-from hirestile.scheduler import default_output, make_plan, segment_to_zarr
+from hirestile.scheduler import default_output, make_plan, segment_to_zarr, store_tile
+
+from npref import STORED_DTYPE, assert_next_level, expected_output
 
 RNG = np.random.default_rng(3)
 
@@ -62,7 +64,8 @@ def _segment(tmp_path, model, chw, layout="CHW", name="out.zarr", **kw) -> tuple
 
 
 def _reference(model, chw, kind="probabilities") -> np.ndarray:
-    return ome.postprocess(hirestile.predict(model, chw), kind)
+    """The full-frame logits as the stored ``kind``, by the test's own NumPy rule (npref)."""
+    return expected_output(hirestile.predict(model, chw), kind)
 
 
 # (size, tile, stored layout, dtype, output kind): odd sizes, 1 x 1, smaller than a tile, primes,
@@ -102,7 +105,7 @@ DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
 @settings(max_examples=20, deadline=None)
 @given(pair=st.sampled_from([(lay, dt) for lay in LAYOUTS for dt in DTYPES]),
        h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(8, 64),
-       kind=st.sampled_from(list(ome.OUTPUT_KINDS)))
+       kind=st.sampled_from(sorted(STORED_DTYPE)))
 def test_segment_equals_full_frame_any_layout_dtype(tmp_path_factory, rgb_model, grey_model, pair, h, w, tile,
                                                      kind):
     """Random sizes and tiles over every stored layout x dtype pair (CASES pins the odd sizes)."""
@@ -133,7 +136,9 @@ def test_sharded_output_and_pyramid(tmp_path, rgb_model, monkeypatch):
     assert g["0"].chunks == (2, 16, 16) and g["0"].shards == (2, 48, 48)
     assert np.array_equal(got, _reference(rgb_model, chw))
     assert stats.tiles_total == 3 * 2 and sorted(g.keys()) == ["0", "1", "2", "3"]
-    np.testing.assert_array_equal(g["1"][...], ome.downsample(got, "probabilities"))
+    for lv in (1, 2, 3):                        # each level from the one before: 2 x 2 means
+        assert_next_level(g[str(lv)][...], g[str(lv - 1)][...], "probabilities")
+    assert g["3"].shape == (2, 13, 10)
 
 
 def test_nan_refused_then_filled(tmp_path, grey_model):
@@ -183,27 +188,54 @@ def test_plan_gives_each_shard_one_writer(rgb_model, h, w, tile, chunk):
 
 
 def test_concurrent_writers_on_shard_aligned_tiles(tmp_path, rgb_model, monkeypatch):
-    """Many threads write the plan's tiles at once, in random order: nothing is lost."""
+    """Many threads write the plan's tiles at once through the scheduler's own writer, in
+    random order, each tile three times (as a rerun after a crash may; one writer per tile
+    at a time, as in a run): no update is lost, every block of every tile holds what its
+    writer wrote, and is marked done only once it is stored."""
     monkeypatch.setattr(ome, "CHUNK", 8)
     h, w = 120, 100
     lay = ome.choose_layout("logits", classes=2, out_hw=(h, w), tile=24)
     assert lay.shards is not None
-    g = ome.create_output(str(tmp_path / "c.zarr"), kind="logits", layout=lay, attrs={})
+    path = str(tmp_path / "c.zarr")
+    g = ome.create_output(path, kind="logits", layout=lay, attrs={})
     plan = make_plan(hirestile.analyze(rgb_model, (h, w)), lay, 24)
+    assert len(plan.tiles) == 5 * 5
     expect = RNG.normal(size=(2, h, w)).astype(np.float32)
     tiles = list(plan.tiles) * 3                                  # each tile written 3 times
     random.Random(0).shuffle(tiles)
     barrier = threading.Barrier(6)
+    marks, lock = [], threading.Lock()
+    owner = {t.index: threading.Lock() for t in plan.tiles}
+    arr = g["0"]
+
+    def rows_cols(blocks):
+        (bh, bw), (i0, i1, j0, j1) = lay.block, blocks
+        return slice(i0 * bh, min(i1 * bh, h)), slice(j0 * bw, min(j1 * bw, w))
+
+    def mark(blocks):                                             # called once the blocks are stored
+        ys, xs = rows_cols(blocks)
+        np.testing.assert_array_equal(zarr.open_array(path + "/0", mode="r")[:, ys, xs], expect[:, ys, xs])
+        with lock:
+            marks.append(blocks)
 
     def write(t):
         (y0, y1), (x0, x1) = t.out
         if t.index < 6:
             barrier.wait(timeout=10)
-        g["0"][:, y0:y1, x0:x1] = expect[:, y0:y1, x0:x1]
+        with owner[t.index]:
+            store_tile(arr, t, expect[:, y0:y1, x0:x1].copy(), kind="logits", output=path, mark=mark)
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(write, tiles))
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "c.zarr"))["0"][...], expect)
+    got = zarr.open_group(path, mode="r")["0"][...]
+    assert got.dtype == np.float32
+    for t in plan.tiles:                                          # block by block, so a failure names it
+        i0, i1, j0, j1 = t.blocks
+        for i, j in ((i, j) for i in range(i0, i1) for j in range(j0, j1)):
+            ys, xs = rows_cols((i, i + 1, j, j + 1))
+            np.testing.assert_array_equal(got[:, ys, xs], expect[:, ys, xs], err_msg=f"tile {t.index}, block {i, j}")
+    np.testing.assert_array_equal(got, expect)
+    assert sorted(marks) == sorted(t.blocks for t in tiles)      # every write marked once
 
 
 # ---- resume and job identity -------------------------------------------------------------
