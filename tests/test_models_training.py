@@ -7,12 +7,22 @@ import numpy as np
 import pytest
 
 from hirestile.contract import InputContract
+from hirestile.models import unet as unet_mod
 from hirestile.models.training.synth_astro import STYLES, make_astro
 from hirestile.models.training.synth_histo import MODES, make_histo
 
-torch = pytest.importorskip("torch")
 
-from hirestile.models.training.torch_unet import UNet, load_weights, read_arch, save_weights  # noqa: E402
+@pytest.fixture(scope="module")
+def torch():
+    """PyTorch, for the tests of the training code (the generators need none)."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def twin(torch):
+    """hirestile.models.training.torch_unet, the PyTorch UNet twin (imports torch)."""
+    from hirestile.models.training import torch_unet
+    return torch_unet
 
 
 # ---- astronomy generator
@@ -88,8 +98,7 @@ def test_histo_nuclei_carry_hematoxylin_in_the_clean_image(mode):
 
     for seed in range(3):
         s = make_histo((128, 128), rng=seed, mode=mode)
-        if s.mask.sum() < 50 or (~s.mask).sum() < 50:
-            continue
+        assert s.mask.sum() >= 50 and (~s.mask).sum() >= 50, (seed, int(s.mask.sum()))   # nuclei and background
         hem = rgb2hed(s.clean)[..., 0]
         assert hem[s.mask].mean() > hem[~s.mask].mean()
 
@@ -121,36 +130,36 @@ def test_asinh_contract_is_pointwise_and_position_independent():
 
 @pytest.mark.parametrize("padding,up,size,out", [("same", "transpose", 32, 32), ("same", "nearest", 48, 48),
                                                  ("valid", "bilinear", 92, 52)])
-def test_torch_unet_shapes(padding, up, size, out):
-    net = UNet(in_channels=3, classes=2, base=4, depth=2, padding=padding, up=up).eval()
+def test_torch_unet_shapes(torch, twin, padding, up, size, out):
+    net = twin.UNet(in_channels=3, classes=2, base=4, depth=2, padding=padding, up=up).eval()
     with torch.no_grad():
         y = net(torch.zeros(1, 3, size, size))
     assert y.shape == (1, 2, out, out)
 
 
-def test_torch_unet_state_dict_names():
-    keys = set(UNet(in_channels=1, classes=2, base=4, depth=2).state_dict())
+def test_torch_unet_state_dict_names(twin):
+    keys = set(twin.UNet(in_channels=1, classes=2, base=4, depth=2).state_dict())
     for k in ["enc.0.conv1.weight", "enc.0.bn1.running_mean", "enc.2.conv2.weight", "up.1.weight", "up.0.bias",
               "dec.1.conv2.weight", "dec.0.bn2.running_var", "head.weight", "head.bias"]:
         assert k in keys
     assert "enc.0.conv1.bias" not in keys
-    keys = set(UNet(in_channels=1, classes=2, base=4, depth=2, up="bilinear", bn=False).state_dict())
+    keys = set(twin.UNet(in_channels=1, classes=2, base=4, depth=2, up="bilinear", bn=False).state_dict())
     assert {"up.1.1.weight", "enc.0.conv1.bias"} <= keys and not any(".bn" in k for k in keys)
 
 
-def test_save_weights_roundtrip_and_metadata(tmp_path):
+def test_save_weights_roundtrip_and_metadata(tmp_path, torch, twin):
     torch.manual_seed(0)
-    net = UNet(in_channels=1, classes=3, base=4, depth=2, up="nearest")
+    net = twin.UNet(in_channels=1, classes=3, base=4, depth=2, up="nearest")
     net.train()(torch.randn(2, 1, 16, 16))  # move the BN running statistics off their defaults
     net.eval()
     p = tmp_path / "w.safetensors"
-    save_weights(net, p, extra={"name": "test"})
-    arch = read_arch(p)
+    twin.save_weights(net, p, extra={"name": "test"})
+    arch = twin.read_arch(p)
     assert arch == {"arch": "unet", "in_channels": 1, "classes": 3, "base": 4, "depth": 2, "padding": "same",
                     "up": "nearest", "bn": True}
     from safetensors.numpy import load_file
     assert not any(k.endswith("num_batches_tracked") for k in load_file(str(p)))
-    net2 = load_weights(p)
+    net2 = twin.load_weights(p)
     x = torch.randn(1, 1, 16, 24)
     with torch.no_grad():
         torch.testing.assert_close(net2(x), net(x), rtol=0, atol=0)
@@ -159,17 +168,16 @@ def test_save_weights_roundtrip_and_metadata(tmp_path):
         assert json.loads(f.metadata()["hirestile"])["arch"] == "unet"
 
 
-def test_weights_file_reads_with_the_hirestile_builder(tmp_path):
-    unet_mod = pytest.importorskip("hirestile.models.unet")
-    net = UNet(in_channels=1, classes=2, base=4, depth=2)
+def test_weights_file_reads_with_the_hirestile_builder(tmp_path, twin):
+    net = twin.UNet(in_channels=1, classes=2, base=4, depth=2)
     p = tmp_path / "w.safetensors"
-    save_weights(net, p)
-    assert unet_mod.read_arch(p) == {k: v for k, v in read_arch(p).items() if k != "arch"}
+    twin.save_weights(net, p)
+    assert unet_mod.read_arch(p) == {k: v for k, v in twin.read_arch(p).items() if k != "arch"}
 
 
 # ---- training loop (tiny smoke run)
 
-def test_train_smoke(tmp_path, monkeypatch):
+def test_train_smoke(tmp_path, monkeypatch, twin):
     from hirestile.models.training import train as train_mod
     from hirestile.models.registry import get_spec
 
@@ -186,7 +194,7 @@ def test_train_smoke(tmp_path, monkeypatch):
     assert (tmp_path / "weights" / small.weights).exists()
     saved = json.loads((tmp_path / "metrics" / f"{small.name}.json").read_text())
     assert saved["steps"] == 3
-    assert read_arch(tmp_path / "weights" / small.weights)["base"] == 4
+    assert twin.read_arch(tmp_path / "weights" / small.weights)["base"] == 4
     # a --steps run is a pure function of its arguments: the same weights again
     train_mod.train("unet-astro", steps=3, out=tmp_path / "again", batch_size=2, patch=32, threads=1,
                     log_every=1, heldout_n=3)
@@ -196,7 +204,7 @@ def test_train_smoke(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_lr_schedule_warms_up_and_decays():
+def test_lr_schedule_warms_up_and_decays(torch):
     from hirestile.models.training.train import lr_at
 
     assert lr_at(0.0, 1.0) < lr_at(0.03, 1.0) == pytest.approx(1.0)
@@ -205,7 +213,7 @@ def test_lr_schedule_warms_up_and_decays():
 
 # ---- evaluation helpers
 
-def test_dice_iou():
+def test_dice_iou(torch):
     from hirestile.models.training.evaluate import dice_iou
 
     a = np.zeros((4, 4), bool)
@@ -219,7 +227,7 @@ def test_dice_iou():
     assert dice_iou(b, a) == (0.0, 0.0)
 
 
-def test_classical_baselines_find_the_generated_objects():
+def test_classical_baselines_find_the_generated_objects(torch):
     from hirestile.models.training.evaluate import classical_nuclei, dice_iou
 
     s = make_histo((128, 128), rng=2, mode="he")
