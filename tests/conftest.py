@@ -2,12 +2,14 @@
 
 The networks are small (a few channels per layer) so that the reference tests
 run in seconds on two cores, but each one exercises the structure it is named
-for (DESIGN.md section 1, issue 2 "Tests that must exist"). torch is imported
+for (docs/architecture.md, section 1, issue 2 "Tests that must exist"). torch is imported
 lazily: ``torch_nets`` skips where torch is absent, and nothing at module level
 needs it.
 
 Fixtures
 --------
+torch
+    the ``torch`` module (skips the test where PyTorch is absent).
 torch_nets
     dict ``name -> NetSpec``; ``spec.build(seed)`` returns an eval-mode module
     with random weights and non-trivial batch-norm statistics, ``spec.sizes``
@@ -18,6 +20,9 @@ torch_nets
     convs themselves, so no ``Affine`` is expected).
 export_onnx
     ``export_onnx(module, example, dynamo=False, dynamic=True) -> bytes``.
+numba_threads
+    ``numba_threads(n)`` sets Numba's thread count for the rest of a test (at least 2
+    are available: this file raises ``NUMBA_NUM_THREADS`` on one-core machines).
 reference_onnx
     ``reference_onnx(name, dynamo=False, dynamic=True) -> (module, bytes)``: one
     seeded module per network and its export, cached for the session.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,6 +44,34 @@ from typing import Callable
 import numpy as np
 import pytest
 from scipy.special import erf
+
+
+# The thread-count tests compare 1 against 2 Numba threads. Numba's pool has as many
+# threads as usable cores unless NUMBA_NUM_THREADS says otherwise, read when numba is
+# first imported (after this file): make it at least 2, so that a one-core runner
+# exercises the parallel split too instead of comparing one thread with one thread.
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+if int(os.environ.get("NUMBA_NUM_THREADS") or _cores) < 2:
+    os.environ["NUMBA_NUM_THREADS"] = "2"
+
+
+@pytest.fixture
+def numba_threads():
+    """``set(n)``: run Numba's parallel kernels on ``n`` threads from now on in this test
+    (the count is restored afterwards). Fails, never skips, when Numba's pool is smaller."""
+    import numba
+
+    before = numba.get_num_threads()
+
+    def set_threads(n: int) -> None:
+        assert numba.config.NUMBA_NUM_THREADS >= n, (
+            f"Numba started with NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}; this test needs {n} "
+            "(tests/conftest.py raises it to 2 unless numba was imported before it)")
+        numba.set_num_threads(n)
+        assert numba.get_num_threads() == n
+
+    yield set_threads
+    numba.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -328,6 +362,13 @@ def _nets() -> dict[str, NetSpec]:
         spec("groupnorm", lambda: GNorm(), 3, [(20, 28)], {"Conv", "Norm"},
              tileable=False, whole_image_kind="Norm"),
     ])
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, a reference from the [test] extra: the tests that ask for it skip where it
+    is absent (test_packaging fails then in CI), the others still run."""
+    return pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,6 @@ from hirestile.models.training.synth_histo import MODES, make_histo
 
 
 @pytest.fixture(scope="module")
-def torch():
-    """PyTorch, for the tests of the training code (the generators need none)."""
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
 def twin(torch):
     """hirestile.models.training.torch_unet, the PyTorch UNet twin (imports torch)."""
     from hirestile.models.training import torch_unet
