@@ -1,6 +1,6 @@
 """Receptive-field analysis: regions pushed backward through the graph.
 
-Layer 2 of DESIGN.md section 3. For an output region it yields the exact input
+Layer 2 of docs/architecture.md. For an output region it yields the exact input
 window, the region every node must compute, halo, total stride, receptive field,
 FLOPs and bytes per node, and the tileability verdict.
 """
@@ -10,12 +10,13 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from hirestile.errors import NotTileableError
-from hirestile.graph import Graph, Interval, Node, Region, Shape, op_label, padding_mode
+from hirestile.graph import Graph, Node, Shape, op_label, padding_mode
+from hirestile.region import Interval, Region
 
 # ---------------------------------------------------------------- interval helpers
 
@@ -115,6 +116,13 @@ class Report:
     tileable : bool
     reason : str
         Why not tileable ("" when tileable): names the node and its op.
+    steps : dict
+        Per node, the (rows, cols) grid step its computed region is widened to
+        (``aligned=True``): a kernel route's tile (Winograd tiles sit on a global
+        2x2 grid). Given by the executor; absent nodes have step (1, 1).
+    weights : object
+        The executor's kernel-layout weights for ``graph``, carried with the report
+        so they live exactly as long as it (the analyzer never reads them).
     """
 
     graph: Graph
@@ -122,6 +130,8 @@ class Report:
     shapes: dict[str, Shape] = field(repr=False)
     tileable: bool
     reason: str
+    steps: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    weights: Any = field(default=None, repr=False, compare=False)
 
     @property
     def output_shape(self) -> Shape:
@@ -147,7 +157,7 @@ class Report:
             if nr is None or empty(nr[0]) or empty(nr[1]):
                 continue
             needed = (nr[0], nr[1])
-            steps = node.op.align if aligned else (1, 1)
+            steps = self.steps.get(node.name, (1, 1)) if aligned else (1, 1)
             computed = (align(needed[0], steps[0]), align(needed[1], steps[1]))
             out[node.name] = NodeRegion(needed, computed)
             ins = [shapes[t] for t in node.inputs]
@@ -289,7 +299,7 @@ class Report:
         for target in (512, 2048, 8192, 32768):
             size = (h + -(-max(target - h, 0) // sy) * sy, w + -(-max(target - w, 0) // sx) * sx)
             try:
-                big = analyze_graph(self.graph, size)
+                big = analyze_graph(self.graph, size, steps=self.steps, weights=self.weights)
             except (ValueError, ArithmeticError):      # ShapeError is a ValueError
                 return self
             if big._holds_interior(big._interior_tile(2 * max(big.tile_step))):
@@ -420,8 +430,10 @@ class Report:
         return "\n".join(lines)
 
 
-def analyze_graph(graph: Graph, image_shape: Sequence[int]) -> Report:
-    """Analyze ``graph`` for an input image of ``image_shape`` (H, W)."""
+def analyze_graph(graph: Graph, image_shape: Sequence[int], *, steps: Mapping[str, tuple[int, int]] | None = None,
+                  weights: Any = None) -> Report:
+    """Analyze ``graph`` for an input image of ``image_shape`` (H, W); ``steps`` and
+    ``weights`` as in :class:`Report`."""
     h, w = int(image_shape[0]), int(image_shape[1])
     shapes = graph.shapes((h, w))
     reason = ""
@@ -429,4 +441,5 @@ def analyze_graph(graph: Graph, image_shape: Sequence[int]) -> Report:
         if node.op.whole_image:
             reason = f"node {node.name!r} ({op_label(node.op)}): {node.op.whole_image}"
             break
-    return Report(graph=graph, image_shape=(h, w), shapes=shapes, tileable=not reason, reason=reason)
+    return Report(graph=graph, image_shape=(h, w), shapes=shapes, tileable=not reason, reason=reason,
+                  steps=dict(steps or {}), weights=weights)

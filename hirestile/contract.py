@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hirestile.errors import InputError
-from hirestile.graph import Region
+from hirestile.region import Region
 
 
 SCALES = ("dtype", "none")
@@ -142,6 +142,9 @@ def check_finite(raw: np.ndarray, read: Region, nan_fill: float | None, *, where
     raw = raw.copy()
     raw[~finite] = nan_fill
     return raw
+
+
+NAN_FILL_HINT = "pass --nan-fill VALUE to stand in for NaN/Inf (e.g. --nan-fill 0)"
 
 
 def normalize_window(raw: np.ndarray, read: Region, contract: InputContract, nan_fill: float | None, *, where: str,

@@ -1,6 +1,6 @@
 """Run a graph on one output region (overlap-tile), reproducing borders exactly.
 
-Layer 4 of DESIGN.md section 3. Tensors live as float32 HWC arrays covering a
+Layer 4 of docs/architecture.md. Tensors live as float32 HWC arrays covering a
 region of their grid (:class:`Buf`). Before an op runs, its input window is
 *fetched*: the positions inside the producer's buffer are copied (or viewed)
 and positions outside the feature map take the op's own padding semantics
@@ -10,20 +10,24 @@ then run "valid" on the window. Full-frame is the case region = whole image.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from hirestile.analyzer import Report, analyze_graph, reflect_index
+from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
-                             Pad, Pool, PRelu, Region, Resize, Slice, Softmax, Unary, optimize, padding_mode)
+                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, optimize, padding_mode)
 from hirestile.kernels import conv as kconv
 from hirestile.kernels import norm as knorm
 from hirestile.kernels import pointwise as kpw
 from hirestile.kernels import pool as kpool
 from hirestile.kernels import resize as kresize
+from hirestile.region import Region
+from hirestile.tiling import Tile
 
 ACT = {"": 0, "relu": 1, "leaky_relu": 2}
 
@@ -90,50 +94,53 @@ def fetch(buf: Buf, window: Region, size: tuple[int, int], mode: str = "fill", f
 
 @dataclass(frozen=True)
 class Prepared:
-    """A graph ready to run: optimized, annotated with kernel tile steps, with
-    weights in kernel layout."""
+    """A graph ready to run: optimized, weights in kernel layout, and each conv's tile step
+    (the grid its kernel route computes on; the analyzer widens regions to it)."""
 
     graph: Graph
     weights: dict[str, dict[str, np.ndarray]]
+    steps: dict[str, tuple[int, int]]
 
 
-_prepared: dict[int, tuple[Graph, Prepared]] = {}
+# Prepared forms live as long as the graph they were made from, and no longer: a model
+# dropped (a notebook reloading it, a Dask worker's cache evicting it) frees its weights.
+_prepared: weakref.WeakKeyDictionary[Graph, Prepared] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
 def prepare(graph: Graph) -> Prepared:
-    """Optimize ``graph`` and lay out its weights for the kernels (cached per graph)."""
+    """Optimize ``graph`` and lay out its weights for the kernels (cached while ``graph`` lives)."""
     with _lock:
-        hit = _prepared.get(id(graph))
-        if hit is not None and hit[0] is graph:
-            return hit[1]
+        hit = _prepared.get(graph)
+    if hit is not None:
+        return hit
     g = optimize(graph)
-    nodes, weights = [], {}
+    weights, steps = {}, {}
     for n in g.nodes:
         op = n.op
         if isinstance(op, Conv):
             w = np.ascontiguousarray(n.params["w"].transpose(2, 3, 1, 0), np.float32)
             weights[n.name] = {"w": w, "b": np.ascontiguousarray(n.params["b"], np.float32)}
-            step = kconv.conv_tile(op.kernel[0], op.kernel[1], op.stride, op.dilation, op.groups, op.cin, op.cout)
-            op = replace(op, align=tuple(step))
+            steps[n.name] = tuple(kconv.conv_tile(op.kernel[0], op.kernel[1], op.stride, op.dilation, op.groups,
+                                                  op.cin, op.cout))
         elif isinstance(op, ConvTranspose):
             w = np.ascontiguousarray(n.params["w"].transpose(2, 3, 0, 1), np.float32)
             weights[n.name] = {"w": w, "b": np.ascontiguousarray(n.params["b"], np.float32)}
         else:
             weights[n.name] = {k: np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in n.params.items()}
-        nodes.append(replace(n, op=op))
     for arrays in weights.values():
         for a in arrays.values():
             a.setflags(write=False)  # the conv kernels cache packed forms of read-only weights only
-    prepared = Prepared(g.replace_nodes(nodes), weights)
+    prepared = Prepared(g, weights, steps)
     with _lock:
-        _prepared[id(graph)] = (graph, prepared)
-    return prepared
+        return _prepared.setdefault(graph, prepared)
 
 
 def analyze(graph: Graph, image_shape) -> Report:
-    """Receptive-field report of the graph as the executor will run it."""
-    return analyze_graph(prepare(graph).graph, image_shape)
+    """Receptive-field report of the graph as the executor will run it (it carries the
+    prepared weights, so a report alone is enough to run)."""
+    p = prepare(graph)
+    return analyze_graph(p.graph, image_shape, steps=p.steps, weights=p.weights)
 
 
 # ---------------------------------------------------------------- op runners
@@ -294,7 +301,8 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
     ndarray, float32, (K, y1 - y0, x1 - x0)
     """
     g = rep.graph
-    prepared = prepare_report(rep)
+    if rep.weights is None:
+        raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
     regs = rep.regions(out_region, aligned=True)
     (oy0, oy1), (ox0, ox1) = out_region
     k_out, oh, ow = rep.output_shape
@@ -321,7 +329,7 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
         nr = regs.get(n.name)
         if nr is None:
             continue
-        data = RUNNERS[type(n.op)](n, bufs, nr.computed, rep.shapes, prepared.weights[n.name])
+        data = RUNNERS[type(n.op)](n, bufs, nr.computed, rep.shapes, rep.weights[n.name])
         comp = nr.computed
         expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
         if data.shape[:2] != expect:
@@ -336,13 +344,28 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
     return np.ascontiguousarray(np.moveaxis(res, -1, 0))
 
 
-def prepare_report(rep: Report) -> Prepared:
-    """The prepared weights that go with a report made by :func:`analyze`."""
-    with _lock:
-        for graph, prepared in _prepared.values():
-            if prepared.graph is rep.graph:
-                return prepared
-    raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
+def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,
+               where: str = "image", hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf") -> np.ndarray:
+    """A tile's logits from its read window as stored: normalise by the model's input
+    contract (refusing NaN/Inf unless ``nan_fill``; the message names ``where`` and
+    ``hint``), run the network, return the tile's output region.
+
+    Parameters
+    ----------
+    rep : Report
+        From :meth:`hirestile.model.Model.analyze` (or :func:`analyze`).
+    contract : InputContract
+    raw : ndarray, (C, h, w)
+        ``tile.read`` of the image, any dtype.
+    tile : Tile
+        From :mod:`hirestile.tiling`.
+
+    Returns
+    -------
+    ndarray, float32, (K, rows, cols) of ``tile.write``
+    """
+    window = normalize_window(raw, tile.read, contract, nan_fill, where=where, hint=hint)
+    return run_region(rep, window, tile.read.origin, tile.write)
 
 
 def run_full(rep: Report, image: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The model as a DAG of ops: shapes, parameters and exact region rules.
 
-Layer 1 of DESIGN.md section 3: no numerics, no I/O. Every tensor is one image
+Layer 1 of docs/architecture.md: no numerics, no I/O. Every tensor is one image
 (batch 1) of shape (C, H, W) on its own pixel grid. Every op knows, per spatial
 axis and exactly, which input interval an output interval reads, in *global*
 coordinates (row 0 is the top of the whole image at that resolution). Intervals
@@ -19,9 +19,7 @@ from typing import ClassVar, Mapping, Sequence
 import numpy as np
 
 from hirestile.errors import ModelError
-
-Interval = tuple[int, int]
-Region = tuple[Interval, Interval]
+from hirestile.region import Interval
 Shape = tuple[int, int, int]  # (C, H, W)
 Pair = tuple[int, int]  # (y, x)
 Affine = tuple[Fraction, Fraction]  # input coordinate = scale * output coordinate + offset
@@ -69,8 +67,6 @@ class Op:
     kind: ClassVar[str] = "op"
     #: None, or why the output depends on the whole image
     whole_image: ClassVar[str | None] = None
-    #: tile step (y, x) the executor's kernel route needs; see analyzer
-    align: Pair = field(default=(1, 1), kw_only=True)
 
     def out_shape(self, shapes: Sequence[Shape]) -> Shape:
         return shapes[0]

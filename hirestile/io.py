@@ -483,14 +483,7 @@ def _open_tiff_quiet(path: str, level: int | None, axes: str | None, logged: lis
 
 def _layout(path: str, arr: Any, axes: str | None, ome_axes: list[dict[str, Any]] | None,
             channels: int | None) -> str:
-    """Decide the stored layout (letters C/Y/X/1 per axis)."""
-    shape = tuple(arr.shape)
-    if axes is not None:
-        want = axes.upper().replace("H", "Y").replace("W", "X")
-        if sorted(want) not in (sorted("YX"), sorted("CYX")) or len(want) != len(shape):
-            raise InputError(f"{path}: --axes {axes} does not fit an array of shape {shape}; "
-                             "use HW for 2D, CHW or HWC for 3D")
-        return want
+    """Decide the stored layout (letters C/Y/X/1 per axis) of a stored array."""
     names = None
     if ome_axes:
         names = [_ROLE_OF_TYPE.get(a.get("type", ""), _ROLE_OF_NAME.get(str(a.get("name", "")).lower(), "?"))
@@ -499,26 +492,50 @@ def _layout(path: str, arr: Any, axes: str | None, ome_axes: list[dict[str, Any]
         dims = getattr(arr.metadata, "dimension_names", None) or dict(arr.attrs).get("_ARRAY_DIMENSIONS")
         if dims and all(d is not None for d in dims):
             names = [_ROLE_OF_NAME.get(str(d).lower(), "?") for d in dims]
+    return infer_axes(tuple(arr.shape), axes=axes, names=names, channels=channels, where=f"{path}: ")
+
+
+def infer_axes(shape: tuple[int, ...], *, axes: str | None = None, names: list[str] | None = None,
+               channels: int | None = None, where: str = "") -> str:
+    """The layout letters (C, Y, X; 1 for a singleton extra axis) of an image of ``shape``.
+
+    The one axis rule for every input (stored arrays, NumPy, Dask): ``axes`` when
+    given (HW, CHW, HWC, any order); else axis names from metadata (``names``:
+    letters per axis); else 2D is (H, W), and of a 3D shape the end axis of
+    ``channels`` (the model's channel count) when exactly one end has that size,
+    else the end axis of at most 16 when the other end is larger. ``where``
+    starts the error messages (e.g. the path).
+
+    >>> infer_axes((512, 768, 3)), infer_axes((3, 10, 3), channels=3, axes="CHW"), infer_axes((8, 1000, 3), channels=3)
+    ('YXC', 'CYX', 'YXC')
+    """
+    if axes is not None:
+        want = axes.upper().replace("H", "Y").replace("W", "X")
+        if sorted(want) not in (sorted("YX"), sorted("CYX")) or len(want) != len(shape):
+            raise InputError(f"{where}axes {axes} does not fit an image of shape {shape}; "
+                             "use HW for 2D, CHW or HWC for 3D (--axes / axes=)")
+        return want
     if names is not None and len(names) == len(shape):
         if names.count("Y") == 1 and names.count("X") == 1 and names.count("C") <= 1 and "?" not in names:
             for n, s in zip(names, shape):
                 if n == "1" and s != 1:
-                    raise InputError(f"{path}: has a non-channel extra axis of size {s} (shape {shape}); "
+                    raise InputError(f"{where}has a non-channel extra axis of size {s} (shape {shape}); "
                                      "hirestile segments 2D images: select one plane first")
             return "".join(names)
     if len(shape) == 2:
         return "YX"
     if len(shape) != 3:
-        raise InputError(f"{path}: array has {len(shape)} dimensions (shape {shape}); hirestile "
+        raise InputError(f"{where}image has {len(shape)} dimensions (shape {shape}); hirestile "
                          "takes 2D (H, W) or 3D (C, H, W) / (H, W, C) images")
     first, last = shape[0], shape[2]
+    if channels is not None and (first == channels) != (last == channels):
+        return "CYX" if first == channels else "YXC"
     if first <= SMALL_AXIS < last:
         return "CYX"
     if last <= SMALL_AXIS < first:
         return "YXC"
-    if channels is not None and (first == channels) != (last == channels):
-        return "CYX" if first == channels else "YXC"
-    raise InputError(f"{path}: cannot tell the channel axis of shape {shape}; pass --axes CHW or --axes HWC")
+    raise InputError(f"{where}cannot tell the channel axis of shape {shape}; pass axes CHW or HWC "
+                     "(--axes / axes=)")
 
 
 def _validate(img: InputImage) -> None:
@@ -530,4 +547,4 @@ def _validate(img: InputImage) -> None:
         raise InputError(f"{img.path}: the image is empty (shape {tuple(img.array.shape)}); nothing to segment")
 
 
-__all__ = ["InputImage", "open_image", "local_dir"]
+__all__ = ["InputImage", "open_image", "local_dir", "infer_axes"]

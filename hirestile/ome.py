@@ -2,8 +2,8 @@
 
 An output is a zarr v3 group. Level 0 lives in array ``"0"``, downsampled levels
 (``--pyramid``) in ``"1"``, ``"2"``, ... Its shape is (K, H, W) for class
-probabilities (float16) and logits (float32), and (H, W) for labels (uint8
-argmax). Chunks are what a viewer fetches (256 x 256); shards are what one
+probabilities and logits, and (H, W) for labels; values and dtypes are
+:mod:`hirestile.outputs`' (float16, float32, uint8 or uint16). Chunks are what a viewer fetches (256 x 256); shards are what one
 scheduler tile writes whole, so no two writers ever touch one shard.
 
 While a run is in progress the group carries only ``{"hirestile": {"status":
@@ -16,9 +16,6 @@ Examples
 >>> lay = choose_layout("probabilities", classes=2, out_hw=(1000, 3000), tile=512)
 >>> lay.shape, lay.chunks, lay.shards
 ((2, 1000, 3000), (2, 256, 256), (2, 512, 512))
->>> p = postprocess(np.array([[[0.0]], [[1.0]]], np.float32), "probabilities")
->>> p.dtype, round(float(p[1, 0, 0]), 3)
-(dtype('float16'), 0.731)
 """
 from __future__ import annotations
 
@@ -31,11 +28,10 @@ import numpy as np
 import zarr
 
 from .errors import OutputError
+from .outputs import OUTPUT_KINDS, output_dtype
 
 OME_VERSION = "0.5"
 CHUNK = 256                       # viewer-facing chunk side
-OUTPUT_KINDS = {"probabilities": np.dtype("float16"), "logits": np.dtype("float32"),
-                "labels": np.dtype("uint8")}
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
 
@@ -64,6 +60,17 @@ class Layout:
         """Number of blocks along rows and columns."""
         (h, w), (bh, bw) = self.shape[-2:], self.block
         return (-(-h // bh), -(-w // bw))
+
+    @classmethod
+    def of(cls, arr: Any) -> Layout:
+        """The layout of an existing zarr array."""
+        return cls(tuple(arr.shape), tuple(arr.chunks), tuple(arr.shards) if arr.shards else None)
+
+    def blocks_of(self, region: Any) -> tuple[int, int, int, int]:
+        """Block rows [i0, i1) x cols [j0, j1) that an output region touches."""
+        (y0, y1), (x0, x1) = region
+        bh, bw = self.block
+        return (y0 // bh, -(-y1 // bh), x0 // bw, -(-x1 // bw))
 
 
 def choose_layout(kind: str, *, classes: int, out_hw: tuple[int, int], tile: int | tuple[int, int]) -> Layout:
@@ -110,29 +117,7 @@ def blocks(layout: Layout) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
             yield ((y0, min(y0 + bh, h)), (x0, min(x0 + bw, w)))
 
 
-# ---- values --------------------------------------------------------------------
-def postprocess(logits: np.ndarray, kind: str) -> np.ndarray:
-    """Map (K, h, w) float32 logits to the stored output, pointwise per pixel.
-
-    ``probabilities``: softmax over classes (sigmoid when K == 1) as float16;
-    ``logits``: float32 unchanged; ``labels``: argmax as uint8 (logit > 0 when K == 1).
-    Pointwise, so tiles and the whole image agree bit for bit.
-    """
-    if kind == "logits":
-        return np.ascontiguousarray(logits, np.float32)
-    if kind == "labels":
-        if logits.shape[0] == 1:
-            return (logits[0] > 0).astype(np.uint8)
-        return np.argmax(logits, axis=0).astype(np.uint8)
-    if kind != "probabilities":
-        raise ValueError(f"unknown output kind {kind!r}")
-    if logits.shape[0] == 1:
-        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float16)
-    e = np.exp(logits - logits.max(axis=0, keepdims=True))
-    e /= e.sum(axis=0, keepdims=True)
-    return e.astype(np.float16)
-
-
+# ---- pyramids ------------------------------------------------------------------
 def downsample(block: np.ndarray, kind: str) -> np.ndarray:
     """Halve the last two axes: 2 x 2 mean for probabilities/logits, nearest for labels."""
     if kind == "labels":
@@ -245,16 +230,20 @@ def new_group(path: str, attrs: dict[str, Any]) -> zarr.Group:
                            attributes={"hirestile": {**attrs, "status": "incomplete"}})
 
 
-def create_output(path: str, *, kind: str, layout: Layout, attrs: dict[str, Any]) -> zarr.Group:
+def create_output(path: str, *, kind: str, layout: Layout, attrs: dict[str, Any],
+                  classes: int | None = None) -> zarr.Group:
     """Create the output group with an empty level-0 array, marked incomplete.
 
+    The dtype is :func:`hirestile.outputs.output_dtype`'s for ``kind`` and ``classes``
+    (the layout's first axis unless given; labels need it past 256 classes).
     Raises :class:`OutputError` when the location is not writable.
     """
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
+    k = classes if classes is not None else (layout.shape[0] if kind != "labels" else 2)
     try:
         group = new_group(path, attrs)
-        create_array(group, "0", layout, OUTPUT_KINDS[kind],
+        create_array(group, "0", layout, output_dtype(kind, k),
                      dimension_names=[a["name"] for a in _axes(kind)])
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e.strerror or e}; choose a writable output path") from None
@@ -332,6 +321,6 @@ def scale_of(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, fl
     return (in_hw[0] / out_hw[0], in_hw[1] / out_hw[1]) if all(out_hw) else (1.0, 1.0)
 
 
-__all__ = ["Layout", "OUTPUT_KINDS", "choose_layout", "level_layout", "pyramid_levels", "blocks",
-           "postprocess", "downsample", "ome_metadata", "image_metadata", "create_output", "create_array",
+__all__ = ["Layout", "choose_layout", "level_layout", "pyramid_levels", "blocks",
+           "downsample", "ome_metadata", "image_metadata", "create_output", "create_array",
            "build_pyramid", "new_group", "finalize", "write_image", "status", "remove_output", "scale_of"]

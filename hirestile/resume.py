@@ -1,4 +1,8 @@
-"""Resume: which job an output belongs to, and which of its blocks are durably written.
+"""The output's policy: where it goes, which job it belongs to, which blocks are durably written.
+
+Layer 5 of docs/architecture.md, beside the scheduler: the scheduler asks this
+module to open (or resume) an output, to store a tile's blocks durably, and
+``hirestile info`` asks it how far a job got (:func:`job_status`).
 
 The output's root attributes hold the job *manifest* (model fingerprint, input
 identity, output kind, layout). A rerun whose manifest differs refuses to
@@ -26,27 +30,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import OutputError
+from . import ome
+from .errors import HirestileError, OutputError
+from .io import local_dir
+from .outputs import postprocess
+from .tiling import Tile
 
 STATE_DIR = ".hirestile"
-
-
-def fingerprint_arrays(arrays: Iterable[tuple[str, np.ndarray]]) -> str:
-    """SHA-256 (hex, 16 chars) of named arrays: names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for name, a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -149,4 +146,161 @@ class DoneLog:
         self.close()
 
 
-__all__ = ["DoneLog", "differences", "fingerprint_arrays", "fsync_path", "STATE_DIR"]
+# **** where the output goes ****
+INPUT_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".ndpi", ".zip")
+
+
+def default_output(input_path: str, model_name: str) -> str:
+    """``slide.zarr`` + ``unet`` -> ``slide.unet.zarr`` beside the input."""
+    base = os.path.abspath(input_path).rstrip("/")
+    for ext in INPUT_SUFFIXES:
+        if base.lower().endswith(ext):
+            base = base[: -len(ext)]
+            break
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in model_name)
+    return f"{base}.{safe}.zarr"
+
+
+def make_room(path: str, *, choose: str) -> None:
+    """Remove ``path`` if it exists (never under a running writer) and check it can be created.
+
+    ``choose`` ends the errors' advice, e.g. ``"another -o"``.
+    """
+    if os.path.lexists(path):
+        if os.path.isdir(os.path.join(path, STATE_DIR)):      # never delete under a running writer
+            probe = DoneLog(path)
+            probe.lock()
+            probe.close()
+        ome.remove_output(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputError(f"cannot create {path}: directory {parent} does not exist; create it or choose {choose}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot create {path}: {parent} is not writable; choose {choose}")
+
+
+# **** which job it belongs to ****
+def open_output(path: str, *, manifest: dict[str, Any], kind: str, classes: int, out_hw: tuple[int, int],
+                tile: int, overwrite: bool) -> tuple[Any, ome.Layout, bool]:
+    """Create the output, or reopen it to resume the job ``manifest`` describes.
+
+    Returns (group, or None when complete; layout; whether every tile is already written).
+    A different job's output is refused, naming what differs, unless ``overwrite``.
+    """
+    import zarr
+
+    if os.path.lexists(path) and not overwrite:
+        existing = None
+        if ome.is_zarr_dir(path):
+            try:
+                existing = zarr.open_group(path, mode="r+")
+            except Exception:
+                existing = None
+        st = ome.status(existing) if existing is not None else {}
+        old = st.get("manifest")
+        if not old:
+            raise OutputError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
+        diff = differences(old.get("job", {}), manifest["job"])
+        if old.get("nan_fill") not in (None, manifest["nan_fill"]):
+            diff.append("nan_fill")
+        if diff:
+            why = ": the input changed since this output was started" if any(
+                d.startswith("input.") for d in diff) else ""
+            raise OutputError(f"{path} holds the output of a different job ({', '.join(diff)} differ{why}); "
+                              "pass --overwrite to replace it or choose another -o")
+        layout = ome.Layout.of(existing["0"])
+        complete = st.get("status") == "complete"
+        if complete and old.get("pyramid", False) >= manifest["pyramid"]:
+            return None, layout, True
+        if complete:              # only levels are missing: every tile is done (the done-log is gone)
+            attrs = {k: v for k, v in dict(existing.attrs).items() if k != "ome"}   # no longer looks complete
+            existing.attrs.put({**attrs, "hirestile": {**st, "manifest": manifest, "status": "incomplete",
+                                                       "tiles": "complete"}})
+        elif old != manifest:
+            existing.attrs.put({**dict(existing.attrs), "hirestile": {**st, "manifest": manifest}})
+        return existing, layout, complete or st.get("tiles") == "complete"
+    make_room(path, choose="another -o")
+    layout = ome.choose_layout(kind, classes=classes, out_hw=out_hw, tile=tile)
+    group = ome.create_output(path, kind=kind, layout=layout, attrs={"manifest": manifest}, classes=classes)
+    return group, layout, False
+
+
+def lock_output(path: str) -> DoneLog:
+    """The output's done-log with its writer lock taken; an unwritable output is an OutputError."""
+    donelog = DoneLog(path)
+    try:
+        donelog.lock()
+    except OSError as e:
+        if isinstance(e, HirestileError):
+            raise
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; choose a writable output path") from None
+    return donelog
+
+
+def all_done(blocks: tuple[int, int, int, int], done: set[tuple[int, int]]) -> bool:
+    """Whether every block of the rectangle (i0, i1, j0, j1) is marked done."""
+    i0, i1, j0, j1 = blocks
+    return all((i, j) in done for i in range(i0, i1) for j in range(j0, j1))
+
+
+def job_status(path: str) -> dict[str, Any]:
+    """How far the job writing the output at ``path`` got, for ``hirestile info``.
+
+    Returns {} for a path that is no zarr group; else ``status`` ("complete" /
+    "incomplete"), ``manifest`` (the job, {} for outputs of convert / example),
+    ``writer`` (the command that wrote a non-job output) and, for an incomplete
+    job, ``blocks_done`` and ``blocks_total``.
+    """
+    import zarr
+
+    if not (os.path.isdir(path) and ome.is_zarr_dir(path)):
+        return {}
+    node = zarr.open(path, mode="r")
+    if not isinstance(node, zarr.Group):
+        return {}
+    st = ome.status(node)
+    res = {"status": st.get("status"), "manifest": st.get("manifest") or {}, "writer": st.get("writer")}
+    if res["manifest"] and res["status"] != "complete":
+        gy, gx = ome.Layout.of(node["0"]).grid
+        res["blocks_done"], res["blocks_total"] = len(DoneLog(path).load()), gy * gx
+    return res
+
+
+# **** storing a tile durably ****
+def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: str,
+               mark: Callable[[tuple[int, int, int, int]], None] | None = None) -> None:
+    """Write a tile's logits into ``arr`` (its ``write`` region: whole blocks) as ``kind``
+    (:func:`hirestile.outputs.postprocess`), fsync the blocks, then ``mark`` them done.
+
+    An OSError becomes an :class:`OutputError` naming ``output`` (the output's path).
+    """
+    data = postprocess(logits, kind)
+    (y0, y1), (x0, x1) = tile.write
+    blocks = ome.Layout.of(arr).blocks_of(tile.write)
+    try:
+        arr[(..., slice(y0, y1), slice(x0, x1))] = data
+        files = _block_files(arr, blocks, kind)
+        for f in files:
+            fsync_path(f)
+        for d in {os.path.dirname(f) for f in files}:
+            fsync_path(d)
+        if mark is not None:
+            mark(blocks)
+    except OSError as e:
+        raise OutputError(f"writing {output} failed at tile {tile.index} ({e.strerror or e}); "
+                          "free space or fix permissions, then rerun the same command to resume") from None
+
+
+def _block_files(arr: Any, blocks: tuple[int, int, int, int], kind: str) -> list[str]:
+    """Local file paths of the blocks (for fsync); [] for stores that are not local directories."""
+    base = local_dir(arr)
+    if base is None:
+        return []
+    i0, i1, j0, j1 = blocks
+    lead = () if kind == "labels" else (0,)
+    return [os.path.join(base, arr.metadata.encode_chunk_key(lead + (i, j)))
+            for i in range(i0, i1) for j in range(j0, j1)]
+
+
+__all__ = ["DoneLog", "differences", "fsync_path", "STATE_DIR", "default_output", "make_room", "open_output",
+           "lock_output", "all_done", "job_status", "store_tile"]

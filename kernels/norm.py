@@ -1,7 +1,7 @@
 """Whole-image ops on HWC float32 arrays: global average pooling, instance and
 group normalisation.
 
-These make a network non-tileable (DESIGN.md section 2) and only ever run on
+These make a network non-tileable (docs/architecture.md, section 2) and only ever run on
 the full frame, but they are still deterministic: statistics are accumulated
 in float64, first per row (rows in parallel), then over rows in order, so the
 result does not depend on the thread count.

@@ -22,7 +22,8 @@ import dask.array as da
 import zarr
 
 import hirestile
-from hirestile import dask_api
+from hirestile.tiling import make_tiles
+from hirestile import cluster, dask_api, worker
 from hirestile.errors import InputError, NotTileableError
 from hirestile.graph import Binary, Conv, GlobalPool, Graph, Node
 from hirestile.models.unet import init_state, save_unet, unet
@@ -46,7 +47,9 @@ def softmax(lg):
 
 def expected(m, img, output):
     lg = hirestile.predict(m, img)
-    return {"logits": lg, "probabilities": softmax(lg), "labels": np.argmax(lg, axis=0).astype(np.uint8)}[output]
+    # the documented output rule (hirestile.outputs): float16 probabilities, uint8 labels up to 256 classes
+    return {"logits": lg, "probabilities": softmax(lg).astype(np.float16),
+            "labels": np.argmax(lg, axis=0).astype(np.uint8)}[output]
 
 
 def image(shape, seed=0, dtype=np.uint8):
@@ -82,7 +85,7 @@ def test_zarr_source_hwc_one_task_per_block(tmp_path, model3):
     y = hirestile.segment(z, model3, output="probabilities", chunks=(16, 32))
     graph = dict(y.__dask_graph__())
     assert len(graph) == y.npartitions + 2            # blocks + the job + the source array
-    want = softmax(hirestile.predict(model3, img.transpose(2, 0, 1)))
+    want = expected(model3, img.transpose(2, 0, 1), "probabilities")
     assert np.array_equal(y.compute(scheduler="threads"), want)
     # da.from_zarr input is recognised and read the same way
     y2 = hirestile.segment(da.from_zarr(z), model3, output="probabilities", chunks=(16, 32))
@@ -104,13 +107,13 @@ def test_valid_unet_chw_float(model3):
 def test_read_windows_contain_every_block_window(model):
     for m, hw in ((model, (77, 91)), (unet(in_channels=1, classes=2, base=4, depth=2, padding="valid"), (76, 92))):
         rep = hirestile.analyze(m, hw)
-        rows, cols = dask_api._out_chunks(rep, (13, 17))
-        rr, cc = dask_api._read_windows(rep, rows, cols)
-        for r, ry in zip(rows, rr):
-            for c, rx in zip(cols, cc):
-                (a, b), (p, q) = rep.input_window((r, c), aligned=True)
-                exact = ((max(a, 0), min(b, hw[0])), (max(p, 0), min(q, hw[1])))
-                assert exact == (ry, rx)               # equal for these networks (contained in general)
+        rows, cols = dask_api._out_cuts(rep, (13, 17))
+        tiles = make_tiles(rep, rows, cols)
+        assert len(tiles) == len(rows) * len(cols)
+        for t in tiles:
+            (a, b), (p, q) = rep.input_window(t.write, aligned=True)        # this block's own window
+            exact = ((max(a, 0), min(b, hw[0])), (max(p, 0), min(q, hw[1])))
+            assert exact == t.read                     # equal for these networks (contained in general)
 
 
 def test_graph_holds_no_array_data(tmp_path, model):
@@ -207,7 +210,7 @@ def test_graph_100k(tmp_path, model, monkeypatch):
 # **** dask.distributed ****
 @pytest.fixture(scope="module")
 def client():
-    distributed = pytest.importorskip("distributed")
+    import distributed           # a dependency of hirestile: fails, never skips, when broken
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        env={"NUMBA_NUM_THREADS": "1"}, silence_logs=40)
     c = distributed.Client(cluster)
@@ -228,7 +231,7 @@ def test_distributed_store_into_shards(tmp_path, client, model):
     da.store(y, out, lock=False, scheduler=client)
     want = hirestile.predict(model, img)
     assert np.array_equal(out[:], want)
-    info = client.run(dask_api.worker_info)
+    info = client.run(worker.worker_info)
     assert len(info) == 2
     for w in info.values():
         assert w["threading_layer"] in ("omp", "tbb"), w      # not workqueue: thread-safe layer holds
@@ -236,7 +239,7 @@ def test_distributed_store_into_shards(tmp_path, client, model):
     # a second job (to_zarr) compiles nothing new: kernels come once per worker, not per task
     y.to_zarr(_out_array(tmp_path / "out2.zarr", y.shape, (2, 32, 64), None), compute=True)
     assert np.array_equal(zarr.open_array(str(tmp_path / "out2.zarr"))[:], want)
-    again = client.run(dask_api.worker_info)
+    again = client.run(worker.worker_info)
     for addr, w in again.items():
         assert w["signatures"] == info[addr]["signatures"] and w["compiled"] == info[addr]["compiled"], (w, info)
     assert sum(w["tasks"] for w in again.values()) >= sum(w["tasks"] for w in info.values()) + y.npartitions
@@ -286,7 +289,7 @@ def test_cluster_segment_to_zarr_matches_scheduler_and_resumes(tmp_path, client,
     want = zarr.open_group(ref)["0"][:]
 
     out = str(tmp_path / "out.zarr")
-    on_cluster = dask_api.cluster_tiles(client)
+    on_cluster = cluster.cluster_tiles(client)
     stats = scheduler.segment_to_zarr(src, model, out, run_tiles=on_cluster, tile=32, progress=False)
     assert stats.tiles_computed == stats.tiles_total == 12
     assert np.array_equal(zarr.open_group(out)["0"][:], want)

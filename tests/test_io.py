@@ -15,6 +15,7 @@ from hirestile import ome
 from hirestile.errors import InputError, OutputError
 from hirestile.examples import EXAMPLES, mirror_index, parse_size, write_example
 from hirestile.io import open_image
+from hirestile.outputs import OUTPUT_KINDS, postprocess
 from hirestile.resume import DoneLog, differences
 
 RNG = np.random.default_rng(7)
@@ -199,7 +200,7 @@ def test_truncated_blosc_chunk_is_refused(tmp_path, fmt):
 # ---- output layout and metadata ---------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(h=st.integers(1, 3000), w=st.integers(1, 3000), tile=st.integers(1, 2100), k=st.integers(1, 5),
-       kind=st.sampled_from(list(ome.OUTPUT_KINDS)))
+       kind=st.sampled_from(OUTPUT_KINDS))
 def test_layout_properties(h, w, tile, k, kind):
     lay = ome.choose_layout(kind, classes=k, out_hw=(h, w), tile=tile)
     assert lay.shape[-2:] == (h, w) and len(lay.shape) == (2 if kind == "labels" else 3)
@@ -217,14 +218,18 @@ def test_layout_properties(h, w, tile, k, kind):
 
 def test_postprocess_kinds():
     logits = RNG.normal(0, 3, (3, 5, 7)).astype(np.float32)
-    p = ome.postprocess(logits, "probabilities")
+    p = postprocess(logits, "probabilities")
     assert p.dtype == np.float16
     np.testing.assert_allclose(p.astype(np.float32).sum(0), 1, atol=3e-3)
-    np.testing.assert_array_equal(ome.postprocess(logits, "labels"), logits.argmax(0))
-    assert ome.postprocess(logits, "logits").dtype == np.float32
+    np.testing.assert_array_equal(postprocess(logits, "labels"), logits.argmax(0))
+    assert postprocess(logits, "labels").dtype == np.uint8
+    assert postprocess(logits, "logits").dtype == np.float32
     one = logits[:1]
-    np.testing.assert_array_equal(ome.postprocess(one, "labels"), (one[0] > 0).astype(np.uint8))
-    np.testing.assert_allclose(ome.postprocess(one, "probabilities"), 1 / (1 + np.exp(-one)), atol=1e-3)
+    np.testing.assert_array_equal(postprocess(one, "labels"), (one[0] > 0).astype(np.uint8))
+    np.testing.assert_allclose(postprocess(one, "probabilities"), 1 / (1 + np.exp(-one)), atol=1e-3)
+    many = RNG.normal(0, 3, (300, 2, 3)).astype(np.float32)             # past uint8: uint16 labels
+    lab = postprocess(many, "labels")
+    assert lab.dtype == np.uint16 and np.array_equal(lab, many.argmax(0))
 
 
 # A transcription of the OME-Zarr 0.5 JSON schemas (image.schema + label.schema) as far as they
@@ -325,14 +330,14 @@ def napari_style_layers(path: str) -> list[tuple[list, dict, str]]:
     return [(data, kwargs, "image")]
 
 
-@pytest.mark.parametrize("kind", list(ome.OUTPUT_KINDS))
+@pytest.mark.parametrize("kind", OUTPUT_KINDS)
 def test_output_metadata_valid_and_readable(tmp_path, kind):
     p = str(tmp_path / f"{kind}.zarr")
     lay = ome.choose_layout(kind, classes=3, out_hw=(600, 333), tile=256)
     g = ome.create_output(p, kind=kind, layout=lay, attrs={"manifest": {}})
     assert "ome" not in g.attrs and ome.status(g)["status"] == "incomplete"   # not yet an OME image
     logits = RNG.normal(0, 2, (3, 600, 333)).astype(np.float32)
-    g["0"][...] = ome.postprocess(logits, kind)
+    g["0"][...] = postprocess(logits, kind)
     levels = ome.pyramid_levels((600, 333))
     ome.build_pyramid(g, kind=kind, base=lay, levels=levels)
     ome.finalize(g, ome=ome.ome_metadata(kind=kind, classes=("bg", "a", "b"), name="m", levels=levels))
@@ -345,7 +350,7 @@ def test_output_metadata_valid_and_readable(tmp_path, kind):
         np.testing.assert_array_equal(data[1].compute(), logits.argmax(0)[::2, ::2])
     else:
         assert ltype == "image" and kw["channel_axis"] == 0 and kw["name"] == ["bg", "a", "b"]
-        top = ome.postprocess(logits, kind)[:, :2, :2].astype(np.float32).mean(axis=(1, 2))
+        top = postprocess(logits, kind)[:, :2, :2].astype(np.float32).mean(axis=(1, 2))
         np.testing.assert_allclose(data[1][:, 0, 0].compute().astype(np.float32), top, rtol=2e-3, atol=2e-3)
 
 

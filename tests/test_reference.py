@@ -4,7 +4,7 @@ Each network is built in PyTorch with random weights and non-trivial batch-norm
 statistics, exported with torch.onnx.export (opset 17, dynamic image size) and
 loaded with ``hirestile.load_model``. Full-frame and tiled outputs must be within
 1e-5 * max|ref| of PyTorch and of ONNX Runtime, and tiled must equal full-frame
-bit for bit (DESIGN.md section 1). Whole-image networks must be refused tiled,
+bit for bit (docs/architecture.md, section 1). Whole-image networks must be refused tiled,
 with the node named, and still match full-frame.
 """
 from __future__ import annotations
@@ -14,9 +14,6 @@ import pytest
 
 import hirestile
 from hirestile.errors import NotTileableError
-
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
 
 REL = 1e-5
 
@@ -36,6 +33,10 @@ def close(y, ref, what):
 
 
 def references(net, data, x):
+    """(PyTorch's output, ONNX Runtime's output) for image ``x``."""
+    import torch
+
+    ort = pytest.importorskip("onnxruntime")
     with torch.no_grad():
         ref_t = net(torch.from_numpy(x)[None]).numpy()[0]
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -99,7 +100,7 @@ def test_whole_image_net_refused_tiled(name, torch_nets, loaded):
     close(y, ref_t, f"{name} full-frame vs PyTorch")
 
 
-def test_fixed_size_export_runs_at_other_sizes(torch_nets, loaded):
+def test_fixed_size_export_runs_at_other_sizes(torch, torch_nets, loaded):
     """A valid-padding U-Net exported at one fixed size (crop offsets baked in as
     constants) runs exactly at other sizes, like its PyTorch code."""
     spec = torch_nets["unet_valid"]
@@ -126,7 +127,7 @@ def test_dynamo_export_matches(name, torch_nets, loaded):
     assert np.array_equal(hirestile.predict(m, x, tile=spec.tile, tile_origin=(3, 1)), y)
 
 
-def test_from_torch(torch_nets):
+def test_from_torch(torch, torch_nets):
     spec = torch_nets["resnet_fcn"]
     net = spec.build(1)
     m = hirestile.from_torch(net, torch.zeros((1, spec.channels) + spec.sizes[0]))

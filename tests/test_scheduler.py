@@ -17,7 +17,8 @@ import hirestile
 from hirestile import executor, ome
 from hirestile.errors import InputError, OutputError
 from hirestile.models.unet import unet
-from hirestile.scheduler import default_output, make_plan, segment_to_zarr, store_tile
+from hirestile.resume import default_output, store_tile
+from hirestile.scheduler import make_plan, segment_to_zarr
 
 from npref import STORED_DTYPE, assert_next_level, expected_output
 
@@ -177,8 +178,8 @@ def test_plan_gives_each_shard_one_writer(rgb_model, h, w, tile, chunk):
     assert sorted(owner) == [(i, j) for i in range(lay.grid[0]) for j in range(lay.grid[1])]
     (bh, bw), covered = lay.block, np.zeros((h, w), np.int32)
     for t in plan.tiles:
-        (y0, y1), (x0, x1) = t.out
-        i0, i1, j0, j1 = t.blocks
+        (y0, y1), (x0, x1) = t.write
+        i0, i1, j0, j1 = plan.blocks(t)
         assert (y0, x0) == (i0 * bh, j0 * bw)                     # starts on a shard boundary
         assert y1 == min(i1 * bh, h) and x1 == min(j1 * bw, w)    # ends on one, or at the image edge
         covered[y0:y1, x0:x1] += 1
@@ -219,7 +220,7 @@ def test_concurrent_writers_on_shard_aligned_tiles(tmp_path, rgb_model, monkeypa
             marks.append(blocks)
 
     def write(t):
-        (y0, y1), (x0, x1) = t.out
+        (y0, y1), (x0, x1) = t.write
         if t.index < 6:
             barrier.wait(timeout=10)
         with owner[t.index]:
@@ -230,12 +231,12 @@ def test_concurrent_writers_on_shard_aligned_tiles(tmp_path, rgb_model, monkeypa
     got = zarr.open_group(path, mode="r")["0"][...]
     assert got.dtype == np.float32
     for t in plan.tiles:                                          # block by block, so a failure names it
-        i0, i1, j0, j1 = t.blocks
+        i0, i1, j0, j1 = plan.blocks(t)
         for i, j in ((i, j) for i in range(i0, i1) for j in range(j0, j1)):
             ys, xs = rows_cols((i, i + 1, j, j + 1))
             np.testing.assert_array_equal(got[:, ys, xs], expect[:, ys, xs], err_msg=f"tile {t.index}, block {i, j}")
     np.testing.assert_array_equal(got, expect)
-    assert sorted(marks) == sorted(t.blocks for t in tiles)      # every write marked once
+    assert sorted(marks) == sorted(plan.blocks(t) for t in tiles)      # every write marked once
 
 
 # ---- resume and job identity -------------------------------------------------------------
