@@ -20,13 +20,14 @@ from hirestile.analyzer import Report, analyze_graph, reflect_index
 from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
-                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, optimize, padding_mode)
+                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, padding_mode)
 from hirestile.kernels import conv as kconv
 from hirestile.kernels import norm as knorm
 from hirestile.kernels import pointwise as kpw
 from hirestile.kernels import pool as kpool
 from hirestile.kernels import resize as kresize
 from hirestile.region import Region
+from hirestile.rewrite import optimize
 from hirestile.tiling import Tile
 
 ACT = {"": 0, "relu": 1, "leaky_relu": 2}

@@ -20,6 +20,7 @@ from onnx import helper as oh  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
 
 from hirestile import graph as G  # noqa: E402
+from hirestile.rewrite import optimize  # noqa: E402
 from hirestile.errors import ModelError  # noqa: E402
 from hirestile.onnx_import import load_onnx  # noqa: E402
 
@@ -193,7 +194,7 @@ def test_batchnorm_becomes_affine_and_folds(graph_eval):
          "v": np.linspace(0.3, 2.0, c, dtype=np.float32)})
     g = check(data, graph_eval)
     assert [type(n.op).__name__ for n in g.nodes] == ["Conv", "Affine", "Unary"]
-    opt = G.optimize(g)
+    opt = optimize(g)
     assert [type(n.op).__name__ for n in opt.nodes] == ["Conv"] and opt.nodes[0].op.act == "relu"
 
 
@@ -209,7 +210,7 @@ def test_batchnorm_after_conv_transpose_folds(groups):
         {"w": w(cin, cout // groups, 2, 2), "g": np.linspace(0.5, 1.5, cout, dtype=np.float32),
          "b": np.linspace(-0.2, 0.2, cout, dtype=np.float32), "m": np.linspace(-0.3, 0.1, cout, dtype=np.float32),
          "v": np.linspace(0.3, 2.0, cout, dtype=np.float32)}, shape=(1, cin, 9, 11))
-    opt = G.optimize(load_onnx(data))
+    opt = optimize(load_onnx(data))
     assert [type(n.op).__name__ for n in opt.nodes] == ["ConvTranspose"]
     x = image(cin, 9, 11)
     assert rel_err(hirestile.predict(opt, x), ort_run(data, x)) <= REL

@@ -40,13 +40,13 @@ Two kinds. While translating, the handlers turn dynamo's softplus threshold
 (``Where(x > 20, x, Softplus(x))``) into ``Unary softplus`` and the exported
 GroupNorm (Reshape -> InstanceNormalization -> Reshape) into one ``Norm``. After
 translating, the rules of :mod:`~hirestile.onnx_import.rewrites`, run by
-:func:`hirestile.graph.rewrite` (the mechanism :func:`hirestile.graph.optimize`
+:func:`hirestile.rewrite.rewrite` (the mechanism :func:`hirestile.rewrite.optimize`
 uses too), fuse node patterns: ``Pad`` (zero / reflect / edge) feeding only a
 ``Conv`` becomes the conv's padding (``pad_mode`` reflect / replicate: PyTorch's
 ``padding_mode``); the Erf form of GELU becomes ``Unary gelu``; ``x * sigmoid(x)``
 becomes ``Unary silu``; a ``Norm`` followed by a per-channel constant Mul / Add /
 Sub / Div (GroupNorm's affine part) takes it into its scale and bias. Batch-norm
-stays an ``Affine`` node for :func:`hirestile.graph.optimize` to fold. Node names
+stays an ``Affine`` node for :func:`hirestile.rewrite.optimize` to fold. Node names
 are the ONNX node names (or output names where a node has none), made unique; a
 fused node keeps the name of its last node (the norm's name for a folded
 GroupNorm).
@@ -90,7 +90,7 @@ Modules
   tensors to graph ops (pointwise and normalising; windowed: conv, pool, resize;
   shape-moving: shape, slice, split, pad, reshape);
 * :mod:`~hirestile.onnx_import.rewrites`: the pattern fusions, rules for
-  :func:`hirestile.graph.rewrite`.
+  :func:`hirestile.rewrite.rewrite`.
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def load_onnx(src, *, size_hint: tuple[int, int] | None = None, output: str | No
     -------
     Graph
         Nodes keep the ONNX node names (made unique). Batch-norm stays a separate
-        ``Affine`` node; :func:`hirestile.graph.optimize` folds it into the conv.
+        ``Affine`` node; :func:`hirestile.rewrite.optimize` folds it into the conv.
 
     Raises
     ------

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from hirestile.errors import ModelError
-from hirestile.graph import CropLike, Graph, Node, ShapeError, Slice, prune
+from hirestile.graph import CropLike, Graph, Node, ShapeError, Slice
+from hirestile.rewrite import prune
 from hirestile.onnx_import import ops_shape, ops_window  # noqa: F401 (they register their handlers)
 from hirestile.onnx_import.fold import _FOLDABLE, _fold
 from hirestile.onnx_import.ops import _HANDLERS

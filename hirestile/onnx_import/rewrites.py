@@ -1,4 +1,4 @@
-"""The ONNX importer's pattern fusions: rules for :func:`hirestile.graph.rewrite`.
+"""The ONNX importer's pattern fusions: rules for :func:`hirestile.rewrite.rewrite`.
 
 Exporters spell some ops as several nodes; these rules put them back together:
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from hirestile.graph import Binary, Conv, Graph, GraphIndex, Match, Node, Norm, Pad, Unary, rewrite
+from hirestile.graph import Binary, Conv, Graph, Node, Norm, Pad, Unary
+from hirestile.rewrite import GraphIndex, Match, rewrite
 from hirestile.onnx_import.ops import _f32
 
 
