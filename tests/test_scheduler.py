@@ -113,7 +113,10 @@ def test_segment_equals_full_frame_any_layout_dtype(tmp_path_factory, rgb_model,
     layout, dtype = pair
     model = grey_model if layout == "HW" else rgb_model
     chw = _image((model.contract.channels, h, w), dtype)
-    got, stats = _segment(tmp_path_factory.mktemp("any"), model, chw, layout, tile=tile, kind=kind)
+    # an (H, W, C) array without axis names whose first axis has C entries too is ambiguous:
+    # it takes axes= (io.infer_axes); any other shape is inferred
+    axes = "HWC" if layout == "HWC" and h == model.contract.channels else None
+    got, stats = _segment(tmp_path_factory.mktemp("any"), model, chw, layout, tile=tile, kind=kind, axes=axes)
     assert np.array_equal(got, _reference(model, chw, kind), equal_nan=True)
     assert stats.tiles_computed == stats.tiles_total >= 1
 
