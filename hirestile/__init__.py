@@ -20,4 +20,4 @@ from hirestile.dask_api import segment  # noqa: E402
 
 __all__ = ["analyze", "from_torch", "load_model", "predict", "segment", "HirestileError", "InputError", "ModelError",
            "NotTileableError", "OutputError"]
-__version__ = "0.1.0"
+from hirestile.version import __version__  # noqa: E402

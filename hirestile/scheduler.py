@@ -41,6 +41,7 @@ from .outputs import MAX_CLASSES, OUTPUT_KINDS
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
 from .tiling import MEMORY_BUDGET, Tile, cuts, make_tiles, resolve_tile
+from .version import __version__
 
 # Resident memory of a hirestile process before any tile: Python, NumPy, Numba, zarr, tifffile
 # and the compiled kernels. Measured (RSS) on the development machine, Python 3.11, NumPy 2.4,
@@ -288,7 +289,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     manifest = {"job": {"model": {"name": model.name, "fingerprint": model.fingerprint},
                         "input": img.identity(), "output": kind, "output_shape": [int(k), int(oh), int(ow)]},
                 "nan_fill": nan_fill, "pyramid": bool(pyramid), "classes": list(classes),
-                "hirestile": _version()}
+                "hirestile": __version__}
     group, layout, tiles_done = open_output(out_path, manifest=manifest, kind=kind, classes=k, out_hw=(oh, ow),
                                              tile=tile, overwrite=overwrite)
     stats = RunStats(output=out_path, halo=tuple(rep.halo) if rep.tileable else (0, 0, 0, 0))
@@ -338,9 +339,6 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     return stats
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
 
 
 
