@@ -43,7 +43,8 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from scipy.special import erf
+
+from npref import unary
 
 
 # The thread-count tests compare 1 against 2 Numba threads. Numba's pool has as many
@@ -557,42 +558,9 @@ def _np_resize_axis(op, axis, n_in):
     return n_out, np.array(i0, np.int64), np.array(i1, np.int64), np.array(lam)
 
 
-def _np_unary(fn, v, p0, p1):
-    """The activations by their PyTorch / ONNX definitions (p0, p1: alpha, beta, min, max)."""
-    def softplus(t):  # torch: beta 1, threshold 20
-        return np.where(t > 20, t, np.log1p(np.exp(np.minimum(t, 20))))
-
-    def sigmoid(t):
-        return 1 / (1 + np.exp(-t))
-
-    return {
-        "identity": lambda: v,
-        "relu": lambda: np.maximum(v, 0),
-        "leaky_relu": lambda: np.where(v > 0, v, p0 * v),
-        "sigmoid": lambda: sigmoid(v),
-        "tanh": lambda: np.tanh(v),
-        "silu": lambda: v * sigmoid(v),
-        "gelu": lambda: 0.5 * v * (1 + erf(v / np.sqrt(2))),
-        "gelu_tanh": lambda: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))),
-        "hard_sigmoid": lambda: np.clip(p0 * v + p1, 0, 1),
-        "hard_swish": lambda: v * np.clip(v + 3, 0, 6) / 6,
-        "clip": lambda: np.minimum(np.maximum(v, p0), p1),
-        "elu": lambda: np.where(v > 0, v, p0 * np.expm1(np.minimum(v, 0))),
-        "softplus": lambda: softplus(v),
-        "exp": lambda: np.exp(v),
-        "abs": lambda: np.abs(v),
-        "neg": lambda: -v,
-        "sqrt": lambda: np.sqrt(v),
-        "log": lambda: np.log(v),
-        "reciprocal": lambda: 1 / v,
-        "mish": lambda: v * np.tanh(softplus(v)),
-        "erf": lambda: erf(v),
-    }[fn]()
-
-
 def _np_act(y, fn, alpha):
     """A convolution's fused activation ("", "relu", "leaky_relu")."""
-    return _np_unary(fn, y, alpha, 0.0) if fn else y
+    return unary(fn, y, alpha) if fn else y
 
 
 def eval_graph(graph, x):
@@ -637,7 +605,7 @@ def eval_graph(graph, x):
             bot = y[:, ry1][:, :, rx0] * (1 - lx) + y[:, ry1][:, :, rx1] * lx
             y = top * (1 - ly) + bot * ly
         elif isinstance(op, G.Unary):
-            y = _np_unary(op.fn, y, op.p0, op.p1)
+            y = unary(op.fn, y, op.p0, op.p1)
         elif isinstance(op, G.PRelu):
             y = np.where(y > 0, y, y * per_channel(prm["slope"]))
         elif isinstance(op, G.Affine):

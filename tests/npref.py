@@ -1,13 +1,51 @@
-"""Plain NumPy references for what hirestile stores: output kinds and pyramid levels.
+"""Plain NumPy references the tests share: activations, output kinds, pyramid levels.
 
-Written from the documented rules (README "Command line", the kind table of
-hirestile.outputs, the pyramid metadata of hirestile.ome), never with hirestile's
-own postprocessing or downsampling, so the tests that use them can catch those.
-tests/ is on pytest's pythonpath (see pyproject), like clihelp.py.
+Written from the documented rules (PyTorch / ONNX for the activations; README
+"Command line", the kind table of hirestile.outputs and the pyramid metadata of
+hirestile.ome for the outputs), never with hirestile's own code, so the tests that
+use them can catch it. tests/ is on pytest's pythonpath (see pyproject), like clihelp.py.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import erf
+
+
+def unary(fn: str, x: np.ndarray, p0: float = 0.0, p1: float = 0.0) -> np.ndarray:
+    """Activation ``fn`` of hirestile's Unary op in float64, by its PyTorch / ONNX definition
+    (``p0``, ``p1``: the op's alpha / beta, or min / max for clip)."""
+    v = np.asarray(x, np.float64)
+
+    def softplus(t):                          # torch: beta 1, threshold 20
+        return np.where(t > 20, t, np.log1p(np.exp(np.minimum(t, 20))))
+
+    def sigmoid(t):
+        return 1 / (1 + np.exp(-t))
+
+    with np.errstate(over="ignore"):
+        return {
+            "identity": lambda: v,
+            "relu": lambda: np.maximum(v, 0),
+            "leaky_relu": lambda: np.where(v > 0, v, p0 * v),
+            "sigmoid": lambda: sigmoid(v),
+            "tanh": lambda: np.tanh(v),
+            "silu": lambda: v * sigmoid(v),
+            "gelu": lambda: 0.5 * v * (1 + erf(v / np.sqrt(2))),
+            "gelu_tanh": lambda: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))),
+            "hard_sigmoid": lambda: np.clip(p0 * v + p1, 0, 1),
+            "hard_swish": lambda: v * np.clip(v + 3, 0, 6) / 6,
+            "clip": lambda: np.minimum(np.maximum(v, p0), p1),
+            "elu": lambda: np.where(v > 0, v, p0 * np.expm1(np.minimum(v, 0))),
+            "softplus": lambda: softplus(v),
+            "exp": lambda: np.exp(v),
+            "abs": lambda: np.abs(v),
+            "neg": lambda: -v,
+            "sqrt": lambda: np.sqrt(v),
+            "log": lambda: np.log(v),
+            "reciprocal": lambda: 1 / v,
+            "mish": lambda: v * np.tanh(softplus(v)),
+            "erf": lambda: erf(v),
+        }[fn]()
 
 #: the stored dtype of each output kind, by number of classes K -- the same in the
 #: CLI, the scheduler and the Dask API: probabilities float16 (computed in float32),
