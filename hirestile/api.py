@@ -4,6 +4,7 @@ A front end (docs/architecture.md): arrays in memory in, logits out.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ from hirestile.errors import InputError
 from hirestile.graph import Graph
 from hirestile.loading import as_model, load_model, with_contract
 from hirestile.model import Model
-from hirestile.tiling import grid_tiles
+from hirestile.tiling import column_strips, grid_tiles
 
 
 def analyze(model: Model | Graph | str, image_shape: Sequence[int] | None = None) -> Report:
@@ -71,7 +72,7 @@ def _as_image(m: Model, x: np.ndarray) -> np.ndarray:
 
 
 def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[int] | None = None,
-            tile_origin: Sequence[int] = (0, 0)) -> np.ndarray:
+            tile_origin: Sequence[int] = (0, 0), stream: bool = False) -> np.ndarray:
     """Run a model on an in-memory image.
 
     Parameters
@@ -84,6 +85,10 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         full-frame output bit for bit.
     tile_origin : (int, int)
         Where the tile grid is anchored (tests use it to move seams around).
+    stream : bool
+        Visit the tiles as bands moving down column strips and compute each
+        intermediate row once per strip (:class:`hirestile.executor.Stream`)
+        instead of each tile with its own halo. Same bits.
 
     Returns
     -------
@@ -109,9 +114,11 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     if ty < 1 or tx < 1:
         raise ValueError(f"tile must be positive, got {tile}")
     out = np.empty(rep.output_shape, np.float32)
-    for t in grid_tiles(rep, (ty, tx), tile_origin):
-        out[(slice(None), *t.write.slices)] = executor.run_region(rep, img[(slice(None), *t.read.slices)],
-                                                                  t.read.origin, t.write)
+    tiles = grid_tiles(rep, (ty, tx), tile_origin)
+    for strip in column_strips(tiles) if stream else [tiles]:
+        run = executor.Stream(rep).run if stream else functools.partial(executor.run_region, rep)
+        for t in strip:
+            out[(slice(None), *t.write.slices)] = run(img[(slice(None), *t.read.slices)], t.read.origin, t.write)
     return out
 
 

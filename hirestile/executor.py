@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from hirestile.analyzer import Report, analyze_graph, reflect_index
+from hirestile.analyzer import NodeRegion, Report, analyze_graph, reflect_index
 from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
@@ -301,6 +301,14 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
     -------
     ndarray, float32, (K, y1 - y0, x1 - x0)
     """
+    return _run(rep, window, origin, out_region)
+
+
+def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
+         lines: dict[str, Buf] | None = None, ahead: Region | None = None) -> np.ndarray:
+    """:func:`run_region`; with ``lines`` (a :class:`Stream`'s line buffers), rows a node
+    already computed for the previous band are reused, and once a node's consumers have run
+    only the rows the band ``ahead`` needs are kept."""
     g = rep.graph
     if rep.weights is None:
         raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
@@ -321,6 +329,7 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
         if not (wa <= a and b <= wb and wc <= c and d <= wd):
             raise ValueError(f"input window {bufs[g.input].region} does not cover the rows/cols "
                              f"{regs[g.input].needed} this region needs")
+    later = rep.regions(ahead, aligned=True) if lines is not None and ahead is not None else {}
     remaining: dict[str, int] = {}
     for n in g.nodes:
         if n.name in regs:
@@ -330,23 +339,119 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
         nr = regs.get(n.name)
         if nr is None:
             continue
-        data = RUNNERS[type(n.op)](n, bufs, nr.computed, rep.shapes, rep.weights[n.name])
         comp = nr.computed
+        prev = lines.pop(n.name, None) if lines is not None else None
+        data = _compute(n, bufs, comp, rep, prev)
         expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
         if data.shape[:2] != expect:
             raise AssertionError(f"internal error: node {n.name!r} produced {data.shape[:2]}, expected {expect}")
-        bufs[n.name] = Buf(data, comp[0][0], comp[1][0]).crop(nr.needed)
+        bufs[n.name] = Buf(data, comp[0][0], comp[1][0])
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
-                bufs.pop(t, None)
+                done = bufs.pop(t, None)
+                if done is not None and t != g.input and lines is not None:
+                    _keep(lines, t, done, later.get(t))
     res = bufs[g.output].crop(((oy0, oy1), (ox0, ox1))).data if g.output != g.input else \
         fetch(bufs[g.input], out_region, (oh, ow))
+    if lines is not None and g.output != g.input:
+        _keep(lines, g.output, bufs[g.output], later.get(g.output))
     return np.ascontiguousarray(np.moveaxis(res, -1, 0))
 
 
+def _compute(n: Node, bufs: dict[str, Buf], comp: Region, rep: Report, prev: Buf | None) -> np.ndarray:
+    """Node ``n``'s values on ``comp``; rows that ``prev`` (the node's line buffer from the band
+    above, same columns) holds at the top of ``comp`` are reused, only the rows below are computed.
+    The kernels give every row the same bits whatever region it is computed in (the exactness
+    contract), so this changes no value."""
+    run = RUNNERS[type(n.op)]
+    (r0, r1), cols = comp
+    if prev is None or prev.region[1] != tuple(cols) or not prev.y0 <= r0 < prev.y0 + prev.data.shape[0]:
+        return run(n, bufs, comp, rep.shapes, rep.weights[n.name])
+    top = prev.crop(((r0, min(prev.y0 + prev.data.shape[0], r1)), cols)).data
+    if top.shape[0] == r1 - r0:
+        return top
+    rest = run(n, bufs, ((r0 + top.shape[0], r1), cols), rep.shapes, rep.weights[n.name])
+    return np.concatenate([top, rest], axis=0)
+
+
+def _keep(lines: dict[str, Buf], name: str, buf: Buf, nxt: NodeRegion | None) -> None:
+    """Keep the rows of ``buf`` the next band computes again (its computed region's top rows),
+    copied out so the band's buffer is freed."""
+    if nxt is None:
+        return
+    (a, b), cols = nxt.computed
+    (y0, y1), bcols = buf.region
+    lo, hi = max(a, y0), min(b, y1)
+    if hi > lo and bcols == tuple(cols):
+        lines[name] = Buf(buf.data[lo - y0:hi - y0].copy(), lo, buf.x0)
+
+
+class Stream:
+    """Row bands moving down one column strip, each intermediate row computed once.
+
+    Call :meth:`run` with consecutive output bands of the same columns (top to bottom):
+    every node keeps, between calls, the rows the next band needs again (a line buffer
+    whose height the region arithmetic gives: a halo's worth, more for a UNet's level-0
+    skip), and the next band computes only the rows below them. Any other sequence of
+    regions is correct too, just without reuse. The output equals :func:`run_region`'s
+    bit for bit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hirestile.models.unet import unet
+    >>> rep = unet(in_channels=1, classes=2, base=4, depth=2).analyze((50, 40))
+    >>> x = np.random.default_rng(0).random((1, 50, 40), np.float32)
+    >>> s = Stream(rep)
+    >>> bands = [s.run(x, (0, 0), ((y, min(y + 16, 50)), (0, 40))) for y in range(0, 50, 16)]
+    >>> np.array_equal(np.concatenate(bands, axis=1), run_full(rep, x))
+    True
+    """
+
+    def __init__(self, rep: Report) -> None:
+        self.rep = rep
+        self.lines: dict[str, Buf] = {}
+
+    def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
+        """The band ``out_region`` (as :func:`run_region`), reusing the previous band's rows."""
+        (y0, y1), cols = out_region
+        oh = self.rep.output_shape[1]
+        ahead = ((y1, min(y1 + (y1 - y0), oh)), tuple(cols)) if y1 < oh else None
+        if ahead is None:                     # the strip's last band: nothing to keep
+            lines, self.lines = self.lines, {}
+            return _run(self.rep, window, origin, out_region, lines, None)
+        return _run(self.rep, window, origin, out_region, self.lines, ahead)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in line buffers between bands."""
+        return sum(b.data.nbytes for b in self.lines.values())
+
+
+def line_buffer_bytes(rep: Report, band: Region) -> int:
+    """Bytes a :class:`Stream` keeps between ``band`` and the band of the same height below it:
+    per node, the rows both compute, times the strip's columns and channels."""
+    (y0, y1), cols = band
+    oh = rep.output_shape[1]
+    if y1 >= oh:
+        return 0
+    now = rep.regions(band, aligned=True)
+    nxt = rep.regions(((y1, min(y1 + (y1 - y0), oh)), tuple(cols)), aligned=True)
+    total = 0
+    for name, nr in nxt.items():
+        if name not in now or name == rep.graph.input:
+            continue
+        (a, b), (c, d) = nr.computed
+        (p, q), _ = now[name].computed
+        rows = max(0, min(b, q) - max(a, p))
+        total += 4 * rep.shapes[name][0] * rows * (d - c)
+    return total
+
+
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,
-               where: str = "image", hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf") -> np.ndarray:
+               where: str = "image", hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf",
+               stream: Stream | None = None) -> np.ndarray:
     """A tile's logits from its read window as stored: normalise by the model's input
     contract (refusing NaN/Inf unless ``nan_fill``; the message names ``where`` and
     ``hint``), run the network, return the tile's output region.
@@ -360,12 +465,16 @@ def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile
         ``tile.read`` of the image, any dtype.
     tile : Tile
         From :mod:`hirestile.tiling`.
+    stream : Stream, optional
+        Run the tile as the next band of this stream (same bits, rows above reused).
 
     Returns
     -------
     ndarray, float32, (K, rows, cols) of ``tile.write``
     """
     window = normalize_window(raw, tile.read, contract, nan_fill, where=where, hint=hint)
+    if stream is not None:
+        return stream.run(window, tile.read.origin, tile.write)
     return run_region(rep, window, tile.read.origin, tile.write)
 
 

@@ -28,6 +28,7 @@ Examples
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ from .loading import as_model
 from .outputs import MAX_CLASSES, OUTPUT_KINDS
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
-from .tiling import MEMORY_BUDGET, Tile, cuts, make_tiles, resolve_tile
+from .executor import line_buffer_bytes
+from .tiling import MEMORY_BUDGET, Tile, column_strips, cuts, make_tiles, resolve_tile
 from .version import __version__
 
 # Resident memory of a hirestile process before any tile: Python, NumPy, Numba, zarr, tifffile
@@ -60,6 +62,7 @@ class Plan:
     tile: tuple[int, int]
     tiles: tuple[Tile, ...]
     image_hw: tuple[int, int]
+    stream: bool = False          # tiles run as bands down column strips (strip by strip)
 
     @property
     def read_redundancy(self) -> float:
@@ -83,28 +86,37 @@ class Plan:
         return own
 
 
-def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int]) -> Plan:
+def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stream: bool = False) -> Plan:
     """Group the layout's blocks into tiles of about ``tile`` output pixels (whole blocks each).
 
-    The tile is rounded up to whole blocks. Tiles run row-major.
+    The tile is rounded up to whole blocks. Tiles run row-major, or with ``stream`` column
+    strip by column strip, each top to bottom: the order in which a
+    :class:`hirestile.executor.Stream` reuses the rows of the band above.
     """
     ty, tx = (tile, tile) if isinstance(tile, int) else tile
     (h, w), (bh, bw) = layout.shape[-2:], layout.block
     sy, sx = max(1, -(-ty // bh)) * bh, max(1, -(-tx // bw)) * bw
     tiles = make_tiles(rep, cuts(h, sy), cuts(w, sx))
-    return Plan(layout=layout, tile=(min(sy, h), min(sx, w)), tiles=tiles, image_hw=tuple(rep.image_shape))
+    stream = stream and rep.tileable and len(tiles) > 1
+    if stream:
+        tiles = tuple(t for strip in column_strips(tiles) for t in strip)
+    return Plan(layout=layout, tile=(min(sy, h), min(sx, w)), tiles=tiles, image_hw=tuple(rep.image_shape),
+                stream=stream)
 
 
 def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
     """FLOPs the tiles compute / FLOPs of one full-frame pass (1.0 = no halo recomputation).
 
     Summed over every tile for plans of up to ``exact_up_to`` tiles, else estimated
-    from an interior tile.
+    from an interior tile; a streaming plan computes each strip once, top to bottom.
     """
     if not rep.tileable:
         return 1.0
     _, oh, ow = rep.output_shape
     full = rep.flops_per_pixel * oh * ow
+    if plan.stream:               # each row of every node once per strip: one strip-high region each
+        strips = {tuple(t.write.cols) for t in plan.tiles}
+        return sum(rep.region_cost(((0, oh), c))[0] for c in strips) / max(full, 1.0)
     if len(plan.tiles) <= exact_up_to:
         return sum(rep.region_cost(t.write)[0] for t in plan.tiles) / max(full, 1.0)
     return float(rep.redundancy((min(plan.tile[0], oh), min(plan.tile[1], ow))))
@@ -129,6 +141,7 @@ class RunStats:
     finish: float = 0.0               # pyramid + metadata
     peak_rss: int = 0
     tile: tuple[int, int] = (0, 0)
+    stream: bool = False              # bands down column strips (else overlap tiles)
     halo: tuple[int, ...] = ()
     read_redundancy: float = 0.0
     compute_redundancy: float = 0.0
@@ -148,7 +161,8 @@ class RunStats:
             f"wrote {self.output}: {self.tiles_computed} tiles computed"
             + (f", {self.tiles_skipped} already done" if self.tiles_skipped else "")
             + f" in {self.wall:.1f} s, {self.mpix_per_s:.2f} MP/s, peak RSS {self.peak_rss / 2**20:.0f} MiB",
-            f"tile {self.tile[0]}x{self.tile[1]}, halo {_halo_text(self.halo)}, redundancy "
+            f"{'band x strip' if self.stream else 'tile'} {self.tile[0]}x{self.tile[1]}, "
+            f"halo {_halo_text(self.halo)}, redundancy "
             f"{self.read_redundancy:.2f} (input pixels read per image pixel), "
             f"{self.compute_redundancy:.2f} (computed / needed FLOPs)",
             f"time: read {self.read:.1f} s, compute {self.compute:.1f} s ({busy:.0f}% of wall), "
@@ -165,12 +179,15 @@ def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     memory is the executor's memory for one tile plus what the pipeline holds at once. That is
     the windows queued and the one being read, and the outputs queued, the one being written and
     the one being computed. Windows count at 4 bytes a value (any dtype up to float32); the
-    largest window is an interior tile's. :data:`PROCESS_BASELINE` comes on top."""
+    largest window is an interior tile's. A streaming plan adds the line buffers kept between
+    bands. :data:`PROCESS_BASELINE` comes on top."""
     _, oh, ow = rep.output_shape
     ty, tx = plan.tile
     mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
     window = 4 * channels * max(t.read.size for t in plan.tiles)
     output = 4 * rep.output_shape[0] * ty * tx
+    if plan.stream:               # the line buffers kept between bands
+        mem += line_buffer_bytes(rep, ((oh // 2, min(oh // 2 + ty, oh)), (0, min(tx, ow))))
     return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
 
 
@@ -189,7 +206,8 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     overwrite: bool = False, level: int | None = None, axes: str | None = None,
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory_budget: int = MEMORY_BUDGET,
-                    log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None) -> RunStats:
+                    log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
+                    stream: bool = True) -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -226,6 +244,10 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         What computes and writes the tiles; by default this process's reader ->
         compute -> writer stream. ``hirestile.cluster.cluster_tiles(client)``
         computes them on a dask cluster: same output, manifest and resume log.
+    stream : bool
+        In this process, run the tiles as bands moving down column strips, each
+        intermediate row computed once per strip (:class:`hirestile.executor.Stream`);
+        False runs every tile with its own halo (overlap-tile). Same bits either way.
 
     Returns
     -------
@@ -251,7 +273,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         return _segment(img, model, output, tile=tile, kind=kind, threads=threads, overwrite=overwrite,
                         nan_fill=nan_fill, pyramid=pyramid, allow_missing=allow_missing, progress=progress,
                         memory_budget=memory_budget, say=log or (lambda s: None), t_start=t_start,
-                        run_tiles=run_tiles)
+                        run_tiles=run_tiles, stream=stream)
     finally:
         if img is not image:
             img.close()
@@ -260,7 +282,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
 def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | None, kind: str,
              threads: int | None, overwrite: bool, nan_fill: float | None, pyramid: bool, allow_missing: bool,
              progress: bool | None, memory_budget: int, say: Callable[[str], None], t_start: float,
-             run_tiles: TileRunner | None) -> RunStats:
+             run_tiles: TileRunner | None, stream: bool) -> RunStats:
     channels = model.contract.channels
     if img.channels != channels:
         raise InputError(f"{img.path}: has {img.channels} channel(s) (axes {img.axes}, shape {img.shape}) but model "
@@ -297,8 +319,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         stats.already_complete, stats.wall = True, time.perf_counter() - t_start
         stats.tiles_total = len(make_plan(rep, layout, tile).tiles)
         return stats
-    plan = make_plan(rep, layout, tile)
-    stats.tiles_total, stats.tile = len(plan.tiles), plan.tile
+    plan = make_plan(rep, layout, tile, stream=stream and run_tiles is None)
+    stats.tiles_total, stats.tile, stats.stream = len(plan.tiles), plan.tile, plan.stream
     stats.read_redundancy = plan.read_redundancy
     stats.compute_redundancy = compute_redundancy(rep, plan)
 
@@ -316,7 +338,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
             if threads:
                 import numba
                 numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-            run_tiles = run_local
+            run_tiles = functools.partial(run_local, streaming=plan.stream)
         run_tiles(img, model, rep, group["0"], todo, donelog, stats, kind=kind, nan_fill=nan_fill,
                   progress=progress, total=len(plan.tiles))
         t_fin = time.perf_counter()

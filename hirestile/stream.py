@@ -1,10 +1,11 @@
 """The local tile runner: reader thread -> compute (this thread) -> writer thread.
 
-Layer 5 of docs/architecture.md, under the scheduler: :func:`run_local` is the
+Layer 7 of docs/architecture.md, under the scheduler: :func:`run_local` is the
 scheduler's default way to compute and durably write a job's tiles in this
 process. A reader thread reads the next tiles' windows (queued as stored, uint8
 being a quarter of float32); the calling thread normalises and computes them
-(numba's parallel kernels are called from one thread only); a writer thread
+(numba's parallel kernels are called from one thread only), by default as bands
+moving down column strips (:class:`hirestile.executor.Stream`); a writer thread
 turns logits into the stored output, writes whole blocks, fsyncs them and marks
 them done. Bounded queues keep memory at a few tiles, independent of the image
 size. Process-level memory tuning (:func:`keep_freed_memory`) and the peak-RSS
@@ -87,13 +88,20 @@ class _Pipeline:
 
 
 def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Tile], donelog: DoneLog,
-              stats: Any, *, kind: str, nan_fill: float | None, progress: bool | None, total: int) -> None:
+              stats: Any, *, kind: str, nan_fill: float | None, progress: bool | None, total: int,
+              streaming: bool = False) -> None:
     """This process's tile runner (the scheduler's default ``run_tiles``): ``todo`` through
-    reader -> compute -> writer threads; raise the first error any stage hit."""
+    reader -> compute -> writer threads; raise the first error any stage hit.
+
+    With ``streaming``, consecutive tiles of one column strip run as bands of one
+    :class:`hirestile.executor.Stream` (give ``todo`` strip by strip, top to bottom): each
+    intermediate row is computed once per strip instead of once per tile that needs it."""
     from tqdm import tqdm
 
     pipe = _Pipeline()
     contract = model.contract
+    band: executor.Stream | None = None
+    band_cols: Any = None
     bar = tqdm(total=total, initial=total - len(todo), unit="tile", dynamic_ncols=True,
                disable=None if progress is None else not progress,      # None: only on a terminal
                desc="segment", smoothing=0.1)
@@ -171,8 +179,10 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
             t, raw = item
             s = time.perf_counter()
             del item
+            if streaming and (band is None or band_cols != t.write.cols):
+                band, band_cols = executor.Stream(rep), t.write.cols       # a new column strip
             logits = executor.run_window(rep, contract, raw, t, nan_fill=nan_fill, where=f"{img.path}:",
-                                         hint=NAN_FILL_HINT)
+                                         hint=NAN_FILL_HINT, stream=band)
             del raw
             stats.compute += time.perf_counter() - s
             s = time.perf_counter()

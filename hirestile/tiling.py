@@ -92,6 +92,15 @@ def grid_tiles(rep: Any, tile: int | Sequence[int], origin: Sequence[int] = (0, 
     return make_tiles(rep, cuts(oh, ty, origin=origin[0]), cuts(ow, tx, origin=origin[1]))
 
 
+def column_strips(tiles: Sequence[Tile]) -> list[tuple[Tile, ...]]:
+    """The tiles grouped into column strips (left to right), each strip's tiles top to bottom:
+    the order a streaming run (:class:`hirestile.executor.Stream`) visits them in."""
+    strips: dict[Interval, list[Tile]] = {}
+    for t in tiles:
+        strips.setdefault(tuple(t.write.cols), []).append(t)
+    return [tuple(sorted(ts, key=lambda t: t.write.rows)) for _, ts in sorted(strips.items())]
+
+
 # **** how large a tile ****
 TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32)
 MEMORY_BUDGET = 2 << 30          # default bytes the executor may use for tiles computed at once
@@ -120,5 +129,5 @@ def resolve_tile(rep: Any, tile: int | None, *, budget: int = MEMORY_BUDGET) -> 
     return int(tile)
 
 
-__all__ = ["Tile", "cuts", "sizes_to_cuts", "make_tiles", "grid_tiles", "auto_tile", "resolve_tile",
+__all__ = ["Tile", "cuts", "sizes_to_cuts", "make_tiles", "grid_tiles", "column_strips", "auto_tile", "resolve_tile",
            "TILE_CANDIDATES", "MEMORY_BUDGET"]

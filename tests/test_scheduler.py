@@ -106,17 +106,19 @@ DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
 @settings(max_examples=20, deadline=None)
 @given(pair=st.sampled_from([(lay, dt) for lay in LAYOUTS for dt in DTYPES]),
        h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(8, 64),
-       kind=st.sampled_from(sorted(STORED_DTYPE)))
+       kind=st.sampled_from(sorted(STORED_DTYPE)), stream=st.booleans())
 def test_segment_equals_full_frame_any_layout_dtype(tmp_path_factory, rgb_model, grey_model, pair, h, w, tile,
-                                                     kind):
-    """Random sizes and tiles over every stored layout x dtype pair (CASES pins the odd sizes)."""
+                                                     kind, stream):
+    """Random sizes and tiles over every stored layout x dtype pair (CASES pins the odd sizes),
+    streamed (bands down column strips) or overlap-tile."""
     layout, dtype = pair
     model = grey_model if layout == "HW" else rgb_model
     chw = _image((model.contract.channels, h, w), dtype)
     # an (H, W, C) array without axis names whose first axis has C entries too is ambiguous:
     # it takes axes= (io.infer_axes); any other shape is inferred
     axes = "HWC" if layout == "HWC" and h == model.contract.channels else None
-    got, stats = _segment(tmp_path_factory.mktemp("any"), model, chw, layout, tile=tile, kind=kind, axes=axes)
+    got, stats = _segment(tmp_path_factory.mktemp("any"), model, chw, layout, tile=tile, kind=kind, axes=axes,
+                          stream=stream)
     assert np.array_equal(got, _reference(model, chw, kind), equal_nan=True)
     assert stats.tiles_computed == stats.tiles_total >= 1
 
@@ -243,27 +245,29 @@ def test_concurrent_writers_on_shard_aligned_tiles(tmp_path, rgb_model, monkeypa
 
 
 # ---- resume and job identity -------------------------------------------------------------
-def test_resume_after_crash_recomputes_nothing(tmp_path, rgb_model, monkeypatch):
+@pytest.mark.parametrize("stream", [True, False])
+def test_resume_after_crash_recomputes_nothing(tmp_path, rgb_model, monkeypatch, stream):
     chw = _image((3, 70, 90), np.uint8)
     ref = _reference(rgb_model, chw, "labels")
-    calls, real = [], executor.run_region
+    calls, real = [], executor.run_window
 
-    def crashing(rep, window, origin, out_region):
+    def crashing(rep, contract, raw, tile, **kw):
         if len(calls) == 7:
             raise RuntimeError("simulated crash")
-        calls.append(out_region)
-        return real(rep, window, origin, out_region)
+        calls.append(tile.write)
+        return real(rep, contract, raw, tile, **kw)
 
-    monkeypatch.setattr(executor, "run_region", crashing)
+    monkeypatch.setattr(executor, "run_window", crashing)
     with pytest.raises(RuntimeError, match="simulated"):
-        _segment(tmp_path, rgb_model, chw, tile=16, kind="labels")
+        _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=stream)
     out = str(tmp_path / "out.zarr")
     attrs = zarr.open_group(out, mode="r").attrs
     assert attrs["hirestile"]["status"] == "incomplete" and "ome" not in attrs    # does not look complete
     first = list(calls)
     calls.clear()
-    monkeypatch.setattr(executor, "run_region", lambda *a: (calls.append(a[3]), real(*a))[1])
-    got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels")
+    monkeypatch.setattr(executor, "run_window", lambda *a, **kw: (calls.append(a[3].write), real(*a, **kw))[1])
+    got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=stream)
+    assert stats.stream == stream
     assert stats.tiles_skipped == len(first) == 7
     assert stats.tiles_computed == len(calls) == stats.tiles_total - 7 == 5 * 6 - 7
     assert not set(first) & set(calls)                            # finished tiles were not recomputed
@@ -299,20 +303,20 @@ def test_input_rewritten_in_place_refuses_resume(tmp_path, rgb_model, monkeypatc
     """A chunk rewritten in place (zarr r+) between a crash and the rerun: the old output would mix
     two inputs, so the rerun is refused naming the changed input; --overwrite recomputes it."""
     chw = _image((3, 70, 90), np.uint8)
-    real = executor.run_region
+    real = executor.run_window
     calls = []
 
-    def crashing(*a):
+    def crashing(*a, **kw):
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
         calls.append(1)
-        return real(*a)
+        return real(*a, **kw)
 
-    monkeypatch.setattr(executor, "run_region", crashing)
+    monkeypatch.setattr(executor, "run_window", crashing)
     with pytest.raises(RuntimeError, match="simulated"):
         _store(str(tmp_path / "in.zarr"), chw, "HWC")             # zarr v2, (32, 32, 3) chunks
         _segment(tmp_path, rgb_model, chw, tile=16)
-    monkeypatch.setattr(executor, "run_region", real)
+    monkeypatch.setattr(executor, "run_window", real)
     meta = os.stat(tmp_path / "in.zarr" / ".zarray").st_mtime_ns
     zarr.open_array(str(tmp_path / "in.zarr"), mode="r+")[40:50, 40:50] = 7    # one chunk, in place
     assert os.stat(tmp_path / "in.zarr" / ".zarray").st_mtime_ns == meta       # metadata untouched

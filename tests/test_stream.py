@@ -1,0 +1,103 @@
+"""The streaming executor (issue 12): bands moving down column strips give the full-frame bits.
+
+Every network of the exactness suite (tests/test_exactness.py), any image size, band height
+and strip width (hypothesis, odd and prime sizes included), against the full-frame run.
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import hirestile
+from hirestile import executor
+from hirestile.models.unet import unet
+from hirestile.tiling import column_strips, grid_tiles
+from test_exactness import MIN_SIZE, NETS, _net, sizes
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_streamed_equals_full_frame(name, data):
+    m = _net(name)
+    lo = MIN_SIZE.get(name, 1)
+    h = data.draw(st.integers(lo, lo + 40) if lo > 1 else sizes, label="h")
+    w = data.draw(st.integers(lo, lo + 30) if lo > 1 else sizes, label="w")
+    x = np.random.default_rng(h * 100 + w).standard_normal((m.graph.in_channels, h, w)).astype(np.float32)
+    full = hirestile.predict(m, x)
+    oh, ow = full.shape[1:]
+    band = data.draw(st.integers(1, max(oh, 1)), label="band")
+    strip = data.draw(st.integers(1, max(ow, 1)), label="strip")
+    origin = (data.draw(st.integers(0, 40), label="oy"), data.draw(st.integers(0, 40), label="ox"))
+    streamed = hirestile.predict(m, x, tile=(band, strip), tile_origin=origin, stream=True)
+    assert np.array_equal(full, streamed)
+
+
+def _flops_counter(monkeypatch):
+    """Output pixels each conv computes, by patching the executor's conv runner."""
+    counts: dict[str, int] = {}
+    real = executor.RUNNERS[executor.Conv]
+
+    def counting(node, bufs, comp, shapes, wts):
+        (a, b), (c, d) = comp
+        counts[node.name] = counts.get(node.name, 0) + (b - a) * (d - c)
+        return real(node, bufs, comp, shapes, wts)
+    monkeypatch.setitem(executor.RUNNERS, executor.Conv, counting)
+    return counts
+
+
+def test_each_row_is_computed_once_per_strip(monkeypatch):
+    """Down one strip, every conv computes each of its rows once: the work equals one
+    full-frame pass of that strip (up to the kernel step's alignment), where overlap tiles
+    recompute every tile's halo."""
+    m = unet(in_channels=1, classes=2, base=4, depth=3)
+    x = np.random.default_rng(1).random((1, 96, 40), np.float32)
+    rep = m.analyze((96, 40))
+    tiles = grid_tiles(rep, (16, 40))
+    counts = _flops_counter(monkeypatch)
+    s = executor.Stream(rep)
+    for t in tiles:
+        s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write)
+    streamed, counts = dict(counts), _flops_counter(monkeypatch)
+    for t in tiles:
+        executor.run_region(rep, x[(slice(None), *t.read.slices)], t.read.origin, t.write)
+    tiled, counts = dict(counts), _flops_counter(monkeypatch)
+    executor.run_full(rep, x)
+    full = dict(counts)
+    assert set(streamed) == set(full)
+    for name in full:
+        assert streamed[name] <= full[name] + 2 * 40, name       # once, plus alignment rows
+    assert sum(tiled.values()) > 1.5 * sum(streamed.values())
+
+
+def test_line_buffers_hold_a_halo_not_the_image():
+    """Between bands a stream keeps only the rows the next band needs again: their height does
+    not grow with the image height."""
+    m = unet(in_channels=1, classes=2, base=4, depth=3)
+    held = []
+    for h in (256, 1024):
+        x = np.random.default_rng(2).random((1, h, 48), np.float32)
+        rep = m.analyze((h, 48))
+        s = executor.Stream(rep)
+        peak = 0
+        for t in column_strips(grid_tiles(rep, (32, 48)))[0]:
+            s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write)
+            peak = max(peak, s.nbytes)
+        assert s.nbytes == 0                    # the strip's last band keeps nothing
+        held.append(peak)
+    assert 0 < held[0] == held[1]
+
+
+def test_a_stream_given_any_regions_stays_exact():
+    """Regions out of order, overlapping, or from another strip are computed afresh, never
+    from stale rows."""
+    m = unet(in_channels=1, classes=2, base=4, depth=2)
+    x = np.random.default_rng(3).random((1, 61, 53), np.float32)
+    rep = m.analyze((61, 53))
+    full = executor.run_full(rep, x)
+    s = executor.Stream(rep)
+    for reg in [((0, 20), (0, 30)), ((20, 35), (0, 30)), ((10, 25), (0, 30)), ((25, 61), (5, 53)),
+                ((0, 7), (0, 53)), ((40, 61), (0, 30))]:
+        (a, b), (c, d) = rep.input_window(reg, aligned=True)
+        a, b, c, d = max(a, 0), min(b, 61), max(c, 0), min(d, 53)
+        got = s.run(x[:, a:b, c:d], (a, c), reg)
+        assert np.array_equal(got, full[:, reg[0][0]:reg[0][1], reg[1][0]:reg[1][1]]), reg
