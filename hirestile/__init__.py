@@ -20,4 +20,4 @@ from hirestile.dask_api import segment  # noqa: E402
 
 __all__ = ["analyze", "from_torch", "load_model", "predict", "segment", "HirestileError", "InputError", "ModelError",
            "NotTileableError", "OutputError"]
-from hirestile.version import __version__  # noqa: E402
+from hirestile.version import __version__  # noqa: E402,F401  (hirestile.__version__)

@@ -42,7 +42,7 @@ from .outputs import MAX_CLASSES, OUTPUT_KINDS
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
 from .executor import line_buffer_bytes
-from .tiling import MEMORY_BUDGET, Tile, column_strips, cuts, make_tiles, resolve_tile
+from .tiling import MEMORY_BUDGET, TILE_CANDIDATES, Tile, column_strips, cuts, make_tiles, resolve_tile
 from .version import __version__
 
 # Resident memory of a hirestile process before any tile: Python, NumPy, Numba, zarr, tifffile
@@ -102,6 +102,36 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
         tiles = tuple(t for strip in column_strips(tiles) for t in strip)
     return Plan(layout=layout, tile=(min(sy, h), min(sx, w)), tiles=tiles, image_hw=tuple(rep.image_shape),
                 stream=stream)
+
+
+STRIP_CANDIDATES = (16384, 12288, 8192, 6144, 4096, 3072) + TILE_CANDIDATES
+MIN_BAND = 256                    # shorter bands re-read too much input and call kernels too often
+
+
+def auto_band(rep: Any, *, budget: int = MEMORY_BUDGET) -> tuple[int, int]:
+    """(band height, strip width) for a streamed run: the widest strip, the whole output width
+    when it fits, then the tallest band (at least 256 rows, or the whole output) whose executor
+    memory and line buffers fit ``budget`` bytes. Wider strips recompute less at strip edges;
+    no band recomputes anything above it."""
+    _, oh, ow = rep.output_shape
+    widths = [ow] + [t for t in STRIP_CANDIDATES if t < ow]
+    bands = sorted({min(b, oh) for b in TILE_CANDIDATES}, reverse=True)
+    for strip in widths:
+        for band in bands:
+            if band < min(MIN_BAND, oh) and band != bands[-1]:
+                continue
+            region = ((oh // 2 - band // 2, oh // 2 - band // 2 + band), (0, strip))
+            if rep.tile_memory((band, strip)) + line_buffer_bytes(rep, region) <= budget:
+                return (band, strip)
+    return (TILE_CANDIDATES[-1], TILE_CANDIDATES[-1])
+
+
+def choose_tile(rep: Any, tile: int | None, *, stream: bool, budget: int = MEMORY_BUDGET) -> int | tuple[int, int]:
+    """The tile a run uses: ``tile`` (checked), else :func:`auto_band` when streaming, else the
+    largest square that fits (:func:`hirestile.tiling.auto_tile`)."""
+    if tile is None and stream and rep.tileable:
+        return auto_band(rep, budget=budget)
+    return resolve_tile(rep, tile, budget=budget)
 
 
 def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
@@ -219,7 +249,9 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
     output : str, optional
         Output path; default ``<input>.<model>.zarr`` beside the input.
     tile : int, optional
-        Output tile side; by default the largest that fits ``memory_budget``.
+        Output tile side (band height and strip width when streaming); by default
+        the largest that fits ``memory_budget``: streamed, the widest strip (the
+        whole width when it fits) with the tallest band (:func:`auto_band`).
         Rounded up to whole output shards.
     kind : {"probabilities", "logits", "labels"}
     threads : int, optional
@@ -300,7 +332,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     if kind == "labels" and k > MAX_CLASSES:
         raise ModelError(f"model {model.name!r} has {k} output channels, too many for uint16 labels; "
                          "use --output probabilities")
-    tile = resolve_tile(rep, tile, budget=memory_budget)
+    stream = stream and run_tiles is None and rep.tileable
+    tile = choose_tile(rep, tile, stream=stream, budget=memory_budget)
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
     classes = tuple(model.classes) or tuple(f"class{i}" for i in range(k))
@@ -319,7 +352,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         stats.already_complete, stats.wall = True, time.perf_counter() - t_start
         stats.tiles_total = len(make_plan(rep, layout, tile).tiles)
         return stats
-    plan = make_plan(rep, layout, tile, stream=stream and run_tiles is None)
+    plan = make_plan(rep, layout, tile, stream=stream)
     stats.tiles_total, stats.tile, stats.stream = len(plan.tiles), plan.tile, plan.stream
     stats.read_redundancy = plan.read_redundancy
     stats.compute_redundancy = compute_redundancy(rep, plan)
@@ -365,5 +398,5 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
 
 
 
-__all__ = ["Plan", "RunStats", "TileRunner", "make_plan", "segment_to_zarr", "compute_redundancy", "expected_memory",
+__all__ = ["Plan", "RunStats", "TileRunner", "make_plan", "auto_band", "choose_tile", "segment_to_zarr", "compute_redundancy", "expected_memory",
            "PROCESS_BASELINE"]

@@ -1,0 +1,112 @@
+"""Streaming (bands down column strips) vs overlap-tile ``hirestile segment``, zarr -> zarr.
+
+Issue 12 (a): the same job run both ways with the same kernels, interleaved round by round so
+drift on a shared machine hits both alike. Each run is its own process, so its peak RSS is its
+own; the plan's expected peak (``hirestile plan``'s figure) is printed beside it.
+
+    python benchmarks/pipeline.py                          # UNet-16 and UNet-32 at 8192^2
+    python benchmarks/pipeline.py --sizes 4096 --bases 16 --rounds 1     # a quick look
+    python benchmarks/pipeline.py --sizes 8192,16384 --rounds 2
+
+Random-weight UNets (hirestile.models.unet: BN, ReLU, max-pool, 2x2 transposed conv, depth 4)
+on the synthetic histology slide (``hirestile example histology``). Prints per run: tile (band x
+strip when streamed), compute redundancy (computed / needed FLOPs), wall, MP/s, peak RSS and the
+plan's expected peak, then per configuration the median streaming / overlap-tile throughput
+ratio (target >= 1.15) and the streamed redundancy (target <= 1.03).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def child(args: argparse.Namespace) -> None:
+    """One segment job in this process; its statistics and the plan's memory figure as JSON."""
+    from hirestile import ome
+    from hirestile.io import open_image
+    from hirestile.models.unet import unet
+    from hirestile.scheduler import PROCESS_BASELINE, choose_tile, expected_memory, make_plan, segment_to_zarr
+
+    model = unet(in_channels=3, classes=2, base=args.base, depth=4, seed=0, name=f"unet{args.base}")
+    stream = args.mode == "stream"
+    with open_image(args.input) as img:
+        rep = model.analyze((img.height, img.width))
+    k, oh, ow = rep.output_shape
+    tile = choose_tile(rep, None, stream=stream)
+    plan = make_plan(rep, ome.choose_layout("probabilities", classes=k, out_hw=(oh, ow), tile=tile), tile,
+                     stream=stream)
+    _, working = expected_memory(rep, plan, 3)
+    stats = segment_to_zarr(args.input, model, args.output, overwrite=True, progress=False, stream=stream)
+    res = {k: getattr(stats, k) for k in ("wall", "compute", "peak_rss", "out_pixels", "compute_redundancy",
+                                          "read_redundancy", "tile")}
+    res["planned"] = working + PROCESS_BASELINE
+    print(json.dumps(res))
+
+
+def cpu_name() -> str:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16") if f" {f} " in info)
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{model} ({flags or 'no AVX flags read'}), {os.cpu_count()} cores"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="8192", help="comma-separated square sizes")
+    p.add_argument("--bases", default="16,32", help="UNet base widths")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--workdir", default="/tmp/hirestile-bench")
+    p.add_argument("--child", nargs=4, metavar=("IN", "OUT", "MODE", "BASE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        args.input, args.output, args.mode, base = args.child
+        args.base = int(base)
+        return child(args)
+
+    from hirestile import ome
+    from hirestile.examples import write_example
+
+    print(cpu_name(), flush=True)
+    os.makedirs(args.workdir, exist_ok=True)
+    ratios: dict[tuple[int, int], list[float]] = {}
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        src = os.path.join(args.workdir, f"slide{n}.zarr")
+        if not os.path.exists(os.path.join(src, "zarr.json")):
+            t = time.perf_counter()
+            write_example("histology", src, size=n, pyramid=False, progress=False)
+            print(f"wrote the {n}x{n} input in {time.perf_counter() - t:.0f} s", flush=True)
+        for base in [int(b) for b in args.bases.split(",") if b]:
+            for r in range(args.rounds):
+                got = {}
+                for mode in (("stream", "tile") if r % 2 == 0 else ("tile", "stream")):
+                    out = os.path.join(args.workdir, f"pipe-{n}-{base}-{mode}.zarr")
+                    cmd = [sys.executable, __file__, "--child", src, out, mode, str(base)]
+                    res = subprocess.run(cmd, capture_output=True, text=True)
+                    if res.returncode != 0:
+                        sys.exit(f"{mode} run failed:\n{res.stderr}")
+                    s = json.loads(res.stdout.strip().splitlines()[-1])
+                    got[mode] = s
+                    ome.remove_output(out)
+                    print(f"{n:>6}^2 UNet-{base:<3} {mode:>6}  tile {s['tile'][0]}x{s['tile'][1]:<6} redundancy "
+                          f"{s['compute_redundancy']:.3f}  {s['wall']:7.1f} s  {s['out_pixels'] / 1e6 / s['wall']:5.2f} "
+                          f"MP/s  peak RSS {s['peak_rss'] / 2**20:6.0f} MiB (plan {s['planned'] / 2**20:6.0f})",
+                          flush=True)
+                ratios.setdefault((n, base), []).append(got["tile"]["wall"] / got["stream"]["wall"])
+                print(f"          streaming / overlap-tile throughput {ratios[(n, base)][-1]:.2f}x", flush=True)
+    for (n, base), rs in ratios.items():
+        print(f"{n}^2 UNet-{base}: median streaming / overlap-tile {statistics.median(rs):.2f}x over {len(rs)} "
+              "round(s) (target >= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
