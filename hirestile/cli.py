@@ -65,22 +65,73 @@ def _mib(n: float) -> str:
 
 # **** commands ****
 def cmd_segment(a: argparse.Namespace) -> int:
+    from .io import open_image
     from .scheduler import segment_to_zarr
 
     model = load_model_cli(a.model, a)
-    with contextlib.ExitStack() as stack:
+    img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
+    out, fits_out, done = _fits_plan(a, img, model)
+    if done:
+        return 0
+    with img, contextlib.ExitStack() as stack:
         run_tiles = None
         if a.scheduler or a.workers:             # the same job, its tiles computed on a dask cluster
             from .dask_api import cluster_client, cluster_tiles
 
             client = stack.enter_context(cluster_client(a.scheduler, workers=a.workers))
             run_tiles = cluster_tiles(client, log=_say)
-        stats = segment_to_zarr(a.input, model, a.o, tile=a.tile, kind=a.output, threads=a.threads,
-                                overwrite=a.overwrite, level=a.level, axes=a.axes, nan_fill=a.nan_fill,
+        stats = segment_to_zarr(img, model, out, tile=a.tile, kind=a.output, threads=a.threads,
+                                overwrite=a.overwrite, nan_fill=a.nan_fill,
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
                                 progress=_progress(a), log=_say, run_tiles=run_tiles)
     _say(stats.summary())
+    _fits_finish(a, img, stats.output, fits_out)
     return 0
+
+
+def _fits_plan(a: argparse.Namespace, img: Any, model: Any) -> tuple[str | None, Any, bool]:
+    """(zarr output path, (FITS target, job key) or None, whether that FITS output is already complete)
+    for ``segment``: a FITS output is computed into a hidden zarr beside it (hirestile.fits)."""
+    from . import fits
+
+    if img.format.startswith("FITS") and a.hdu is not None and (a.scheduler or a.workers):
+        img.close()
+        raise InputError("--hdu with --scheduler/--workers is not supported yet (workers open the default HDU); "
+                         "run locally or write that HDU to its own file")
+    fmt = a.format or ("fits" if a.o and fits.is_fits_path(a.o) else "zarr")
+    if fmt == "zarr":
+        return a.o or (fits.default_output(a.input, model.name) if img.format.startswith("FITS") else None), None, False
+    if a.pyramid:
+        img.close()
+        raise OutputError("--pyramid applies to zarr outputs; drop it for a FITS output")
+    target = a.o or fits.default_output(a.input, model.name, "fits")
+    key = fits.job_key(model, img, a.output, a.nan_fill)
+    try:
+        done = fits.finished(target, key, a.overwrite)
+    except BaseException:
+        img.close()
+        raise
+    if done:
+        img.close()
+        _say(f"{target} is already complete; nothing to do")
+    return fits.staging_path(target), (target, key), done
+
+
+def _fits_finish(a: argparse.Namespace, img: Any, zarr_out: str, fits_out: Any) -> None:
+    """Stream the finished zarr into the FITS output, or keep a FITS input's WCS in the zarr output."""
+    if fits_out is None and not img.format.startswith("FITS"):
+        return
+    from . import fits
+
+    header = img.array.header if img.format.startswith("FITS") else None
+    if fits_out is None:
+        fits.annotate_zarr(zarr_out, header, in_hw=(img.height, img.width), hdu=img.array.hdu)
+        return
+    target, key = fits_out
+    fits.zarr_to_fits(zarr_out, target, header=header, in_hw=(img.height, img.width), key=key,
+                      source=a.input, progress=_progress(a))
+    _say(f"wrote {target}: FITS" + (" with the input's WCS" if header is not None and fits.celestial_wcs(header)
+                                    is not None else ""))
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -117,7 +168,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     from .io import open_image
     from .resume import DoneLog
 
-    img = open_image(a.input, level=a.level, axes=a.axes, allow_incomplete=True)
+    img = open_image(a.input, level=a.level, axes=a.axes, allow_incomplete=True, hdu=a.hdu)
     with img:
         print(f"path:    {img.path}")
         print(f"format:  {img.format}")
@@ -132,6 +183,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         if missing:
             print(f"missing: {len(missing)} chunk(s) not stored (first {missing[0]}); read as fill value "
                   f"{img.array.fill_value}" + ("  DAMAGED: its writer stored every chunk" if img.dense else ""))
+        if img.format.startswith("FITS"):
+            from .fits import describe
+            print("\n".join(describe(img)))
     if os.path.isdir(a.input) and ome.is_zarr_dir(a.input):
         import zarr
         node = zarr.open(a.input, mode="r")
@@ -182,13 +236,16 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from . import ome
     from .io import open_image
 
-    img = open_image(a.input, level=a.level, axes=a.axes)
+    img = open_image(a.input, level=a.level, axes=a.axes, hdu=a.hdu)
     with img:
         _check_new_output(a.out, a.overwrite, inputs=(a.input,))
         shape = img.shape if "C" in img.layout else (img.height, img.width)
         read = img.read if "C" in img.layout else (lambda r, c: img.read(r, c)[0])
         ome.write_image(a.out, read=read, shape=shape, dtype=img.dtype, name=os.path.basename(a.input),
                         pyramid=a.pyramid, progress=_progress(a), desc="convert")
+        if img.format.startswith("FITS"):                   # the header, and the WCS as cards
+            from .fits import annotate_zarr
+            annotate_zarr(a.out, img.array.header, hdu=img.array.hdu, full_header=True)
     print(f"wrote {a.out}: OME-Zarr {ome.OME_VERSION}, shape {shape}, {img.dtype}")
     return 0
 
@@ -248,11 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--level", type=int, default=None, help="resolution level of a multiscale input (default 0)")
         q.add_argument("--axes", choices=["HW", "CHW", "HWC"], type=str.upper, default=None,
                        help="layout of the stored axes when it cannot be inferred")
+        q.add_argument("--hdu", default=None, metavar="N|NAME",
+                       help="FITS: the HDU to read, index or EXTNAME (default the first image HDU with data)")
 
-    s = sub.add_parser("segment", help="segment an image (zarr, OME-Zarr, TIFF) into an OME-Zarr output")
+    s = sub.add_parser("segment", help="segment an image (zarr, OME-Zarr, TIFF, FITS) into an OME-Zarr or FITS output")
     s.add_argument("input", metavar="IN")
     s.add_argument("--model", "-m", required=True, help="built-in model name or a .onnx / .safetensors file")
-    s.add_argument("-o", metavar="OUT", default=None, help="output path (default IN.MODEL.zarr beside IN)")
+    s.add_argument("-o", metavar="OUT", default=None, help="output path (default IN.MODEL.zarr beside IN); "
+                   "OUT.fits writes FITS")
+    s.add_argument("--format", choices=["zarr", "fits"], default=None,
+                   help="output format (default: fits when OUT ends in .fits/.fit/.fts, else zarr)")
     s.add_argument("--tile", type=int, default=None, help="output tile side in pixels (default: largest fitting 2 GiB)")
     s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities",
                    help="probabilities (float16, default), logits (float32) or labels (uint8)")
@@ -288,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list the built-in models")
     s.set_defaults(func=cmd_models)
 
-    s = sub.add_parser("convert", help="convert TIFF/SVS/NDPI/OME-TIFF (or zarr) to OME-Zarr, streaming")
+    s = sub.add_parser("convert", help="convert TIFF/SVS/NDPI/OME-TIFF/FITS (or zarr) to OME-Zarr, streaming")
     s.add_argument("input", metavar="IN")
     s.add_argument("out", metavar="OUT")
     image_opts(s)

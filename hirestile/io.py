@@ -257,8 +257,9 @@ def _kind(e: BaseException) -> str:
 
 # ---- opening -----------------------------------------------------------------
 def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: str | None = None,
-               channels: int | None = None, allow_incomplete: bool = False) -> InputImage:
-    """Open a zarr array/group, OME-Zarr image or TIFF file as an :class:`InputImage`.
+               channels: int | None = None, allow_incomplete: bool = False,
+               hdu: int | str | None = None) -> InputImage:
+    """Open a zarr array/group, OME-Zarr image, TIFF or FITS file as an :class:`InputImage`.
 
     Parameters
     ----------
@@ -273,6 +274,9 @@ def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: 
         Channel count the caller expects; breaks ties when the shape is ambiguous.
     allow_incomplete : bool
         Open a hirestile output that is still being written (for ``info``).
+    hdu : int or str, optional
+        FITS only: the HDU to read (index or EXTNAME); default the first image HDU with
+        data (:func:`hirestile.fits.open_fits`).
 
     Raises
     ------
@@ -285,15 +289,22 @@ def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: 
         raise InputError(f"{path}: no such file or directory; check the path")
     if os.path.isfile(path):
         with open(path, "rb") as f:
-            head = f.read(4)
-        if head in TIFF_MAGIC:
+            head = f.read(9)
+        from .fits import FITS_MAGIC, is_fits_path, open_fits
+        if head == FITS_MAGIC or is_fits_path(path):
+            img = open_fits(path, hdu=hdu, axes=axes, level=level)
+        elif hdu is not None:
+            raise InputError(f"{path}: --hdu / hdu= applies to FITS files only; drop it")
+        elif head[:4] in TIFF_MAGIC:
             img = _open_tiff(path, level, axes)
         elif zipfile.is_zipfile(path):
             img = _open_zarr(path, zarr.storage.ZipStore(path, mode="r"), level, axes, channels, allow_incomplete)
         else:
-            raise InputError(f"{path}: not a zarr store or TIFF file; hirestile reads zarr "
-                             "directories (v2/v3, OME-Zarr) and TIFF/SVS/NDPI files "
-                             "(`hirestile convert` turns TIFF into OME-Zarr)")
+            raise InputError(f"{path}: not a zarr store or TIFF/FITS file; hirestile reads zarr "
+                             "directories (v2/v3, OME-Zarr), TIFF/SVS/NDPI and FITS files "
+                             "(`hirestile convert` turns TIFF and FITS into OME-Zarr)")
+    elif hdu is not None:
+        raise InputError(f"{path}: --hdu / hdu= applies to FITS files only; drop it")
     else:
         img = _open_zarr(path, path, level, axes, channels, allow_incomplete)
     _validate(img)
