@@ -134,6 +134,83 @@ def _fits_finish(a: argparse.Namespace, img: Any, zarr_out: str, fits_out: Any) 
                                     is not None else ""))
 
 
+# **** objects: instances, measurements, exports (hirestile.objects) ****
+EXPORTS = ("table", "geojson", "catalog")
+
+
+def cmd_segment_objects(a: argparse.Namespace) -> int:
+    """``segment``, and for ``--output instances`` the class map into OUT/classes (resumable as any
+    segment run), then the object pass into OUT and the exports."""
+    if a.output != "instances":
+        if any(getattr(a, k) for k in EXPORTS):
+            raise InputError("--table/--geojson/--catalog need --output instances "
+                             "(or run `hirestile objects` on a labels output)")
+        return cmd_segment(a)
+    from .objects_io import open_classmap, prepare_instances_output
+    from .resume import default_output
+
+    if getattr(a, "format", None) == "fits" or (a.o or "").lower().endswith((".fits", ".fit", ".fts")):
+        raise OutputError("--output instances writes OME-Zarr; give an OUT that is not .fits")
+    _objects_check(a)
+    out = a.o or default_output(a.input, load_model_cli(a.model, a).name)
+    a.o, a.output = prepare_instances_output(out, a.overwrite, a.connectivity), "labels"
+    rc = cmd_segment(a)
+    if rc:
+        return rc
+    from .io import open_image
+
+    hw = tuple(open_classmap(a.o)[0].shape)
+    img = open_image(a.input, level=a.level, axes=a.axes, **_hdu(a))
+    with img:
+        same = (img.height, img.width) == hw
+        if not same:
+            _say(f"hirestile: note: the class map is {hw[0]} x {hw[1]} but the input {img.height} x {img.width}; "
+                 "no intensity measurements")
+        _objects_run(a, a.o, out, img if same else None)
+    return 0
+
+
+def _hdu(a: argparse.Namespace) -> dict[str, Any]:
+    return {"hdu": a.hdu} if getattr(a, "hdu", None) is not None else {}
+
+
+def _objects_check(a: argparse.Namespace) -> None:
+    from .objects_export import check_new
+
+    for what in EXPORTS:
+        check_new(getattr(a, what), a.overwrite, what)
+
+
+def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any) -> None:
+    from .objects import DEFAULT_TILE, instances
+    from .objects_export import export
+
+    res = instances(classmap, out, image=image, probabilities=getattr(a, "probabilities", None),
+                    tile=a.tile or DEFAULT_TILE, connectivity=a.connectivity, dtype=a.label_dtype,
+                    overwrite=a.overwrite, pyramid=a.pyramid, outlines=bool(a.geojson), progress=_progress(a))
+    _say(f"hirestile: {res.summary()}")
+    for line in export(res, table=a.table, geojson=a.geojson, catalog=a.catalog, overwrite=a.overwrite):
+        _say(f"wrote {line}")
+
+
+def cmd_objects(a: argparse.Namespace) -> int:
+    from .io import open_image
+    from .objects_io import open_classmap
+
+    open_classmap(a.input)                  # a bad class map fails before anything is written
+    _objects_check(a)
+    if a.o is None:
+        raise OutputError("give the instances output path: -o OUT.zarr")
+    if os.path.abspath(a.o) == os.path.abspath(a.input):
+        raise OutputError(f"output {a.o} is the input; choose another -o")
+    img = open_image(a.image, level=a.level, axes=a.axes, **_hdu(a)) if a.image else None
+    with contextlib.ExitStack() as stack:
+        if img is not None:
+            stack.enter_context(img)
+        _objects_run(a, a.input, a.o, img)
+    return 0
+
+
 def cmd_plan(a: argparse.Namespace) -> int:
     from . import api, ome
     from .examples import parse_size
@@ -301,6 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="asinh: arcsinh(x / softening) after scaling, before mean/std (astronomy)")
         g.add_argument("--softening", type=float, default=None, help="the asinh softening, in scaled units")
 
+    def object_opts(q: argparse.ArgumentParser) -> None:
+        g = q.add_argument_group("objects (--output instances, or the objects command)")
+        g.add_argument("--connectivity", type=int, choices=[1, 2], default=1,
+                       help="1: 4-connected (default), 2: 8-connected (corners join), as skimage.measure.label")
+        g.add_argument("--label-dtype", choices=["uint8", "uint16", "uint32", "uint64"], default=None,
+                       help="instance label dtype (default uint32, uint64 past 2**32 - 1 objects)")
+        g.add_argument("--table", default=None, metavar="PATH", help="per-object measurements: .parquet or .csv")
+        g.add_argument("--geojson", default=None, metavar="PATH",
+                       help="one QuPath detection per object with its exact pixel-edge outline")
+        g.add_argument("--catalog", default=None, metavar="PATH", help="FITS source catalogue (astropy, with units)")
+
     def image_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("--level", type=int, default=None, help="resolution level of a multiscale input (default 0)")
         q.add_argument("--axes", choices=["HW", "CHW", "HWC"], type=str.upper, default=None,
@@ -316,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["zarr", "fits"], default=None,
                    help="output format (default: fits when OUT ends in .fits/.fit/.fts, else zarr)")
     s.add_argument("--tile", type=int, default=None, help="output tile side in pixels (default: largest fitting 2 GiB)")
-    s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities",
-                   help="probabilities (float16, default), logits (float32) or labels (uint8)")
+    s.add_argument("--output", choices=list(OUTPUT_KINDS) + ["instances"], default="probabilities",
+                   help="probabilities (float16, default), logits (float32), labels (uint8) or instances "
+                   "(labels, then one uint32 id per object: OUT, its class map in OUT/classes)")
     s.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming it")
     image_opts(s)
@@ -332,7 +421,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="compute the tiles on a local dask cluster of N worker processes")
     contract_opts(s)
-    s.set_defaults(func=cmd_segment)
+    object_opts(s)
+    s.set_defaults(func=cmd_segment_objects)
+
+    s = sub.add_parser("objects", help="instance labels, measurements and exports from a labels output")
+    s.add_argument("input", metavar="CLASSMAP", help="a `segment --output labels` output")
+    s.add_argument("-o", metavar="OUT", default=None, help="instance labels output (OME-Zarr labels image)")
+    s.add_argument("--image", default=None, metavar="IMG", help="the segmented image: intensity measurements")
+    s.add_argument("--probabilities", default=None, metavar="P",
+                   help="a `segment --output probabilities` output of the same model: mean class probability")
+    image_opts(s)
+    s.add_argument("--tile", type=int, default=None, help="tile side of the object pass (default 1024)")
+    s.add_argument("--pyramid", action="store_true", help="add downsampled levels to the output")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    object_opts(s)
+    s.set_defaults(func=cmd_objects)
 
     s = sub.add_parser("plan", help="show how a model would be tiled: halo, stride, FLOPs, memory")
     s.add_argument("--model", "-m", required=True)
