@@ -284,3 +284,24 @@ def test_default_output_names():
     from hirestile.fits import default_output
     assert default_output("/d/sky.fits", "unet-astro") == "/d/sky.unet-astro.zarr"
     assert default_output("/d/sky.fits.fz", "unet-astro", "fits") == "/d/sky.unet-astro.fits"
+
+
+@pytest.mark.parametrize("cd", [True, False])
+@pytest.mark.parametrize("s", [2, 4])
+def test_output_wcs_of_a_strided_network(cd, s):
+    """An output pixel of a stride-s network covers s x s input pixels; its world position is
+    that of their centre, input pixel s * p + (s - 1) / 2 (0-based)."""
+    from hirestile.fits import output_wcs
+    w = _wcs()
+    if not cd:
+        w = WCS(naxis=2)
+        w.wcs.ctype, w.wcs.crval, w.wcs.crpix = ["RA---TAN", "DEC--TAN"], [150.1, 2.2], [40.5, 30.25]
+        w.wcs.cdelt, w.wcs.pc = [-1.0e-4, 1.0e-4], [[0.99, 0.02], [-0.02, 0.99]]
+    got = output_wcs(w.to_header(), (float(s), float(s)))
+    y, x = np.mgrid[-3:20:3, -3:25:4].astype(float)
+    out = np.array(got.pixel_to_world_values(x.ravel(), y.ravel()))
+    want = np.array(w.pixel_to_world_values(s * x.ravel() + (s - 1) / 2, s * y.ravel() + (s - 1) / 2))
+    assert np.abs(out - want).max() < 1e-9
+    if not cd:                                   # astropy's own slicing agrees (it does not scale CD matrices)
+        ref = w.slice((slice(None, None, s), slice(None, None, s)))
+        assert np.abs(np.array(ref.pixel_to_world_values(x.ravel(), y.ravel())) - out).max() < 1e-9
