@@ -20,7 +20,7 @@ from hirestile.analyzer import NodeRegion, Report, analyze_graph, reflect_index
 from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
-                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, padding_mode)
+                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, op_label, padding_mode)
 from hirestile.kernels import conv as kconv
 from hirestile.kernels import norm as knorm
 from hirestile.kernels import pointwise as kpw
@@ -429,24 +429,46 @@ class Stream:
         return sum(b.data.nbytes for b in self.lines.values())
 
 
-def line_buffer_bytes(rep: Report, band: Region) -> int:
-    """Bytes a :class:`Stream` keeps between ``band`` and the band of the same height below it:
-    per node, the rows both compute, times the strip's columns and channels."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a streamed run (a node of the prepared graph: a conv with its folded
+    batch-norm and activation is one stage), for one band in steady state."""
+
+    name: str
+    op: str
+    channels: int
+    rows: int              # rows of the node's tensor the band holds (computed region)
+    cols: int
+    line_rows: int         # of those, rows kept for the next band (the line buffer)
+    line_bytes: int
+    flops: float           # FLOPs the band computes: only the rows not kept from the band above
+
+
+def stream_stages(rep: Report, band: Region) -> list[Stage]:
+    """Per stage, what a :class:`Stream` holds and computes for ``band`` when the next band
+    below it has the same height: the line buffers are the rows both bands compute."""
     (y0, y1), cols = band
     oh = rep.output_shape[1]
-    if y1 >= oh:
-        return 0
     now = rep.regions(band, aligned=True)
-    nxt = rep.regions(((y1, min(y1 + (y1 - y0), oh)), tuple(cols)), aligned=True)
-    total = 0
-    for name, nr in nxt.items():
-        if name not in now or name == rep.graph.input:
+    nxt = rep.regions(((y1, min(y1 + (y1 - y0), oh)), tuple(cols)), aligned=True) if y1 < oh else {}
+    stages = []
+    for n in rep.graph.nodes:
+        if n.name not in now:
             continue
-        (a, b), (c, d) = nr.computed
-        (p, q), _ = now[name].computed
-        rows = max(0, min(b, q) - max(a, p))
-        total += 4 * rep.shapes[name][0] * rows * (d - c)
-    return total
+        (a, b), (c, d) = now[n.name].computed
+        keep = 0
+        if n.name in nxt:
+            (p, q), _ = nxt[n.name].computed
+            keep = max(0, min(b, q) - max(a, p))
+        ch = rep.shapes[n.name][0]
+        stages.append(Stage(n.name, op_label(n.op), ch, b - a, d - c, keep, 4 * ch * keep * (d - c),
+                            rep.node_flops(n) * (b - a - keep) * (d - c)))
+    return stages
+
+
+def line_buffer_bytes(rep: Report, band: Region) -> int:
+    """Bytes a :class:`Stream` keeps between ``band`` and the band of the same height below it."""
+    return sum(s.line_bytes for s in stream_stages(rep, band))
 
 
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,
