@@ -60,7 +60,7 @@ def _as_image(m: Model, x: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
-        raise InputError(f"image must be (C, H, W) or (H, W), got shape {x.shape}")
+        raise InputError(f"image must be (C, H, W), (H, W) or a batch (N, C, H, W), got shape {x.shape}")
     if x.shape[0] != m.runnable.in_channels:
         raise InputError(f"model {m.name!r} takes {m.runnable.in_channels} channel(s), image has {x.shape[0]}")
     if x.shape[1] == 0 or x.shape[2] == 0:
@@ -78,8 +78,10 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     Parameters
     ----------
     model : Model, Graph or str
-    x : ndarray, (C, H, W) or (H, W)
-        Raw image; the model's input contract normalises it.
+    x : ndarray, (C, H, W), (H, W) or a batch (N, C, H, W)
+        Raw image; the model's input contract normalises it. A batch runs image
+        by image (models exported with a fixed batch N load when no op mixes the
+        batch, see :func:`load_model`).
     tile : int or (int, int), optional
         Output tile size. ``None`` runs full-frame. Tiled output equals
         full-frame output bit for bit.
@@ -92,7 +94,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
 
     Returns
     -------
-    ndarray, float32, (K, H', W')
+    ndarray, float32, (K, H', W') (or (N, K, H', W') for a batch)
         Logits on the model's output grid.
 
     Examples
@@ -105,6 +107,10 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     True
     """
     m = as_model(model)
+    if np.ndim(x) == 4:  # a batch: one image at a time (what a batch-N export computes per element)
+        if not len(x):
+            raise InputError(f"empty batch: shape {np.shape(x)}")
+        return np.stack([predict(m, xi, tile=tile, tile_origin=tile_origin, stream=stream) for xi in x])
     img = _as_image(m, x)
     rep = m.analyze(img.shape[1:])
     if tile is None:

@@ -601,14 +601,17 @@ def test_truncated_and_garbage_bytes_refused(reference_onnx):
 
 def test_bad_inputs_refused():
     relu = [oh.make_node("Relu", ["x"], ["y"])]
-    refuse(make_model(relu, shape=(4, 3, 8, 8)), "batch size 4")
+    assert load_onnx(make_model(relu, shape=(4, 3, 8, 8))).nodes[0].op.fn == "relu"  # run per image
+    refuse(make_model(relu, shape=(0, 3, 8, 8)), "batch size of 0")
+    mix = [oh.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3], name="swap"), oh.make_node("Relu", ["t"], ["y"])]
+    refuse(make_model(mix, shape=(4, 3, 8, 8)), ["Transpose ('swap'", "mixes batch elements"])
     refuse(make_model(relu, shape=(3, 8, 8)), "rank 3")
     two = [oh.make_node("Add", ["x", "z"], ["y"])]
     inputs = [oh.make_tensor_value_info(n, TP.FLOAT, [1, 3, 8, 8]) for n in ("x", "z")]
     refuse(make_model(two, inputs=inputs), ["2 inputs", "'x'", "'z'"])
     refuse(make_model(relu, inputs=[oh.make_tensor_value_info("x", TP.INT64, [1, 3, 8, 8])]), "float32")
     refuse(make_model(relu, shape=(1, 3, 10**12, 8)), "image side")
-    refuse(make_model(relu, opset=7), "opset 7")
+    refuse(make_model(relu, opset=5), "opset 5")
 
 
 def test_other_malformed_graphs_refused(tmp_path):

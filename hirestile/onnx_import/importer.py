@@ -18,8 +18,8 @@ from hirestile.onnx_import import ops_shape, ops_window  # noqa: F401 (they regi
 from hirestile.onnx_import.fold import _FOLDABLE, _fold
 from hirestile.onnx_import.ops import _HANDLERS
 from hirestile.onnx_import.read import (
-    MAX_FOLD_ELEMENTS, MAX_REACH, MAX_RESIZE, MAX_SHAPE_ELEMENTS, MAX_SIDE, MAX_TENSOR_ELEMENTS, _attrs, _one_line,
-    _tensor,
+    MAX_BATCH, MAX_FOLD_ELEMENTS, MAX_REACH, MAX_RESIZE, MAX_SHAPE_ELEMENTS, MAX_SIDE, MAX_TENSOR_ELEMENTS, _attrs,
+    _one_line, _tensor,
 )
 from hirestile.onnx_import.rewrites import fuse_patterns
 from hirestile.onnx_import.values import _IMAGE, Act, Crop, Grouped, Poison, Sym, _Reported, _Unsupported
@@ -27,12 +27,20 @@ from hirestile.onnx_import.values import _IMAGE, Act, Crop, Grouped, Poison, Sym
 #: probe offsets from the first probe size (rows, cols)
 PROBE_OFFSETS = ((0, 0), (128, 256), (256, 128))
 DEFAULT_PROBE = (512, 512)
+#: oldest ONNX opset read; older models are upgraded to UPGRADE_TO first where onnx can
+MIN_OPSET = 6
+UPGRADE_TO = 13
+#: ops that, on an image tensor of a fixed batch N > 1, may read across the batch axis
+_BATCH_MIXING = {"Transpose", "Flatten", "MatMul", "Gemm", "Gather", "Expand", "Tile", "ReduceSum", "ReduceMax",
+                 "ReduceMin", "ReduceProd", "Squeeze", "Unsqueeze", "SpaceToDepth", "DepthToSpace", "Einsum"}
 
 
 class _Importer:
     def __init__(self, model, label: str, size_hint, output):
         self.model, self.label, self.g = model, label, model.graph
-        self.opset = self._opset()
+        self.opset = self.source_opset = self._opset()
+        if self.opset < UPGRADE_TO:
+            self._upgrade()
         self.inits = {}
         for t in self.g.initializer:
             self.inits[t.name] = t
@@ -55,9 +63,21 @@ class _Importer:
                 ver = int(o.version)
         if ver is None:
             raise ModelError(f"{self.label}: declares no ONNX operator set (truncated or not an .onnx file?)")
-        if ver < 9:
-            raise ModelError(f"{self.label}: ONNX opset {ver} is too old; re-export with opset 13 or newer")
+        if ver < MIN_OPSET:
+            raise ModelError(f"{self.label}: ONNX opset {ver} is too old (hirestile reads opset {MIN_OPSET} and "
+                             f"newer); re-export with opset 13 or newer")
         return ver
+
+    def _upgrade(self) -> None:
+        """Old opsets: upgrade to :data:`UPGRADE_TO` with ``onnx.version_converter`` where it works;
+        where it does not (e.g. Pad-2 with its ``pads``/``value`` attributes in an IR-3 file), the
+        handlers read the old forms themselves (Pad-2, Upsample, Slice-1, Clip-6, ``broadcast``)."""
+        try:
+            from onnx import version_converter
+            up = version_converter.convert_version(self.model, UPGRADE_TO)
+        except Exception:  # the converter refuses or lacks an adapter: read the model as it is
+            return
+        self.model, self.g, self.opset = up, up.graph, UPGRADE_TO
 
     def _input(self):
         g = self.g
@@ -80,9 +100,12 @@ class _Importer:
             raise ModelError(f"{self.label}: input {inp.name!r} has rank {rank}; hirestile takes "
                              f"(N, C, H, W) image inputs")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if dims[0] not in (None, 1):
-            raise ModelError(f"{self.label}: input {inp.name!r} has batch size {dims[0]}; re-export with "
-                             f"batch 1 or a dynamic batch")
+        if dims[0] is not None and not 0 < dims[0] <= MAX_BATCH:
+            raise ModelError(f"{self.label}: input {inp.name!r} declares a batch size of {dims[0]}")
+        # a fixed batch N > 1 (what torch.onnx.export bakes in from its example) or a symbolic one:
+        # hirestile runs one image at a time, which is exact as long as no op mixes batch elements
+        # (the handlers refuse every op that reads across the batch axis, naming the node)
+        self.batch = dims[0] or 1
         if not dims[1]:
             raise ModelError(f"{self.label}: input {inp.name!r} has no fixed channel count")
         for d in dims[2:]:
@@ -327,7 +350,9 @@ class _Importer:
                 if any(isinstance(v, _IMAGE) for v in ins):
                     h = _HANDLERS.get(n.op_type)
                     if h is None:
-                        raise _Unsupported("on the image tensor")
+                        mixes = self.batch > 1 and n.op_type in _BATCH_MIXING
+                        raise _Unsupported("on the image tensor" + (" (mixes batch elements; hirestile runs one "
+                                                                    "image at a time)" if mixes else ""))
                     outs = h(self, n, name, ins, at)
                 elif any(isinstance(v, Sym) for v in ins) and n.op_type != "Constant":
                     outs = self._fold_sym(n, name, ins, at)

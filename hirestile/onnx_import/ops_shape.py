@@ -31,7 +31,7 @@ def _shape(imp: _Importer, n, name, ins, at):
         if not imp.alive[p]:
             vals.append(None)
             continue
-        s = np.array((1,) + tuple(get(p)), np.int64)
+        s = np.array((imp.batch,) + tuple(get(p)), np.int64)
         vals.append(s[at.get("start", 0):at["end"] if "end" in at else None])
     sym = Sym(vals, frozenset([src]))
     c = imp._sym_const(sym)
@@ -82,9 +82,9 @@ def _slice(imp: _Importer, n, name, ins, at):
         if a == 0:
             for p in imp._live():
                 s, e = bounds(p)
-                lo, hi, _ = slice(max(s, -2**62), min(e, 2**62)).indices(1)
-                if (lo, hi) != (0, 1):
-                    raise _Unsupported("slices the batch axis")
+                lo, hi, _ = slice(max(s, -2**62), min(e, 2**62)).indices(imp.batch)
+                if (lo, hi) != (0, imp.batch):
+                    raise _Unsupported("slices the batch axis (mixes batch elements)")
         elif a == 1:
             vals = {bounds(p) for p in imp._live()}
             if len(vals) != 1:
@@ -193,9 +193,9 @@ def _reshape(imp: _Importer, n, name, ins, at):
     if isinstance(v, Grouped) and v.normed is not None:
         target = imp._sym_or_const(ins[1])
         ok = all(target[p] is not None and np.asarray(target[p]).reshape(-1).tolist()
-                 == [1, *imp.shapes[p][v.src]] for p in imp._baked(ins[1]))
+                 == [imp.batch, *imp.shapes[p][v.src]] for p in imp._baked(ins[1]))
         if not ok:
-            raise _Unsupported("reshapes the image tensor")
+            raise _Unsupported("reshapes the image tensor" + (" (mixes batch elements)" if imp.batch > 1 else ""))
         scale, bias, eps = v.normed
         c = imp.shape(v.src)[0]
         return [Act(imp.emit(v.node, Norm(groups=v.groups, eps=eps, label="GroupNormalization"), [v.src],
@@ -206,12 +206,12 @@ def _reshape(imp: _Importer, n, name, ins, at):
     shapes = [None if target[p] is None else np.asarray(target[p]).reshape(-1).tolist() for p in imp._live()]
     c = imp.shape(x)[0]
     # (1, G, -1) / (0, G, -1): the first half of an exported GroupNorm
-    if all(s is not None and len(s) == 3 and s[0] in (0, 1) and s[2] == -1 and s[1] >= 1 and c % s[1] == 0
+    if all(s is not None and len(s) == 3 and s[0] in (0, imp.batch) and s[2] == -1 and s[1] >= 1 and c % s[1] == 0
            for s in shapes) and len({s[1] for s in shapes}) == 1:
         return [Grouped(x, shapes[0][1], name)]
     # a reshape to the tensor's own shape
     if all(s is not None and len(s) == 4 and s.count(-1) <= 1 and all(
-            t in (want, 0, -1) for t, want in zip(s, [1, *imp.shapes[p][x]]))
+            t in (want, 0, -1) for t, want in zip(s, [imp.batch, *imp.shapes[p][x]]))
            for s, p in zip(shapes, imp._live()) if p in imp._baked(ins[1])):
         return [Act(x)]
-    raise _Unsupported("reshapes the image tensor")
+    raise _Unsupported("reshapes the image tensor" + (" (mixes batch elements)" if imp.batch > 1 else ""))

@@ -223,8 +223,8 @@ def _resize(imp: _Importer, n, name, ins, at):
         for p in imp._baked(sizes):
             if per[p] is None:
                 continue
-            s = full(per[p], [1, c0] + list(imp.shapes[p][x][1:]))
-            if len(s) != 4 or s[0] != 1 or s[1] != c0:
+            s = full(per[p], [imp.batch, c0] + list(imp.shapes[p][x][1:]))
+            if len(s) != 4 or s[0] != imp.batch or s[1] != c0:
                 raise _Unsupported(f"resizes the batch or channel axis (sizes {s})")
             if not all(1 <= v <= MAX_SIDE for v in s[2:]):
                 raise ModelError(f"{imp.label}: node {name!r}: absurd Resize sizes {s}")
@@ -245,7 +245,7 @@ def _resize(imp: _Importer, n, name, ins, at):
             op = Resize(mode=lin, scale=(float(r[0]), float(r[1])), coord=coord, nearest=nearest)
         elif isinstance(sizes, np.ndarray) or imp.static:
             s = fixed.pop() if len(fixed) == 1 else tuple(int(v) for v in full(imp._sym_or_const(sizes)[0],
-                                                                              [1, c0, 1, 1])[2:])
+                                                                              [imp.batch, c0, 1, 1])[2:])
             op = Resize(mode=lin, size=s, coord=coord, nearest=nearest)
         else:
             raise _Unsupported("output size depends on the image size in a way hirestile cannot express")

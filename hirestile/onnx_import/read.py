@@ -20,6 +20,8 @@ MAX_TENSOR_ELEMENTS = 1 << 28
 MAX_FOLD_ELEMENTS = 1 << 24
 #: most elements of a shape value (integers derived from image sizes)
 MAX_SHAPE_ELEMENTS = 1 << 12
+#: largest fixed batch size a model may declare (hirestile runs one image at a time)
+MAX_BATCH = 1 << 16
 #: largest image side a model may declare, and largest resize factor
 MAX_SIDE = 1 << 24
 MAX_RESIZE = 256
