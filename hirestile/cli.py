@@ -187,7 +187,8 @@ def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any) -> 
 
     res = instances(classmap, out, image=image, probabilities=getattr(a, "probabilities", None),
                     tile=a.tile or DEFAULT_TILE, connectivity=a.connectivity, dtype=a.label_dtype,
-                    overwrite=a.overwrite, pyramid=a.pyramid, outlines=bool(a.geojson), progress=_progress(a))
+                    overwrite=a.overwrite, pyramid=a.pyramid, outlines=bool(a.geojson),
+                    radec=True if a.radec else None, progress=_progress(a))
     _say(f"hirestile: {res.summary()}")
     for line in export(res, table=a.table, geojson=a.geojson, catalog=a.catalog, overwrite=a.overwrite):
         _say(f"wrote {line}")
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--geojson", default=None, metavar="PATH",
                        help="one QuPath detection per object with its exact pixel-edge outline")
         g.add_argument("--catalog", default=None, metavar="PATH", help="FITS source catalogue (astropy, with units)")
+        g.add_argument("--radec", action="store_true", help="require RA/Dec columns (from a FITS input's WCS; "
+                       "added anyway when there is one)")
 
     def image_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("--level", type=int, default=None, help="resolution level of a multiscale input (default 0)")

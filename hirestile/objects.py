@@ -51,8 +51,8 @@ import numpy as np
 
 from . import ome
 from .errors import InputError, OutputError
-from .objects_io import (check_out, create_out, open_classmap, open_image_reader, open_probabilities,
-                         prepare_instances_output)
+from .objects_io import (check_out, create_out, find_wcs, open_classmap, open_image_reader,
+                         open_probabilities, prepare_instances_output)
 
 DEFAULT_TILE = 1024
 SENTINEL = -1                      # the class "outside the image" (never a stored class)
@@ -67,7 +67,7 @@ class Objects:
     ``bbox_x0``, ``bbox_y1``, ``bbox_x1`` (half-open, as skimage's ``bbox``),
     ``perimeter`` (edge perimeter, see the module notes), and with an image
     ``intensity_{sum,mean,max,min}_<c>`` per channel, with probabilities
-    ``probability_mean`` (mean probability of the object's own class).
+    ``probability_mean`` (mean probability of the object's own class), with a WCS ``ra``, ``dec``.
     ``labels`` is the label image when no output path was given (else None).
     ``outlines`` (when asked) maps label -> list of polygons, each a list of rings of
     (x, y) pixel-corner vertices, the first ring the exterior.
@@ -166,7 +166,7 @@ def _seam_pairs(a_ids: np.ndarray, a_cls: np.ndarray, b_ids: np.ndarray, b_cls: 
 def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: Any = None,
               probabilities: Any = None, tile: int = DEFAULT_TILE, connectivity: int = 1,
               dtype: Any = None, overwrite: bool = False, pyramid: bool = False, outlines: bool = False,
-              progress: bool | None = None, name: str | None = None) -> Objects:
+              radec: bool | None = None, progress: bool | None = None, name: str | None = None) -> Objects:
     """Instance labels and measurements of a class map, tile by tile, exactly.
 
     Parameters
@@ -193,6 +193,10 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
         Replace an existing ``out`` that is not this job's earlier output.
     outlines : bool
         Also trace each object's exact pixel-edge outline (``Objects.outlines``).
+    radec : bool, optional
+        Add ``ra`` and ``dec`` (degrees) of each centroid from the celestial WCS a FITS input
+        left on the class map (or a FITS ``image``'s header). None: when there is one;
+        True: required (:class:`InputError` without a WCS, before any work).
     """
     if connectivity not in (1, 2):
         raise InputError(f"connectivity must be 1 (4-connected) or 2 (8-connected), got {connectivity}")
@@ -200,6 +204,10 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
     if tile < 1:
         raise InputError(f"tile must be at least 1 pixel, got {tile}")
     cm, classes, src_name = open_classmap(labels)
+    wcs = find_wcs(labels, image) if radec is not False else None
+    if radec and wcs is None:
+        raise InputError(f"{src_name}: RA/Dec asked for, but neither the class map nor the image carries a "
+                         "celestial WCS; segment the FITS image itself, or drop --radec")
     H, W = (int(s) for s in cm.shape)
     read_img, nch = open_image_reader(image, (H, W), "image")
     read_prob, _ = open_image_reader(probabilities if probabilities is None or not isinstance(probabilities, (str, os.PathLike))
@@ -249,6 +257,9 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
     fmap, count = _resolve(offsets[-1], pairs, np.concatenate([np.zeros(0, np.int64)]
                                                               + [s["first"] for s in stats if s]))
     table = _merge(stats, fmap, count, nch, read_prob is not None)
+    if wcs is not None:                  # 0-based pixel coordinates, as the centroids
+        ra, dec = wcs.pixel_to_world_values(table["centroid_x"], table["centroid_y"])
+        table["ra"], table["dec"] = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
     label_dtype = _label_dtype(count, dtype)
     times["union-find"] = time.perf_counter() - t1
 

@@ -262,7 +262,7 @@ def write_catalog(res: Any, path: str, overwrite: bool = False) -> None:
     except ImportError:
         raise OutputError("writing a FITS catalogue needs astropy: pip install astropy") from None
     t = Table()
-    units = {"area": u.pix ** 2, "perimeter": u.pix}
+    units = {"area": u.pix ** 2, "perimeter": u.pix, "ra": u.deg, "dec": u.deg}
     for k, v in res.table.items():
         name = k.replace("intensity_sum_", "flux_").replace("intensity_max_", "peak_")
         unit = units.get(k, u.pix if k.startswith(("centroid", "bbox")) else None)

@@ -163,5 +163,27 @@ def prepare_instances_output(out: str, overwrite: bool, connectivity: int) -> st
     return classes
 
 
-__all__ = ["open_classmap", "open_image_reader", "open_probabilities", "check_out", "create_out",
+def find_wcs(labels: Any, image: Any) -> Any:
+    """The celestial WCS (astropy) of the class map's grid: the ``fits_wcs`` cards a FITS input left
+    on the labels output, else a FITS ``image``'s header; None when there is none."""
+    from .fits import celestial_wcs
+
+    cards = None
+    if isinstance(labels, (str, os.PathLike)):
+        import zarr
+
+        try:
+            node = zarr.open(os.fspath(labels), mode="r")
+            cards = dict(node.attrs).get("fits_wcs") if isinstance(node, zarr.Group) else None
+        except Exception:                                      # noqa: BLE001
+            cards = None
+    if cards:
+        from astropy.io import fits as afits
+
+        return celestial_wcs(afits.Header(cards))
+    header = getattr(getattr(image, "array", None), "header", None)
+    return celestial_wcs(header) if header is not None else None
+
+
+__all__ = ["find_wcs", "open_classmap", "open_image_reader", "open_probabilities", "check_out", "create_out",
            "prepare_instances_output"]

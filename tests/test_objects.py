@@ -333,6 +333,9 @@ def test_cli_objects_and_errors(tmp_path):
     assert_one_line_error(r, 2, r"not an \(H, W\) integer class map")
     r = cli("objects", src, "-o", tmp_path / "inst5.zarr", "--table", tmp_path / "o.xlsx")
     assert_one_line_error(r, 4, r"end the path with .parquet or .csv")
+    r = cli("objects", src, "-o", tmp_path / "inst6.zarr", "--catalog", tmp_path / "c.fits", "--radec")
+    assert_one_line_error(r, 2, r"RA/Dec asked for, but neither the class map nor the image carries")
+    assert not (tmp_path / "inst6.zarr").exists() and not (tmp_path / "c.fits").exists()
 
 
 def test_cli_segment_instances(tmp_path):
@@ -360,3 +363,48 @@ def test_cli_segment_instances(tmp_path):
     assert np.array_equal(zarr.open_group(str(tmp_path / "inst.zarr"), mode="r")["0"][...], inst)
     r = cli("segment", "slide.zarr", "--model", "rgb.safetensors", "--table", "u.csv", cwd=tmp_path)
     assert_one_line_error(r, 2, r"need --output instances")
+
+
+def test_radec_from_the_wcs_a_fits_input_left(tmp_path):
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [150.1, 2.2], [20.0, 15.0], [-1e-4, 1e-4]
+    cm = random_classmap(np.random.default_rng(5), 40, 50, 0.4, 1)
+    src = labels_output(tmp_path / "cm.zarr", cm)
+    g = zarr.open_group(src, mode="r+")
+    g.attrs.put({**dict(g.attrs), "fits_wcs": dict(w.to_header())})      # as hirestile.fits.annotate_zarr leaves it
+    res = instances(src, tile=16, radec=True)
+    ref = label(cm, connectivity=1)
+    rp = regionprops_table(ref, properties=["centroid"])
+    ra, dec = w.pixel_to_world_values(rp["centroid-1"], rp["centroid-0"])
+    np.testing.assert_allclose(res.table["ra"], ra, rtol=1e-12)
+    np.testing.assert_allclose(res.table["dec"], dec, rtol=1e-12)
+    write_catalog(res, str(tmp_path / "c.fits"))
+    from astropy.table import Table
+    import astropy.units as u
+    assert Table.read(str(tmp_path / "c.fits"))["ra"].unit == u.deg
+    with pytest.raises(InputError, match="RA/Dec asked for"):
+        instances(cm, radec=True)
+    assert "ra" not in instances(cm).table
+
+
+class WindowedClassMap:
+    """A class map that can only be read in windows, recording the largest one (out-of-core check)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a, self.shape, self.dtype, self.largest = a, a.shape, a.dtype, 0
+
+    def __getitem__(self, idx):
+        out = self.a[idx]
+        self.largest = max(self.largest, out.size)
+        return out
+
+
+def test_reads_windows_of_one_tile():
+    cm = _everything(203, 97)
+    src = WindowedClassMap(cm)
+    res = instances(src, tile=16, outlines=True)
+    assert res.count == 1 and np.array_equal(res.labels, label(cm, connectivity=1))
+    assert src.largest <= 18 * 18                    # a tile and its one-pixel halo, whatever the height
