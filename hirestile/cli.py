@@ -1,4 +1,4 @@
-"""The ``hirestile`` command line: segment, plan, info, models, convert, example.
+"""The ``hirestile`` command line: segment, plan, info, models, convert, example, warmup.
 
 Every user error ends as one line ``hirestile: error: <what> ; <what to do>`` on
 stderr and a non-zero exit code (2 input, 3 model, 4 output, 1 other,
@@ -67,13 +67,19 @@ def _mib(n: float) -> str:
 def cmd_segment(a: argparse.Namespace) -> int:
     from .io import open_image
     from .scheduler import segment_to_zarr
+    from .stream import keep_freed_memory
 
     model = load_model_cli(a.model, a)
+    if not (a.scheduler or a.workers):
+        keep_freed_memory()                 # as segment_to_zarr does, before zarr's and the kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
     out, fits_out, done = _fits_plan(a, img, model)
     if done:
         return 0
-    with img, contextlib.ExitStack() as stack:
+    with img, contextlib.ExitStack() as stack:   # a bad input fails above, before a first-use compile
+        warm = None
+        if not a.scheduler and img.channels == model.contract.channels:   # not a remote cluster's kernels
+            warm = _warmup(model)           # compile / load the kernels outside the timed run
         run_tiles = None
         if a.scheduler or a.workers:             # the same job, its tiles computed on a dask cluster
             from .dask_api import cluster_client, cluster_tiles
@@ -85,6 +91,8 @@ def cmd_segment(a: argparse.Namespace) -> int:
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
                                 progress=_progress(a), log=_say, run_tiles=run_tiles)
     _say(stats.summary())
+    if warm is not None:
+        _say(warm.summary())
     _fits_finish(a, img, stats.output, fits_out)
     return 0
 
@@ -132,6 +140,23 @@ def _fits_finish(a: argparse.Namespace, img: Any, zarr_out: str, fits_out: Any) 
                       source=a.input, progress=_progress(a))
     _say(f"wrote {target}: FITS" + (" with the input's WCS" if header is not None and fits.celestial_wcs(header)
                                     is not None else ""))
+
+
+def _warmup(model: Any) -> Any:
+    from .warmup import warmup
+
+    return warmup(model, say=lambda s: _say(f"hirestile: {s}"))
+
+
+def cmd_warmup(a: argparse.Namespace) -> int:
+    names = a.model
+    if not names:
+        from .models.registry import list_specs
+        names = [s.name for s in list_specs()]
+    for name in names:
+        w = _warmup(load_model_cli(name))
+        print(f"{name}: {w.summary()}" + (f"; cache: {w.cache_dir}" if w.cache_dir else ""), flush=True)
+    return 0
 
 
 # **** objects: instances, measurements, exports (hirestile.objects) ****
@@ -456,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list the built-in models")
     s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("warmup", help="compile the kernels ahead of time (else the first segment run does, "
+                       "about a minute)")
+    s.add_argument("--model", "-m", nargs="+", default=None, metavar="NAME",
+                   help="built-in model names or model files (default: every built-in model)")
+    s.set_defaults(func=cmd_warmup)
 
     s = sub.add_parser("convert", help="convert TIFF/SVS/NDPI/OME-TIFF/FITS (or zarr) to OME-Zarr, streaming")
     s.add_argument("input", metavar="IN")
