@@ -305,3 +305,33 @@ def test_output_wcs_of_a_strided_network(cd, s):
     if not cd:                                   # astropy's own slicing agrees (it does not scale CD matrices)
         ref = w.slice((slice(None, None, s), slice(None, None, s)))
         assert np.abs(np.array(ref.pixel_to_world_values(x.ravel(), y.ravel())) - out).max() < 1e-9
+
+
+def test_sigkill_during_fits_output_run_then_resume(models, tmp_path):
+    """kill -9 part way through a FITS-output run: no OUT, and the same command finishes it to the
+    bytes of an uninterrupted run, without recomputing the tiles already stored."""
+    import subprocess
+    import sys
+    import time
+
+    src = _write(tmp_path / "big.fits", [fits.PrimaryHDU(_pixels((160, 192), seed=11), header=_wcs().to_header())])
+    m = str(models / "grey.safetensors")
+    args = [sys.executable, "-m", "hirestile", "segment", src, "-m", m, "--tile", "32", "-q", "-o"]
+    r = subprocess.run(args + [str(tmp_path / "full.fits")], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    target = tmp_path / "killed.fits"
+    log = tmp_path / "killed.fits.hirestile.zarr" / ".hirestile" / "done.log"
+    proc = subprocess.Popen(args + [str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (log.exists() and log.read_bytes().count(b"\n") >= 3) and proc.poll() is None:
+        assert time.time() - t0 < 180
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=180)
+    assert proc.returncode == -9, "the run finished before it could be killed"
+    assert not target.exists()                                      # nothing looks complete
+    r = subprocess.run(args + [str(target)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "already done" in r.stderr, r.stderr
+    assert target.read_bytes() == (tmp_path / "full.fits").read_bytes()
+    assert not (tmp_path / "killed.fits.hirestile.zarr").exists() and not (tmp_path / "killed.fits.partial").exists()
