@@ -167,8 +167,8 @@ def cmd_segment_objects(a: argparse.Namespace) -> int:
     """``segment``, and for ``--output instances`` the class map into OUT/classes (resumable as any
     segment run), then the object pass into OUT and the exports."""
     if a.output != "instances":
-        if any(getattr(a, k) for k in EXPORTS):
-            raise InputError("--table/--geojson/--catalog need --output instances "
+        if any(getattr(a, k) for k in EXPORTS) or a.split:
+            raise InputError("--table/--geojson/--catalog/--split need --output instances "
                              "(or run `hirestile objects` on a labels output)")
         return cmd_segment(a)
     from .objects_io import open_classmap, prepare_instances_output
@@ -191,7 +191,7 @@ def cmd_segment_objects(a: argparse.Namespace) -> int:
         if not same:
             _say(f"hirestile: note: the class map is {hw[0]} x {hw[1]} but the input {img.height} x {img.width}; "
                  "no intensity measurements")
-        _objects_run(a, a.o, out, img if same else None)
+        _objects_run(a, a.o, out, img if same else None, overwrite=True)   # OUT checked by prepare_instances_output
     return 0
 
 
@@ -206,14 +206,16 @@ def _objects_check(a: argparse.Namespace) -> None:
         check_new(getattr(a, what), a.overwrite, what)
 
 
-def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any) -> None:
+def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any, overwrite: bool) -> None:
     from .objects import DEFAULT_TILE, instances
     from .objects_export import export
+    from .objects_split import split_instances
 
-    res = instances(classmap, out, image=image, probabilities=getattr(a, "probabilities", None),
-                    tile=a.tile or DEFAULT_TILE, connectivity=a.connectivity, dtype=a.label_dtype,
-                    overwrite=a.overwrite, pyramid=a.pyramid, outlines=bool(a.geojson),
-                    radec=True if a.radec else None, progress=_progress(a))
+    run, extra = (split_instances, {"radius": a.split_radius}) if a.split else (instances, {})
+    res = run(classmap, out, image=image, probabilities=getattr(a, "probabilities", None),
+              tile=a.tile or DEFAULT_TILE, connectivity=a.connectivity, dtype=a.label_dtype,
+              overwrite=overwrite, pyramid=a.pyramid, outlines=bool(a.geojson),
+              radec=True if a.radec else None, progress=_progress(a), **extra)
     _say(f"hirestile: {res.summary()}")
     for line in export(res, table=a.table, geojson=a.geojson, catalog=a.catalog, overwrite=a.overwrite):
         _say(f"wrote {line}")
@@ -233,7 +235,7 @@ def cmd_objects(a: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if img is not None:
             stack.enter_context(img)
-        _objects_run(a, a.input, a.o, img)
+        _objects_run(a, a.input, a.o, img, overwrite=a.overwrite)
     return 0
 
 
@@ -414,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--geojson", default=None, metavar="PATH",
                        help="one QuPath detection per object with its exact pixel-edge outline")
         g.add_argument("--catalog", default=None, metavar="PATH", help="FITS source catalogue (astropy, with units)")
+        g.add_argument("--split", action="store_true", help="split touching objects (distance maxima as "
+                       "markers, nearest-marker assignment: the same result for any tiling)")
+        g.add_argument("--split-radius", type=int, default=8, metavar="R",
+                       help="--split: about the radius of one object in pixels (default 8)")
         g.add_argument("--radec", action="store_true", help="require RA/Dec columns (from a FITS input's WCS; "
                        "added anyway when there is one)")
 

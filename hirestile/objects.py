@@ -166,7 +166,8 @@ def _seam_pairs(a_ids: np.ndarray, a_cls: np.ndarray, b_ids: np.ndarray, b_cls: 
 def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: Any = None,
               probabilities: Any = None, tile: int = DEFAULT_TILE, connectivity: int = 1,
               dtype: Any = None, overwrite: bool = False, pyramid: bool = False, outlines: bool = False,
-              radec: bool | None = None, progress: bool | None = None, name: str | None = None) -> Objects:
+              radec: bool | None = None, progress: bool | None = None, name: str | None = None,
+              class_map: Any = None, job: dict[str, Any] | None = None) -> Objects:
     """Instance labels and measurements of a class map, tile by tile, exactly.
 
     Parameters
@@ -193,6 +194,12 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
         Replace an existing ``out`` that is not this job's earlier output.
     outlines : bool
         Also trace each object's exact pixel-edge outline (``Objects.outlines``).
+    job : dict, optional
+        What identifies the job in the output (a rerun of the same job needs no ``overwrite``);
+        default the labels path and the connectivity.
+    class_map : optional
+        Where each object's ``class`` (and the probability channel it reads) comes from when
+        ``labels`` holds other ids than classes (:mod:`hirestile.objects_split`); default ``labels``.
     radec : bool, optional
         Add ``ra`` and ``dec`` (degrees) of each centroid from the celestial WCS a FITS input
         left on the class map (or a FITS ``image``'s header). None: when there is one;
@@ -204,7 +211,12 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
     if tile < 1:
         raise InputError(f"tile must be at least 1 pixel, got {tile}")
     cm, classes, src_name = open_classmap(labels)
-    wcs = find_wcs(labels, image) if radec is not False else None
+    ccm = cm
+    if class_map is not None:
+        ccm, classes, _ = open_classmap(class_map)
+        if tuple(ccm.shape) != tuple(cm.shape):
+            raise InputError(f"the class map is {ccm.shape} but the labels {cm.shape}; give matching arrays")
+    wcs = find_wcs(labels if class_map is None else class_map, image) if radec is not False else None
     if radec and wcs is None:
         raise InputError(f"{src_name}: RA/Dec asked for, but neither the class map nor the image carries a "
                          "celestial WCS; segment the FITS image itself, or drop --radec")
@@ -212,7 +224,7 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
     read_img, nch = open_image_reader(image, (H, W), "image")
     read_prob, _ = open_image_reader(probabilities if probabilities is None or not isinstance(probabilities, (str, os.PathLike))
                            else open_probabilities(probabilities), (H, W), "probabilities")
-    job = {"source": os.path.abspath(src_name) if isinstance(labels, (str, os.PathLike)) else None,
+    job = job or {"source": os.path.abspath(src_name) if isinstance(labels, (str, os.PathLike)) else None,
            "connectivity": connectivity}
     if out is not None:
         check_out(os.fspath(out), job, overwrite)
@@ -240,7 +252,8 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
         offsets[t + 1] = offsets[t] + n
         img = read_img((y0, y1), (x0, x1)) if read_img else None
         prob = read_prob((y0, y1), (x0, x1)) if read_prob else None
-        stats.append(_tile_stats(lab, n, y0, x0, W, core, _edge_count(cpad), img, prob))
+        ccore = core if class_map is None else np.asarray(ccm[y0:y1, x0:x1]).astype(np.int64)
+        stats.append(_tile_stats(lab, n, y0, x0, W, ccore, _edge_count(cpad), img, prob))
         if y0:                                   # the seam with the tile row above
             lo = max(x0 - 1, 0)
             a_ids, a_cls = prev_ids[lo:min(x1 + 1, W)], prev_cls[lo:min(x1 + 1, W)]

@@ -408,3 +408,52 @@ def test_reads_windows_of_one_tile():
     res = instances(src, tile=16, outlines=True)
     assert res.count == 1 and np.array_equal(res.labels, label(cm, connectivity=1))
     assert src.largest <= 18 * 18                    # a tile and its one-pixel halo, whatever the height
+
+
+# ---- --split: touching objects, the same for any tiling ------------------------------------------
+def discs(rng: np.random.Generator, h: int, w: int, n: int, classes: int = 2) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    cm = np.zeros((h, w), np.uint8)
+    for _ in range(n):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(2, 9)
+        cm[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(1, classes + 1)
+    return cm
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(5, 67), w=st.integers(5, 67), tile=st.sampled_from([3, 5, 8, 13, 29]),
+       conn=st.sampled_from([1, 2]), radius=st.integers(1, 9), n=st.integers(0, 14), seed=st.integers(0, 2**31))
+def test_split_tiled_equals_full_frame(h, w, tile, conn, radius, n, seed):
+    from hirestile.objects_split import split_instances
+
+    cm = discs(np.random.default_rng(seed), h, w, n)
+    a = split_instances(cm, tile=tile, connectivity=conn, radius=radius)
+    b = split_instances(cm, tile=max(h, w), connectivity=conn, radius=radius)       # the full frame
+    assert np.array_equal(a.labels, b.labels)
+    for k in b.table:
+        assert np.array_equal(a.table[k], b.table[k]), k
+    ref = label(a.labels.astype(np.int64), connectivity=conn)                    # objects are connected ...
+    assert np.array_equal(ref, a.labels)
+    whole = label(cm, connectivity=conn)                                         # ... and inside one object each
+    assert all(len(np.unique(whole[a.labels == k])) == 1 for k in range(1, a.count + 1))
+    assert np.array_equal(a.table["class"], [cm[a.labels == k][0] for k in range(1, a.count + 1)])
+
+
+def test_split_separates_touching_discs(tmp_path):
+    from hirestile.objects_split import split_instances
+
+    yy, xx = np.mgrid[0:40, 0:60]
+    cm = (((yy - 20) ** 2 + (xx - 20) ** 2 <= 81) | ((yy - 20) ** 2 + (xx - 34) ** 2 <= 81)).astype(np.uint8)
+    assert instances(cm).count == 1
+    res = split_instances(cm, tile=7)
+    assert res.count == 2 and res.table["area"].sum() == cm.sum()
+    assert res.labels[20, 20] != res.labels[20, 34]
+    mid = int(cm[:, 27].sum())                     # the column equidistant from both centres goes to one side
+    assert int(res.table["area"][0]) - int(res.table["area"][1]) == mid
+    src = labels_output(tmp_path / "cm.zarr", cm)
+    r = cli("objects", src, "-o", tmp_path / "s.zarr", "--split", "--tile", "16", "--table", tmp_path / "s.csv")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["0"][...], res.labels)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".split-")]     # temporaries removed
+    again = cli("objects", src, "-o", tmp_path / "s.zarr", "--split", "--tile", "16")   # the same job: reruns
+    assert again.returncode == 0, again.stderr
