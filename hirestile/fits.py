@@ -258,6 +258,11 @@ def describe(img: InputImage) -> list[str]:
         lines.append(f"  {i:>3}  {h.name or '-':<16} {_hdu_kind(h):<13} {what}{mark}")
     lines.append(f"compression: {arr.compression or 'none'}")
     lines.append("wcs:     " + wcs_summary(arr.header))
+    hd = arr.header
+    if "HIRESTILE MODEL" in hd:
+        lines.append(f"hirestile output: {hd.get('HIRESTILE OUTPUT', '?')} of model {hd['HIRESTILE MODEL']!r} "
+                     f"(fingerprint {hd.get('HIRESTILE FINGERPRINT', '?')}, hirestile {hd.get('HIRESTILE VERSION', '?')})"
+                     f", input {hd.get('HIRESTILE INPUT', '?')}; status: complete")
     return lines
 
 

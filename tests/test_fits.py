@@ -177,6 +177,8 @@ def test_cli_fits_output_bits_wcs_provenance(files, models, tmp_path, output):
     assert np.abs(_grid_world(w_zarr) - _grid_world(w_in)).max() < 1e-9
     r = cli("segment", src, "-m", m, "-o", tmp_path / "out.fits", "--tile", TILE, "--output", output, "-q")
     assert r.returncode == 0 and "already complete" in r.stderr, r.stderr
+    r = cli("info", tmp_path / "out.fits")
+    assert r.returncode == 0 and f"hirestile output: {output} of model 'grey'" in r.stdout, r.stdout
 
 
 def test_interrupted_fits_run_resumes_to_the_same_bits(files, models, tmp_path):
