@@ -29,11 +29,11 @@ import time
 import numpy as np
 
 
-def classmap_band(y0: int, y1: int, W: int, seed: int = 0) -> np.ndarray:
-    """Rows [y0, y1) of the synthetic class map (the same pixels whatever the band)."""
+def classmap_band(y0: int, y1: int, x0: int, x1: int, seed: int = 0) -> np.ndarray:
+    """Rows [y0, y1) x cols [x0, x1) of the synthetic class map (the same pixels whatever the window)."""
     S = 20
-    yy, xx = np.mgrid[y0:y1, 0:W]
-    out = np.zeros((y1 - y0, W), np.uint8)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    out = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cy, cx = yy // S, xx // S
     for dy in (-1, 0, 1):                               # a pixel can lie in a neighbour cell's disc
         for dx in (-1, 0, 1):
@@ -57,11 +57,13 @@ def write_inputs(d: str, n: int) -> tuple[str, str]:
     arr = ome.create_array(g, "0", ome.choose_layout("labels", classes=3, out_hw=(n, n), tile=1024), np.uint8,
                            dimension_names=["y", "x"])
     for y0 in range(0, n, 1024):
-        arr[y0:min(y0 + 1024, n)] = classmap_band(y0, min(y0 + 1024, n), n)
+        for x0 in range(0, n, 1024):
+            arr[y0:min(y0 + 1024, n), x0:min(x0 + 1024, n)] = classmap_band(y0, min(y0 + 1024, n), x0,
+                                                                            min(x0 + 1024, n))
     ome.finalize(g, ome=ome.ome_metadata(kind="labels", classes=("bg", "nucleus", "stroma"), name="cm", levels=1))
 
     def read(rows, cols):
-        c = classmap_band(rows[0], rows[1], n)[:, cols[0]:cols[1]]
+        c = classmap_band(rows[0], rows[1], cols[0], cols[1])
         base = np.array([[230, 230, 230], [80, 40, 140], [220, 120, 160]], np.uint8)[c]
         return np.ascontiguousarray(np.moveaxis(base, -1, 0))
     ome.write_image(img_path, read=read, shape=(3, n, n), dtype=np.uint8, name="img", pyramid=False,

@@ -185,6 +185,19 @@ def test_probability_mean():
     np.testing.assert_allclose(res.table["probability_mean"], want, rtol=1e-12)
 
 
+def test_probabilities_from_a_probabilities_output(tmp_path):
+    rng = np.random.default_rng(2)
+    cm = random_classmap(rng, 30, 23, 0.6, 2)
+    p = rng.random((3, 30, 23)).astype(np.float16)
+    g = ome.new_group(str(tmp_path / "p.zarr"), {"manifest": {"job": {"output": "probabilities"}}})
+    lay = ome.choose_layout("probabilities", classes=3, out_hw=cm.shape, tile=64)
+    ome.create_array(g, "0", lay, p.dtype, dimension_names=["c", "y", "x"])[...] = p
+    got = instances(cm, tile=6, probabilities=str(tmp_path / "p.zarr")).table["probability_mean"]
+    np.testing.assert_array_equal(got, instances(cm, tile=6, probabilities=p).table["probability_mean"])
+    with pytest.raises(InputError, match="not .K, H, W. probabilities"):
+        instances(cm, probabilities=labels_output(tmp_path / "cm.zarr", cm))
+
+
 # ---- out of core: zarr in, OME-Zarr out, reruns ------------------------------------------------
 def labels_output(path, cm: np.ndarray, classes=("background", "nucleus", "other")) -> str:
     """A class map stored the way `segment --output labels` stores one (group, array 0, manifest)."""
