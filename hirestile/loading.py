@@ -28,7 +28,8 @@ MODEL_FORMATS = "a model is a built-in name (`hirestile models` lists them), a .
 CONTRACT_FIELDS = ("mean", "std", "scale", "pad_to", "pad_mode", "stretch", "softening", "value_range")
 
 
-def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
+def load_model(source: str | Path, *, contract: dict | None = None,
+               size_hint: tuple[int, int] | None = None) -> Model:
     """Load a model: a built-in name (see ``hirestile models``), an ``.onnx`` file or a
     UNet ``.safetensors`` file.
 
@@ -41,6 +42,11 @@ def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
     ``contract`` (same keys) overrides the sidecar; the CLI fills it from its
     contract flags (``--pad-to``, ``--pad-mode``, ``--mean``, ``--std``, ``--scale``,
     ``--stretch``, ``--softening``).
+
+    ``size_hint`` (H, W), for ``.onnx`` files: an input size the network takes, where
+    the importer's own search finds none (it tries 512 x 512 and, failing that, every
+    residue modulo 64 around it). Models exported with any fixed batch size load when no
+    op mixes the batch (they run image by image); opsets 6-12 are upgraded.
 
     Examples
     --------
@@ -70,11 +76,33 @@ def load_model(source: str | Path, *, contract: dict | None = None) -> Model:
         m = load_unet(path, name=path.stem)
     else:
         from hirestile.onnx_import import load_onnx
-        graph = load_onnx(path)
+        graph = load_onnx(path, size_hint=size_hint)
         m = Model.from_graph(graph, name=path.stem)
     spec = dict(read_sidecar(path))
     spec.update(contract or {})
     return with_contract(m, spec) if spec else m
+
+
+def contract_sources(source: str | Path, contract: dict | None = None) -> dict[str, str]:
+    """Where each part of the input contract :func:`load_model` applies comes from: "flags"
+    (``contract``), "sidecar" (``<file>.json``), "built-in" (a registry model's card) or
+    "default" (a model file without either: values as given, any size). Keys: scale,
+    normalisation, stretch, pad."""
+    contract = contract or {}
+    path = Path(str(source))
+    builtin = path.suffix.lower() not in (".onnx", ".safetensors") and not path.is_file()
+    side = {} if builtin or not path.is_file() else read_sidecar(path)
+    keys = {"scale": ("scale",), "normalisation": ("mean", "std"), "stretch": ("stretch", "softening"),
+            "pad": ("pad_to", "pad_mode")}
+    out = {}
+    for part, names in keys.items():
+        if any(k in contract for k in names):
+            out[part] = "flags"
+        elif any(k in side for k in names):
+            out[part] = "sidecar"
+        else:
+            out[part] = "built-in" if builtin else "default"
+    return out
 
 
 def read_sidecar(path: Path) -> dict:
@@ -122,4 +150,4 @@ def load_builtin(name: str) -> Model:
     return Model(graph=m.graph, contract=m.contract, name=m.name, classes=m.classes, card=card)
 
 
-__all__ = ["as_model", "load_model", "load_builtin", "read_sidecar", "with_contract", "MODEL_FORMATS", "CONTRACT_FIELDS"]
+__all__ = ["as_model", "load_model", "load_builtin", "read_sidecar", "contract_sources", "with_contract", "MODEL_FORMATS", "CONTRACT_FIELDS"]

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Iterable, Sequence
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -104,26 +105,107 @@ class Model:
         except ShapeError as e:
             raise InputError(self._size_advice(shape, e)) from None
 
+    @cached_property
+    def size_rule(self) -> tuple[AxisRule, AxisRule] | None:
+        """The input sizes the runnable graph takes, per axis (rows, columns), derived from the
+        graph's own shape rules (:func:`size_rule`); None where no rule was found."""
+        return size_rule(self.runnable)
+
+    def takes(self) -> str:
+        """The accepted sizes in words ("16k + 12, >= 188"; "any size >= 44"; rows and columns
+        separately where they differ), or "" where unknown."""
+        return describe_sizes(self.size_rule)
+
     def _size_advice(self, shape: tuple[int, int], err: Exception) -> str:
-        """Why the network cannot take an image of ``shape``, and which sizes it takes."""
+        """Why the network cannot take an image of ``shape``, and which sizes it takes (the rule
+        derived from the graph, :attr:`size_rule`)."""
         h, w = shape
         head = f"model {self.name!r} cannot take a {h}x{w} image ({err})"
+        rule = self.size_rule
+        if rule is None:
+            return f"{head}; check the model's input contract (pad_to)"
+        desc = describe_sizes(rule)
+        near = tuple(r.at_least(n) for r, n in zip(rule, shape))
+        if all(n % r.period in r.residues for r, n in zip(rule, shape)):
+            return (f"{head}: the image is too small for it; it takes {desc} (the smallest: "
+                    f"{near[0]}x{near[1]}), use a larger image")
+        if all(r.residues == (0,) and r.period > 1 for r in rule):
+            k = math.lcm(rule[0].period, rule[1].period)
+            return (f"{head}: it takes sizes that are multiples of {k}; declare pad_to={k} "
+                    f"(--pad-to {k}) to pad virtually and crop back")
+        return f"{head}: it takes {desc}; crop or pad the image to such a size (e.g. {near[0]}x{near[1]})"
 
-        def takes(hw: tuple[int, int]) -> bool:
-            try:
-                executor.analyze(self.runnable, hw)
-                return True
-            except (ShapeError, ArithmeticError):
-                return False
-        # candidates in order: small multiples (a same-padding UNet), a minimum size (valid
-        # padding), then large multiples; the first size the network takes names the fix
-        candidates = ([("multiple", k) for k in (2, 4, 8, 16, 32)] + [("size", s) for s in (64, 128, 256, 512, 1024,
-                      2048, 4096)] + [("multiple", k) for k in (64, 128, 256)])
-        for kind, k in candidates:
-            hw = (-(-h // k) * k, -(-w // k) * k) if kind == "multiple" else (max(h, k), max(w, k))
-            if takes(hw):
-                if kind == "multiple":
-                    return (f"{head}: it takes sizes that are multiples of {k}; declare pad_to={k} "
-                            f"(--pad-to {k}) to pad virtually and crop back")
-                return f"{head}: the image is too small for it; it takes {hw[0]}x{hw[1]}, use a larger image"
-        return f"{head}; check the model's input contract (pad_to)"
+
+@dataclass(frozen=True)
+class AxisRule:
+    """The lengths one axis of the input may have: ``period * k + r`` for ``r`` in ``residues``,
+    and at least ``minimum``."""
+
+    period: int
+    residues: tuple[int, ...]
+    minimum: int
+
+    def takes(self, n: int) -> bool:
+        return n >= self.minimum and n % self.period in self.residues
+
+    def at_least(self, n: int) -> int:
+        """The smallest accepted length >= n."""
+        n = max(n, self.minimum)
+        while not self.takes(n):
+            n += 1
+        return n
+
+    def __str__(self) -> str:
+        if self.period == 1:
+            return f"any size >= {self.minimum}"
+        terms = " or ".join(f"{self.period}k + {r}" if r else f"{self.period}k" for r in self.residues)
+        return f"{terms}, >= {self.minimum}"
+
+
+#: longest period and largest first accepted size :func:`size_rule` looks for
+MAX_PERIOD = 128
+MAX_FIRST_SIZE = 2048
+
+
+def _takes(graph: Graph, hw: tuple[int, int]) -> bool:
+    try:
+        graph.shapes(hw)
+        return True
+    except (ShapeError, ArithmeticError, ValueError):
+        return False
+
+
+def size_rule(graph: Graph) -> tuple[AxisRule, AxisRule] | None:
+    """Per axis, the input lengths ``graph`` takes, from its shape rules (``Graph.shapes`` raises
+    ShapeError for a size the network cannot take: skips that do not align, empty tensors).
+
+    Region rules act on each axis alone, so each axis is scanned with the other held at a length
+    the graph takes (the first square size it takes), over every length up to the first accepted
+    one plus two of the longest period looked for; the rule is the shortest period that repeats
+    the pattern from the first accepted length on. None where no square size up to
+    :data:`MAX_FIRST_SIZE` is taken or no period up to :data:`MAX_PERIOD` repeats.
+    """
+    n0 = next((n for n in range(1, MAX_FIRST_SIZE + 1) if _takes(graph, (n, n))), None)
+    if n0 is None:
+        return None
+    rules = []
+    for axis in (0, 1):
+        top = n0 + 2 * MAX_PERIOD
+        ok = [False] + [_takes(graph, (n, n0) if axis == 0 else (n0, n)) for n in range(1, top + 1)]
+        first = ok.index(True)
+        period = next((p for p in range(1, MAX_PERIOD + 1)
+                       if all(ok[n] == ok[n + p] for n in range(first, top + 1 - p))), None)
+        if period is None:
+            return None
+        residues = tuple(sorted({n % period for n in range(first, first + period) if ok[n]}))
+        rules.append(AxisRule(period, residues, first))
+    return rules[0], rules[1]
+
+
+def describe_sizes(rule: tuple[AxisRule, AxisRule] | None) -> str:
+    """"16k + 12, >= 188" where both axes share the rule, else "rows 16k + 12, >= 188; columns ..."."""
+    if rule is None:
+        return ""
+    if rule[0] == rule[1]:
+        return str(rule[0])
+    return f"rows {rule[0]}; columns {rule[1]}"

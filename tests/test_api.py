@@ -100,7 +100,8 @@ def test_from_torch_takes_a_contract():
 
 
 @pytest.mark.parametrize("kw, size, match", [({}, (5, 7), r"multiples of 4; declare pad_to=4 \(--pad-to 4\)"),
-                                             ({"padding": "valid"}, (20, 20), "too small for it; it takes 64x64")])
+                                             ({"padding": "valid"}, (20, 20),
+                                              r"too small for it; it takes any size >= 44 \(the smallest: 44x44\)")])
 def test_size_the_network_cannot_take_says_which_it_takes(kw, size, match):
     m = hirestile.api.with_contract(unet(**ARCH, **kw), {"pad_to": 1})
     with pytest.raises(InputError, match=match):

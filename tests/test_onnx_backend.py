@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import helper as oh, numpy_helper  # noqa: E402
+from onnx import numpy_helper
 
-import hirestile  # noqa: E402
-from hirestile.errors import ModelError, NotTileableError  # noqa: E402
+import hirestile
+from hirestile.errors import ModelError, NotTileableError
 
 DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 RTOL, ATOL = 1e-3, 1e-5

@@ -17,7 +17,11 @@ Each ONNX value is one of
   depend on the image size, so they are evaluated at several *probe* sizes
   (the model's declared input size, or ``size_hint``, or 512 x 512, plus that
   size grown by (128, 256) and (256, 128)) by running hirestile's own shape
-  rules. A shape value equal at every probe is treated as a constant;
+  rules. A probe where the network fails (skips that do not align) dies; when
+  none survives, the import starts again with probes at every residue modulo
+  ``WIDE_RESIDUES`` (64) on the diagonal, so a network that takes only some
+  sizes (a valid U-Net: 8k + 4 at depth 3) loads without a hint. A shape value
+  equal at every live probe is treated as a constant;
 * an **image tensor** (an activation, mapped to a graph node), or a pending
   crop of one (see below).
 
@@ -27,8 +31,11 @@ Size-dependent crops
 crop of a valid-padding U-Net skip, ``s[..., top:top + u.H, left:left + u.W]``)
 is matched, at every probe, against these size-independent forms, in order:
 :class:`~hirestile.graph.CropLike` (centre or start anchor) to a tensor of the
-right size (preferably the tensor it is concatenated / added with), then a
-constant margin ``x[a:-b]``, then a fixed window ``x[a:a+n]``. Models exported
+right size (preferably the tensor it is concatenated / added with; only where
+the bounds are computed from the size), then a constant margin ``x[a:-b]``, then
+a fixed window ``x[a:a+n]``. Constant bounds keep their literal form, so the
+graph refuses the sizes whose crops do not meet their partners, as ONNX Runtime
+does (hirestile derives and reports the accepted sizes: ``Model.size_rule``). Models exported
 with a fixed input size have such bounds baked in as constants: there a crop
 whose output meets a same-sized partner and whose offset is the centre (or
 zero) at the declared size becomes a ``CropLike`` too, so the model runs at
@@ -64,8 +71,13 @@ Limits (documented behaviour, not bugs)
   the size and matches none of the forms above is refused (node named). In a
   model with a fixed input size it is frozen at that size, and constant
   ``Resize`` sizes that are integer multiples of the input become scales.
-* 2-D image ops only; batch 1 (or a dynamic batch); one float32 image input;
-  one output (pick one with ``output=``). Reshape / Transpose / Flatten / Gemm
+* 2-D image ops only; one float32 image input; one output (pick one with
+  ``output=``). Any batch, fixed or symbolic: the graph is one image's, which is
+  exact because no handler maps an op that reads across the batch axis (those
+  are refused naming the node, "mixes batch elements" where the batch is > 1).
+* Opsets 6-12 are upgraded to 13 with ``onnx.version_converter`` first; where it
+  fails (Pad-2 in IR-3 files) or would change the meaning (Upsample, Resize-10:
+  it makes them half_pixel), the handlers read the old forms. Below 6: refused. Reshape / Transpose / Flatten / Gemm
   / MatMul on the image tensor are refused (they fold on constants).
   ``LogSoftmax`` is imported as softmax followed by log. ``Where`` and
   comparisons on images exist only in the softplus pattern. The tanh form of
@@ -97,8 +109,9 @@ from __future__ import annotations
 from hirestile.graph import Graph
 from hirestile.onnx_import.importer import _Importer
 from hirestile.onnx_import.read import _read
+from hirestile.onnx_import.values import _NoSizeLeft
 
-__all__ = ["load_onnx"]
+__all__ = ["load_onnx", "describe_onnx"]
 
 
 def load_onnx(src, *, size_hint: tuple[int, int] | None = None, output: str | None = None) -> Graph:
@@ -128,4 +141,52 @@ def load_onnx(src, *, size_hint: tuple[int, int] | None = None, output: str | No
         message, each with its node names.
     """
     model, label = _read(src)
-    return _Importer(model, label, size_hint, output).run()
+    try:
+        return _Importer(model, label, size_hint, output).run()
+    except _NoSizeLeft:
+        if size_hint is not None:
+            raise
+    # no probe size survived: the network takes only some sizes; probe every residue
+    return _Importer(model, label, None, output, wide=True).run()
+
+
+def describe_onnx(src) -> dict:
+    """What an ONNX file declares, for ``hirestile inspect``: inputs and outputs with their
+    shapes (symbolic dimensions by name), the opset (and whether the importer upgrades it),
+    the op census and how the batch axis is handled. Reads the file only (no import)."""
+    from collections import Counter
+
+    from hirestile.onnx_import.importer import MIN_OPSET, UPGRADE_TO
+
+    model, _ = _read(src)
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+
+    def dims(v):
+        if not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
+            return "?"
+        return "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                               for d in v.type.tensor_type.shape.dim) + ")"
+
+    ins = [i for i in g.input if i.name not in inits]
+    opset = max((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < MIN_OPSET:
+        reading = f"too old (hirestile reads opset {MIN_OPSET} and newer)"
+    elif opset < UPGRADE_TO:
+        reading = f"upgraded to {UPGRADE_TO} with onnx.version_converter where it can, else read as it is"
+    else:
+        reading = "read as it is"
+    batch = "?"
+    if len(ins) == 1 and ins[0].type.tensor_type.HasField("shape") and ins[0].type.tensor_type.shape.dim:
+        d = ins[0].type.tensor_type.shape.dim[0]
+        if d.HasField("dim_value") and d.dim_value == 1:
+            batch = "1"
+        elif d.HasField("dim_value"):
+            batch = (f"fixed at {d.dim_value}: runs one image at a time (ops that mix the batch are refused); "
+                     f"predict takes (N, C, H, W)")
+        else:
+            batch = f"symbolic ({d.dim_param or '?'}): runs one image at a time"
+    census = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in g.node)
+    return {"inputs": [(i.name, dims(i)) for i in ins], "outputs": [(o.name, dims(o)) for o in g.output],
+            "opset": opset, "opset_reading": reading, "batch": batch, "ops": dict(census.most_common()),
+            "nodes": len(g.node)}

@@ -22,11 +22,13 @@ from hirestile.onnx_import.read import (
     _one_line, _tensor,
 )
 from hirestile.onnx_import.rewrites import fuse_patterns
-from hirestile.onnx_import.values import _IMAGE, Act, Crop, Grouped, Poison, Sym, _Reported, _Unsupported
+from hirestile.onnx_import.values import _IMAGE, Act, Crop, Grouped, Poison, Sym, _NoSizeLeft, _Reported, _Unsupported
 
 #: probe offsets from the first probe size (rows, cols)
 PROBE_OFFSETS = ((0, 0), (128, 256), (256, 128))
 DEFAULT_PROBE = (512, 512)
+#: residues tried (on top of the first probe) when no probe survives: networks that take only some sizes
+WIDE_RESIDUES = 64
 #: oldest ONNX opset read; older models are upgraded to UPGRADE_TO first where onnx can
 MIN_OPSET = 6
 UPGRADE_TO = 13
@@ -36,8 +38,9 @@ _BATCH_MIXING = {"Transpose", "Flatten", "MatMul", "Gemm", "Gather", "Expand", "
 
 
 class _Importer:
-    def __init__(self, model, label: str, size_hint, output):
+    def __init__(self, model, label: str, size_hint, output, wide: bool = False):
         self.model, self.label, self.g = model, label, model.graph
+        self.wide = wide
         self.opset = self.source_opset = self._opset()
         if self.opset < UPGRADE_TO:
             self._upgrade()
@@ -72,6 +75,8 @@ class _Importer:
         """Old opsets: upgrade to :data:`UPGRADE_TO` with ``onnx.version_converter`` where it works;
         where it does not (e.g. Pad-2 with its ``pads``/``value`` attributes in an IR-3 file), the
         handlers read the old forms themselves (Pad-2, Upsample, Slice-1, Clip-6, ``broadcast``)."""
+        if any(n.op_type == "Upsample" or (n.op_type == "Resize" and self.opset < 11) for n in self.g.node):
+            return  # the converter turns them into half_pixel Resizes; they are asymmetric: read them as they are
         try:
             from onnx import version_converter
             up = version_converter.convert_version(self.model, UPGRADE_TO)
@@ -173,7 +178,12 @@ class _Importer:
             base = (int(self.size_hint[0]), int(self.size_hint[1]))
         else:
             base = (h or DEFAULT_PROBE[0], w or DEFAULT_PROBE[1])
-        self.probes = [(base[0] + dy, base[1] + dx) for dy, dx in PROBE_OFFSETS]
+        # wide: every residue modulo WIDE_RESIDUES on the diagonal, for networks that take only some
+        # sizes (a valid-padding U-Net whose skips must align takes 16k + 12); probes at other residues
+        # die where the network cannot take them, so a size-derived value is judged at every residue
+        # the network takes
+        shifts = range(WIDE_RESIDUES) if self.wide and not self.static else (0,)
+        self.probes = [(base[0] + r + dy, base[1] + r + dx) for r in shifts for dy, dx in PROBE_OFFSETS]
         self.alive = [True] * len(self.probes)
         self.shapes: list[dict[str, tuple[int, int, int]]] = [
             {self.input_name: (self.in_channels, ph, pw)} for ph, pw in self.probes]
@@ -230,12 +240,17 @@ class _Importer:
                 continue
             self.shapes[p][name] = tuple(int(v) for v in out)
         if not self._live():
-            sizes = ", ".join(f"{h}x{w}" for h, w in self.probes)
-            raise ModelError(f"{self.label}: node {name!r} ({onnx_op or op.kind}): {_one_line(first_err)} "
-                             f"at every input size tried ({sizes}); pass size_hint=(H, W) with a size the "
-                             f"network takes")
+            raise _NoSizeLeft(f"{self.label}: node {name!r} ({onnx_op or op.kind}): {_one_line(first_err)} "
+                              f"at every input size tried ({self._tried()}); pass load_model(..., size_hint=(H, W)) "
+                              f"with a size the network takes")
         self.nodes.append(Node(name, op, tuple(inputs), params or {}))
         return name
+
+    def _tried(self) -> str:
+        if len(self.probes) <= len(PROBE_OFFSETS):
+            return ", ".join(f"{h}x{w}" for h, w in self.probes)
+        (h0, w0), (h1, w1) = self.probes[0], self.probes[-len(PROBE_OFFSETS)]
+        return f"{h0}x{w0} to {h1}x{w1}, every residue modulo {WIDE_RESIDUES}, and those grown by (128, 256), (256, 128)"
 
     # ---- value helpers
 
@@ -439,8 +454,10 @@ class _Importer:
         def crop_like(ref, anc):
             return self.emit(v.base, CropLike(anchor=anc), [src, ref], onnx_op="Slice")
 
-        # 1. CropLike to a tensor of the crop's size at every probe
-        anc = anchor(live)
+        # 1. CropLike to a tensor of the crop's size at every probe, where the bounds are computed from
+        #    the size (constant bounds keep their literal form: the network then refuses sizes whose
+        #    crop does not meet its partner, as the reference framework does)
+        anc = anchor(live) if v.sources else None
         if anc is not None:
             everyone = [nd.name for nd in reversed(self.nodes)] + [self.input_name]
             for ref in list(partners) + sorted(v.sources) + everyone:

@@ -12,7 +12,7 @@ from hirestile.errors import ModelError
 from hirestile.graph import Norm, Pad
 from hirestile.onnx_import.ops import _f32, _handler
 from hirestile.onnx_import.read import MAX_SIDE
-from hirestile.onnx_import.values import _IMAGE, Act, Crop, Grouped, Sym, _Unsupported
+from hirestile.onnx_import.values import _IMAGE, Act, Crop, Grouped, Sym, _NoSizeLeft, _Unsupported
 
 if TYPE_CHECKING:
     from hirestile.onnx_import.importer import _Importer
@@ -114,7 +114,8 @@ def _slice(imp: _Importer, n, name, ins, at):
                                  f"input size")
             imp.alive[p] = False
     if not imp._live():
-        raise ModelError(f"{imp.label}: node {name!r} (Slice) gives an empty tensor at every size tried")
+        raise _NoSizeLeft(f"{imp.label}: node {name!r} (Slice) gives an empty tensor at every size tried "
+                          f"({imp._tried()}); pass load_model(..., size_hint=(H, W)) with a size the network takes")
     return [new]
 
 

@@ -187,8 +187,9 @@ def _resize(imp: _Importer, n, name, ins, at):
         if scales is None:
             raise ModelError(f"{imp.label}: node {name!r}: Upsample without scales")
     else:
-        coord = at.get("coordinate_transformation_mode", "half_pixel")
-        nearest = at.get("nearest_mode", "round_prefer_floor")
+        # Resize-10 had no such attributes: asymmetric coordinates, floor for nearest (as Upsample)
+        coord = at.get("coordinate_transformation_mode", "half_pixel" if imp.opset >= 11 else "asymmetric")
+        nearest = at.get("nearest_mode", "round_prefer_floor" if imp.opset >= 11 else "floor")
         if coord not in _COORD:
             raise _Unsupported(f"coordinate_transformation_mode={coord!r}")
         if nearest not in _NEAREST:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hirestile.errors import ModelError
+
 
 @dataclass(eq=False)
 class Sym:
@@ -63,6 +65,10 @@ class _Unsupported(Exception):
     def __init__(self, reason: str = ""):
         super().__init__(reason)
         self.reason = reason
+
+
+class _NoSizeLeft(ModelError):
+    """Every probe size died: the importer retries with probes at every residue."""
 
 
 class _Reported(_Unsupported):
