@@ -61,33 +61,89 @@ def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
     return np.where((i >= 0) & (i < n), i, -1)
 
 
-def fetch(buf: Buf, window: Region, size: tuple[int, int], mode: str = "fill", fill: float = 0.0) -> np.ndarray:
+@dataclass(frozen=True)
+class Rows:
+    """A tensor's values held in pieces stacked by rows (same columns), as a :class:`Stream`
+    keeps them: the line buffer from the band above, then the rows this band computed. Read
+    through :func:`fetch`, which copies each window out anyway, so the pieces are never joined."""
+
+    parts: tuple[Buf, ...]
+
+    @property
+    def region(self) -> Region:
+        (a, _), cols = self.parts[0].region
+        (_, b), _ = self.parts[-1].region
+        return ((a, b), cols)
+
+    @property
+    def channels(self) -> int:
+        return self.parts[0].data.shape[2]
+
+    def crop(self, reg: Region) -> Buf:
+        (a, b), (c, d) = reg
+        return Buf(fetch(self, reg, (b, d)), a, c)
+
+
+def fetch(buf: Buf | Rows, window: Region, size: tuple[int, int], mode: str = "fill", fill: float = 0.0) -> np.ndarray:
     """The window (global rows, cols) of a tensor of spatial ``size`` as a C-contiguous HWC array.
 
     Positions outside [0, size) follow ``mode``: "fill" (``fill``), "reflect" or
     "replicate". Positions inside must be in ``buf`` (the analyzer guarantees it).
     """
     (r0, r1), (c0, c1) = window
+    if isinstance(buf, Rows):
+        inside = [p for p in buf.parts if p.region[0][0] <= r0 and r1 <= p.region[0][1]]
+        if inside and r0 >= 0 and r1 <= size[0]:
+            buf = inside[0]                   # the window lies in one piece: as a plain buffer
+    if not isinstance(buf, Rows):
+        (by0, by1), (bx0, bx1) = buf.region
+        if 0 <= r0 and 0 <= c0 and r1 <= size[0] and c1 <= size[1] and by0 <= r0 and r1 <= by1 and bx0 <= c0 \
+                and c1 <= bx1:                # inside the buffer: a view when it is contiguous, else a copy
+            return np.ascontiguousarray(buf.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0])
+        out = np.empty((r1 - r0, c1 - c0, buf.data.shape[2]), np.float32)
+        _fetch_into(out, buf, window, size, mode, fill)
+        return out
+    out = np.empty((r1 - r0, c1 - c0, buf.channels), np.float32)
+    rows = _index(r0, r1, size[0], mode)
+    valid = rows[rows >= 0]
+    parts = [p for p in buf.parts if valid.size and p.region[0][0] <= valid.max() and valid.min() < p.region[0][1]]
+    if len(parts) == 1:
+        _fetch_into(out, parts[0], window, size, mode, fill)
+    elif mode == "fill":              # rows are a contiguous run: each piece fills its share
+        if valid.size < r1 - r0:
+            out[...] = fill
+        for p in parts:
+            (pa, pb), _ = p.region
+            a, b = max(r0, pa, 0), min(r1, pb, size[0])
+            if b > a:
+                _fetch_into(out[a - r0:b - r0], p, ((a, b), (c0, c1)), size, mode, fill)
+    else:                             # mirrored rows across pieces (at image borders only): join them
+        joined = np.concatenate([p.data for p in buf.parts], axis=0)
+        _fetch_into(out, Buf(joined, buf.parts[0].y0, buf.parts[0].x0), window, size, mode, fill)
+    return out
+
+
+def _fetch_into(out: np.ndarray, buf: Buf, window: Region, size: tuple[int, int], mode: str, fill: float) -> None:
+    (r0, r1), (c0, c1) = window
     (by0, by1), (bx0, bx1) = buf.region
     inside = r0 >= 0 and c0 >= 0 and r1 <= size[0] and c1 <= size[1]
     if inside and by0 <= r0 and r1 <= by1 and bx0 <= c0 and c1 <= bx1:
-        return np.ascontiguousarray(buf.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0])
+        out[...] = buf.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0]
+        return
     iy, ix = _index(r0, r1, size[0], mode), _index(c0, c1, size[1], mode)
     vy, vx = iy >= 0, ix >= 0
     sy, sx = iy[vy], ix[vx]
     if sy.size and sx.size and (sy.min() < by0 or sy.max() >= by1 or sx.min() < bx0 or sx.max() >= bx1):
         raise AssertionError(f"internal error: window {window} reads outside the computed region {buf.region}")
-    out = np.empty((r1 - r0, c1 - c0, buf.data.shape[2]), np.float32)
     if not (vy.all() and vx.all()):
         out[...] = fill
     if sy.size == 0 or sx.size == 0:
-        return out
+        return
     ys, xs = np.flatnonzero(vy), np.flatnonzero(vx)
     if mode == "fill":  # valid positions and their sources are contiguous runs
         out[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] = buf.data[sy[0] - by0:sy[-1] + 1 - by0, sx[0] - bx0:sx[-1] + 1 - bx0]
     else:
         out[...] = buf.data[np.ix_(sy - by0, sx - bx0)]
-    return out
 
 
 # ---------------------------------------------------------------- preparation
@@ -241,7 +297,24 @@ def _run_binary(node, bufs, comp, shapes, wts):
 
 
 def _run_concat(node, bufs, comp, shapes, wts):
-    return np.concatenate([_same(node, bufs, comp, shapes, k) for k in range(len(node.inputs))], axis=2)
+    """Each input fetched straight into its channel slice of the output (one copy, not two)."""
+    (a, b), (c, d) = comp
+    chans = [shapes[t][0] for t in node.inputs]
+    out = np.empty((b - a, d - c, sum(chans)), np.float32)
+    k0 = 0
+    for k, t in enumerate(node.inputs):
+        src = bufs.get(t)
+        if src is None:
+            src = Buf(np.empty((0, 0, chans[k]), np.float32), 0, 0)
+        mode, fill = padding_mode(node.op, k)
+        part = out[:, :, k0:k0 + chans[k]]
+        win = _window(node, k, comp, shapes)
+        if isinstance(src, Rows):
+            part[...] = fetch(src, win, shapes[t][1:], mode, fill)
+        else:
+            _fetch_into(part, src, win, shapes[t][1:], mode, fill)
+        k0 += chans[k]
+    return out
 
 
 def _run_slice(node, bufs, comp, shapes, wts):
@@ -322,7 +395,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     if window.ndim != 3 or window.shape[0] != g.in_channels:
         raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
     x = np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32)
-    bufs: dict[str, Buf] = {g.input: Buf(x, int(origin[0]), int(origin[1]))}
+    bufs: dict[str, Buf | Rows] = {g.input: Buf(x, int(origin[0]), int(origin[1]))}
     if g.input in regs:
         (a, b), (c, d) = regs[g.input].needed
         (wa, wb), (wc, wd) = bufs[g.input].region
@@ -339,13 +412,8 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         nr = regs.get(n.name)
         if nr is None:
             continue
-        comp = nr.computed
         prev = lines.pop(n.name, None) if lines is not None else None
-        data = _compute(n, bufs, comp, rep, prev)
-        expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
-        if data.shape[:2] != expect:
-            raise AssertionError(f"internal error: node {n.name!r} produced {data.shape[:2]}, expected {expect}")
-        bufs[n.name] = Buf(data, comp[0][0], comp[1][0])
+        bufs[n.name] = _compute(n, bufs, nr.computed, rep, prev)
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
@@ -359,32 +427,40 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     return np.ascontiguousarray(np.moveaxis(res, -1, 0))
 
 
-def _compute(n: Node, bufs: dict[str, Buf], comp: Region, rep: Report, prev: Buf | None) -> np.ndarray:
+def _compute(n: Node, bufs: dict[str, Buf | Rows], comp: Region, rep: Report, prev: Buf | None) -> Buf | Rows:
     """Node ``n``'s values on ``comp``; rows that ``prev`` (the node's line buffer from the band
     above, same columns) holds at the top of ``comp`` are reused, only the rows below are computed.
     The kernels give every row the same bits whatever region it is computed in (the exactness
     contract), so this changes no value."""
     run = RUNNERS[type(n.op)]
     (r0, r1), cols = comp
+    expect = (r1 - r0, comp[1][1] - comp[1][0])
     if prev is None or prev.region[1] != tuple(cols) or not prev.y0 <= r0 < prev.y0 + prev.data.shape[0]:
-        return run(n, bufs, comp, rep.shapes, rep.weights[n.name])
-    top = prev.crop(((r0, min(prev.y0 + prev.data.shape[0], r1)), cols)).data
-    if top.shape[0] == r1 - r0:
+        return _checked(n, run(n, bufs, comp, rep.shapes, rep.weights[n.name]), comp)
+    top = prev.crop(((r0, min(prev.y0 + prev.data.shape[0], r1)), cols))
+    if top.data.shape[0] == expect[0]:
         return top
-    rest = run(n, bufs, ((r0 + top.shape[0], r1), cols), rep.shapes, rep.weights[n.name])
-    return np.concatenate([top, rest], axis=0)
+    below = ((r0 + top.data.shape[0], r1), cols)
+    return Rows((top, _checked(n, run(n, bufs, below, rep.shapes, rep.weights[n.name]), below)))
 
 
-def _keep(lines: dict[str, Buf], name: str, buf: Buf, nxt: NodeRegion | None) -> None:
+def _checked(n: Node, data: np.ndarray, comp: Region) -> Buf:
+    expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
+    if data.shape[:2] != expect:
+        raise AssertionError(f"internal error: node {n.name!r} produced {data.shape[:2]}, expected {expect}")
+    return Buf(data, comp[0][0], comp[1][0])
+
+
+def _keep(lines: dict[str, Buf], name: str, buf: Buf | Rows, nxt: NodeRegion | None) -> None:
     """Keep the rows of ``buf`` the next band computes again (its computed region's top rows),
-    copied out so the band's buffer is freed."""
+    copied out so the band's buffers are freed."""
     if nxt is None:
         return
     (a, b), cols = nxt.computed
     (y0, y1), bcols = buf.region
     lo, hi = max(a, y0), min(b, y1)
     if hi > lo and bcols == tuple(cols):
-        lines[name] = Buf(buf.data[lo - y0:hi - y0].copy(), lo, buf.x0)
+        lines[name] = Buf(fetch(buf, ((lo, hi), bcols), (hi, bcols[1])), lo, bcols[0])
 
 
 class Stream:
