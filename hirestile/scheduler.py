@@ -42,7 +42,7 @@ from .outputs import MAX_CLASSES, OUTPUT_KINDS
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
 from .executor import line_buffer_bytes
-from .tiling import MEMORY_BUDGET, TILE_CANDIDATES, Tile, column_strips, cuts, make_tiles, resolve_tile
+from .tiling import TILE_CANDIDATES, Tile, column_strips, cuts, make_tiles, resolve_tile
 from .version import __version__
 
 # Resident memory of a hirestile process before any tile: Python, NumPy, Numba, zarr, tifffile
@@ -108,30 +108,56 @@ STRIP_CANDIDATES = (16384, 12288, 8192, 6144, 4096, 3072) + TILE_CANDIDATES
 MIN_BAND = 256                    # shorter bands re-read too much input and call kernels too often
 
 
-def auto_band(rep: Any, *, budget: int = MEMORY_BUDGET) -> tuple[int, int]:
-    """(band height, strip width) for a streamed run: the widest strip, the whole output width
-    when it fits, then the tallest band (at least 256 rows, or the whole output) whose executor
-    memory and line buffers fit ``budget`` bytes. Wider strips recompute less at strip edges;
-    no band recomputes anything above it."""
+def default_memory() -> int:
+    """The default memory budget of a run: a quarter of this machine's RAM, at most 2 GiB."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return int(min(2 << 30, ram // 4))
+
+
+def _working(rep: Any, band: int, strip: int, *, stream: bool, channels: int) -> int:
+    """Working bytes of a run with (band, strip) tiles (see :func:`expected_memory`), from the
+    tile's geometry: the read window is the tile grown by the halo, clipped to the image."""
     _, oh, ow = rep.output_shape
-    widths = [ow] + [t for t in STRIP_CANDIDATES if t < ow]
-    bands = sorted({min(b, oh) for b in TILE_CANDIDATES}, reverse=True)
-    for strip in widths:
-        for band in bands:
-            if band < min(MIN_BAND, oh) and band != bands[-1]:
-                continue
-            region = ((oh // 2 - band // 2, oh // 2 - band // 2 + band), (0, strip))
-            if rep.tile_memory((band, strip)) + line_buffer_bytes(rep, region) <= budget:
-                return (band, strip)
-    return (TILE_CANDIDATES[-1], TILE_CANDIDATES[-1])
+    (ih, iw), (top, left, bottom, right) = rep.image_shape, rep.halo
+    mem = rep.tile_memory((band, strip))
+    if stream:
+        mem += line_buffer_bytes(rep, ((oh // 2, min(oh // 2 + band, oh)), (0, strip)))
+    sy, sx = ih / oh, iw / ow
+    window = 4 * channels * min(int(band * sy) + top + bottom, ih) * min(int(strip * sx) + left + right, iw)
+    output = 4 * rep.output_shape[0] * band * strip
+    return mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
 
 
-def choose_tile(rep: Any, tile: int | None, *, stream: bool, budget: int = MEMORY_BUDGET) -> int | tuple[int, int]:
-    """The tile a run uses: ``tile`` (checked), else :func:`auto_band` when streaming, else the
-    largest square that fits (:func:`hirestile.tiling.auto_tile`)."""
-    if tile is None and stream and rep.tileable:
-        return auto_band(rep, budget=budget)
-    return resolve_tile(rep, tile, budget=budget)
+def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None = None,
+                channels: int = 3) -> int | tuple[int, int]:
+    """The tile a run uses: ``tile`` (checked), else the largest whose expected peak memory
+    (:data:`PROCESS_BASELINE` plus :func:`expected_memory`'s working bytes) fits ``memory``
+    (default :func:`default_memory`).
+
+    Streamed: the widest strip (the whole output width when it fits), then the tallest band
+    of at least 256 rows (or the whole output): wider strips recompute less at their edges,
+    and no band recomputes anything above it; shorter bands only when no strip fits with
+    256 rows. Overlap tiles: the largest square.
+    """
+    if tile is not None:
+        return resolve_tile(rep, tile)
+    budget = (memory or default_memory()) - PROCESS_BASELINE
+    _, oh, ow = rep.output_shape
+    if stream and rep.tileable:
+        widths = [ow] + [t for t in STRIP_CANDIDATES if t < ow]
+        bands = sorted({min(b, oh) for b in TILE_CANDIDATES}, reverse=True)
+        shapes = ([(b, w) for w in widths for b in bands if b >= min(MIN_BAND, oh)]
+                  + [(b, w) for w in widths for b in bands if b < min(MIN_BAND, oh)])
+    else:
+        shapes = [(min(t, oh), min(t, ow)) for t in TILE_CANDIDATES]
+    for band, strip in shapes:
+        if _working(rep, band, strip, stream=stream, channels=channels) <= budget:
+            return (band, strip) if stream else max(band, strip)
+    band, strip = shapes[-1]
+    return (band, strip) if stream else max(band, strip)
 
 
 def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
@@ -235,7 +261,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     tile: int | None = None, kind: str = "probabilities", threads: int | None = None,
                     overwrite: bool = False, level: int | None = None, axes: str | None = None,
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
-                    progress: bool | None = True, memory_budget: int = MEMORY_BUDGET,
+                    progress: bool | None = True, memory: int | None = None,
                     log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
                     stream: bool = True) -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
@@ -250,8 +276,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         Output path; default ``<input>.<model>.zarr`` beside the input.
     tile : int, optional
         Output tile side (band height and strip width when streaming); by default
-        the largest that fits ``memory_budget``: streamed, the widest strip (the
-        whole width when it fits) with the tallest band (:func:`auto_band`).
+        the largest whose expected peak memory fits ``memory`` (:func:`choose_tile`).
         Rounded up to whole output shards.
     kind : {"probabilities", "logits", "labels"}
     threads : int, optional
@@ -268,8 +293,10 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         stored every chunk (by default that is refused as damage).
     progress : bool or None
         Show a progress bar (tiles, MP/s, ETA); None shows it only on a terminal.
-    memory_budget : int
-        Bytes the executor may use for one tile when ``tile`` is not given.
+    memory : int, optional
+        The run's memory budget in bytes (default :func:`default_memory`: a quarter
+        of the RAM, at most 2 GiB); the tile is chosen so that the plan's expected
+        peak (``hirestile plan``) fits it.
     log : callable, optional
         Receives one-line notes (resuming, missing chunks).
     run_tiles : TileRunner, optional
@@ -304,7 +331,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
     try:
         return _segment(img, model, output, tile=tile, kind=kind, threads=threads, overwrite=overwrite,
                         nan_fill=nan_fill, pyramid=pyramid, allow_missing=allow_missing, progress=progress,
-                        memory_budget=memory_budget, say=log or (lambda s: None), t_start=t_start,
+                        memory=memory, say=log or (lambda s: None), t_start=t_start,
                         run_tiles=run_tiles, stream=stream)
     finally:
         if img is not image:
@@ -313,7 +340,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
 
 def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | None, kind: str,
              threads: int | None, overwrite: bool, nan_fill: float | None, pyramid: bool, allow_missing: bool,
-             progress: bool | None, memory_budget: int, say: Callable[[str], None], t_start: float,
+             progress: bool | None, memory: int | None, say: Callable[[str], None], t_start: float,
              run_tiles: TileRunner | None, stream: bool) -> RunStats:
     channels = model.contract.channels
     if img.channels != channels:
@@ -333,7 +360,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         raise ModelError(f"model {model.name!r} has {k} output channels, too many for uint16 labels; "
                          "use --output probabilities")
     stream = stream and run_tiles is None and rep.tileable
-    tile = choose_tile(rep, tile, stream=stream, budget=memory_budget)
+    tile = choose_tile(rep, tile, stream=stream, memory=memory, channels=channels)
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
     classes = tuple(model.classes) or tuple(f"class{i}" for i in range(k))
@@ -398,5 +425,5 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
 
 
 
-__all__ = ["Plan", "RunStats", "TileRunner", "make_plan", "auto_band", "choose_tile", "segment_to_zarr", "compute_redundancy", "expected_memory",
+__all__ = ["Plan", "RunStats", "TileRunner", "make_plan", "choose_tile", "default_memory", "segment_to_zarr", "compute_redundancy", "expected_memory",
            "PROCESS_BASELINE"]

@@ -102,7 +102,8 @@ def column_strips(tiles: Sequence[Tile]) -> list[tuple[Tile, ...]]:
 
 
 # **** how large a tile ****
-TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32)
+# above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
+TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
 MEMORY_BUDGET = 2 << 30          # default bytes the executor may use for tiles computed at once
 
 
