@@ -73,6 +73,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     if not (a.scheduler or a.workers):
         keep_freed_memory()                 # as segment_to_zarr does, before zarr's and the kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
+    _show_contract(model, a, img.dtype)
     out, fits_out, done = _fits_plan(a, img, model)
     if done:
         return 0
@@ -146,6 +147,56 @@ def _warmup(model: Any) -> Any:
     from .warmup import warmup
 
     return warmup(model, say=lambda s: _say(f"hirestile: {s}"))
+
+
+def _show_contract(model: Any, a: argparse.Namespace, dtype: Any) -> None:
+    """Print the input contract segment applies and where each part comes from; warn (one line)
+    when integer pixels meet a model that declares no scaling."""
+    import numpy as np
+
+    from .loading import contract_sources
+
+    flags = {k: getattr(a, k) for k in CONTRACT_FLAGS if getattr(a, k, None) is not None}
+    src = contract_sources(a.model, flags)
+    print(f"input contract: {model.contract.describe()} (scale: {src['scale']}, normalisation: "
+          f"{src['normalisation']}, pad: {src['pad']})", flush=True)      # stdout: stderr is for problems
+    if model.contract.scale == "none" and np.issubdtype(np.dtype(dtype), np.integer) and src["scale"] == "default":
+        top = np.iinfo(np.dtype(dtype)).max
+        _say(f"hirestile: warning: raw 0..{top} values go into the network; pass --scale dtype or write a sidecar "
+             f"if it was trained on [0, 1]")
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    """What hirestile makes of a model: inputs, outputs, op census, opset, batch handling,
+    accepted sizes, tileability, halo, stride, FLOPs per pixel, input contract."""
+    from .loading import contract_sources
+
+    model = load_model_cli(a.model, a)
+    flags = {k: getattr(a, k) for k in CONTRACT_FLAGS if getattr(a, k, None) is not None}
+    print(f"model {model.name}: {model.contract.channels} channel(s) in, classes "
+          f"{', '.join(model.classes) or '?'}")
+    if str(a.model).lower().endswith(".onnx"):
+        from .onnx_import import describe_onnx
+
+        d = describe_onnx(a.model)
+        print("inputs:   " + "; ".join(f"{n} {s}" for n, s in d["inputs"]))
+        print("outputs:  " + "; ".join(f"{n} {s}" for n, s in d["outputs"]))
+        print(f"opset:    {d['opset']} ({d['opset_reading']})")
+        print(f"batch:    {d['batch']}")
+        print(f"ops:      {d['nodes']} nodes: " + ", ".join(f"{k} {v}" for k, v in d["ops"].items()))
+    census: dict[str, int] = {}
+    for n in model.graph.nodes:
+        census[n.op.kind] = census.get(n.op.kind, 0) + 1
+    print(f"graph:    {len(model.graph.nodes)} hirestile ops: " + ", ".join(f"{k} {v}" for k, v in census.items()))
+    src = contract_sources(a.model, flags)
+    print(f"contract: {model.contract.describe()} (scale: {src['scale']}, normalisation: {src['normalisation']}, "
+          f"pad: {src['pad']})")
+    rule = model.size_rule
+    print(f"sizes:    {model.takes() or 'not found (no square size up to 2048 taken)'}")
+    size = (1024, 1024) if rule is None else (rule[0].at_least(1024), rule[1].at_least(1024))
+    rep = model.analyze(size)
+    print(f"at {size[0]}x{size[1]}: " + rep.summary().replace("\n", "\n  "))
+    return 0
 
 
 def cmd_warmup(a: argparse.Namespace) -> int:
@@ -256,6 +307,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
           f"({', '.join(model.classes) or '?'})")
     print(rep.summary())
+    print(f"accepted sizes: {model.takes() or 'not found'}")
     if rep.tileable:
         print(f"tile {ty}x{tx} (output px): {len(plan.tiles)} tiles; compute redundancy "
               f"{rep.redundancy((min(ty, oh), min(tx, ow))):.2f} (computed / needed FLOPs), read redundancy "
@@ -479,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities")
     contract_opts(s)
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("inspect", help="describe a model: inputs, outputs, ops, opset, batch, accepted sizes, "
+                       "tileability, halo, stride, FLOPs")
+    s.add_argument("model", metavar="MODEL")
+    contract_opts(s)
+    s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("info", help="describe an image or a hirestile output")
     s.add_argument("input", metavar="IN")
