@@ -11,6 +11,7 @@ import numpy as np
 
 from hirestile import executor
 from hirestile.analyzer import Report
+from hirestile.bands import Stream
 from hirestile.contract import normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import Graph
@@ -89,7 +90,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         Where the tile grid is anchored (tests use it to move seams around).
     stream : bool
         Visit the tiles as bands moving down column strips and compute each
-        intermediate row once per strip (:class:`hirestile.executor.Stream`)
+        intermediate row once per strip (:class:`hirestile.bands.Stream`)
         instead of each tile with its own halo. Same bits.
 
     Returns
@@ -122,7 +123,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     out = np.empty(rep.output_shape, np.float32)
     tiles = grid_tiles(rep, (ty, tx), tile_origin)
     for strip in column_strips(tiles) if stream else [tiles]:
-        run = executor.Stream(rep).run if stream else functools.partial(executor.run_region, rep)
+        run = Stream(rep).run if stream else functools.partial(executor.run_region, rep)
         for t in strip:
             out[(slice(None), *t.write.slices)] = run(img[(slice(None), *t.read.slices)], t.read.origin, t.write)
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from hirestile.analyzer import NodeRegion, Report, analyze_graph, reflect_index
 from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
-                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, op_label, padding_mode)
+                             Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, padding_mode)
 from hirestile.kernels import conv as kconv
 from hirestile.kernels import norm as knorm
 from hirestile.kernels import pointwise as kpw
@@ -63,7 +63,7 @@ def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Rows:
-    """A tensor's values held in pieces stacked by rows (same columns), as a :class:`Stream`
+    """A tensor's values held in pieces stacked by rows (same columns), as a :class:`hirestile.bands.Stream`
     keeps them: the line buffer from the band above, then the rows this band computed. Read
     through :func:`fetch`, which copies each window out anyway, so the pieces are never joined."""
 
@@ -379,7 +379,7 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
 
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
          lines: dict[str, Buf] | None = None, ahead: Region | None = None) -> np.ndarray:
-    """:func:`run_region`; with ``lines`` (a :class:`Stream`'s line buffers), rows a node
+    """:func:`run_region`; with ``lines`` (a :class:`hirestile.bands.Stream`'s line buffers), rows a node
     already computed for the previous band are reused, and once a node's consumers have run
     only the rows the band ``ahead`` needs are kept."""
     g = rep.graph
@@ -463,93 +463,9 @@ def _keep(lines: dict[str, Buf], name: str, buf: Buf | Rows, nxt: NodeRegion | N
         lines[name] = Buf(fetch(buf, ((lo, hi), bcols), (hi, bcols[1])), lo, bcols[0])
 
 
-class Stream:
-    """Row bands moving down one column strip, each intermediate row computed once.
-
-    Call :meth:`run` with consecutive output bands of the same columns (top to bottom):
-    every node keeps, between calls, the rows the next band needs again (a line buffer
-    whose height the region arithmetic gives: a halo's worth, more for a UNet's level-0
-    skip), and the next band computes only the rows below them. Any other sequence of
-    regions is correct too, just without reuse. The output equals :func:`run_region`'s
-    bit for bit.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from hirestile.models.unet import unet
-    >>> rep = unet(in_channels=1, classes=2, base=4, depth=2).analyze((50, 40))
-    >>> x = np.random.default_rng(0).random((1, 50, 40), np.float32)
-    >>> s = Stream(rep)
-    >>> bands = [s.run(x, (0, 0), ((y, min(y + 16, 50)), (0, 40))) for y in range(0, 50, 16)]
-    >>> np.array_equal(np.concatenate(bands, axis=1), run_full(rep, x))
-    True
-    """
-
-    def __init__(self, rep: Report) -> None:
-        self.rep = rep
-        self.lines: dict[str, Buf] = {}
-
-    def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
-        """The band ``out_region`` (as :func:`run_region`), reusing the previous band's rows."""
-        (y0, y1), cols = out_region
-        oh = self.rep.output_shape[1]
-        ahead = ((y1, min(y1 + (y1 - y0), oh)), tuple(cols)) if y1 < oh else None
-        if ahead is None:                     # the strip's last band: nothing to keep
-            lines, self.lines = self.lines, {}
-            return _run(self.rep, window, origin, out_region, lines, None)
-        return _run(self.rep, window, origin, out_region, self.lines, ahead)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held in line buffers between bands."""
-        return sum(b.data.nbytes for b in self.lines.values())
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of a streamed run (a node of the prepared graph: a conv with its folded
-    batch-norm and activation is one stage), for one band in steady state."""
-
-    name: str
-    op: str
-    channels: int
-    rows: int              # rows of the node's tensor the band holds (computed region)
-    cols: int
-    line_rows: int         # of those, rows kept for the next band (the line buffer)
-    line_bytes: int
-    flops: float           # FLOPs the band computes: only the rows not kept from the band above
-
-
-def stream_stages(rep: Report, band: Region) -> list[Stage]:
-    """Per stage, what a :class:`Stream` holds and computes for ``band`` when the next band
-    below it has the same height: the line buffers are the rows both bands compute."""
-    (y0, y1), cols = band
-    oh = rep.output_shape[1]
-    now = rep.regions(band, aligned=True)
-    nxt = rep.regions(((y1, min(y1 + (y1 - y0), oh)), tuple(cols)), aligned=True) if y1 < oh else {}
-    stages = []
-    for n in rep.graph.nodes:
-        if n.name not in now:
-            continue
-        (a, b), (c, d) = now[n.name].computed
-        keep = 0
-        if n.name in nxt:
-            (p, q), _ = nxt[n.name].computed
-            keep = max(0, min(b, q) - max(a, p))
-        ch = rep.shapes[n.name][0]
-        stages.append(Stage(n.name, op_label(n.op), ch, b - a, d - c, keep, 4 * ch * keep * (d - c),
-                            rep.node_flops(n) * (b - a - keep) * (d - c)))
-    return stages
-
-
-def line_buffer_bytes(rep: Report, band: Region) -> int:
-    """Bytes a :class:`Stream` keeps between ``band`` and the band of the same height below it."""
-    return sum(s.line_bytes for s in stream_stages(rep, band))
-
-
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,
                where: str = "image", hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf",
-               stream: Stream | None = None) -> np.ndarray:
+               stream: Any = None) -> np.ndarray:
     """A tile's logits from its read window as stored: normalise by the model's input
     contract (refusing NaN/Inf unless ``nan_fill``; the message names ``where`` and
     ``hint``), run the network, return the tile's output region.
@@ -563,7 +479,7 @@ def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile
         ``tile.read`` of the image, any dtype.
     tile : Tile
         From :mod:`hirestile.tiling`.
-    stream : Stream, optional
+    stream : hirestile.bands.Stream, optional
         Run the tile as the next band of this stream (same bits, rows above reused).
 
     Returns

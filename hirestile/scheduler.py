@@ -41,7 +41,7 @@ from .loading import as_model
 from .outputs import MAX_CLASSES, OUTPUT_KINDS
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
-from .executor import line_buffer_bytes
+from .bands import line_buffer_bytes
 from .tiling import TILE_CANDIDATES, Tile, column_strips, cuts, make_tiles, resolve_tile
 from .version import __version__
 
@@ -91,7 +91,7 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
 
     The tile is rounded up to whole blocks. Tiles run row-major, or with ``stream`` column
     strip by column strip, each top to bottom: the order in which a
-    :class:`hirestile.executor.Stream` reuses the rows of the band above.
+    :class:`hirestile.bands.Stream` reuses the rows of the band above.
     """
     ty, tx = (tile, tile) if isinstance(tile, int) else tile
     (h, w), (bh, bw) = layout.shape[-2:], layout.block
@@ -305,7 +305,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         computes them on a dask cluster: same output, manifest and resume log.
     stream : bool
         In this process, run the tiles as bands moving down column strips, each
-        intermediate row computed once per strip (:class:`hirestile.executor.Stream`);
+        intermediate row computed once per strip (:class:`hirestile.bands.Stream`);
         False runs every tile with its own halo (overlap-tile). Same bits either way.
 
     Returns

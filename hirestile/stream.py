@@ -5,7 +5,7 @@ scheduler's default way to compute and durably write a job's tiles in this
 process. A reader thread reads the next tiles' windows (queued as stored, uint8
 being a quarter of float32); the calling thread normalises and computes them
 (numba's parallel kernels are called from one thread only), by default as bands
-moving down column strips (:class:`hirestile.executor.Stream`); a writer thread
+moving down column strips (:class:`hirestile.bands.Stream`); a writer thread
 turns logits into the stored output, writes whole blocks, fsyncs them and marks
 them done. Bounded queues keep memory at a few tiles, independent of the image
 size. Process-level memory tuning (:func:`keep_freed_memory`) and the peak-RSS
@@ -23,6 +23,7 @@ import time
 from typing import Any, Sequence
 
 from . import executor
+from .bands import Stream
 from .contract import NAN_FILL_HINT
 from .io import InputImage
 from .resume import DoneLog, store_tile
@@ -94,13 +95,13 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
     reader -> compute -> writer threads; raise the first error any stage hit.
 
     With ``streaming``, consecutive tiles of one column strip run as bands of one
-    :class:`hirestile.executor.Stream` (give ``todo`` strip by strip, top to bottom): each
+    :class:`hirestile.bands.Stream` (give ``todo`` strip by strip, top to bottom): each
     intermediate row is computed once per strip instead of once per tile that needs it."""
     from tqdm import tqdm
 
     pipe = _Pipeline()
     contract = model.contract
-    band: executor.Stream | None = None
+    band: Stream | None = None
     band_cols: Any = None
     bar = tqdm(total=total, initial=total - len(todo), unit="tile", dynamic_ncols=True,
                disable=None if progress is None else not progress,      # None: only on a terminal
@@ -180,7 +181,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
             s = time.perf_counter()
             del item
             if streaming and (band is None or band_cols != t.write.cols):
-                band, band_cols = executor.Stream(rep), t.write.cols       # a new column strip
+                band, band_cols = Stream(rep), t.write.cols       # a new column strip
             logits = executor.run_window(rep, contract, raw, t, nan_fill=nan_fill, where=f"{img.path}:",
                                          hint=NAN_FILL_HINT, stream=band)
             del raw

@@ -94,7 +94,7 @@ def grid_tiles(rep: Any, tile: int | Sequence[int], origin: Sequence[int] = (0, 
 
 def column_strips(tiles: Sequence[Tile]) -> list[tuple[Tile, ...]]:
     """The tiles grouped into column strips (left to right), each strip's tiles top to bottom:
-    the order a streaming run (:class:`hirestile.executor.Stream`) visits them in."""
+    the order a streaming run (:class:`hirestile.bands.Stream`) visits them in."""
     strips: dict[Interval, list[Tile]] = {}
     for t in tiles:
         strips.setdefault(tuple(t.write.cols), []).append(t)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import hirestile
 from hirestile import executor
+from hirestile.bands import Stream
 from hirestile.models.unet import unet
 from hirestile.tiling import column_strips, grid_tiles
 from test_exactness import MIN_SIZE, NETS, _net, sizes
@@ -54,7 +55,7 @@ def test_each_row_is_computed_once_per_strip(monkeypatch):
     rep = m.analyze((96, 40))
     tiles = grid_tiles(rep, (16, 40))
     counts = _flops_counter(monkeypatch)
-    s = executor.Stream(rep)
+    s = Stream(rep)
     for t in tiles:
         s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write)
     streamed, counts = dict(counts), _flops_counter(monkeypatch)
@@ -77,7 +78,7 @@ def test_line_buffers_hold_a_halo_not_the_image():
     for h in (256, 1024):
         x = np.random.default_rng(2).random((1, h, 48), np.float32)
         rep = m.analyze((h, 48))
-        s = executor.Stream(rep)
+        s = Stream(rep)
         peak = 0
         for t in column_strips(grid_tiles(rep, (32, 48)))[0]:
             s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write)
@@ -94,7 +95,7 @@ def test_a_stream_given_any_regions_stays_exact():
     x = np.random.default_rng(3).random((1, 61, 53), np.float32)
     rep = m.analyze((61, 53))
     full = executor.run_full(rep, x)
-    s = executor.Stream(rep)
+    s = Stream(rep)
     for reg in [((0, 20), (0, 30)), ((20, 35), (0, 30)), ((10, 25), (0, 30)), ((25, 61), (5, 53)),
                 ((0, 7), (0, 53)), ((40, 61), (0, 30))]:
         (a, b), (c, d) = rep.input_window(reg, aligned=True)
