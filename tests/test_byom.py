@@ -286,3 +286,25 @@ def test_segment_prints_the_contract_and_warns_on_raw_integers(tmp_path, capsys)
     code, out, err = _cli(capsys, "segment", tmp_path / "s.tif", "--model", model, "-o", tmp_path / "c.zarr", "-q")
     assert code == 0, err
     assert "scale: sidecar, normalisation: sidecar, pad: default" in out and "warning" not in err
+
+
+def test_opset_6_read_in_its_old_form_where_the_converter_fails(tmp_path):
+    """An IR-3 file whose initializers are not graph inputs: onnx.version_converter refuses it, so
+    Add-6 (broadcast=1, axis=1) and Pad-2 (pads / value attributes) are read as they are."""
+    import onnx
+    from onnx import TensorProto, helper as oh, numpy_helper as nh, version_converter
+
+    nodes = [oh.make_node("Add", ["x", "b"], ["a"], broadcast=1, axis=1),
+             oh.make_node("Pad", ["a"], ["y"], pads=[0, 0, 1, 2, 0, 0, 3, 0], mode="reflect")]
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 7])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                      [nh.from_array(np.array([1.0, 2.0, -3.0], np.float32), "b")])
+    model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 6)], ir_version=3)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the converter raises
+        version_converter.convert_version(model, 13)
+    p = tmp_path / "old.onnx"
+    onnx.save(model, str(p))
+    x = np.random.default_rng(5).random((2, 3, 6, 7), np.float32)
+    ref = np.pad(x + np.array([1, 2, -3], np.float32)[:, None, None], ((0, 0), (0, 0), (1, 3), (2, 0)),
+                 mode="reflect")
+    assert np.array_equal(hirestile.predict(hirestile.load_model(p), x), ref)

@@ -125,6 +125,10 @@ def _channel_const(a: np.ndarray, c: int) -> np.ndarray | None:
 def _binary(imp: _Importer, n, name, ins, at):
     fn = _BINARY[n.op_type]
     ins = [v for v in ins if v is not None]
+    if imp.opset < 7 and at.get("broadcast") and len(ins) == 2 and isinstance(ins[1], np.ndarray):
+        # opset 1-6 (a model onnx's converter could not upgrade): B broadcasts from ``axis`` on
+        axis = int(at.get("axis", 4 - ins[1].ndim)) % 4
+        ins = [ins[0], ins[1].reshape(ins[1].shape + (1,) * (4 - axis - ins[1].ndim))]
     if len(ins) == 1:
         return [Act(imp.act(ins[0]))]
     if len(ins) > 2:
