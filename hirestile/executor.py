@@ -460,7 +460,10 @@ def _keep(lines: dict[str, Buf], name: str, buf: Buf | Rows, nxt: NodeRegion | N
     (y0, y1), bcols = buf.region
     lo, hi = max(a, y0), min(b, y1)
     if hi > lo and bcols == tuple(cols):
-        lines[name] = Buf(fetch(buf, ((lo, hi), bcols), (hi, bcols[1])), lo, bcols[0])
+        rows = fetch(buf, ((lo, hi), bcols), (hi, bcols[1]))
+        if not rows.flags.owndata:            # a view would keep the whole band's buffer alive
+            rows = rows.copy()
+        lines[name] = Buf(rows, lo, bcols[0])
 
 
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,

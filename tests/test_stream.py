@@ -83,6 +83,8 @@ def test_line_buffers_hold_a_halo_not_the_image():
         for t in column_strips(grid_tiles(rep, (32, 48)))[0]:
             s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write)
             peak = max(peak, s.nbytes)
+            # copies, never views: a view would keep the whole band's buffer alive
+            assert all(b.data.flags.owndata for b in s.lines.values())
         assert s.nbytes == 0                    # the strip's last band keeps nothing
         held.append(peak)
     assert 0 < held[0] == held[1]
