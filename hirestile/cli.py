@@ -193,6 +193,11 @@ def cmd_inspect(a: argparse.Namespace) -> int:
           f"pad: {src['pad']})")
     rule = model.size_rule
     print(f"sizes:    {model.takes() or 'not found (no square size up to 2048 taken)'}")
+    if model.contract.pad_to > 1:                # what the contract's padding makes of the network's own rule
+        from .model import describe_sizes, size_rule
+
+        print(f"          (the network alone: {describe_sizes(size_rule(model.graph)) or 'not found'}; the contract "
+              f"pads to a multiple of {model.contract.pad_to})")
     size = (1024, 1024) if rule is None else (rule[0].at_least(1024), rule[1].at_least(1024))
     rep = model.analyze(size)
     print(f"at {size[0]}x{size[1]}: " + rep.summary().replace("\n", "\n  "))

@@ -262,6 +262,9 @@ def test_inspect_shows_what_hirestile_makes_of_a_model(valid_exports, tmp_path, 
     code, out, err = _cli(capsys, "inspect", tmp_path / "b4.onnx", "--pad-to", "4")
     assert code == 0, err
     assert "batch:    fixed at 4: runs one image at a time" in out and "pad: flags" in out
+    code, out, err = _cli(capsys, "inspect", "unet")          # a built-in: its contract pads
+    assert code == 0, err
+    assert "sizes:    any size >= 1" in out and "(the network alone: 16k, >= 16;" in out and "pad: built-in" in out
 
 
 def test_segment_prints_the_contract_and_warns_on_raw_integers(tmp_path, capsys):
