@@ -24,8 +24,9 @@ the tile row above and the union-find tables, whose size is the object count):
    ids and writes it: uint32 labels, uint64 past 2**32 - 1 objects.
 
 ``connectivity`` is skimage's: 1 (the default: 4-connected, edge neighbours; pixels
-touching only at a corner are separate objects, and every object has one simple
-outline) or 2 (8-connected, corners join). The perimeter is the **edge perimeter**:
+touching only at a corner are separate objects, and every object's outline is one
+polygon) or 2 (8-connected, corners join; an object joined only through corners is a
+MultiPolygon). The perimeter is the **edge perimeter**:
 the number of pixel edges between the object and anything else (another class,
 background, or outside the image). Which edges those are depends only on the class
 map (4-neighbours of the same class always belong to one object, whatever the
