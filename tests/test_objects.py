@@ -371,6 +371,13 @@ def test_cli_segment_instances(tmp_path):
         assert len(list(csv.DictReader(f))) == inst.max()
     r = cli(*args, cwd=tmp_path)                                    # table exists
     assert_one_line_error(r, 4, r"already exists")
+    g2 = zarr.open_group(str(tmp_path / "inst.zarr"), mode="r+")    # an object pass cut short: rerun it
+    g2["0"][:5, :5] = 99
+    g2.attrs.put({"hirestile": {**dict(g2.attrs)["hirestile"], "status": "incomplete"}})
+    r = cli(*args[:-3], "-q", cwd=tmp_path)                         # the same command, no table
+    assert r.returncode == 0 and "already complete" in r.stderr, r.stderr
+    g2 = zarr.open_group(str(tmp_path / "inst.zarr"), mode="r")
+    assert np.array_equal(g2["0"][...], inst) and g2.attrs["hirestile"]["status"] == "complete"
     r = cli(*args, "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert np.array_equal(zarr.open_group(str(tmp_path / "inst.zarr"), mode="r")["0"][...], inst)
