@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import ome
+from . import masks, ome
 from .errors import InputError, ModelError, OutputError
 from .io import InputImage, open_image
 from .loading import as_model
@@ -263,7 +263,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory: int | None = None,
                     log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
-                    stream: bool = True) -> RunStats:
+                    stream: bool = True, mask: Any = None) -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -307,6 +307,9 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         In this process, run the tiles as bands moving down column strips, each
         intermediate row computed once per strip (:class:`hirestile.bands.Stream`);
         False runs every tile with its own halo (overlap-tile). Same bits either way.
+    mask : "auto", path or array, optional
+        Compute only the tiles that touch the mask's foreground; the rest hold fill 0, are
+        marked done and the mask is written as ``labels/mask`` (:mod:`hirestile.masks`).
 
     Returns
     -------
@@ -332,7 +335,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         return _segment(img, model, output, tile=tile, kind=kind, threads=threads, overwrite=overwrite,
                         nan_fill=nan_fill, pyramid=pyramid, allow_missing=allow_missing, progress=progress,
                         memory=memory, say=log or (lambda s: None), t_start=t_start,
-                        run_tiles=run_tiles, stream=stream)
+                        run_tiles=run_tiles, stream=stream, mask=mask)
     finally:
         if img is not image:
             img.close()
@@ -341,7 +344,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
 def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | None, kind: str,
              threads: int | None, overwrite: bool, nan_fill: float | None, pyramid: bool, allow_missing: bool,
              progress: bool | None, memory: int | None, say: Callable[[str], None], t_start: float,
-             run_tiles: TileRunner | None, stream: bool) -> RunStats:
+             run_tiles: TileRunner | None, stream: bool, mask: Any = None) -> RunStats:
     channels = model.contract.channels
     if img.channels != channels:
         raise InputError(f"{img.path}: has {img.channels} channel(s) (axes {img.axes}, shape {img.shape}) but model "
@@ -372,6 +375,9 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
                         "input": img.identity(), "output": kind, "output_shape": [int(k), int(oh), int(ow)]},
                 "nan_fill": nan_fill, "pyramid": bool(pyramid), "classes": list(classes),
                 "hirestile": __version__}
+    mk = masks.make_mask(mask, img)
+    if mk is not None:                             # a masked run is its own job
+        manifest["job"]["mask"] = mk.identity()
     group, layout, tiles_done = open_output(out_path, manifest=manifest, kind=kind, classes=k, out_hw=(oh, ow),
                                              tile=tile, overwrite=overwrite)
     stats = RunStats(output=out_path, halo=tuple(rep.halo) if rep.tileable else (0, 0, 0, 0))
@@ -388,7 +394,12 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     try:
         done = donelog.load()
         todo = [] if tiles_done else [t for t in plan.tiles if not all_done(plan.blocks(t), done)]
-        stats.tiles_skipped = len(plan.tiles) - len(todo)
+        off = 0
+        if mk is not None:                         # tiles off the mask: marked done, left as fill 0
+            todo, off = masks.apply_mask(mk, plan, todo, donelog, group, (oh, ow))
+            stats.notes.append(f"mask {mk.source}: {off} of {len(plan.tiles)} tiles "
+                               f"({100 * off / max(len(plan.tiles), 1):.0f}%) outside it, not computed")
+        stats.tiles_skipped = len(plan.tiles) - len(todo) - off
         if stats.tiles_skipped:
             say(f"resuming {out_path}: {stats.tiles_skipped} of {len(plan.tiles)} tiles already done")
         if missing and todo:
