@@ -90,7 +90,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
         stats = segment_to_zarr(img, model, out, tile=a.tile, kind=a.output, threads=a.threads,
                                 overwrite=a.overwrite, nan_fill=a.nan_fill,
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
-                                progress=_progress(a), log=_say, run_tiles=run_tiles)
+                                progress=_progress(a), log=_say, run_tiles=run_tiles, mask=a.mask)
     _say(stats.summary())
     if warm is not None:
         _say(warm.summary())
@@ -506,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pyramid", action="store_true", help="add downsampled levels to the output")
     s.add_argument("--allow-missing", action="store_true",
                    help="read missing input chunks as fill value even where the writer stored every chunk")
+    s.add_argument("--mask", default=None, metavar="auto|PATH",
+                   help="compute only tiles touching the foreground: auto (tissue vs glass for RGB, else the "
+                        "valid-data footprint) or a mask image (zarr / TIFF / PNG, any resolution); the rest "
+                        "is fill 0, the mask is written as OUT/labels/mask")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     s.add_argument("--scheduler", default=None, metavar="ADDR",
                    help="compute the tiles on a running dask cluster, e.g. tcp://host:8786")
