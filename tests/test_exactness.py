@@ -133,10 +133,9 @@ def _net(name):
 sizes = st.one_of(st.integers(1, 70), st.sampled_from([2, 3, 5, 7, 11, 13, 17, 31, 37, 53, 61, 67]))
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_tiled_equals_full_frame(name, data):
+def draw_case(name, data):
+    """A network of NETS, a random image of a drawn size (odd and prime sizes included), its
+    full-frame output, and a drawn tile size and grid origin."""
     m = _net(name)
     lo = MIN_SIZE.get(name, 1)
     h = data.draw(st.integers(lo, lo + 30) if lo > 1 else sizes, label="h")
@@ -147,8 +146,15 @@ def test_tiled_equals_full_frame(name, data):
     ty = data.draw(st.integers(1, max(oh, 1)), label="tile_y")
     tx = data.draw(st.integers(1, max(ow, 1)), label="tile_x")
     origin = (data.draw(st.integers(0, 40), label="oy"), data.draw(st.integers(0, 40), label="ox"))
-    tiled = hirestile.predict(m, x, tile=(ty, tx), tile_origin=origin)
-    assert np.array_equal(full, tiled)
+    return m, x, full, (ty, tx), origin
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_tiled_equals_full_frame(name, data):
+    m, x, full, tile, origin = draw_case(name, data)
+    assert np.array_equal(full, hirestile.predict(m, x, tile=tile, tile_origin=origin))
 
 
 def test_align_corners_resize_tiles_exactly():

@@ -12,25 +12,16 @@ from hirestile import executor
 from hirestile.bands import Stream
 from hirestile.models.unet import unet
 from hirestile.tiling import column_strips, grid_tiles
-from test_exactness import MIN_SIZE, NETS, _net, sizes
+from test_exactness import NETS, draw_case
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_streamed_equals_full_frame(name, data):
-    m = _net(name)
-    lo = MIN_SIZE.get(name, 1)
-    h = data.draw(st.integers(lo, lo + 40) if lo > 1 else sizes, label="h")
-    w = data.draw(st.integers(lo, lo + 30) if lo > 1 else sizes, label="w")
-    x = np.random.default_rng(h * 100 + w).standard_normal((m.graph.in_channels, h, w)).astype(np.float32)
-    full = hirestile.predict(m, x)
-    oh, ow = full.shape[1:]
-    band = data.draw(st.integers(1, max(oh, 1)), label="band")
-    strip = data.draw(st.integers(1, max(ow, 1)), label="strip")
-    origin = (data.draw(st.integers(0, 40), label="oy"), data.draw(st.integers(0, 40), label="ox"))
-    streamed = hirestile.predict(m, x, tile=(band, strip), tile_origin=origin, stream=True)
-    assert np.array_equal(full, streamed)
+    """Bands of the drawn tile height down strips of the drawn tile width."""
+    m, x, full, tile, origin = draw_case(name, data)
+    assert np.array_equal(full, hirestile.predict(m, x, tile=tile, tile_origin=origin, stream=True))
 
 
 def _flops_counter(monkeypatch):
