@@ -34,11 +34,11 @@ CONTRACT_FLAGS = ("pad_to", "pad_mode", "mean", "std", "scale", "stretch", "soft
 def load_model_cli(name: str, a: argparse.Namespace | None = None) -> Any:
     """``hirestile.load_model`` with every failure turned into a one-line :class:`ModelError`;
     the contract flags of ``a`` (``CONTRACT_FLAGS``: --pad-to, --mean, ...) override the model's."""
-    from . import api
+    from .loading import load_model
 
     contract = {k: getattr(a, k) for k in CONTRACT_FLAGS if getattr(a, k, None) is not None}
     try:
-        return api.load_model(name, contract=contract or None)
+        return load_model(name, contract=contract or None)
     except HirestileError:
         raise
     except KeyError as e:                     # the registry's unknown-name error
@@ -59,6 +59,19 @@ def _one_line(e: BaseException | str) -> str:
     return s[:300] + ("..." if len(s) > 300 else "")
 
 
+def parse_bytes(text: str | None) -> int | None:
+    """``--memory``: ``1.5GB``, ``800MiB``, ``2G``, ``512M``, ``1073741824`` -> bytes (K, M, G, T are
+    powers of 1024); None stays None."""
+    import re
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise InputError(f"--memory {text!r} is not a memory size; write e.g. 1.5GB, 800MiB or 2G")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
 
@@ -69,10 +82,12 @@ def cmd_segment(a: argparse.Namespace) -> int:
     from .scheduler import segment_to_zarr
     from .stream import keep_freed_memory
 
+    memory = parse_bytes(a.memory)
     model = load_model_cli(a.model, a)
     if not (a.scheduler or a.workers):
         keep_freed_memory()                 # as segment_to_zarr does, before zarr's and the kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
+    _show_pixel_size(img, a)
     _show_contract(model, a, img.dtype)
     out, fits_out, done = _fits_plan(a, img, model)
     if done:
@@ -83,14 +98,15 @@ def cmd_segment(a: argparse.Namespace) -> int:
             warm = _warmup(model)           # compile / load the kernels outside the timed run
         run_tiles = None
         if a.scheduler or a.workers:             # the same job, its tiles computed on a dask cluster
-            from .dask_api import cluster_client, cluster_tiles
+            from .cluster import cluster_client, cluster_tiles
 
             client = stack.enter_context(cluster_client(a.scheduler, workers=a.workers))
             run_tiles = cluster_tiles(client, log=_say)
         stats = segment_to_zarr(img, model, out, tile=a.tile, kind=a.output, threads=a.threads,
                                 overwrite=a.overwrite, nan_fill=a.nan_fill,
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
-                                progress=_progress(a), log=_say, run_tiles=run_tiles, mask=a.mask)
+                                progress=_progress(a), log=_say, run_tiles=run_tiles, stream=not a.no_stream,
+                                memory=memory, mask=a.mask)
     _say(stats.summary())
     if warm is not None:
         _say(warm.summary())
@@ -141,6 +157,35 @@ def _fits_finish(a: argparse.Namespace, img: Any, zarr_out: str, fits_out: Any) 
                       source=a.input, progress=_progress(a))
     _say(f"wrote {target}: FITS" + (" with the input's WCS" if header is not None and fits.celestial_wcs(header)
                                     is not None else ""))
+
+
+def pixel_size_arg(text: str) -> str:
+    """``--pixel-size``, checked at parse time (the unit of a bare number depends on the input)."""
+    from .io import parse_pixel_size
+
+    try:
+        parse_pixel_size(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--pixel-size {text!r} ")) from None
+    return text
+
+
+def _show_pixel_size(img: Any, a: argparse.Namespace, *, label: str = "pixel size: ") -> None:
+    """The input's pixel size line (stdout; --pixel-size overrides the metadata) and, for unusable
+    metadata, a one-line warning naming the override (stderr)."""
+    from .io import set_pixel_size
+
+    if getattr(a, "pixel_size", None):
+        set_pixel_size(img, a.pixel_size)
+    if img.pixel_warning:
+        _say(f"hirestile: warning: {img.pixel_warning}")
+    if img.pixel_size is None:
+        text = "unknown" + ("" if img.pixel_warning else " (not in the metadata; --pixel-size sets it)")
+    else:
+        (py, px), unit = img.pixel_size, {"micrometer": "µm", "arcsecond": "arcsec"}.get(img.pixel_unit, "")
+        text = (f"{px:.6g} {unit}" if py == px else f"{py:.6g} x {px:.6g} {unit} (rows x cols)") + \
+            f" per pixel (from {img.pixel_source})"
+    print(f"{label}{text}", flush=True)
 
 
 def _warmup(model: Any) -> Any:
@@ -296,17 +341,19 @@ def cmd_objects(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from . import api, ome
+    from . import ome
     from .examples import parse_size
-    from .scheduler import PROCESS_BASELINE, expected_memory, make_plan, resolve_tile
+    from .scheduler import (PROCESS_BASELINE, choose_tile, compute_redundancy, default_memory, expected_memory,
+                            make_plan)
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
-    rep = api.analyze(model, (h, w))              # its InputError says which sizes the model takes
+    rep = model.analyze((h, w))              # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
-    tile = resolve_tile(rep, a.tile)
+    budget = parse_bytes(a.memory) or default_memory()
+    tile = choose_tile(rep, a.tile, stream=not a.no_stream, memory=budget, channels=model.contract.channels)
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)
-    plan = make_plan(rep, layout, tile)
+    plan = make_plan(rep, layout, tile, stream=not a.no_stream)
     ty, tx = plan.tile
     mem, working = expected_memory(rep, plan, model.contract.channels)
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
@@ -314,21 +361,42 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(rep.summary())
     print(f"accepted sizes: {model.takes() or 'not found'}")
     if rep.tileable:
-        print(f"tile {ty}x{tx} (output px): {len(plan.tiles)} tiles; compute redundancy "
-              f"{rep.redundancy((min(ty, oh), min(tx, ow))):.2f} (computed / needed FLOPs), read redundancy "
+        mode = ("streamed: bands down column strips, each intermediate row computed once per strip"
+                if plan.stream else "overlap tiles, each with its own halo")
+        print(f"tile {ty}x{tx} (output px): {len(plan.tiles)} tiles, {mode}; compute redundancy "
+              f"{compute_redundancy(rep, plan):.2f} (computed / needed FLOPs), read redundancy "
               f"{plan.read_redundancy:.2f} (input pixels read per image pixel)")
+    if plan.stream:
+        _print_stages(rep, ((oh // 2, min(oh // 2 + ty, oh)), (0, tx)))
     print(f"output {a.output}: shape {layout.shape}, chunks {layout.chunks}, shards {layout.shards or 'none'}")
     print(f"expected peak memory: {_mib(working + PROCESS_BASELINE)} = working memory {_mib(working)} "
           f"(executor {_mib(mem)} + queued windows and outputs) + process baseline ~{_mib(PROCESS_BASELINE)} "
           "(Python, NumPy, Numba, compiled kernels; measured)")
+    print(f"memory budget: {_mib(budget)}" + (" (--memory)" if a.memory else " (default: a quarter of the RAM, "
+                                               "at most 2 GiB; --memory to change)")
+          + ("" if working + PROCESS_BASELINE <= budget else "; the smallest tile does not fit it"))
     print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image")
     return 0
 
 
+def _print_stages(rep: Any, band: Any) -> None:
+    """The streamed mapping, one stage per line: what each keeps between bands and computes."""
+    from .bands import stream_stages
+
+    stages = stream_stages(rep, band)
+    print(f"stages of one band ({band[0][1] - band[0][0]} output rows x {band[1][1] - band[1][0]} cols): "
+          "rows held, line buffer kept for the next band, work")
+    print(f"  {'stage':<24} {'op':<34} {'C':>4} {'rows':>6} {'line rows':>9} {'line MiB':>9} {'GFLOP':>8}")
+    for st in stages:
+        print(f"  {st.name[:24]:<24} {st.op[:34]:<34} {st.channels:>4} {st.rows:>6} {st.line_rows:>9} "
+              f"{st.line_bytes / 2**20:>9.1f} {st.flops / 1e9:>8.2f}")
+    print(f"  {'all':<24} {len(stages):>34} stages {'':>11} {sum(st.line_bytes for st in stages) / 2**20:>9.1f} "
+          f"{sum(st.flops for st in stages) / 1e9:>8.2f}")
+
+
 def cmd_info(a: argparse.Namespace) -> int:
-    from . import ome
     from .io import open_image
-    from .resume import DoneLog
+    from .resume import job_status
 
     img = open_image(a.input, level=a.level, axes=a.axes, allow_incomplete=True, hdu=a.hdu)
     with img:
@@ -341,6 +409,7 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(f"shards:  {img.shards or 'none'}")
         lv = "  ".join(f"{i}: {tuple(s)}" for i, s in enumerate(img.levels))
         print(f"levels:  {len(img.levels)} ({lv}){'  [reading ' + str(img.level) + ']' if img.level else ''}")
+        _show_pixel_size(img, a, label="pixel:   ")
         missing = img.missing_chunks(limit=None)
         if missing:
             print(f"missing: {len(missing)} chunk(s) not stored (first {missing[0]}); read as fill value "
@@ -348,27 +417,21 @@ def cmd_info(a: argparse.Namespace) -> int:
         if img.format.startswith("FITS"):
             from .fits import describe
             print("\n".join(describe(img)))
-    if os.path.isdir(a.input) and ome.is_zarr_dir(a.input):
-        import zarr
-        node = zarr.open(a.input, mode="r")
-        st = ome.status(node) if isinstance(node, zarr.Group) else {}
-        man = st.get("manifest")
-        if st.get("status") == "incomplete" and not man:          # convert / example that did not finish
-            writer = f"`hirestile {st['writer']}`" if st.get("writer") else "the command that wrote it"
-            print(f"status:  INCOMPLETE: {writer} stopped before the end; run it again with --overwrite")
-        if man:
-            job = man["job"]
-            print(f"hirestile output: {job['output']} of model {job['model']['name']!r} "
-                  f"(fingerprint {job['model']['fingerprint']}), classes {', '.join(man.get('classes', []))}")
-            print(f"  input: {job['input']['path']} ({job['input']['format']}, level {job['input']['level']})")
-            if st.get("status") == "complete":
-                print("  status: complete")
-            else:
-                arr = node["0"]
-                lay = ome.Layout(tuple(arr.shape), tuple(arr.chunks), tuple(arr.shards) if arr.shards else None)
-                gy, gx = lay.grid
-                n = len(DoneLog(a.input).load())
-                print(f"  status: INCOMPLETE: {n} of {gy * gx} blocks written; rerun the segment command to finish")
+    st = job_status(a.input)
+    man = st.get("manifest")
+    if st.get("status") == "incomplete" and not man:              # convert / example that did not finish
+        writer = f"`hirestile {st['writer']}`" if st.get("writer") else "the command that wrote it"
+        print(f"status:  INCOMPLETE: {writer} stopped before the end; run it again with --overwrite")
+    if man:
+        job = man["job"]
+        print(f"hirestile output: {job['output']} of model {job['model']['name']!r} "
+              f"(fingerprint {job['model']['fingerprint']}), classes {', '.join(man.get('classes', []))}")
+        print(f"  input: {job['input']['path']} ({job['input']['format']}, level {job['input']['level']})")
+        if st["status"] == "complete":
+            print("  status: complete")
+        else:
+            print(f"  status: INCOMPLETE: {st['blocks_done']} of {st['blocks_total']} blocks written; "
+                  "rerun the segment command to finish")
     return 0
 
 
@@ -431,7 +494,7 @@ def _progress(a: argparse.Namespace) -> bool | None:
 
 
 def _check_new_output(path: str, overwrite: bool, inputs: Sequence[str] = ()) -> None:
-    from .scheduler import make_room
+    from .resume import make_room
 
     if any(os.path.abspath(path) == os.path.abspath(i) for i in inputs):
         raise OutputError(f"output {path} is the input; choose another output path")
@@ -442,7 +505,7 @@ def _check_new_output(path: str, overwrite: bool, inputs: Sequence[str] = ()) ->
 
 # **** argument parsing ****
 def build_parser() -> argparse.ArgumentParser:
-    from .ome import OUTPUT_KINDS
+    from .outputs import OUTPUT_KINDS
 
     p = argparse.ArgumentParser(prog="hirestile", description="Exact tiled inference of segmentation networks "
                                 "on images too large for memory.")
@@ -494,9 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "OUT.fits writes FITS")
     s.add_argument("--format", choices=["zarr", "fits"], default=None,
                    help="output format (default: fits when OUT ends in .fits/.fit/.fts, else zarr)")
-    s.add_argument("--tile", type=int, default=None, help="output tile side in pixels (default: largest fitting 2 GiB)")
+    s.add_argument("--tile", type=int, default=None,
+                   help="output tile side in pixels (band height and strip width when streamed; default: the "
+                        "largest that fits --memory)")
+    s.add_argument("--no-stream", action="store_true",
+                   help="run each tile with its own halo instead of bands down column strips (same bits)")
+    s.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory budget, e.g. 1.5GB or 800MiB (default: a quarter of the RAM, at most 2 GiB); "
+                        "the tile is chosen to fit it")
     s.add_argument("--output", choices=list(OUTPUT_KINDS) + ["instances"], default="probabilities",
-                   help="probabilities (float16, default), logits (float32), labels (uint8) or instances "
+                   help="probabilities (float16, default), logits (float32), labels (uint8; uint16 past 256 "
+                   "classes) or instances "
                    "(labels, then one uint32 id per object: OUT, its class map in OUT/classes)")
     s.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming it")
@@ -506,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pyramid", action="store_true", help="add downsampled levels to the output")
     s.add_argument("--allow-missing", action="store_true",
                    help="read missing input chunks as fill value even where the writer stored every chunk")
+    s.add_argument("--pixel-size", type=pixel_size_arg, default=None, metavar="SIZE",
+                   help="the input's pixel size, overriding its metadata: e.g. 0.25um, 0.25x0.3um, 0.4arcsec")
     s.add_argument("--mask", default=None, metavar="auto|PATH",
                    help="compute only tiles touching the foreground: auto (tissue vs glass for RGB, else the "
                         "valid-data footprint) or a mask image (zarr / TIFF / PNG, any resolution); the rest "
@@ -536,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="show how a model would be tiled: halo, stride, FLOPs, memory")
     s.add_argument("--model", "-m", required=True)
     s.add_argument("--tile", type=int, default=None)
+    s.add_argument("--no-stream", action="store_true", help="plan overlap tiles instead of streamed strips")
+    s.add_argument("--memory", default=None, metavar="SIZE", help="memory budget (see segment)")
     s.add_argument("--image", default=None, metavar="HxW", help="image size (default 4096x4096)")
     s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities")
     contract_opts(s)
@@ -550,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="describe an image or a hirestile output")
     s.add_argument("input", metavar="IN")
     image_opts(s)
+    s.add_argument("--pixel-size", type=pixel_size_arg, default=None, metavar="SIZE",
+                   help="show the image with this pixel size")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("models", help="list the built-in models")

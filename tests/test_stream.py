@@ -95,3 +95,21 @@ def test_a_stream_given_any_regions_stays_exact():
         a, b, c, d = max(a, 0), min(b, 61), max(c, 0), min(d, 53)
         got = s.run(x[:, a:b, c:d], (a, c), reg)
         assert np.array_equal(got, full[:, reg[0][0]:reg[0][1], reg[1][0]:reg[1][1]]), reg
+
+
+# ---- the command line: plan shows the mapping, --memory bounds it ------------------------------
+def test_plan_shows_the_streamed_mapping_within_the_budget():
+    from clihelp import assert_one_line_error, cli
+
+    r = cli("plan", "--model", "unet", "--image", "4096x4096", "--memory", "1GB")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "streamed: bands down column strips" in out and "stages of one band" in out
+    assert "memory budget: 1,024 MiB (--memory)" in out and "does not fit" not in out
+    peak = int(out.split("expected peak memory: ")[1].split(" MiB")[0].replace(",", ""))
+    assert 0 < peak <= 1024
+    stage_rows = [line for line in out.splitlines() if line.startswith("  enc.") or line.startswith("  dec.")]
+    assert len(stage_rows) >= 8 and all(len(line.split()) == 7 for line in stage_rows)
+    r = cli("plan", "--model", "unet", "--image", "4096x4096", "--no-stream")
+    assert r.returncode == 0 and "overlap tiles, each with its own halo" in r.stdout and "stages" not in r.stdout
+    assert_one_line_error(cli("plan", "--model", "unet", "--memory", "lots"), 2, "not a memory size")
