@@ -85,9 +85,10 @@ def cmd_segment(a: argparse.Namespace) -> int:
     memory = parse_bytes(a.memory)
     model = load_model_cli(a.model, a)
     if not (a.scheduler or a.workers):
-        keep_freed_memory()                 # as segment_to_zarr does, before zarr's and the kernels' threads
+        keep_freed_memory(reuse_large=a.no_stream)   # as segment_to_zarr does, before zarr's and kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
     _show_pixel_size(img, a)
+    img = _choose_level(img, model, a)
     _show_contract(model, a, img.dtype)
     out, fits_out, done = _fits_plan(a, img, model)
     if done:
@@ -186,6 +187,64 @@ def _show_pixel_size(img: Any, a: argparse.Namespace, *, label: str = "pixel siz
         text = (f"{px:.6g} {unit}" if py == px else f"{py:.6g} x {px:.6g} {unit} (rows x cols)") + \
             f" per pixel (from {img.pixel_source})"
     print(f"{label}{text}", flush=True)
+
+
+def _model_pixel_size(a: argparse.Namespace) -> tuple[tuple[float, float], str] | None:
+    """((finest, coarsest), unit) the model was trained at: --model-pixel-size, else a built-in's."""
+    from .io import parse_pixel_size
+
+    if getattr(a, "model_pixel_size", None):
+        (py, px), unit = parse_pixel_size(a.model_pixel_size)
+        return (min(py, px), max(py, px)), unit
+    if os.path.exists(a.model):
+        return None
+    from .models.registry import get_spec
+    try:
+        spec = get_spec(a.model)
+    except KeyError:
+        return None
+    return (spec.pixel_size, "micrometer") if spec.pixel_size else None
+
+
+def _choose_level(img: Any, model: Any, a: argparse.Namespace) -> Any:
+    """The pyramid level within 10% of the model's pixel size (``io.closest_level``), reopened when
+    it is not the one asked for; prints the choice, or a note when no level is that close."""
+    from .io import closest_level, level_pixel_sizes, open_image
+
+    want = _model_pixel_size(a)
+    if want is None or img.pixel_size is None:
+        return img
+    (lo, hi), unit = want
+    sym = {"micrometer": "µm", "arcsecond": "arcsec"}[unit]
+    wanted = f"{lo:.4g}" + (f"-{hi:.4g}" if hi != lo else "") + f" {sym}/px"
+    if img.pixel_unit != unit:
+        _say(f"hirestile: note: the model's pixel size ({wanted}) and the input's ({img.pixel_unit}) are not "
+             "comparable; no level chosen")
+        return img
+    ok, near, f = closest_level(img, (lo, hi), unit)
+    sizes = level_pixel_sizes(img)
+
+    def size(lv: int) -> str:
+        return f"{(sizes[lv][0] * sizes[lv][1]) ** 0.5:.4g} {sym}/px"
+
+    if ok is None or a.level is not None or ok == img.level:
+        if ok is None:
+            _say(f"hirestile: note: no level of the input is within 10% of the model's {wanted} (closest: level "
+                 f"{near}, {size(near)}, {f:.2f}x): the resolution differs from the model's training; "
+                 "resample the input or pass --level")
+        elif ok != img.level:
+            _say(f"hirestile: note: level {ok} ({size(ok)}) matches the model's {wanted}; reading --level "
+                 f"{img.level} ({size(img.level)}) as asked")
+        else:
+            print(f"level: {img.level} ({size(img.level)}) matches the model's {wanted}", flush=True)
+        return img
+    new = open_image(a.input, level=ok, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
+    new.pixel_size, new.pixel_unit = sizes[ok], unit
+    new.pixel_source, new.pixel_warning = f"{img.pixel_source}, scaled to level {ok}", None
+    print(f"level: {ok} of 0..{len(img.levels) - 1} ({size(ok)}, {new.height} x {new.width} px) for the "
+          f"model's {wanted}; level {img.level} is {size(img.level)}", flush=True)
+    img.close()
+    return new
 
 
 def _warmup(model: Any) -> Any:
@@ -579,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read missing input chunks as fill value even where the writer stored every chunk")
     s.add_argument("--pixel-size", type=pixel_size_arg, default=None, metavar="SIZE",
                    help="the input's pixel size, overriding its metadata: e.g. 0.25um, 0.25x0.3um, 0.4arcsec")
+    s.add_argument("--model-pixel-size", type=pixel_size_arg, default=None, metavar="SIZE",
+                   help="the pixel size the model was trained at (built-ins declare theirs): segment reads the "
+                        "pyramid level within 10%% of it")
     s.add_argument("--mask", default=None, metavar="auto|PATH",
                    help="compute only tiles touching the foreground: auto (tissue vs glass for RGB, else the "
                         "valid-data footprint) or a mask image (zarr / TIFF / PNG, any resolution); the rest "

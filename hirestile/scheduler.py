@@ -326,7 +326,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         raise ValueError(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {kind!r}")
     model = as_model(model)
     if run_tiles is None:                          # the tiles are computed in this process
-        keep_freed_memory()                        # before zarr starts its threads
+        keep_freed_memory(reuse_large=not stream)  # before zarr starts its threads
     if isinstance(image, InputImage):
         img = image
     else:
