@@ -83,6 +83,13 @@ class InputImage:
     dense: bool = False               # the writer stored every chunk: a missing one means damage
     extra_identity: dict[str, Any] = field(default_factory=dict)
     _closers: list[Any] = field(default_factory=list, repr=False)
+    # physical size of one pixel of this level, (rows, cols), in pixel_unit ("micrometer" or
+    # "arcsecond"), from the metadata (pixel_source says which) or --pixel-size; None when not
+    # recorded, or unusable (then pixel_warning says why and names the override)
+    pixel_size: tuple[float, float] | None = None
+    pixel_unit: str | None = None
+    pixel_source: str = ""
+    pixel_warning: str | None = None
 
     # ---- shape ---------------------------------------------------------------
     @property
@@ -293,6 +300,7 @@ def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: 
         from .fits import FITS_MAGIC, is_fits_path, open_fits
         if head == FITS_MAGIC or is_fits_path(path):
             img = open_fits(path, hdu=hdu, axes=axes, level=level)
+            _set_pixel(img, _fits_pixel(img))
         elif hdu is not None:
             raise InputError(f"{path}: --hdu / hdu= applies to FITS files only; drop it")
         elif head[:4] in TIFF_MAGIC:
@@ -323,6 +331,7 @@ def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
                          "repair or re-create the input") from None
     fmt = f"zarr v{node.metadata.zarr_format}"
     ome_axes = None
+    px: dict[str, Any] = {}
     mark = dict(node.attrs).get("hirestile", {}) if isinstance(node, zarr.Group) else {}
     if isinstance(mark, dict) and mark.get("status") == "incomplete" and not allow_incomplete:
         raise InputError(f"{path}: is an incomplete hirestile output or conversion; rerun the command "
@@ -355,6 +364,7 @@ def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
                                  "array exists; repair or re-create the input") from None
             level = lv
             ome_axes = ms[0].get("axes")
+            px = _ome_zarr_pixel(path, ms[0], lv)
         else:
             with warnings.catch_warnings():      # hirestile's own .hirestile state dir is no zarr node
                 warnings.simplefilter("ignore")
@@ -369,8 +379,10 @@ def _open_zarr(path: str, store: Any, level: int | None, axes: str | None,
     if level not in (None, 0) and not levels:
         raise InputError(f"{path}: has a single resolution level; drop --level {level}")
     layout = _layout(path, arr, axes, ome_axes, channels)
-    return InputImage(path=path, array=arr, layout=layout, format=fmt, level=level or 0,
-                      levels=levels or (tuple(arr.shape),), dense=dense)
+    img = InputImage(path=path, array=arr, layout=layout, format=fmt, level=level or 0,
+                     levels=levels or (tuple(arr.shape),), dense=dense)
+    _set_pixel(img, px)
+    return img
 
 
 def _stamp(arr: Any) -> dict[str, Any]:
@@ -487,9 +499,16 @@ def _open_tiff_quiet(path: str, level: int | None, axes: str | None, logged: lis
                          "or convert it with another tool") from None
     names = [{"S": "c", "C": "c", "Y": "y", "X": "x"}.get(a, a.lower()) for a in tiff_axes]
     layout = _layout(path, arr, axes, [{"name": n} for n in names], None)
-    return InputImage(path=path, array=arr, layout=layout, format=fmt, level=lv, levels=levels,
-                      extra_identity=_file_stamp(path),
-                      _closers=[store, tf])
+    img = InputImage(path=path, array=arr, layout=layout, format=fmt, level=lv, levels=levels,
+                     extra_identity=_file_stamp(path),
+                     _closers=[store, tf])
+    try:
+        px = _tiff_pixel(path, tf, series, lv)
+    except Exception as e:  # noqa: BLE001 - odd metadata never stops a read
+        px = {"pixel_warning": f"{path}: unreadable pixel-size metadata ({_first_line(e)}); "
+                               "pass --pixel-size SIZE, e.g. --pixel-size 0.25um"}
+    _set_pixel(img, px)
+    return img
 
 
 def _layout(path: str, arr: Any, axes: str | None, ome_axes: list[dict[str, Any]] | None,
@@ -558,4 +577,201 @@ def _validate(img: InputImage) -> None:
         raise InputError(f"{img.path}: the image is empty (shape {tuple(img.array.shape)}); nothing to segment")
 
 
-__all__ = ["InputImage", "open_image", "local_dir", "infer_axes"]
+# ---- physical pixel size ---------------------------------------------------------------------
+_TO_UM = {**dict.fromkeys(("angstrom", "Å"), 1e-4), **dict.fromkeys(("nanometer", "nm"), 1e-3),
+          **dict.fromkeys(("micrometer", "micron", "um", "µm", "μm"), 1.0),
+          **dict.fromkeys(("millimeter", "mm"), 1e3), **dict.fromkeys(("centimeter", "cm"), 1e4),
+          **dict.fromkeys(("meter", "m"), 1e6), "inch": 25400.0}
+_TO_ARCSEC = {**dict.fromkeys(("arcsecond", "arcsec", '"'), 1.0), **dict.fromkeys(("arcminute", "arcmin"), 60.0),
+              **dict.fromkeys(("degree", "deg"), 3600.0), **dict.fromkeys(("milliarcsecond", "mas"), 1e-3)}
+PIXEL_HINT = "pass --pixel-size SIZE with a unit, e.g. --pixel-size 0.25um (or 0.4arcsec)"
+
+
+def _unit_factor(unit: str | None) -> tuple[str, float] | None:
+    """("micrometer" | "arcsecond", factor to it) for a length or angle unit name, else None."""
+    u = (unit or "").strip()
+    for canon, table in (("micrometer", _TO_UM), ("arcsecond", _TO_ARCSEC)):
+        f = table.get(u, table.get(u.lower()))
+        if f is not None:
+            return canon, f
+    return None
+
+
+def pixel_size_fields(path: str, values: Any, unit: str | None, source: str) -> dict[str, Any]:
+    """The InputImage pixel fields for ``values`` (rows, cols) in ``unit`` read from ``source``;
+    zero, negative, NaN or unit-less values give a one-line warning naming the override."""
+    try:
+        vals = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        vals = (float("nan"),) * 2
+    shown = " x ".join(f"{v:g}" for v in vals)
+    conv = _unit_factor(unit)
+    why = ("zero, negative or not a number" if not all(np.isfinite(v) and v > 0 for v in vals)
+           else "no unit" if not unit else f"unknown unit {unit!r}" if conv is None else None)
+    if why:
+        return {"pixel_warning": f"{path}: {source} gives pixel size {shown} {unit or ''}".rstrip()
+                                 + f" ({why}); ignored: {PIXEL_HINT}"}
+    canon, f = conv
+    return {"pixel_size": (vals[0] * f, vals[1] * f), "pixel_unit": canon, "pixel_source": source}
+
+
+def _set_pixel(img: InputImage, fields: dict[str, Any]) -> None:
+    for k, v in fields.items():
+        setattr(img, k, v)
+
+
+def parse_pixel_size(text: str, *, default_unit: str = "micrometer") -> tuple[tuple[float, float], str]:
+    """``--pixel-size``: ``0.25`` / ``0.25um`` / ``0.25x0.3um`` / ``0.4arcsec`` -> ((rows, cols), unit)
+    in micrometer or arcsecond; a number without unit is in ``default_unit``."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)(?:\s*[x,]\s*([0-9.eE+-]+))?\s*([^\d\s][^\s]*)?\s*", str(text))
+    try:
+        vals = (float(m.group(1)), float(m.group(2) or m.group(1))) if m else ()
+    except ValueError:
+        vals = ()
+    conv = _unit_factor(m.group(3) if m and m.group(3) else default_unit) if vals else None
+    if not vals or conv is None or not all(np.isfinite(v) and v > 0 for v in vals):
+        raise InputError(f"--pixel-size {text!r} is not a positive size with a length or angle unit; "
+                         "write e.g. --pixel-size 0.25um, 0.25x0.3um or 0.4arcsec")
+    canon, f = conv
+    return (vals[0] * f, vals[1] * f), canon
+
+
+def set_pixel_size(img: InputImage, text: str) -> None:
+    """Override the image's pixel size with ``--pixel-size`` ``text`` (:func:`parse_pixel_size`)."""
+    unit = "arcsecond" if img.format.startswith("FITS") else "micrometer"
+    img.pixel_size, img.pixel_unit = parse_pixel_size(text, default_unit=unit)
+    img.pixel_source, img.pixel_warning = "--pixel-size", None
+
+
+def _ome_zarr_pixel(path: str, ms: dict[str, Any], level: int) -> dict[str, Any]:
+    """OME-Zarr: the level's ``coordinateTransformations`` scale (times the multiscale's own)
+    on the y and x axes, in their ``unit``. No unit and a scale of 1 is "not recorded"."""
+    axes = ms.get("axes") or []
+    names = [str(a.get("name", "")).lower() if isinstance(a, dict) else str(a).lower() for a in axes]
+    if "y" not in names or "x" not in names:
+        return {}
+    iy, ix = names.index("y"), names.index("x")
+    scale = np.ones(len(names))
+    for trs in (ms.get("coordinateTransformations") or [],
+                (ms.get("datasets") or [{}])[level].get("coordinateTransformations") or []):
+        for t in trs:
+            if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", [])) == len(names):
+                scale = scale * np.asarray(t["scale"], dtype=float)
+    units = {axes[i].get("unit") for i in (iy, ix) if isinstance(axes[i], dict)} - {None, ""}
+    vals = (scale[iy], scale[ix])
+    if not units:
+        if (ms.get("datasets") or [{}])[0].get("coordinateTransformations") is None or \
+                _ome_level0_is_pixels(ms, iy, ix):
+            return {}                      # the scale counts pixels: no physical size recorded
+        return pixel_size_fields(path, vals, None, "OME-Zarr coordinateTransformations")
+    unit = units.pop() if len(units) == 1 else f"{axes[iy].get('unit')}/{axes[ix].get('unit')}"
+    return pixel_size_fields(path, vals, unit, "OME-Zarr coordinateTransformations")
+
+
+def _ome_level0_is_pixels(ms: dict[str, Any], iy: int, ix: int) -> bool:
+    for t in (ms.get("datasets") or [{}])[0].get("coordinateTransformations") or []:
+        if isinstance(t, dict) and t.get("type") == "scale":
+            sc = t.get("scale", [])
+            return len(sc) > max(iy, ix) and sc[iy] == 1 and sc[ix] == 1
+    return True
+
+
+def _tiff_pixel(path: str, tf: Any, series: Any, level: int) -> dict[str, Any]:
+    """OME-TIFF PhysicalSizeY/X, else Aperio ``MPP =``, else XResolution / YResolution with an
+    inch or centimetre ResolutionUnit; level > 0 scales level 0's by the shape ratio."""
+    import re
+
+    y, x = series.levels[0].axes.find("Y"), series.levels[0].axes.find("X")
+    s0, sl = series.levels[0].shape, series.levels[level].shape
+    ratio = (s0[y] / sl[y], s0[x] / sl[x])
+    found: dict[str, Any] = {}
+    if tf.is_ome and tf.ome_metadata:
+        import xml.etree.ElementTree as ET
+
+        pix = next((e for e in ET.fromstring(tf.ome_metadata).iter() if e.tag.endswith("}Pixels")), None)
+        if pix is not None and (pix.get("PhysicalSizeX") or pix.get("PhysicalSizeY")):
+            ux, uy = pix.get("PhysicalSizeXUnit", "µm"), pix.get("PhysicalSizeYUnit", "µm")
+            vy, vx = pix.get("PhysicalSizeY", pix.get("PhysicalSizeX")), pix.get("PhysicalSizeX", pix.get("PhysicalSizeY"))
+            unit = ux if ux == uy else None
+            found = pixel_size_fields(path, (vy, vx), unit, "OME-TIFF PhysicalSizeY/X")
+    if not found:
+        desc = tf.pages.first.description or ""
+        m = re.search(r"\bMPP\s*=\s*([^|\s]+)", desc) if "Aperio" in desc else None
+        if m:
+            found = pixel_size_fields(path, (m.group(1), m.group(1)), "µm", "Aperio MPP")
+    if not found:
+        tags = tf.pages.first.tags
+        unit = {2: "inch", 3: "centimeter"}.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2)
+        if "XResolution" in tags and unit:
+            def per_unit(tag: str) -> float:
+                v = tags[tag].value if tag in tags else tags["XResolution"].value
+                num, den = v if isinstance(v, tuple) else (v, 1)
+                return num / den if den else float("nan")
+            ry, rx = per_unit("YResolution"), per_unit("XResolution")
+            if (ry, rx) != (1.0, 1.0):     # writers' 1 pixel per unit placeholder
+                f = 25400.0 if unit == "inch" else 1e4
+                with np.errstate(divide="ignore"):
+                    found = pixel_size_fields(path, (f / ry if ry else 0.0, f / rx if rx else 0.0),
+                                              "µm", f"TIFF resolution tags (pixels per {unit})")
+    if found.get("pixel_size"):
+        found["pixel_size"] = (found["pixel_size"][0] * ratio[0], found["pixel_size"][1] * ratio[1])
+    return found
+
+
+def _fits_pixel(img: InputImage) -> dict[str, Any]:
+    """FITS: the celestial WCS's pixel scale (proj_plane_pixel_scales) in arcseconds."""
+    from .fits import celestial_wcs
+
+    header = img.array.header
+    w = celestial_wcs(header)
+    if w is None:                      # none, or one astropy cannot use (zero CDELT, singular CD)
+        celestial = any(str(header.get(f"CTYPE{i}", "")).startswith(("RA", "DEC", "GLON", "GLAT")) for i in (1, 2))
+        return pixel_size_fields(img.path, (float("nan"),) * 2, "deg", "FITS WCS") if celestial else {}
+    try:
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sx, sy = proj_plane_pixel_scales(w)[:2]
+        units = {str(u) for u in list(w.wcs.cunit)[:2]} - {""} or {"deg"}
+    except Exception:  # noqa: BLE001 - a damaged WCS: no usable scale
+        sx = sy = float("nan")
+        units = {"deg"}
+    return pixel_size_fields(img.path, (sy, sx), units.pop() if len(units) == 1 else None, "FITS WCS")
+
+
+def level_pixel_sizes(img: InputImage) -> list[tuple[float, float] | None]:
+    """Pixel size (rows, cols) of every stored level, from the opened level's and the shapes."""
+    if img.pixel_size is None:
+        return [None] * len(img.levels)
+    y, x = img.layout.find("Y"), img.layout.find("X")
+    here = img.levels[img.level]
+    return [(img.pixel_size[0] * here[y] / s[y], img.pixel_size[1] * here[x] / s[x])
+            if len(s) == len(img.layout) else None for s in img.levels]
+
+
+def closest_level(img: InputImage, target: tuple[float, float], unit: str,
+                  tolerance: float = 0.1) -> tuple[int | None, int, float]:
+    """For a model trained at pixel sizes ``target`` = (lo, hi) (lo == hi for one size) in ``unit``:
+    (the level whose pixel size lies within ``tolerance`` of that range, else None; the level
+    closest to it; its size over the range's nearest end, 1.0 inside). Closest is in log scale,
+    ties to the finest level."""
+    import math
+
+    lo, hi = min(target), max(target)
+    best, best_d, best_f = img.level, math.inf, 1.0
+    for lv, px in enumerate(level_pixel_sizes(img)):
+        if px is None or img.pixel_unit != unit:
+            continue
+        size = math.sqrt(px[0] * px[1])
+        f = size / lo if size < lo else size / hi if size > hi else 1.0
+        if abs(math.log(f)) < best_d - 1e-12:
+            best, best_d, best_f = lv, abs(math.log(f)), f
+    ok = best_d <= math.log(1 + tolerance)
+    return (best if ok else None), best, best_f
+
+
+__all__ = ["InputImage", "open_image", "local_dir", "infer_axes", "parse_pixel_size", "set_pixel_size",
+           "pixel_size_fields", "level_pixel_sizes", "closest_level"]

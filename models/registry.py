@@ -46,6 +46,10 @@ class ModelSpec:
         One line for ``hirestile models``.
     inputs : str
         Which dtypes and value ranges the model was trained for (one line).
+    pixel_size : (float, float) or None
+        The pixel sizes it was trained for, (finest, coarsest) in micrometres (its card's
+        "Resolution"); None for a model that knows no physical scale. ``segment`` picks the
+        pyramid level within 10% of this range (``hirestile.io.closest_level``).
     """
 
     name: str
@@ -57,6 +61,7 @@ class ModelSpec:
     card: str
     description: str
     inputs: str = ""
+    pixel_size: tuple[float, float] | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -89,6 +94,7 @@ REGISTRY: dict[str, ModelSpec] = {
         card="unet.md",
         description="Nuclei in brightfield histology (H&E, IHC/DAB), RGB, ~0.25-0.6 um/px",
         inputs="uint8 RGB (0..255), uint16 RGB, or float RGB already in [0, 1]",
+        pixel_size=(0.25, 0.6),            # card: about 0.25 - 0.6 um per pixel (20x - 40x scans)
     ),
     "unet-astro": ModelSpec(
         name="unet-astro",
