@@ -434,8 +434,41 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"memory budget: {_mib(budget)}" + (" (--memory)" if a.memory else " (default: a quarter of the RAM, "
                                                "at most 2 GiB; --memory to change)")
           + ("" if working + PROCESS_BASELINE <= budget else "; the smallest tile does not fit it"))
-    print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image")
+    work = rep.flops_per_pixel * oh * ow * (compute_redundancy(rep, plan) if rep.tileable else 1.0)
+    print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image, {work / 1e9:,.1f} computed")
+    if a.estimate:
+        rate = _measure_gflops(model, rep)
+        print(f"estimated time: {work / 1e9 / rate / 60:,.1f} min of compute at {rate:,.0f} GFLOP/s "
+              f"(measured here on one interior region of {ESTIMATE_SIDE} x {ESTIMATE_SIDE} output px)")
     return 0
+
+
+ESTIMATE_SIDE = 512
+
+
+def _measure_gflops(model: Any, rep: Any) -> float:
+    """GFLOP/s of this machine's kernels on one interior output region of the planned image (the
+    kernels are compiled or loaded first, outside the timing)."""
+    import time
+
+    import numpy as np
+
+    from .executor import run_region
+
+    _warmup(model)
+    _, oh, ow = rep.output_shape
+    y0, x0 = max(0, oh // 2 - ESTIMATE_SIDE // 2), max(0, ow // 2 - ESTIMATE_SIDE // 2)
+    region = ((y0, min(oh, y0 + ESTIMATE_SIDE)), (x0, min(ow, x0 + ESTIMATE_SIDE)))
+    (a, b), (c, d) = rep.input_window(region, aligned=True)
+    (ih, iw) = rep.image_shape
+    a, b, c, d = max(a, 0), min(b, ih), max(c, 0), min(d, iw)
+    window = np.random.default_rng(0).random((rep.graph.in_channels, b - a, d - c), np.float32)
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        run_region(rep, window, (a, c), region)
+        best = min(best, time.perf_counter() - t)
+    return rep.region_cost(region)[0] / 1e9 / best
 
 
 def _print_stages(rep: Any, band: Any) -> None:
@@ -673,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None)
     s.add_argument("--no-stream", action="store_true", help="plan overlap tiles instead of streamed strips")
     s.add_argument("--memory", default=None, metavar="SIZE", help="memory budget (see segment)")
+    s.add_argument("--estimate", action="store_true",
+                   help="measure this machine's GFLOP/s on one interior region and estimate the run time")
     s.add_argument("--image", default=None, metavar="HxW", help="image size (default 4096x4096)")
     s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities")
     contract_opts(s)
