@@ -519,6 +519,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(f"hirestile output: {job['output']} of model {job['model']['name']!r} "
               f"(fingerprint {job['model']['fingerprint']}), classes {', '.join(man.get('classes', []))}")
         print(f"  input: {job['input']['path']} ({job['input']['format']}, level {job['input']['level']})")
+        if job.get("mask"):
+            from .masks import mask_status
+            print(f"  mask: {mask_status(a.input, job['mask'])}")
         if st["status"] == "complete":
             print("  status: complete")
         else:

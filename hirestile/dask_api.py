@@ -55,7 +55,7 @@ __all__ = ["segment"]
 # **** public API ****
 def segment(image: Any, model: Model | str, *, output: str = "logits",
             chunks: int | Sequence[int] | Sequence[Sequence[int]] | None = None, axes: str | None = None,
-            nan_fill: float | None = None, numba_threads: int | None = None) -> Any:
+            nan_fill: float | None = None, numba_threads: int | None = None, mask: Any = None) -> Any:
     """Segment an image: NumPy in -> NumPy out, Dask or zarr in -> lazy Dask array out.
 
     The result equals hirestile's full-frame output bit for bit (logits), and
@@ -90,6 +90,11 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
         Value standing in for NaN/Inf input pixels (refused otherwise).
     numba_threads : int, optional
         Numba threads per task (see the module docstring for the default).
+    mask : array, path or hirestile.masks.Mask, optional
+        A foreground mask at any resolution with the image's proportions (non-zero is
+        foreground; ``"auto"`` for an image opened with ``hirestile.io.open_image``): blocks
+        that touch no foreground cell are 0 and never computed (no task reads the image for
+        them); the others are exactly what they are without a mask (:mod:`hirestile.masks`).
 
     Returns
     -------
@@ -137,9 +142,18 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
               layout=layout, output=output, nan_fill=nan_fill, numba_threads=numba_threads)
     remember(job, m, rep)
     tiles = make_tiles(rep, rows, cols)
+    off: frozenset[int] = frozenset()
+    if mask is not None:
+        from hirestile import masks
+
+        mk = masks.make_mask(mask, src) if kind == "image" else masks.make_mask_for(mask, hw)
+        off = frozenset(t.index for t in tiles if not mk.covers(t.write, rep.output_shape[1:]))
+        job_mask = mk.identity()
+    else:
+        job_mask = None
     if kind == "numpy":
-        return _run_numpy(job, src, rep, tiles)
-    return _lazy(job, kind, src, rep, rows, cols, tiles)
+        return _run_numpy(job, src, rep, tiles, off)
+    return _lazy(job, kind, src, rep, rows, cols, tiles, off, job_mask)
 
 
 # **** sources, layout and blocks ****
@@ -226,9 +240,12 @@ def _out_cuts(rep: Any, chunks: Any) -> tuple[tuple[Interval, ...], tuple[Interv
 
 
 # **** NumPy: run here, block by block ****
-def _run_numpy(job: Job, src: np.ndarray, rep: Any, tiles: Sequence[Tile]) -> np.ndarray:
-    out = np.empty(output_shape(job.output, rep.output_shape), output_dtype(job.output, rep.output_shape[0]))
+def _run_numpy(job: Job, src: np.ndarray, rep: Any, tiles: Sequence[Tile],
+               off: frozenset[int] = frozenset()) -> np.ndarray:
+    out = np.zeros(output_shape(job.output, rep.output_shape), output_dtype(job.output, rep.output_shape[0]))
     for t in tiles:
+        if t.index in off:                  # off the mask: left as 0
+            continue
         index = tuple(t.read.slices[0] if r == "Y" else t.read.slices[1] if r == "X" else slice(None)
                       for r in job.layout)
         out[(..., *t.write.slices)] = postprocess(run_tile(job, _to_chw(src[index], job.layout), t), job.output)
@@ -261,8 +278,13 @@ def _chunks_block(job: Job, parts: list[np.ndarray], starts: list[tuple[int, ...
     return postprocess(run_tile(job, _to_chw(buf, job.layout), tile), job.output)
 
 
+def _fill_block(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Task of a block off the mask: zeros, the output's fill."""
+    return np.zeros(shape, dtype)
+
+
 def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], cols: Sequence[Interval],
-          tiles: Sequence[Tile]) -> Any:
+          tiles: Sequence[Tile], off: frozenset[int] = frozenset(), job_mask: Any = None) -> Any:
     import dask.array as da
     from dask._task_spec import DataNode, List, Task, TaskRef
     from dask.base import tokenize
@@ -283,7 +305,7 @@ def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], col
         src_id = (os.path.abspath(src.path), src.level, src.layout, tuple(src.array.shape))
         kind = "zarr"
     token = tokenize(job.token, job.image_hw, job.layout, job.output, job.nan_fill, job.numba_threads,
-                     src_id, rows, cols)
+                     src_id, rows, cols, *((job_mask,) if job_mask else ()))
     name = f"hirestile-segment-{token}"
     job_key = f"hirestile-job-{token}"
     dsk: dict[Any, Any] = {job_key: DataNode(job_key, job)}
@@ -295,7 +317,8 @@ def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], col
         for i, row in enumerate(grid):
             for j, t in enumerate(row):
                 key = (name, *lead, i, j)
-                dsk[key] = Task(key, _zarr_block, job_ref, src_ref, t)
+                dsk[key] = (Task(key, _fill_block, (k,) * len(lead) + t.write.shape, out_dtype) if t.index in off
+                            else Task(key, _zarr_block, job_ref, src_ref, t))
         graph = HighLevelGraph({name: MaterializedLayer(dsk)}, {name: set()})
     else:
         # per axis of the source, the chunks each read interval overlaps
@@ -313,6 +336,10 @@ def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], col
         chan_chunks = range(len(src.chunks[ci])) if ci >= 0 else range(1)
         for i, row in enumerate(grid):
             for j, t in enumerate(row):
+                if t.index in off:
+                    key = (name, *lead, i, j)
+                    dsk[key] = Task(key, _fill_block, (k,) * len(lead) + t.write.shape, out_dtype)
+                    continue
                 refs, starts = [], []
                 for a in row_chunks[i]:
                     for b in col_chunks[j]:

@@ -125,6 +125,19 @@ def make_mask(spec: Any, img: InputImage) -> Mask | None:
     return from_array(spec, img.shape[1:])
 
 
+def make_mask_for(spec: Any, image_hw: tuple[int, int]) -> Mask:
+    """The mask ``spec`` names for an image of ``image_hw`` known only by its size (the Dask
+    API's arrays): a Mask, a path or an array; ``"auto"`` needs the image itself."""
+    if isinstance(spec, Mask):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        if os.fspath(spec) == "auto":
+            raise InputError("mask 'auto' needs an image opened with hirestile.io.open_image (or a path); "
+                             "for arrays give the mask itself")
+        return load_mask(os.fspath(spec), image_hw)
+    return from_array(spec, image_hw)
+
+
 # ---- reading -------------------------------------------------------------------------
 def _block_reduce(img: InputImage, step: int, how: str) -> np.ndarray:
     """(C, ceil(H / step), ceil(W / step)) block reductions of the whole image, read in row
@@ -291,6 +304,21 @@ def write_labels(group: Any, mask: Mask, out_hw: tuple[int, int], *, skipped: in
                               "skipped tiles hold the fill value 0"}})
 
 
+def mask_status(path: str, job_mask: dict[str, Any]) -> str:
+    """One line for ``hirestile info`` on a masked output: the mask's source and the tiles it skipped."""
+    import zarr
+
+    text = f"{job_mask.get('source', '?')}, {'x'.join(map(str, job_mask.get('shape', [])))} cells"
+    try:
+        st = dict(zarr.open_group(path, mode="r")[f"labels/{LABEL_NAME}"].attrs).get("hirestile", {})
+    except (KeyError, OSError, ValueError, zarr.errors.BaseZarrError):
+        return text
+    if "tiles_skipped" in st:
+        text += (f"; {st['tiles_skipped']} of {st['tiles_total']} tiles outside it, not computed (fill 0); "
+                 f"see labels/{LABEL_NAME}")
+    return text
+
+
 def apply_mask(mask: Mask, plan: Any, todo: list[Any], donelog: Any, group: Any,
                out_hw: tuple[int, int]) -> tuple[list[Any], int]:
     """Drop the tiles of ``todo`` the mask leaves empty: their blocks are marked done (they read
@@ -305,4 +333,4 @@ def apply_mask(mask: Mask, plan: Any, todo: list[Any], donelog: Any, group: Any,
 
 
 __all__ = ["Mask", "make_mask", "from_array", "load_mask", "auto_mask", "write_labels", "apply_mask",
-           "AUTO_CELLS"]
+           "mask_status", "make_mask_for", "AUTO_CELLS"]

@@ -224,7 +224,7 @@ def test_auto_mask_skips_glass_on_a_pyramid_slide(tmp_path):
     assert 0.1 < m.fraction < 0.25           # the island is 900 x 600 of 2048 x 1536 (17%)
 
 
-def test_auto_mask_end_to_end_skips_glass_tiles(tmp_path, model, monkeypatch):
+def test_auto_mask_end_to_end_skips_glass_tiles(tmp_path, model, monkeypatch, capsys):
     """A small slide, run through the CLI: tiles on glass are not computed, the others equal
     the full-frame output."""
     img = _slide((0, H), (0, W), tissue=((40, 100), (30, 90)))
@@ -240,6 +240,10 @@ def test_auto_mask_end_to_end_skips_glass_tiles(tmp_path, model, monkeypatch):
     assert touching <= done and len(done) < 35 // 2
     ref = expected_output(hirestile.predict(hirestile.load_model("unet"), img), "probabilities")
     _check(zarr.open_group(out, mode="r")["0"][...], ref, done)
+    assert f"{35 - len(done)} of 35 tiles" in capsys.readouterr().err      # the summary's mask note
+    assert main(["info", out]) == 0
+    assert "mask: auto (tissue: optical density > " in (info := capsys.readouterr().out)
+    assert f"{35 - len(done)} of 35 tiles outside it" in info
 
 
 def test_auto_mask_float_footprint_and_fits(tmp_path):
@@ -294,3 +298,24 @@ def test_bad_masks_one_line(tmp_path, image):
     rc = main(["segment", inp, "--model", "unet", "-o", str(tmp_path / "o.zarr"), "--mask",
                str(tmp_path / "nope.png"), "-q"])
     assert rc == 2 and not os.path.exists(tmp_path / "o.zarr")
+
+
+# ---- the Dask API ------------------------------------------------------------------------
+def test_dask_segment_with_mask(tmp_path, model, image, reference, monkeypatch):
+    import dask
+    import dask.array as da
+
+    count = _Counter(monkeypatch)
+    computed = _computed_tiles(MASK)
+    got = hirestile.segment(image, model, output="probabilities", chunks=T, mask=MASK)       # NumPy in
+    _check(got, reference, computed)
+    assert len(count.calls) == len(computed)
+    zp = _input(tmp_path, image)
+    with dask.config.set(scheduler="sync"):
+        for src in (da.from_array(image, chunks=(3, 64, 64)), zarr.open_array(zp, mode="r")):
+            count.calls.clear()
+            lazy = hirestile.segment(src, model, output="probabilities", chunks=T, mask=MASK)
+            _check(lazy.compute(), reference, computed)
+            assert len(count.calls) == len(computed)
+    with pytest.raises(InputError, match="auto"):
+        hirestile.segment(da.from_array(image), model, chunks=T, mask="auto")
