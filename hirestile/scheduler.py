@@ -124,7 +124,8 @@ def _working(rep: Any, band: int, strip: int, *, stream: bool, channels: int) ->
     (ih, iw), (top, left, bottom, right) = rep.image_shape, rep.halo
     mem = rep.tile_memory((band, strip))
     if stream:
-        mem += line_buffer_bytes(rep, ((oh // 2, min(oh // 2 + band, oh)), (0, strip)))
+        region = ((max(0, oh // 2 - band // 2), min(oh // 2 - band // 2 + band, oh)), (0, strip))
+        mem = max(mem, rep.region_cost(region)[1]) + line_buffer_bytes(rep, region)
     sy, sx = ih / oh, iw / ow
     window = 4 * channels * min(int(band * sy) + top + bottom, ih) * min(int(strip * sx) + left + right, iw)
     output = 4 * rep.output_shape[0] * band * strip
@@ -242,8 +243,9 @@ def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
     window = 4 * channels * max(t.read.size for t in plan.tiles)
     output = 4 * rep.output_shape[0] * ty * tx
-    if plan.stream:               # the line buffers kept between bands
-        mem += line_buffer_bytes(rep, ((oh // 2, min(oh // 2 + ty, oh)), (0, min(tx, ow))))
+    if plan.stream:               # an interior band as the stream runs it, and the line buffers it keeps
+        band = ((max(0, oh // 2 - ty // 2), min(oh // 2 - ty // 2 + ty, oh)), (0, min(tx, ow)))
+        mem = max(mem, rep.region_cost(band)[1]) + line_buffer_bytes(rep, band)
     return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
 
 
