@@ -86,7 +86,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     model = load_model_cli(a.model, a)
     if not (a.scheduler or a.workers):
         keep_freed_memory(reuse_large=a.no_stream)   # as segment_to_zarr does, before zarr's and kernels' threads
-    img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
+    img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, **_hdu(a))
     _show_pixel_size(img, a)
     img = _choose_level(img, model, a)
     _show_contract(model, a, img.dtype)
@@ -120,10 +120,10 @@ def _fits_plan(a: argparse.Namespace, img: Any, model: Any) -> tuple[str | None,
     for ``segment``: a FITS output is computed into a hidden zarr beside it (hirestile.fits)."""
     from . import fits
 
-    if img.format.startswith("FITS") and a.hdu is not None and (a.scheduler or a.workers):
+    if img.format.startswith("FITS") and _hdu(a) and (a.scheduler or a.workers):
         img.close()
-        raise InputError("--hdu with --scheduler/--workers is not supported yet (workers open the default HDU); "
-                         "run locally or write that HDU to its own file")
+        raise InputError("--hdu / --plane with --scheduler/--workers are not supported yet (workers open the "
+                         "default HDU); run locally or write that HDU or plane to its own file")
     fmt = a.format or ("fits" if a.o and fits.is_fits_path(a.o) else "zarr")
     if fmt == "zarr":
         return a.o or (fits.default_output(a.input, model.name) if img.format.startswith("FITS") else None), None, False
@@ -238,7 +238,7 @@ def _choose_level(img: Any, model: Any, a: argparse.Namespace) -> Any:
         else:
             print(f"level: {img.level} ({size(img.level)}) matches the model's {wanted}", flush=True)
         return img
-    new = open_image(a.input, level=ok, axes=a.axes, channels=model.contract.channels, hdu=a.hdu)
+    new = open_image(a.input, level=ok, axes=a.axes, channels=model.contract.channels, **_hdu(a))
     new.pixel_size, new.pixel_unit = sizes[ok], unit
     new.pixel_source, new.pixel_warning = f"{img.pixel_source}, scaled to level {ok}", None
     print(f"level: {ok} of 0..{len(img.levels) - 1} ({size(ok)}, {new.height} x {new.width} px) for the "
@@ -356,7 +356,8 @@ def cmd_segment_objects(a: argparse.Namespace) -> int:
 
 
 def _hdu(a: argparse.Namespace) -> dict[str, Any]:
-    return {"hdu": a.hdu} if getattr(a, "hdu", None) is not None else {}
+    """The FITS options given (--hdu, --plane) as open_image's keywords."""
+    return {k: getattr(a, k) for k in ("hdu", "plane") if getattr(a, k, None) is not None}
 
 
 def _objects_check(a: argparse.Namespace) -> None:
@@ -490,7 +491,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     from .io import open_image
     from .resume import job_status
 
-    img = open_image(a.input, level=a.level, axes=a.axes, allow_incomplete=True, hdu=a.hdu)
+    img = open_image(a.input, level=a.level, axes=a.axes, allow_incomplete=True, **_hdu(a))
     with img:
         print(f"path:    {img.path}")
         print(f"format:  {img.format}")
@@ -556,7 +557,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from . import ome
     from .io import open_image
 
-    img = open_image(a.input, level=a.level, axes=a.axes, hdu=a.hdu)
+    img = open_image(a.input, level=a.level, axes=a.axes, **_hdu(a))
     with img:
         _check_new_output(a.out, a.overwrite, inputs=(a.input,))
         shape = img.shape if "C" in img.layout else (img.height, img.width)
@@ -644,6 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="layout of the stored axes when it cannot be inferred")
         q.add_argument("--hdu", default=None, metavar="N|NAME",
                        help="FITS: the HDU to read, index or EXTNAME (default the first image HDU with data)")
+        q.add_argument("--plane", type=int, default=None, metavar="P",
+                       help="FITS cube: segment plane P (0-based) instead of the planes as channels")
 
     s = sub.add_parser("segment", help="segment an image (zarr, OME-Zarr, TIFF, FITS) into an OME-Zarr or FITS output")
     s.add_argument("input", metavar="IN")

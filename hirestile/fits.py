@@ -186,12 +186,37 @@ def choose_hdu(path: str, hdul: Any, hdu: int | str | None) -> int:
     return i
 
 
+class FitsPlane:
+    """One plane of a 3-D FITS cube as a 2-D array (``--plane``): reads go to that plane only."""
+
+    def __init__(self, cube: FitsArray, plane: int) -> None:
+        self.cube, self.plane = cube, plane
+        self.shape, self.dtype = cube.shape[-2:], cube.dtype
+        self.path, self.hdu, self.header, self.compression = cube.path, cube.hdu, cube.header, cube.compression
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        lead = (0,) * (len(self.cube.shape) - 3)
+        return self.cube[lead + (self.plane,) + index]
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int, int]]:
+        return (_reopen_plane, (self.path, self.hdu, self.plane))
+
+    def close(self) -> None:
+        self.cube.close()
+
+
+def _reopen_plane(path: str, hdu: int, plane: int) -> FitsPlane:
+    return FitsPlane(_reopen(path, hdu), plane)
+
+
 def open_fits(path: str, *, hdu: int | str | None = None, axes: str | None = None,
-              level: int | None = None) -> InputImage:
+              level: int | None = None, plane: int | None = None) -> InputImage:
     """Open one image HDU of a FITS file as an :class:`~hirestile.io.InputImage`.
 
-    2-D HDUs are (H, W); a 3-D cube's planes (NAXIS3) are channels; leading axes of
-    size 1 (radio cubes' Stokes axis) are dropped. Nothing is read until a window is.
+    2-D HDUs are (H, W); a 3-D cube's planes (NAXIS3) are channels, or with ``plane`` one
+    plane (0-based) is the image; leading axes of size 1 (radio cubes' Stokes axis) are
+    dropped. Nothing is read until a window is.
     """
     fits = astropy_fits()
     if level not in (None, 0):
@@ -225,6 +250,14 @@ def open_fits(path: str, *, hdu: int | str | None = None, axes: str | None = Non
         arr.close()
         raise InputError(f"{where}holds {len(shape)}-D data (shape {shape}); hirestile segments 2-D images "
                          "and 3-D cubes: pass --hdu naming an image HDU")
+    if plane is not None:
+        planes = shape[-3] if len(shape) >= 3 else 0
+        if len(shape) < 3 or not 0 <= plane < planes or any(n != 1 for n in shape[:-3]):
+            arr.close()
+            what = f"a cube of {planes} planes (0 to {planes - 1})" if planes else f"{len(shape)}-D data"
+            raise InputError(f"{where}--plane {plane} does not fit {what}; give a plane index of a 3-D cube")
+        arr = FitsPlane(arr, plane)
+        shape = arr.shape
     names = ["1"] * (len(shape) - 3) + (["C"] if len(shape) >= 3 else []) + ["Y", "X"]
     try:
         layout = infer_axes(shape, axes=axes, names=names, where=where)
@@ -232,8 +265,9 @@ def open_fits(path: str, *, hdu: int | str | None = None, axes: str | None = Non
         arr.close()
         raise
     fmt = "FITS" + (f" ({arr.compression} tile-compressed)" if arr.compression else "")
+    ident = {**_file_stamp(path), "hdu": index, **({"plane": plane} if plane is not None else {})}
     return InputImage(path=path, array=arr, layout=layout, format=fmt, level=0, levels=(shape,),
-                      extra_identity={**_file_stamp(path), "hdu": index}, _closers=[arr])
+                      extra_identity=ident, _closers=[arr])
 
 
 def _first(e: BaseException) -> str:

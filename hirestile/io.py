@@ -265,7 +265,7 @@ def _kind(e: BaseException) -> str:
 # ---- opening -----------------------------------------------------------------
 def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: str | None = None,
                channels: int | None = None, allow_incomplete: bool = False,
-               hdu: int | str | None = None) -> InputImage:
+               hdu: int | str | None = None, plane: int | None = None) -> InputImage:
     """Open a zarr array/group, OME-Zarr image, TIFF or FITS file as an :class:`InputImage`.
 
     Parameters
@@ -284,6 +284,9 @@ def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: 
     hdu : int or str, optional
         FITS only: the HDU to read (index or EXTNAME); default the first image HDU with
         data (:func:`hirestile.fits.open_fits`).
+    plane : int, optional
+        FITS cubes only: the plane (0-based) to read as the image, instead of the planes
+        as channels.
 
     Raises
     ------
@@ -299,10 +302,10 @@ def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: 
             head = f.read(9)
         from .fits import FITS_MAGIC, is_fits_path, open_fits
         if head == FITS_MAGIC or is_fits_path(path):
-            img = open_fits(path, hdu=hdu, axes=axes, level=level)
+            img = open_fits(path, hdu=hdu, axes=axes, level=level, plane=plane)
             _set_pixel(img, _fits_pixel(img))
-        elif hdu is not None:
-            raise InputError(f"{path}: --hdu / hdu= applies to FITS files only; drop it")
+        elif hdu is not None or plane is not None:
+            raise InputError(f"{path}: --hdu / --plane apply to FITS files only; drop them")
         elif head[:4] in TIFF_MAGIC:
             img = _open_tiff(path, level, axes)
         elif zipfile.is_zipfile(path):
@@ -311,8 +314,8 @@ def open_image(path: str | os.PathLike[str], *, level: int | None = None, axes: 
             raise InputError(f"{path}: not a zarr store or TIFF/FITS file; hirestile reads zarr "
                              "directories (v2/v3, OME-Zarr), TIFF/SVS/NDPI and FITS files "
                              "(`hirestile convert` turns TIFF and FITS into OME-Zarr)")
-    elif hdu is not None:
-        raise InputError(f"{path}: --hdu / hdu= applies to FITS files only; drop it")
+    elif hdu is not None or plane is not None:
+        raise InputError(f"{path}: --hdu / --plane apply to FITS files only; drop them")
     else:
         img = _open_zarr(path, path, level, axes, channels, allow_incomplete)
     _validate(img)

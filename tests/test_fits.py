@@ -142,6 +142,30 @@ def test_segment_fits_equals_zarr(files, models, tmp_path, kind):
     del b
 
 
+def test_plane_of_a_cube_segments_as_a_single_band_image(files, models, tmp_path):
+    """--plane P / plane=P: one plane of a cube is the image (a 1-channel model), bitwise equal to
+    segmenting that plane stored on its own; out of range, on a 2-D image or a zarr input: one line."""
+    with fits.open(files["cube"], memmap=False) as hd:
+        cube = hd[0].data.astype(np.float32)
+    with open_image(files["cube"], plane=2) as img:
+        assert img.channels == 1 and img.extra_identity["plane"] == 2
+        assert np.array_equal(img.read((0, H), (0, W))[0], cube[2])
+    zpath = str(tmp_path / "plane.zarr")
+    zarr.create_array(zpath, data=cube[2], chunks=(17, 23))
+    m = str(models / "grey.safetensors")
+    r = cli("segment", files["cube"], "-m", m, "--plane", "2", "-o", tmp_path / "a.zarr", "--tile", TILE, "-q")
+    assert r.returncode == 0, r.stderr
+    r = cli("segment", zpath, "-m", m, "-o", tmp_path / "b.zarr", "--tile", TILE, "-q")
+    assert r.returncode == 0, r.stderr
+    got = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["0"][...]
+    assert np.array_equal(got, zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["0"][...])
+    r = cli("segment", files["cube"], "-m", m, "--plane", "1", "-o", tmp_path / "a.zarr", "--tile", TILE, "-q")
+    assert_one_line_error(r, 4, "different job")                     # another plane is another input
+    assert_one_line_error(cli("info", files["cube"], "--plane", "3"), 2, r"--plane 3 does not fit a cube of 3")
+    assert_one_line_error(cli("info", files["float32"], "--plane", "0"), 2, "--plane 0 does not fit 2-D data")
+    assert_one_line_error(cli("info", zpath, "--plane", "0"), 2, "apply to FITS files only")
+
+
 # ---- FITS output through the CLI ----------------------------------------------------------------------
 def _grid_world(w: WCS) -> np.ndarray:
     y, x = np.mgrid[-5:H + 5:7, -5:W + 5:9]
