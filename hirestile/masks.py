@@ -158,7 +158,7 @@ def _block_reduce(img: InputImage, step: int, how: str) -> np.ndarray:
             v = np.maximum.reduceat(np.maximum.reduceat(v, redges, axis=1), edges, axis=2)
             out.append(v.astype(bool))
         else:
-            s = np.add.reduceat(np.add.reduceat(band.astype(np.float64), redges, axis=1), edges, axis=2)
+            s = np.add.reduceat(np.add.reduceat(band, redges, axis=1, dtype=np.float64), edges, axis=2)
             ny = np.diff(np.append(redges, r1 - r0))
             nx = np.diff(np.append(edges, w))
             out.append(s / (ny[:, None] * nx[None, :]))
