@@ -439,7 +439,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image, {work / 1e9:,.1f} computed")
     if a.estimate:
         rate = _measure_gflops(model, rep)
-        print(f"estimated time: {work / 1e9 / rate / 60:,.1f} min of compute at {rate:,.0f} GFLOP/s "
+        sec = work / 1e9 / rate
+        took = f"{sec:,.1f} s" if sec < 120 else f"{sec / 60:,.1f} min"
+        print(f"estimated time: {took} of compute at {rate:,.0f} GFLOP/s "
               f"(measured here on one interior region of {ESTIMATE_SIDE} x {ESTIMATE_SIDE} output px)")
     return 0
 

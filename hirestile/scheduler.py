@@ -117,19 +117,28 @@ def default_memory() -> int:
     return int(min(2 << 30, ram // 4))
 
 
-def _working(rep: Any, band: int, strip: int, *, stream: bool, channels: int) -> int:
-    """Working bytes of a run with (band, strip) tiles (see :func:`expected_memory`), from the
-    tile's geometry: the read window is the tile grown by the halo, clipped to the image."""
+def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
+            read_pixels: int | None = None) -> tuple[int, int]:
+    """(executor bytes, working bytes) of a run with (band, strip) tiles: see :func:`expected_memory`.
+    The tile is an interior one; its read window unless ``read_pixels`` gives the largest one."""
     _, oh, ow = rep.output_shape
-    (ih, iw), (top, left, bottom, right) = rep.image_shape, rep.halo
-    mem = rep.tile_memory((band, strip))
-    if stream:
-        region = ((max(0, oh // 2 - band // 2), min(oh // 2 - band // 2 + band, oh)), (0, strip))
-        mem = max(mem, rep.region_cost(region)[1]) + line_buffer_bytes(rep, region)
-    sy, sx = ih / oh, iw / ow
-    window = 4 * channels * min(int(band * sy) + top + bottom, ih) * min(int(strip * sx) + left + right, iw)
+    band, strip = min(band, oh), min(strip, ow)
+    if not rep.tileable:
+        mem = rep.region_cost(((0, oh), (0, ow)))[1]
+        window = 4 * channels * rep.image_shape[0] * rep.image_shape[1]
+    else:
+        mem = rep.tile_memory((band, strip))
+        y0, x0 = max(0, oh // 2 - band // 2), max(0, ow // 2 - strip // 2)
+        region = ((y0, min(y0 + band, oh)), (x0, min(x0 + strip, ow)))
+        if stream:                # an interior band as the stream runs it, and the line buffers it keeps
+            mem = max(mem, rep.region_cost(region)[1]) + line_buffer_bytes(rep, region)
+        (a, b), (c, d) = rep.input_window(region, aligned=True)
+        (ih, iw) = rep.image_shape
+        window = 4 * channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
+    if read_pixels is not None:
+        window = 4 * channels * read_pixels
     output = 4 * rep.output_shape[0] * band * strip
-    return mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
+    return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
 
 
 def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None = None,
@@ -155,7 +164,7 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     else:
         shapes = [(min(t, oh), min(t, ow)) for t in TILE_CANDIDATES]
     for band, strip in shapes:
-        if _working(rep, band, strip, stream=stream, channels=channels) <= budget:
+        if _memory(rep, band, strip, stream=stream, channels=channels)[1] <= budget:
             return (band, strip) if stream else max(band, strip)
     band, strip = shapes[-1]
     return (band, strip) if stream else max(band, strip)
@@ -236,18 +245,12 @@ def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     memory is the executor's memory for one tile plus what the pipeline holds at once. That is
     the windows queued and the one being read, and the outputs queued, the one being written and
     the one being computed. Windows count at 4 bytes a value (any dtype up to float32); the
-    largest window is an interior tile's. A streaming plan adds the line buffers kept between
-    bands. :data:`PROCESS_BASELINE` comes on top."""
-    _, oh, ow = rep.output_shape
-    ty, tx = plan.tile
-    mem = rep.tile_memory((min(ty, oh), min(tx, ow))) if rep.tileable else rep.region_cost(((0, oh), (0, ow)))[1]
-    window = 4 * channels * max(t.read.size for t in plan.tiles)
-    output = 4 * rep.output_shape[0] * ty * tx
-    if plan.stream:               # an interior band as the stream runs it, and the line buffers it keeps
-        band = ((max(0, oh // 2 - ty // 2), min(oh // 2 - ty // 2 + ty, oh)), (0, min(tx, ow)))
-        mem = max(mem, rep.region_cost(band)[1]) + line_buffer_bytes(rep, band)
-    return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
-
+    largest window is an interior tile's. A streaming plan's executor memory is an interior
+    band's as the stream runs it, plus the line buffers kept between bands.
+    :data:`PROCESS_BASELINE` comes on top. :func:`choose_tile` uses the same figure with an
+    interior tile's window, which no tile of the plan exceeds, so a chosen tile fits."""
+    return _memory(rep, *plan.tile, stream=plan.stream, channels=channels,
+                   read_pixels=max(t.read.size for t in plan.tiles))
 
 
 # **** the run ****
