@@ -141,8 +141,11 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
     return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
 
 
+MASKED_SIDE = 1024               # a masked run's tiles: small enough that glass fills whole ones
+
+
 def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None = None,
-                channels: int = 3) -> int | tuple[int, int]:
+                channels: int = 3, max_side: int | None = None) -> int | tuple[int, int]:
     """The tile a run uses: ``tile`` (checked), else the largest whose expected peak memory
     (:data:`PROCESS_BASELINE` plus :func:`expected_memory`'s working bytes) fits ``memory``
     (default :func:`default_memory`).
@@ -150,7 +153,8 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     Streamed: the widest strip (the whole output width when it fits), then the tallest band
     of at least 256 rows (or the whole output): wider strips recompute less at their edges,
     and no band recomputes anything above it; shorter bands only when no strip fits with
-    256 rows. Overlap tiles: the largest square.
+    256 rows. Overlap tiles: the largest square. ``max_side`` caps both sides (a masked run
+    uses :data:`MASKED_SIDE`, so that tiles off the mask can be skipped).
     """
     if tile is not None:
         return resolve_tile(rep, tile)
@@ -163,6 +167,8 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
                   + [(b, w) for w in widths for b in bands if b < min(MIN_BAND, oh)])
     else:
         shapes = [(min(t, oh), min(t, ow)) for t in TILE_CANDIDATES]
+    if max_side:
+        shapes = [(b, w) for b, w in shapes if max(b, w) <= max_side] or shapes[-1:]
     for band, strip in shapes:
         if _memory(rep, band, strip, stream=stream, channels=channels)[1] <= budget:
             return (band, strip) if stream else max(band, strip)
@@ -368,7 +374,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         raise ModelError(f"model {model.name!r} has {k} output channels, too many for uint16 labels; "
                          "use --output probabilities")
     stream = stream and run_tiles is None and rep.tileable
-    tile = choose_tile(rep, tile, stream=stream, memory=memory, channels=channels)
+    tile = choose_tile(rep, tile, stream=stream, memory=memory, channels=channels,
+                       max_side=MASKED_SIDE if mask is not None else None)
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
     classes = tuple(model.classes) or tuple(f"class{i}" for i in range(k))
