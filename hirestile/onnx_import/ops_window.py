@@ -61,15 +61,23 @@ def _window_pads(imp, at, x, kernel, stride, dilation):
     raise ModelError(f"{imp.label}: unknown auto_pad {mode!r}")
 
 
-@_handler("Conv")
-def _conv(imp: _Importer, n, name, ins, at):
+def _input_weight_bias(imp: _Importer, name: str, ins, what: str, outputs) -> tuple[str, np.ndarray, np.ndarray]:
+    """A (transposed) convolution's input, 4-D weight and bias (zeros when absent), the bias
+    checked against ``outputs(w)`` output channels."""
     x = imp.act(ins[0])
     w = imp.const(ins[1], "the weight")
     if w.ndim != 4:
-        raise _Unsupported(f"{w.ndim - 2}-D convolution (2-D only)")
-    b = imp.const(ins[2], "the bias") if len(ins) > 2 and ins[2] is not None else np.zeros(w.shape[0], np.float32)
-    if b.shape != (w.shape[0],):
-        raise ModelError(f"{imp.label}: node {name!r}: bias shape {b.shape} does not match {w.shape[0]} outputs")
+        raise _Unsupported(f"{w.ndim - 2}-D {what} (2-D only)")
+    cout = outputs(w)
+    b = imp.const(ins[2], "the bias") if len(ins) > 2 and ins[2] is not None else np.zeros(cout, np.float32)
+    if b.shape != (cout,):
+        raise ModelError(f"{imp.label}: node {name!r}: bias shape {b.shape} does not match {cout} outputs")
+    return x, w, b
+
+
+@_handler("Conv")
+def _conv(imp: _Importer, n, name, ins, at):
+    x, w, b = _input_weight_bias(imp, name, ins, "convolution", lambda w: int(w.shape[0]))
     kernel = (int(w.shape[2]), int(w.shape[3]))
     if "kernel_shape" in at and tuple(at["kernel_shape"]) != kernel:
         raise ModelError(f"{imp.label}: node {name!r}: kernel_shape {at['kernel_shape']} does not match the "
@@ -87,15 +95,9 @@ def _conv(imp: _Importer, n, name, ins, at):
 
 @_handler("ConvTranspose")
 def _conv_t(imp: _Importer, n, name, ins, at):
-    x = imp.act(ins[0])
-    w = imp.const(ins[1], "the weight")
-    if w.ndim != 4:
-        raise _Unsupported(f"{w.ndim - 2}-D transposed convolution (2-D only)")
     group = int(at.get("group", 1))
-    cout = int(w.shape[1]) * group
-    b = imp.const(ins[2], "the bias") if len(ins) > 2 and ins[2] is not None else np.zeros(cout, np.float32)
-    if b.shape != (cout,):
-        raise ModelError(f"{imp.label}: node {name!r}: bias shape {b.shape} does not match {cout} outputs")
+    x, w, b = _input_weight_bias(imp, name, ins, "transposed convolution", lambda w: int(w.shape[1]) * group)
+    cout = int(b.shape[0])
     kernel = (int(w.shape[2]), int(w.shape[3]))
     stride = _pair(at.get("strides"), (1, 1))
     dil = _pair(at.get("dilations"), (1, 1))
