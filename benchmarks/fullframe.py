@@ -1,4 +1,11 @@
-"""Full-frame UNet: hirestile vs PyTorch channels_last vs ONNX Runtime (megapixels/s, peak RSS).
+"""Full-frame UNet: hirestile vs PyTorch channels_last vs ONNX Runtime vs OpenVINO (megapixels/s, peak RSS).
+
+OpenVINO runs the same ONNX export twice: ``ov32`` with ``INFERENCE_PRECISION_HINT=f32``
+and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / AMX);
+``INFERENCE_NUM_THREADS`` = threads, latency hint, one stream. Each child prints the
+instruction set its engine used (OpenVINO: the convolution primitives and precisions of
+the compiled model). ``--engines`` picks the engines; PyTorch is the accuracy reference
+(max err / max|ref| of the hirestile and OpenVINO outputs against it).
 
 Each (engine, base, size) run happens in its own child process so its peak RSS is
 its own; the engines are interleaved round by round so drift on this machine hits
@@ -39,15 +46,38 @@ if engine == "torch":
     def run(a):
         with torch.no_grad():
             return net(torch.from_numpy(a)[None].contiguous(memory_format=torch.channels_last))[0].numpy()
-elif engine == "onnxruntime":
-    import onnxruntime as ort
+    isa = "torch cpu capability " + torch.backends.cpu.get_cpu_capability()
+elif engine in ("onnxruntime", "ov32", "ovdef"):
     torch.onnx.export(net, torch.zeros(1, 3, 64, 64), path, opset_version=17, dynamo=False,
                       input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}})
-    so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    def run(a):
-        return sess.run(None, {"x": a[None]})[0][0]
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+        so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        isa = "onnxruntime " + ort.__version__ + " MLAS (cpuid dispatch)"
+        def run(a):
+            return sess.run(None, {"x": a[None]})[0][0]
+    else:
+        import collections, openvino as ov
+        core = ov.Core()
+        m = core.read_model(path)
+        m.reshape({0: [1, 3, size, size]})   # static shape, as a user would compile it
+        cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if engine == "ov32":
+            cfg["INFERENCE_PRECISION_HINT"] = "f32"
+        cm = core.compile_model(m, "CPU", cfg)
+        prims = collections.Counter()
+        for op in cm.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "layerType" in rt and rt["layerType"].astype(str) in ("Convolution", "Deconvolution"):
+                prims[rt["primitiveType"].astype(str) + "/" + rt["runtimePrecision"].astype(str)] += 1
+        isa = "openvino " + ov.__version__.split("-")[0] + " " + ", ".join(f"{k} x{v}" for k, v in prims.items())
+        req = cm.create_infer_request()
+        def run(a):
+            if a.shape[1] != size:
+                return None                      # the warm-up below: compiled for one size
+            return req.infer({0: a[None]}, share_inputs=True)[0][0]
 else:
     import numba
     numba.set_num_threads(threads)
@@ -57,16 +87,23 @@ else:
     m = unet(in_channels=3, classes=2, base=base, depth=4, state=sd)
     def run(a):
         return hirestile.predict(m, a)
+    import llvmlite.binding as ll
+    f = ll.get_host_cpu_features()
+    isa = "numba LLVM " + ll.get_host_cpu_name() + " " + " ".join(
+        k for k in ("avx512f", "avx512bf16", "avx2") if f.get(k, False))
 run(x[:, :64, :64])  # warm-up: compile / load
 t0 = time.perf_counter(); c0 = time.process_time()
 y = run(x)
 wall = time.perf_counter() - t0; cpu = time.process_time() - c0
 np.save(path + ".npy", y[:, ::97, ::89])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"wall": wall, "cpu_util": cpu / wall, "peak_mb": peak / 1024, "base_mb": rss0 / 1024}))
+print(json.dumps({"wall": wall, "cpu_util": cpu / wall, "peak_mb": peak / 1024, "base_mb": rss0 / 1024,
+                  "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef")
+LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
+         "ovdef": "OV default"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:
@@ -88,32 +125,50 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--bases", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--engines", default=",".join(ENGINES),
+                    help="comma list of " + ", ".join(ENGINES) + " (hirestile and torch always run)")
     args = ap.parse_args(argv)
     import numpy as np
+    import importlib.util
+    need = {"onnxruntime": "onnxruntime", "ov32": "openvino", "ovdef": "openvino"}
+    engines = ["hirestile", "torch"]
+    for e in args.engines.split(","):
+        if e in ENGINES and e not in engines:
+            if importlib.util.find_spec(need.get(e, "numpy")) is None:
+                print(f"skipping {e}: {need[e]} is not installed (pip install -e .[bench])")
+            else:
+                engines.append(e)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for base in args.bases:
             for size in args.sizes:
-                per = {e: [] for e in ENGINES}
+                per = {e: [] for e in engines}
                 for _ in range(args.rounds):
-                    for e in ENGINES:
+                    for e in engines:
                         per[e].append(run_child(e, base, size, args.threads, tmp))
                 ref = np.load(per["torch"][-1]["sample"])
-                err = float(np.abs(np.load(per["hirestile"][-1]["sample"]) - ref).max() / np.abs(ref).max())
-                med = {e: statistics.median(r["mps"] for r in per[e]) for e in ENGINES}
-                ratio_t = statistics.median(h["mps"] / t["mps"] for h, t in zip(per["hirestile"], per["torch"]))
-                ratio_o = statistics.median(h["mps"] / o["mps"] for h, o in zip(per["hirestile"], per["onnxruntime"]))
-                row = dict(base=base, size=size, **{f"{e}_mps": med[e] for e in ENGINES},
-                           **{f"{e}_peak_mb": max(r["peak_mb"] for r in per[e]) for e in ENGINES},
-                           **{f"{e}_cpu": statistics.median(r["cpu_util"] for r in per[e]) for e in ENGINES},
-                           vs_torch=ratio_t, vs_ort=ratio_o, rel_err=err)
+                errs = {e: float(np.abs(np.load(per[e][-1]["sample"]) - ref).max() / np.abs(ref).max())
+                        for e in engines if e != "torch"}
+                med = {e: statistics.median(r["mps"] for r in per[e]) for e in engines}
+                # ratio: hirestile speed / peer speed, per round, median (> 1: hirestile faster)
+                ratio = {e: statistics.median(h["mps"] / o["mps"] for h, o in zip(per["hirestile"], per[e]))
+                         for e in engines if e != "hirestile"}
+                row = dict(base=base, size=size, **{f"{e}_mps": med[e] for e in engines},
+                           **{f"{e}_peak_mb": max(r["peak_mb"] for r in per[e]) for e in engines},
+                           **{f"{e}_cpu": statistics.median(r["cpu_util"] for r in per[e]) for e in engines},
+                           **{f"vs_{e}": ratio[e] for e in ratio},
+                           **{f"{e}_isa": per[e][-1]["isa"] for e in engines},
+                           **{f"{e}_err": errs[e] for e in errs},
+                           rel_err=errs["hirestile"])
+                if "onnxruntime" in ratio:
+                    row["vs_ort"] = ratio["onnxruntime"]
                 rows.append(row)
-                print(f"UNet-{base} {size}^2: hirestile {med['hirestile']:.3f} MP/s "
-                      f"(peak {row['hirestile_peak_mb']:.0f} MB, cpu {row['hirestile_cpu']:.2f}) | "
-                      f"torch CL {med['torch']:.3f} MP/s (peak {row['torch_peak_mb']:.0f} MB, cpu {row['torch_cpu']:.2f}) | "
-                      f"ORT {med['onnxruntime']:.3f} MP/s (peak {row['onnxruntime_peak_mb']:.0f} MB) | "
-                      f"ratio vs torch {ratio_t:.2f}x, vs ORT {ratio_o:.2f}x | max err/max|ref| {err:.1e}",
-                      flush=True)
+                print(f"UNet-{base} {size}^2 (MP/s, peak MB, cpu/wall):", flush=True)
+                for e in engines:
+                    extra = "" if e == "hirestile" else f"  hirestile is {ratio[e]:.2f}x"
+                    err = "" if e == "torch" else f"  max err/max|ref| vs torch {errs[e]:.1e}"
+                    print(f"  {LABEL[e]:10s} {med[e]:7.3f}  {row[e + '_peak_mb']:6.0f}  "
+                          f"{row[e + '_cpu']:.2f}{extra}{err}  [{row[e + '_isa']}]", flush=True)
     return rows
 
 

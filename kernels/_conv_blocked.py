@@ -80,6 +80,18 @@ def conv2d_blocked(xf, Wi, Ci, wf, CoP, bias, koff, out, sy, sx, act, alpha):
     return out
 
 
+@njit(cache=True, nogil=True, fastmath=FM)
+def _no_tap(out, r, c, bias, act, a32):
+    """Output pixel (r, c) that no tap reaches: act(0 + bias)."""
+    for co in range(out.shape[2]):
+        v = np.float32(0.0) + bias[co]
+        if act == 1:
+            v = v if v > 0.0 else np.float32(0.0)
+        elif act == 2:
+            v = v if v >= 0.0 else v * a32
+        out[r, c, co] = v
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
 def conv_transpose2d_blocked(xf, Hi, Wi, Ci, wf, kh, kw, bias, out, sy, sx, ty, tx, act, alpha):
     """wf: the (kh*kw, Ci, Co) tap matrices packed by :func:`pack_cols`."""
@@ -107,13 +119,53 @@ def conv_transpose2d_blocked(xf, Hi, Wi, Ci, wf, kh, kw, bias, out, sy, sx, ty, 
                 _row(xf, (iy * Wi + ix0) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
                      bias, outf, (r * Wo + cf) * Co, sx * Co, nval, act, alpha)
             for j in range(nval, ncol):
-                for co in range(Co):
-                    v = np.float32(0.0) + bias[co]
-                    if act == 1:
-                        v = v if v > 0.0 else np.float32(0.0)
-                    elif act == 2:
-                        v = v if v >= 0.0 else v * a32
-                    out[r, cf + j * sx, co] = v
+                _no_tap(out, r, cf + j * sx, bias, act, a32)
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=FM)
+def conv_transpose2d_paired(xf, Hi, Wi, Ci, wp, wf, kh, kw, bias, bias2, out, ty, tx, act, alpha):
+    """Transposed conv with kernel == stride (kh = sy, kw = sx), dilation 1, groups 1,
+    Co % 16 == 0 (UNet's 2x2 stride-2 up-conv). Input pixel ix feeds the kw adjacent
+    output pixels sx*ix - tx + kx, kx < kw, whose kw*Co outputs are contiguous in HWC:
+    per output row one GEMM over consecutive input pixels with K = Ci and kw*Co columns
+    (wp: the kh (Ci, kw*Co) matrices [w[ky, 0] | w[ky, 1] | ...] packed by pack_cols;
+    bias2: bias repeated kw times). Wider column blocks than one tap's Co (2x2, Co = 16:
+    the 8x2 micro-kernel instead of 8x1) and one pass over the input row instead of kw.
+    Columns of a pair cut by the window edge, or past the input, take the per-tap route
+    (wf, as conv_transpose2d_blocked). Every element is the same sum as there
+    (acc = 0; acc = fma(x, w, acc) over ci in order; act(acc + bias)): same bits."""
+    Ho, Wo, Co = out.shape
+    sx = kw
+    outf = out.reshape(-1)
+    noff = np.zeros(0, np.int64)
+    a32 = np.float32(alpha)
+    C2 = kw * Co
+    cf0 = (sx - tx % sx) % sx                     # first column with kx == 0
+    ix0 = (cf0 + tx) // sx
+    npair = (Wo - cf0) // sx if Wo > cf0 else 0
+    for r in prange(Ho):
+        ky = (r + ty) % kh
+        iy = (r + ty) // kh
+        nval = 0
+        if iy < Hi:
+            nval = max(0, min(npair, Wi - ix0))
+            if nval > 0:
+                _row(xf, (iy * Wi + ix0) * Ci, Ci, noff, Ci, wp, ky * Ci * C2, C2,
+                     bias2, outf, (r * Wo + cf0) * Co, C2, nval, act, alpha)
+        c = 0
+        while c < Wo:
+            if c == cf0 and nval > 0:
+                c = cf0 + nval * sx                 # the paired columns, done above
+                continue
+            kx = (c + tx) % sx
+            ix = (c + tx) // sx
+            if iy < Hi and ix < Wi:
+                _row(xf, (iy * Wi + ix) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
+                     bias, outf, (r * Wo + c) * Co, Co, 1, act, alpha)
+            else:
+                _no_tap(out, r, c, bias, act, a32)
+            c += 1
     return out
 
 

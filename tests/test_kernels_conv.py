@@ -105,6 +105,8 @@ CASES = [
     (12, 14, 4, 12, 3, 3, (2, 1), (1, 1), 4),     # depthwise, multiplier 3
     (11, 13, 6, 6, 4, 4, (3, 2), (1, 2), 2),
     (12, 12, 32, 32, 3, 3, (1, 1), (1, 1), 1),
+    (13, 11, 16, 16, 3, 3, (1, 1), (1, 1), 1),   # thin 3x3: blocked, not Winograd
+    (11, 14, 16, 32, 3, 3, (1, 1), (1, 1), 1),   # smallest Winograd shape
     (10, 10, 64, 64, 3, 3, (1, 1), (1, 1), 1),
     (9, 9, 32, 2, 1, 1, (1, 1), (1, 1), 1),       # segmentation head (dot route)
     (13, 12, 48, 5, 3, 2, (2, 1), (1, 2), 1),
@@ -166,6 +168,11 @@ TCASES = [
     (9, 10, 24, 32, 2, 2, (2, 2), (1, 1), 1, (1, 0), (19, 21)),   # blocked route, ragged
     (6, 7, 8, 48, 2, 3, (3, 3), (1, 1), 1, (2, 1), (20, 22)),     # kernel < stride
     (5, 5, 16, 64, 1, 1, (2, 2), (1, 1), 1, (0, 1), (9, 9)),
+    # kernel == stride: the paired route (kw taps side by side), odd offsets, ragged ends
+    (7, 9, 32, 16, 2, 2, (2, 2), (1, 1), 1, (1, 1), (13, 17)),
+    (6, 5, 3, 48, 2, 2, (2, 2), (1, 1), 1, (2, 3), (11, 9)),
+    (5, 7, 16, 32, 3, 3, (3, 3), (1, 1), 1, (4, 2), (13, 21)),
+    (4, 6, 8, 16, 2, 3, (2, 3), (1, 1), 1, (0, 5), (9, 16)),
 ]
 
 
@@ -274,8 +281,8 @@ def test_conv2d_subwindow_bitwise_random(data):
                              data.draw(st.sampled_from([0, 1, 2])))
 
 
-@pytest.mark.parametrize("Ci,Co", [(3, 32), (32, 32), (32, 64), (64, 64), (48, 80), (128, 128),
-                                   (32, 3), (24, 40)])
+@pytest.mark.parametrize("Ci,Co", [(3, 32), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64),
+                                   (48, 80), (128, 128), (32, 3), (24, 40)])
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_conv3x3_subwindow_bitwise(Ci, Co, data):
@@ -322,7 +329,7 @@ def test_conv_transpose2d_subwindow_bitwise(data):
 
 
 @pytest.mark.parametrize("Ci,Co,k,s,d", [(3, 32, 3, 1, 1), (5, 20, 2, 2, 1), (24, 64, 3, 1, 2),
-                                         (32, 48, 1, 1, 1)])
+                                         (32, 48, 1, 1, 1), (16, 16, 3, 1, 1)])
 def test_direct_routes_agree_bitwise(Ci, Co, k, s, d):
     """blocked / generic direct share one sum order (ky, kx, ci): same bits."""
     from hirestile.kernels import _conv_direct
@@ -334,15 +341,63 @@ def test_direct_routes_agree_bitwise(Ci, Co, k, s, d):
     assert np.array_equal(y, y2)
 
 
-def test_transpose_routes_agree_bitwise():
-    """The blocked up-conv route (kernel <= stride) and the generic gather give the same bits."""
+@pytest.mark.parametrize("k,s", [(2, 2), (2, 3)])
+def test_transpose_routes_agree_bitwise(k, s):
+    """The blocked up-conv routes (kernel == stride: paired; kernel < stride: per tap) and
+    the generic gather give the same bits."""
     from hirestile.kernels import _conv_direct
     rng = np.random.default_rng(6)
-    x, w, b = _rand(rng, 9, 11, 24), _rand(rng, 2, 2, 24, 32), _rand(rng, 32)
-    y = conv.conv_transpose2d(x, w, b, stride=2, offset=(1, 0), out_shape=(19, 23), act=2, alpha=0.3)
+    x, w, b = _rand(rng, 9, 11, 24), _rand(rng, k, k, 24, 32), _rand(rng, 32)
+    y = conv.conv_transpose2d(x, w, b, stride=s, offset=(1, 0), out_shape=(19, 23), act=2, alpha=0.3)
     y2 = np.empty_like(y)
-    _conv_direct.conv_transpose2d_direct(x, w, b, y2, 2, 2, 1, 1, 1, 1, 0, 2, 0.3)
+    _conv_direct.conv_transpose2d_direct(x, w, b, y2, s, s, 1, 1, 1, 1, 0, 2, 0.3)
     assert np.array_equal(y, y2)
+
+
+@SETTINGS
+@given(st.data())
+def test_conv_transpose2d_paired_route(data):
+    """kernel == stride, Co % 16 == 0 (UNet up-convs): the paired route against the float64
+    reference and bitwise against the generic gather (same sum order per element), for
+    every offset residue, ragged window ends, input shorter than the output asks for."""
+    from hirestile.kernels import _conv_direct
+    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    Ci = data.draw(st.sampled_from([1, 3, 16, 21, 32]))
+    Co = data.draw(st.sampled_from([16, 32, 48, 64]))
+    Hi, Wi = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 13))
+    ty, tx = data.draw(st.integers(0, 2 * kh)), data.draw(st.integers(0, 2 * kw))
+    Ho, Wo = data.draw(st.integers(1, kh * Hi + 2)), data.draw(st.integers(1, kw * Wi + 2))
+    act = data.draw(st.sampled_from([0, 1, 2]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    x, w, b = _rand(rng, Hi, Wi, Ci), _rand(rng, kh, kw, Ci, Co), _rand(rng, Co)
+    y = conv.conv_transpose2d(x, w, b, stride=(kh, kw), offset=(ty, tx), out_shape=(Ho, Wo),
+                              act=act, alpha=0.3)
+    _close(y, ref_conv_transpose2d(x, w, b, (kh, kw), (1, 1), 1, (ty, tx), (Ho, Wo), act, 0.3))
+    y2 = np.empty_like(y)
+    _conv_direct.conv_transpose2d_direct(x, w, b, y2, kh, kw, 1, 1, 1, ty, tx, act, 0.3)
+    assert np.array_equal(y, y2)
+
+
+@pytest.mark.parametrize("Ci,Co", [(32, 16), (64, 32), (24, 48), (128, 64)])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_upconv2x2_subwindow_bitwise(Ci, Co, data):
+    """2x2 stride-2 up-conv (paired route): every sub-region, at every alignment (odd
+    origins cut a pair of output columns), gives the full output's bits."""
+    Hi, Wi = data.draw(st.integers(1, 19)), data.draw(st.integers(1, 23))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    x, w, b = _rand(rng, Hi, Wi, Ci), _rand(rng, 2, 2, Ci, Co), _rand(rng, Co)
+    Ho, Wo = 2 * Hi, 2 * Wi
+    full = conv.conv_transpose2d(x, w, b, stride=2, out_shape=(Ho, Wo), act=1)
+    _close(full, ref_conv_transpose2d(x, w, b, (2, 2), (1, 1), 1, (0, 0), (Ho, Wo), 1))
+    for _ in range(4):
+        r0, r1 = _sub_interval(data.draw, Ho, 1)
+        c0, c1 = _sub_interval(data.draw, Wo, 1)
+        i0, i1, j0, j1 = r0 // 2, (r1 + 1) // 2, c0 // 2, (c1 + 1) // 2
+        sub = conv.conv_transpose2d(x[i0:i1, j0:j1], w, b, stride=2,
+                                    offset=(r0 - 2 * i0, c0 - 2 * j0),
+                                    out_shape=(r1 - r0, c1 - c0), act=1)
+        assert np.array_equal(sub, full[r0:r1, c0:c1]), (r0, r1, c0, c1)
 
 
 @pytest.mark.parametrize("Hi,Wi", [(3, 3), (3, 8), (4, 5), (5, 4), (6, 7), (7, 6)])
