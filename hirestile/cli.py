@@ -85,7 +85,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     memory = parse_bytes(a.memory)
     model = load_model_cli(a.model, a)
     if not (a.scheduler or a.workers):
-        keep_freed_memory(reuse_large=a.no_stream)   # as segment_to_zarr does, before zarr's and kernels' threads
+        keep_freed_memory(reuse_large=not a.stream)  # as segment_to_zarr does, before zarr's and kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, **_hdu(a))
     _show_pixel_size(img, a)
     img = _choose_level(img, model, a)
@@ -106,7 +106,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
         stats = segment_to_zarr(img, model, out, tile=a.tile, kind=a.output, threads=a.threads,
                                 overwrite=a.overwrite, nan_fill=a.nan_fill,
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
-                                progress=_progress(a), log=_say, run_tiles=run_tiles, stream=not a.no_stream,
+                                progress=_progress(a), log=_say, run_tiles=run_tiles, stream=a.stream,
                                 memory=memory, mask=a.mask)
     _say(stats.summary())
     if warm is not None:
@@ -411,9 +411,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     rep = model.analyze((h, w))              # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
     budget = parse_bytes(a.memory) or default_memory()
-    tile = choose_tile(rep, a.tile, stream=not a.no_stream, memory=budget, channels=model.contract.channels)
+    tile = choose_tile(rep, a.tile, stream=a.stream, memory=budget, channels=model.contract.channels)
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)
-    plan = make_plan(rep, layout, tile, stream=not a.no_stream)
+    plan = make_plan(rep, layout, tile, stream=a.stream)
     ty, tx = plan.tile
     mem, working = expected_memory(rep, plan, model.contract.channels)
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
@@ -660,8 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None,
                    help="output tile side in pixels (band height and strip width when streamed; default: the "
                         "largest that fits --memory)")
-    s.add_argument("--no-stream", action="store_true",
-                   help="run each tile with its own halo instead of bands down column strips (same bits)")
+    s.add_argument("--stream", action="store_true",
+                   help="bands down column strips, each intermediate row computed once per strip, instead of "
+                        "tiles with their own halos (same bits; not yet faster here, see benchmarks/README.md)")
     s.add_argument("--memory", default=None, metavar="SIZE",
                    help="memory budget, e.g. 1.5GB or 800MiB (default: a quarter of the RAM, at most 2 GiB); "
                         "the tile is chosen to fit it")
@@ -712,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="show how a model would be tiled: halo, stride, FLOPs, memory")
     s.add_argument("--model", "-m", required=True)
     s.add_argument("--tile", type=int, default=None)
-    s.add_argument("--no-stream", action="store_true", help="plan overlap tiles instead of streamed strips")
+    s.add_argument("--stream", action="store_true", help="plan streamed strips instead of overlap tiles")
     s.add_argument("--memory", default=None, metavar="SIZE", help="memory budget (see segment)")
     s.add_argument("--estimate", action="store_true",
                    help="measure this machine's GFLOP/s on one interior region and estimate the run time")

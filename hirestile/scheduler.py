@@ -274,7 +274,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory: int | None = None,
                     log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
-                    stream: bool = True, mask: Any = None) -> RunStats:
+                    stream: bool = False, mask: Any = None) -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -317,7 +317,8 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
     stream : bool
         In this process, run the tiles as bands moving down column strips, each
         intermediate row computed once per strip (:class:`hirestile.bands.Stream`);
-        False runs every tile with its own halo (overlap-tile). Same bits either way.
+        by default every tile runs with its own halo (overlap-tile), which is still
+        as fast or faster here (benchmarks/README.md). Same bits either way.
     mask : "auto", path or array, optional
         Compute only the tiles that touch the mask's foreground; the rest hold fill 0, are
         marked done and the mask is written as ``labels/mask`` (:mod:`hirestile.masks`).
