@@ -46,7 +46,7 @@ from hirestile.io import infer_axes
 from hirestile.loading import as_model
 from hirestile.model import Model
 from hirestile.outputs import OUTPUT_KINDS, output_dtype, output_shape, postprocess
-from hirestile.tiling import MEMORY_BUDGET, Interval, Tile, auto_tile, cuts, make_tiles, sizes_to_cuts
+from hirestile.tiling import Interval, Tile, cuts, make_tiles, sizes_to_cuts
 from hirestile.worker import Job, model_token, remember, run_tile
 
 __all__ = ["segment"]
@@ -80,10 +80,10 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
         Output block size (rows, cols) on the output grid, or explicit block
         sizes per axis as in Dask. One task per block. When you store the
         result into a zarr array, give its shard shape (its chunk shape when
-        unsharded) so each task writes whole shards. Default: the largest tile
-        whose executor memory fits the memory budget (2 GiB) shared by the tasks
-        that run at once (:func:`hirestile.tiling.auto_tile`), or one block for a
-        model that cannot run tiled.
+        unsharded) so each task writes whole shards. Default: the tile
+        ``hirestile segment`` would choose (:func:`hirestile.scheduler.choose_tile`)
+        within the default memory budget shared by the tasks that run at once, or
+        one block for a model that cannot run tiled.
     axes : {"HW", "CHW", "HWC"}, optional
         Layout of ``image``; inferred from the model's channel count when omitted.
     nan_fill : float, optional
@@ -135,7 +135,7 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
     if 0 in hw:
         raise InputError(f"image is empty: shape {tuple(src.shape)}")
     rep = m.analyze(hw)
-    rows, cols = _out_cuts(rep, chunks)
+    rows, cols = _out_cuts(rep, chunks, m.contract.channels)
     if not rep.tileable and (len(rows) > 1 or len(cols) > 1):
         rep.check_tileable()
     job = Job(model=model if isinstance(model, str) else m, token=model_token(model, m), image_hw=hw,
@@ -215,12 +215,16 @@ def _concurrent_tasks() -> int:
     return max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
 
 
-def _out_cuts(rep: Any, chunks: Any) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
+def _out_cuts(rep: Any, chunks: Any, channels: int = 1) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
     """Output blocks along rows and columns as (start, stop) cuts."""
+    from hirestile.scheduler import PROCESS_BASELINE, choose_tile, default_memory
+
     _, oh, ow = rep.output_shape
-    if chunks is None:
-        t = auto_tile(rep, budget=MEMORY_BUDGET // _concurrent_tasks())
-        chunks = (oh, ow) if not rep.tileable else (t, t)
+    if chunks is None and not rep.tileable:
+        chunks = (oh, ow)
+    elif chunks is None:          # the segment command's rule, its budget shared by the tasks that run at once
+        share = PROCESS_BASELINE + (default_memory() - PROCESS_BASELINE) // _concurrent_tasks()
+        chunks = choose_tile(rep, None, stream=False, memory=share, channels=channels)
     if isinstance(chunks, (int, np.integer)):
         chunks = (chunks, chunks)
     if len(chunks) != 2:

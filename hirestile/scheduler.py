@@ -42,7 +42,7 @@ from .outputs import MAX_CLASSES, OUTPUT_KINDS
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
 from .bands import line_buffer_bytes
-from .tiling import TILE_CANDIDATES, Tile, column_strips, cuts, make_tiles, resolve_tile
+from .tiling import Tile, column_strips, cuts, make_tiles
 from .version import __version__
 
 # Resident memory of a hirestile process before any tile: Python, NumPy, Numba, zarr, tifffile
@@ -104,6 +104,8 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
                 stream=stream)
 
 
+# above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
+TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
 STRIP_CANDIDATES = (16384, 12288, 8192, 6144, 4096, 3072) + TILE_CANDIDATES
 MIN_BAND = 256                    # shorter bands re-read too much input and call kernels too often
 
@@ -157,7 +159,10 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     uses :data:`MASKED_SIDE`, so that tiles off the mask can be skipped).
     """
     if tile is not None:
-        return resolve_tile(rep, tile)
+        if tile < 1:
+            raise InputError(f"--tile must be a positive number of output pixels, got {tile}; "
+                             "e.g. --tile 512, or leave it out to choose one automatically")
+        return int(tile)
     budget = (memory or default_memory()) - PROCESS_BASELINE
     _, oh, ow = rep.output_shape
     if stream and rep.tileable:

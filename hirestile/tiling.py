@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from hirestile.errors import InputError
 from hirestile.region import Interval, Region
 
 @dataclass(frozen=True)
@@ -101,34 +100,4 @@ def column_strips(tiles: Sequence[Tile]) -> list[tuple[Tile, ...]]:
     return [tuple(sorted(ts, key=lambda t: t.write.rows)) for _, ts in sorted(strips.items())]
 
 
-# **** how large a tile ****
-# above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
-TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
-MEMORY_BUDGET = 2 << 30          # default bytes the executor may use for tiles computed at once
-
-
-def auto_tile(rep: Any, *, budget: int = MEMORY_BUDGET) -> int:
-    """Largest candidate tile side whose executor memory fits ``budget`` bytes.
-
-    The one default-tile policy: the scheduler gives it its whole budget, the Dask
-    API the budget divided by the tasks that run at once.
-    """
-    _, oh, ow = rep.output_shape
-    for t in TILE_CANDIDATES:
-        if rep.tile_memory(min(t, max(oh, ow))) <= budget:
-            return t
-    return TILE_CANDIDATES[-1]
-
-
-def resolve_tile(rep: Any, tile: int | None, *, budget: int = MEMORY_BUDGET) -> int:
-    """``tile``, checked to be a positive number of pixels, or :func:`auto_tile` when it is None."""
-    if tile is None:
-        return auto_tile(rep, budget=budget)
-    if tile < 1:
-        raise InputError(f"--tile must be a positive number of output pixels, got {tile}; "
-                         "e.g. --tile 512, or leave it out to choose one automatically")
-    return int(tile)
-
-
-__all__ = ["Tile", "cuts", "sizes_to_cuts", "make_tiles", "grid_tiles", "column_strips", "auto_tile", "resolve_tile",
-           "TILE_CANDIDATES", "MEMORY_BUDGET"]
+__all__ = ["Tile", "cuts", "sizes_to_cuts", "make_tiles", "grid_tiles", "column_strips"]
