@@ -123,6 +123,9 @@ class Report:
     weights : object
         The executor's kernel-layout weights for ``graph``, carried with the report
         so they live exactly as long as it (the analyzer never reads them).
+    precision : str
+        ``"fp32"`` or ``"bf16"``: the arithmetic the executor runs the graph in (given
+        by the executor with the weights; the analyzer never reads it).
     """
 
     graph: Graph
@@ -132,6 +135,7 @@ class Report:
     reason: str
     steps: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     weights: Any = field(default=None, repr=False, compare=False)
+    precision: str = "fp32"
 
     @property
     def output_shape(self) -> Shape:
@@ -431,9 +435,9 @@ class Report:
 
 
 def analyze_graph(graph: Graph, image_shape: Sequence[int], *, steps: Mapping[str, tuple[int, int]] | None = None,
-                  weights: Any = None) -> Report:
-    """Analyze ``graph`` for an input image of ``image_shape`` (H, W); ``steps`` and
-    ``weights`` as in :class:`Report`."""
+                  weights: Any = None, precision: str = "fp32") -> Report:
+    """Analyze ``graph`` for an input image of ``image_shape`` (H, W); ``steps``,
+    ``weights`` and ``precision`` as in :class:`Report`."""
     h, w = int(image_shape[0]), int(image_shape[1])
     shapes = graph.shapes((h, w))
     reason = ""
@@ -442,4 +446,4 @@ def analyze_graph(graph: Graph, image_shape: Sequence[int], *, steps: Mapping[st
             reason = f"node {node.name!r} ({op_label(node.op)}): {node.op.whole_image}"
             break
     return Report(graph=graph, image_shape=(h, w), shapes=shapes, tileable=not reason, reason=reason,
-                  steps=dict(steps or {}), weights=weights)
+                  steps=dict(steps or {}), weights=weights, precision=precision)

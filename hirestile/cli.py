@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "classes) or instances "
                    "(labels, then one uint32 id per object: OUT, its class map in OUT/classes)")
     s.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="arithmetic: fp32 (default) or bf16 (weights and layer inputs rounded to bfloat16, "
+                        "float32 sums; tiles still equal full-frame bit for bit; vdpbf16ps where the CPU has "
+                        "AVX512_BF16)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming it")
     image_opts(s)
     s.add_argument("--nan-fill", type=float, default=None, metavar="V",
@@ -254,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "-m", required=True)
     s.add_argument("--tile", type=int, default=None)
     s.add_argument("--stream", action="store_true", help="plan streamed strips instead of overlap tiles")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="arithmetic: fp32 (default) or bf16 (weights and layer inputs rounded to bfloat16, "
+                        "float32 sums; tiles still equal full-frame bit for bit; vdpbf16ps where the CPU has "
+                        "AVX512_BF16)")
     s.add_argument("--memory", default=None, metavar="SIZE", help="memory budget (see segment)")
     s.add_argument("--estimate", action="store_true",
                    help="measure this machine's GFLOP/s on one interior region and estimate the run time")

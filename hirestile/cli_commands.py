@@ -18,12 +18,13 @@ from .errors import InputError
 def cmd_plan(a: argparse.Namespace) -> int:
     from . import ome
     from .examples import parse_size
+    from .executor import precision_label
     from .scheduler import (PROCESS_BASELINE, choose_tile, compute_redundancy, default_memory, expected_memory,
                             make_plan)
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
-    rep = model.analyze((h, w))              # its InputError says which sizes the model takes
+    rep = model.analyze((h, w), a.precision)   # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
     budget = parse_bytes(a.memory) or default_memory()
     tile = choose_tile(rep, a.tile, stream=a.stream, memory=budget, channels=model.contract.channels)
@@ -34,6 +35,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
           f"({', '.join(model.classes) or '?'})")
     print(rep.summary())
+    print(f"precision: {precision_label(rep.precision)}")
     print(f"accepted sizes: {model.takes() or 'not found'}")
     if rep.tileable:
         mode = ("streamed: bands down column strips, each intermediate row computed once per strip"

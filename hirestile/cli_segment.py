@@ -45,7 +45,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
                                 overwrite=a.overwrite, nan_fill=a.nan_fill,
                                 pyramid=a.pyramid, allow_missing=a.allow_missing,
                                 progress=_progress(a), log=_say, run_tiles=run_tiles, stream=a.stream,
-                                memory=memory, mask=a.mask)
+                                memory=memory, mask=a.mask, precision=a.precision)
     _say(stats.summary())
     if warm is not None:
         _say(warm.summary())

@@ -176,7 +176,7 @@ def _stream_tiles(img: Any, model: Any, rep: Any, arr: Any, todo: list[Tile], do
     m = as_model(model)
     layout = ome.Layout.of(arr)
     job = Job(model=m, token=model_token(m, m), image_hw=(img.height, img.width), layout="", output=kind,
-              nan_fill=nan_fill)
+              nan_fill=nan_fill, precision=getattr(rep, "precision", "fp32"))
     cj = _ClusterJob(job=job, source=(os.path.abspath(img.path), img.level, img.axes, m.contract.channels),
                      out=arr, kind=kind, output=stats.output)
     run = uuid.uuid4().hex[:12]              # tiles write files: never share keys with another run

@@ -55,7 +55,8 @@ __all__ = ["segment"]
 # **** public API ****
 def segment(image: Any, model: Model | str, *, output: str = "logits",
             chunks: int | Sequence[int] | Sequence[Sequence[int]] | None = None, axes: str | None = None,
-            nan_fill: float | None = None, numba_threads: int | None = None, mask: Any = None) -> Any:
+            nan_fill: float | None = None, numba_threads: int | None = None, mask: Any = None,
+            precision: str = "fp32") -> Any:
     """Segment an image: NumPy in -> NumPy out, Dask or zarr in -> lazy Dask array out.
 
     The result equals hirestile's full-frame output bit for bit (logits), and
@@ -90,6 +91,9 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
         Value standing in for NaN/Inf input pixels (refused otherwise).
     numba_threads : int, optional
         Numba threads per task (see the module docstring for the default).
+    precision : {"fp32", "bf16"}
+        The executor's arithmetic (:func:`hirestile.predict`): bf16 blocks equal bf16
+        full-frame bit for bit too.
     mask : array, path or hirestile.masks.Mask, optional
         A foreground mask at any resolution with the image's proportions (non-zero is
         foreground; ``"auto"`` for an image opened with ``hirestile.io.open_image``): blocks
@@ -134,12 +138,12 @@ def segment(image: Any, model: Model | str, *, output: str = "logits",
     hw = (int(src.shape[layout.index("Y")]), int(src.shape[layout.index("X")]))
     if 0 in hw:
         raise InputError(f"image is empty: shape {tuple(src.shape)}")
-    rep = m.analyze(hw)
+    rep = m.analyze(hw, precision)
     rows, cols = _out_cuts(rep, chunks, m.contract.channels)
     if not rep.tileable and (len(rows) > 1 or len(cols) > 1):
         rep.check_tileable()
     job = Job(model=model if isinstance(model, str) else m, token=model_token(model, m), image_hw=hw,
-              layout=layout, output=output, nan_fill=nan_fill, numba_threads=numba_threads)
+              layout=layout, output=output, nan_fill=nan_fill, numba_threads=numba_threads, precision=precision)
     remember(job, m, rep)
     tiles = make_tiles(rep, rows, cols)
     off: frozenset[int] = frozenset()
@@ -308,7 +312,7 @@ def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], col
     else:  # an InputImage from hirestile.io.open_image
         src_id = (os.path.abspath(src.path), src.level, src.layout, tuple(src.array.shape))
         kind = "zarr"
-    token = tokenize(job.token, job.image_hw, job.layout, job.output, job.nan_fill, job.numba_threads,
+    token = tokenize(job.token, job.image_hw, job.layout, job.output, job.nan_fill, job.numba_threads, job.precision,
                      src_id, rows, cols, *((job_mask,) if job_mask else ()))
     name = f"hirestile-segment-{token}"
     job_key = f"hirestile-job-{token}"

@@ -21,6 +21,7 @@ from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
                              Pad, Pool, PRelu, Resize, Slice, Softmax, Unary, padding_mode)
+from hirestile.kernels import bf16 as kbf16
 from hirestile.kernels import conv as kconv
 from hirestile.kernels import norm as knorm
 from hirestile.kernels import pointwise as kpw
@@ -157,47 +158,105 @@ class Prepared:
     graph: Graph
     weights: dict[str, dict[str, np.ndarray]]
     steps: dict[str, tuple[int, int]]
+    precision: str = "fp32"
 
 
 # Prepared forms live as long as the graph they were made from, and no longer: a model
 # dropped (a notebook reloading it, a Dask worker's cache evicting it) frees its weights.
-_prepared: weakref.WeakKeyDictionary[Graph, Prepared] = weakref.WeakKeyDictionary()
+_prepared: weakref.WeakKeyDictionary[Graph, dict[str, Prepared]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def prepare(graph: Graph) -> Prepared:
-    """Optimize ``graph`` and lay out its weights for the kernels (cached while ``graph`` lives)."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one the executor runs ("fp32", "bf16"), else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def precision_label(precision: str) -> str:
+    """What runs in words: "fp32", or "bf16 (avx512_bf16 vdpbf16ps)" / "bf16 (conversion)"."""
+    return f"bf16 ({kbf16.PATH})" if check_precision(precision) == "bf16" else "fp32"
+
+
+class _Bf16Weights(dict):
+    """A conv's kernel-layout weights in a bf16 prepared graph (rounded to bf16): its runner
+    calls the bf16 kernels (:func:`_kernels`)."""
+
+
+def prepare(graph: Graph, precision: str = "fp32") -> Prepared:
+    """Optimize ``graph`` and lay out its weights for the kernels (cached per ``precision``
+    while ``graph`` lives).
+
+    ``precision="bf16"``: conv weights rounded to bfloat16, the convs run on
+    :mod:`hirestile.kernels.bf16` (inputs rounded, float32 sums, outputs rounded in the
+    store), every other op's output rounded to bf16 (:func:`_runner`); all tile steps 1.
+    """
+    precision = check_precision(precision)
     with _lock:
-        hit = _prepared.get(graph)
+        hit = _prepared.get(graph, {}).get(precision)
     if hit is not None:
         return hit
     g = optimize(graph)
+    bf16 = precision == "bf16"
     weights, steps = {}, {}
     for n in g.nodes:
         op = n.op
-        if isinstance(op, Conv):
-            w = np.ascontiguousarray(n.params["w"].transpose(2, 3, 1, 0), np.float32)
-            weights[n.name] = {"w": w, "b": np.ascontiguousarray(n.params["b"], np.float32)}
-            steps[n.name] = tuple(kconv.conv_tile(op.kernel[0], op.kernel[1], op.stride, op.dilation, op.groups,
-                                                  op.cin, op.cout))
-        elif isinstance(op, ConvTranspose):
-            w = np.ascontiguousarray(n.params["w"].transpose(2, 3, 0, 1), np.float32)
-            weights[n.name] = {"w": w, "b": np.ascontiguousarray(n.params["b"], np.float32)}
+        if isinstance(op, (Conv, ConvTranspose)):
+            w = np.ascontiguousarray(n.params["w"].transpose((2, 3, 1, 0) if isinstance(op, Conv) else (2, 3, 0, 1)),
+                                     np.float32)
+            weights[n.name] = (_Bf16Weights if bf16 else dict)(
+                w=kbf16.round_bf16(w) if bf16 else w, b=np.ascontiguousarray(n.params["b"], np.float32))
+            if isinstance(op, Conv) and not bf16:
+                steps[n.name] = tuple(kconv.conv_tile(op.kernel[0], op.kernel[1], op.stride, op.dilation,
+                                                      op.groups, op.cin, op.cout))
         else:
             weights[n.name] = {k: np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in n.params.items()}
     for arrays in weights.values():
         for a in arrays.values():
             a.setflags(write=False)  # the conv kernels cache packed forms of read-only weights only
-    prepared = Prepared(g, weights, steps)
+    prepared = Prepared(g, weights, steps, precision)
     with _lock:
-        return _prepared.setdefault(graph, prepared)
+        return _prepared.setdefault(graph, {}).setdefault(precision, prepared)
 
 
-def analyze(graph: Graph, image_shape) -> Report:
-    """Receptive-field report of the graph as the executor will run it (it carries the
-    prepared weights, so a report alone is enough to run)."""
-    p = prepare(graph)
-    return analyze_graph(p.graph, image_shape, steps=p.steps, weights=p.weights)
+def analyze(graph: Graph, image_shape, precision: str = "fp32") -> Report:
+    """Receptive-field report of the graph as the executor will run it in ``precision`` (it
+    carries the prepared weights, so a report alone is enough to run)."""
+    p = prepare(graph, precision)
+    return analyze_graph(p.graph, image_shape, steps=p.steps, weights=p.weights, precision=p.precision)
+
+
+def _kernels(wts):
+    """The conv kernel module for a conv node's prepared weights: bf16 or float32."""
+    return kbf16 if isinstance(wts, _Bf16Weights) else kconv
+
+
+# ops whose outputs are bf16 when their inputs are (they move or pick values): not rounded again
+_EXACT = (Concat, Slice, CropLike, Pad, Conv, ConvTranspose)
+
+
+def _runner(n: Node, rep: Report) -> Callable:
+    """The runner of node ``n``; in a bf16 report, one that also rounds the node's output to
+    bf16 (the convs round in their kernels' store; ops that only move values need nothing)."""
+    run = RUNNERS[type(n.op)]
+    op = n.op
+    if rep.precision != "bf16" or isinstance(op, _EXACT) or (isinstance(op, Pool) and op.mode == "max") \
+            or (isinstance(op, Resize) and op.mode == "nearest"):
+        return run
+
+    def rounded(*args, **kw):
+        y = run(*args, **kw)
+        if y.flags.c_contiguous and y.flags.writeable:
+            return kbf16.round_bf16(y, out=y)
+        if y.flags.writeable:
+            y[...] = kbf16.round_bf16(np.ascontiguousarray(y))
+            return y
+        return kbf16.round_bf16(y)
+    return rounded
 
 
 # ---------------------------------------------------------------- op runners
@@ -221,7 +280,7 @@ def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
 def _run_conv(node, bufs, comp, shapes, wts):
     op = node.op
     x = _fetch_input(node, 0, bufs, comp, shapes)
-    return kconv.conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
+    return _kernels(wts).conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
                         act=ACT[op.act], alpha=op.alpha)
 
 
@@ -231,7 +290,7 @@ def _run_conv_transpose(node, bufs, comp, shapes, wts):
     x = _fetch_input(node, 0, bufs, comp, shapes)
     offset = (comp[0][0] + op.pads[0] - op.stride[0] * win[0][0], comp[1][0] + op.pads[1] - op.stride[1] * win[1][0])
     shape = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
-    return kconv.conv_transpose2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
+    return _kernels(wts).conv_transpose2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
                                   offset=offset, out_shape=shape, act=ACT[op.act], alpha=op.alpha)
 
 
@@ -432,7 +491,7 @@ def _compute(n: Node, bufs: dict[str, Buf | Rows], comp: Region, rep: Report, pr
     above, same columns) holds at the top of ``comp`` are reused, only the rows below are computed.
     The kernels give every row the same bits whatever region it is computed in (the exactness
     contract), so this changes no value."""
-    run = RUNNERS[type(n.op)]
+    run = _runner(n, rep)
     (r0, r1), cols = comp
     expect = (r1 - r0, comp[1][1] - comp[1][0])
     if prev is None or prev.region[1] != tuple(cols) or not prev.y0 <= r0 < prev.y0 + prev.data.shape[0]:

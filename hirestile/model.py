@@ -90,8 +90,9 @@ class Model:
         arrays.append((repr(self.contract) + repr(tuple(self.classes)), np.zeros(0)))
         return fingerprint_arrays(arrays)
 
-    def analyze(self, image_shape: Sequence[int]) -> Report:
-        """Receptive-field report of the runnable graph for a (H, W) image, ready to run.
+    def analyze(self, image_shape: Sequence[int], precision: str = "fp32") -> Report:
+        """Receptive-field report of the runnable graph for a (H, W) image, ready to run in
+        ``precision`` ("fp32", or "bf16": see :func:`hirestile.executor.prepare`).
 
         Raises
         ------
@@ -101,7 +102,7 @@ class Model:
         """
         shape = (int(image_shape[0]), int(image_shape[1]))
         try:
-            return executor.analyze(self.runnable, shape)
+            return executor.analyze(self.runnable, shape, precision)
         except ShapeError as e:
             raise InputError(self._size_advice(shape, e)) from None
 

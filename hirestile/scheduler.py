@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from . import masks, ome
 from .errors import InputError, ModelError, OutputError
+from .executor import precision_label
 from .io import InputImage, open_image
 from .loading import as_model
 from .outputs import MAX_CLASSES, OUTPUT_KINDS
@@ -279,7 +280,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory: int | None = None,
                     log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
-                    stream: bool = False, mask: Any = None) -> RunStats:
+                    stream: bool = False, mask: Any = None, precision: str = "fp32") -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -327,6 +328,10 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
     mask : "auto", path or array, optional
         Compute only the tiles that touch the mask's foreground; the rest hold fill 0, are
         marked done and the mask is written as ``labels/mask`` (:mod:`hirestile.masks`).
+    precision : {"fp32", "bf16"}
+        The executor's arithmetic (:func:`hirestile.predict`); a bf16 output is its own job
+        (the manifest records it, so a resume never mixes the two), and the summary names the
+        instruction path that ran.
 
     Returns
     -------
@@ -352,7 +357,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         return _segment(img, model, output, tile=tile, kind=kind, threads=threads, overwrite=overwrite,
                         nan_fill=nan_fill, pyramid=pyramid, allow_missing=allow_missing, progress=progress,
                         memory=memory, say=log or (lambda s: None), t_start=t_start,
-                        run_tiles=run_tiles, stream=stream, mask=mask)
+                        run_tiles=run_tiles, stream=stream, mask=mask, precision=precision)
     finally:
         if img is not image:
             img.close()
@@ -361,7 +366,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
 def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | None, kind: str,
              threads: int | None, overwrite: bool, nan_fill: float | None, pyramid: bool, allow_missing: bool,
              progress: bool | None, memory: int | None, say: Callable[[str], None], t_start: float,
-             run_tiles: TileRunner | None, stream: bool, mask: Any = None) -> RunStats:
+             run_tiles: TileRunner | None, stream: bool, mask: Any = None, precision: str = "fp32") -> RunStats:
     channels = model.contract.channels
     if img.channels != channels:
         raise InputError(f"{img.path}: has {img.channels} channel(s) (axes {img.axes}, shape {img.shape}) but model "
@@ -372,7 +377,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
                          "data is damaged); restore or re-create the input, or pass --allow-missing to read "
                          f"it as fill value {img.array.fill_value}")
     try:
-        rep = model.analyze((img.height, img.width))     # its InputError says which sizes the model takes
+        rep = model.analyze((img.height, img.width), precision)   # its InputError says which sizes it takes
     except InputError as e:
         raise InputError(f"{img.path}: {e}") from None
     k, oh, ow = rep.output_shape
@@ -393,6 +398,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
                         "input": img.identity(), "output": kind, "output_shape": [int(k), int(oh), int(ow)]},
                 "nan_fill": nan_fill, "pyramid": bool(pyramid), "classes": list(classes),
                 "hirestile": __version__}
+    if precision != "fp32":                        # other bits: its own job (fp32 manifests unchanged)
+        manifest["job"]["precision"] = precision
     mk = masks.make_mask(mask, img)
     if mk is not None:                             # a masked run is its own job
         manifest["job"]["mask"] = mk.identity()
@@ -407,6 +414,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     stats.tiles_total, stats.tile, stats.stream = len(plan.tiles), plan.tile, plan.stream
     stats.read_redundancy = plan.read_redundancy
     stats.compute_redundancy = compute_redundancy(rep, plan)
+    if precision != "fp32":
+        stats.notes.append(f"precision: {precision_label(precision)}")
 
     donelog = lock_output(out_path)
     try:

@@ -45,7 +45,8 @@ class Job:
     """What all tasks of one :func:`segment` call share: one key in the graph.
 
     ``model`` is a Model, or a name / path each worker loads; ``token`` identifies
-    it for the per-worker cache; ``layout`` names the stored axes (letters C, Y, X).
+    it for the per-worker cache; ``layout`` names the stored axes (letters C, Y, X);
+    ``precision`` is the executor's arithmetic ("fp32" or "bf16").
     """
 
     model: Any
@@ -55,6 +56,7 @@ class Job:
     output: str
     nan_fill: float | None = None
     numba_threads: int | None = None
+    precision: str = "fp32"
 
 
 def model_token(source: Any, m: Model) -> str:
@@ -70,13 +72,13 @@ def model_token(source: Any, m: Model) -> str:
 
 
 # **** the per-process model cache ****
-_CACHE: OrderedDict[tuple[str, tuple[int, int]], tuple[Model, Report]] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, tuple[int, int], str], tuple[Model, Report]] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 _STATS: dict[str, Any] = {"tasks": 0, "numba_threads": set()}
 
 
-def _put(key: tuple[str, tuple[int, int]], hit: tuple[Model, Report]) -> None:
+def _put(key: tuple[str, tuple[int, int], str], hit: tuple[Model, Report]) -> None:
     _CACHE[key] = hit
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
@@ -86,17 +88,17 @@ def _put(key: tuple[str, tuple[int, int]], hit: tuple[Model, Report]) -> None:
 def remember(job: Job, model: Model, rep: Report) -> None:
     """Seed this process's cache with what the caller already loaded and analyzed."""
     with _CACHE_LOCK:
-        _put((job.token, job.image_hw), (model, rep))
+        _put((job.token, job.image_hw, job.precision), (model, rep))
 
 
 def model_for(job: Job) -> tuple[Model, Report]:
     """The model and its report for this job, made once per process (worker)."""
-    key = (job.token, job.image_hw)
+    key = (job.token, job.image_hw, job.precision)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is None:
             model = as_model(job.model)
-            hit = (model, model.analyze(job.image_hw))
+            hit = (model, model.analyze(job.image_hw, job.precision))
         _put(key, hit)
         return hit
 

@@ -1,0 +1,255 @@
+"""bfloat16 vector intrinsics for Numba kernels (private; bf16 mode).
+
+Values are carried in LLVM ``<16 x float>`` registers (the ``f32x16`` type of
+``_conv_simd``); the bf16 ones hold 32 bfloat16 numbers in the same 512 bits,
+element 2j in the low half of dword j and element 2j+1 in its high half.
+
+* :func:`vdp` is ``vdpbf16ps`` (LLVM ``llvm.x86.avx512bf16.dpbf16ps.512``). What it
+  computes, per Intel's pseudo-code and checked on AMD Zen 4 (odd-first order, two
+  roundings, DAZ and FTZ all observed there): for each lane j,
+  ``acc = ftz(rne(acc + a[2j+1]*b[2j+1]))`` then ``acc = ftz(rne(acc + a[2j]*b[2j]))``,
+  bf16 denormal inputs read as zero. The products of two bf16 numbers are exact in
+  float32 (8-bit significands), so each step is one correctly rounded float32 add.
+  Only compile it where the CPU has AVX512_BF16 (``hirestile.kernels.bf16.HAVE_AVX512_BF16``).
+* :func:`vround` rounds each float32 lane to bf16 (round to nearest even; NaN stays a
+  quiet NaN of the same sign, infinities stay, values past bf16's range become
+  infinities), as :func:`round_bits` does for one uint32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._conv_simd import f32x16
+
+W = 16
+_VT = ir.VectorType(ir.FloatType(), W)
+_I32 = ir.IntType(32)
+_VI = ir.VectorType(_I32, W)
+
+
+class _BFloat(ir.Type):
+    """LLVM's ``bfloat`` (llvmlite has no class for it)."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+_VB = ir.VectorType(_BFloat(), 2 * W)
+
+
+def _splat_i32(v):
+    return ir.Constant(_VI, [v] * W)
+
+
+@intrinsic
+def vdp(typingctx, acc, a, b):
+    """``vdpbf16ps``: lanes of ``acc`` plus the two bf16 products of ``a`` and ``b``
+    (odd element first, then even)."""
+    if acc != f32x16 or a != f32x16 or b != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT, _VB, _VB]),
+                                            "llvm.x86.avx512bf16.dpbf16ps.512")
+        return builder.call(fn, [args[0], builder.bitcast(args[1], _VB), builder.bitcast(args[2], _VB)])
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+def _u32_ptr(context, builder, aryty, ary, idx):
+    a = context.make_array(aryty)(context, builder, ary)
+    return builder.gep(a.data, [idx], inbounds=True)
+
+
+@intrinsic
+def uload(typingctx, arr, i):
+    """16 dwords of a uint32 array from flat index ``i`` (32 bf16 values) as one register."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _u32_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(p, _VT.as_pointer()), align=4)
+    return f32x16(arr, types.intp), codegen
+
+
+@intrinsic
+def ubcast_at(typingctx, arr, i):
+    """The dword at flat index ``i`` of a uint32 array (a bf16 pair) in every lane."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _u32_ptr(context, builder, sig.args[0], args[0], args[1])
+        s = builder.load(builder.bitcast(p, ir.FloatType().as_pointer()), align=4)
+        v = builder.insert_element(ir.Constant(_VT, ir.Undefined), s, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(_VT, ir.Undefined), ir.Constant(_VI, [0] * W))
+    return f32x16(arr, types.intp), codegen
+
+
+@intrinsic
+def vround(typingctx, v):
+    """Every lane rounded to bf16 (round to nearest even, NaN kept quiet), as float32."""
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _round_vec(builder, args[0])
+    return f32x16(f32x16), codegen
+
+
+def _round_vec(builder, v):
+    u = builder.bitcast(v, _VI)
+    lsb = builder.and_(builder.lshr(u, _splat_i32(16)), _splat_i32(1))
+    hi = _splat_i32(-(1 << 16))
+    r = builder.and_(builder.add(builder.add(u, _splat_i32(0x7FFF)), lsb), hi)
+    nan = builder.icmp_unsigned(">", builder.and_(u, _splat_i32(0x7FFFFFFF)), _splat_i32(0x7F800000))
+    q = builder.and_(builder.or_(u, _splat_i32(0x00400000)), hi)
+    return builder.bitcast(builder.select(nan, q, r), _VT)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def round_bits(u):
+    """bf16 rounding of one float32's bits ``u`` (uint32): the rounded float32's bits."""
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000)
+    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def daz_bits(u):
+    """:func:`round_bits`, then a bf16 denormal replaced by a zero of its sign (what
+    ``vdpbf16ps`` reads it as)."""
+    r = round_bits(u)
+    if (r & np.uint32(0x7F800000)) == np.uint32(0):
+        return r & np.uint32(0x80000000)
+    return r
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def round_flat(src, dst):
+    """dst[i] = bf16 rounding of src[i] (uint32 views of float32 data; may alias)."""
+    n = src.shape[0]
+    nb = (n + 4095) // 4096
+    for b in prange(nb):
+        for i in range(b * 4096, min(n, (b + 1) * 4096)):
+            dst[i] = round_bits(src[i])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def pack_pairs(src, npix, Ci, dst):
+    """bf16 pairs of an HWC float32 window (see :func:`_pack_pairs_scalar`); for even Ci
+    the pairs never straddle pixels, so the window is one stream of pairs, packed 16
+    dwords per vector step."""
+    if Ci % 2 == 1:
+        _pack_pairs_scalar(src, npix, Ci, dst)
+        return
+    n = npix * Ci // 2
+    nv = n // 16
+    nb = (nv + 255) // 256
+    for b in prange(nb):
+        for v in range(b * 256, min(nv, (b + 1) * 256)):
+            ustore(dst, 16 * v, vpack(src, 32 * v))
+    for i in range(16 * nv, n):
+        dst[i] = (daz_bits(src[2 * i + 1]) & np.uint32(0xFFFF0000)) | (daz_bits(src[2 * i]) >> np.uint32(16))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pack_pairs_scalar(src, npix, Ci, dst):
+    """bf16 pairs of an HWC float32 window, one pixel at a time: ``src`` uint32 view (npix * Ci), ``dst``
+    (npix * ceil(Ci/2)) uint32 with channel 2j in the low half and 2j+1 (or 0 past Ci)
+    in the high half of dword j, each rounded to bf16, denormals flushed (:func:`daz_bits`)."""
+    Ch = (Ci + 1) // 2
+    nb = (npix + 255) // 256
+    for b in prange(nb):
+        for p in range(b * 256, min(npix, (b + 1) * 256)):
+            s = p * Ci
+            d = p * Ch
+            for j in range(Ci // 2):
+                lo = daz_bits(src[s + 2 * j]) >> np.uint32(16)
+                hi = daz_bits(src[s + 2 * j + 1])
+                dst[d + j] = hi | lo
+            if Ci % 2 == 1:
+                dst[d + Ch - 1] = daz_bits(src[s + Ci - 1]) >> np.uint32(16)
+
+
+def _ftz(builder, x):
+    """x with float32 denormals replaced by a zero of the same sign."""
+    u = builder.bitcast(x, _VI)
+    tiny = builder.icmp_unsigned("<", builder.and_(u, _splat_i32(0x7FFFFFFF)), _splat_i32(0x00800000))
+    return builder.bitcast(builder.select(tiny, builder.and_(u, _splat_i32(-(1 << 31))), u), _VT)
+
+
+@intrinsic
+def vdpe(typingctx, acc, a, b):
+    """:func:`vdp` emulated with float32 FMAs (CPUs without AVX512_BF16): the odd pair's
+    product, then the even pair's, each one rounding (the products of bf16 numbers are
+    exact inside an FMA), each result flushed to zero when denormal. With inputs whose
+    bf16 denormals were flushed when packed (``pack_pairs``, the weight packing), the
+    same bits as ``vdpbf16ps``."""
+    if acc != f32x16 or a != f32x16 or b != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT, _VT, _VT]),
+                                             "llvm.fma.v16f32")
+        hi = _splat_i32(-(1 << 16))
+
+        def halves(v):
+            u = builder.bitcast(v, _VI)
+            return (builder.bitcast(builder.and_(u, hi), _VT),
+                    builder.bitcast(builder.shl(u, _splat_i32(16)), _VT))
+        (a1, a0), (b1, b0) = halves(args[1]), halves(args[2])
+        r = _ftz(builder, builder.call(fma, [a1, b1, args[0]]))
+        return _ftz(builder, builder.call(fma, [a0, b0, r]))
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+def _daz(builder, r):
+    """bf16 denormals (zero exponent) of the rounded bits ``r`` replaced by signed zeros."""
+    zexp = builder.icmp_unsigned("==", builder.and_(r, _splat_i32(0x7F800000)), _splat_i32(0))
+    return builder.select(zexp, builder.and_(r, _splat_i32(-(1 << 31))), r)
+
+
+@intrinsic
+def vpack(typingctx, arr, i):
+    """The 32 floats of a uint32 array (float32 bits) from flat index ``i`` as 16 bf16 pairs:
+    dword j = bf16(arr[i+2j]) | bf16(arr[i+2j+1]) << 16, rounded as :func:`daz_bits`."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _u32_ptr(context, builder, sig.args[0], args[0], args[1])
+        vp = builder.bitcast(p, _VT.as_pointer())
+        a = builder.load(vp, align=4)
+        b = builder.load(builder.gep(vp, [ir.Constant(ir.IntType(64), 1)]), align=4)
+        ra = _daz(builder, builder.bitcast(_round_vec(builder, a), _VI))
+        rb = _daz(builder, builder.bitcast(_round_vec(builder, b), _VI))
+        even = builder.shuffle_vector(ra, rb, ir.Constant(_VI, list(range(0, 32, 2))))
+        odd = builder.shuffle_vector(ra, rb, ir.Constant(_VI, list(range(1, 32, 2))))
+        res = builder.or_(builder.and_(odd, _splat_i32(-(1 << 16))), builder.lshr(even, _splat_i32(16)))
+        return builder.bitcast(res, _VT)
+    return f32x16(arr, types.intp), codegen
+
+
+@intrinsic
+def ustore(typingctx, arr, i, v):
+    """Store the 16 dwords of ``v`` into a uint32 array at flat index ``i``."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32 and v == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _u32_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, _VT.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, f32x16), codegen

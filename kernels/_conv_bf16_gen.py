@@ -1,0 +1,169 @@
+"""Generator of the bf16 micro-kernels in ``_conv_bf16_mk.py`` (private).
+
+Run ``python kernels/_conv_bf16_gen.py`` to rewrite ``_conv_bf16_mk.py``; the generated
+module is committed so that Numba's ``cache=True`` works (no ``exec``).
+
+``b{P}x{V}`` computes P output pixels x V*16 output channels with ``vdpbf16ps``:
+
+    acc[p, :] = 0;  for k < K:  acc[p, :] = vdp(acc[p, :], w[wb + k*wrs : +16*V], a[ab_p + koff[k]])
+
+``a`` and ``w`` are uint32 arrays of bf16 pairs (``a[i]`` is one input pixel's channels
+2j, 2j+1; ``w`` 16 dwords per vector: output channels x the same channel pair), so term
+k adds the odd channel's product, then the even one's, to every accumulator lane.
+``e{P}x{V}`` is the same with ``vdpe`` (two float32 FMAs with the same order, flushing as
+``vdpbf16ps`` does), for CPUs without AVX512_BF16: the same bits. ``ab_p = ab0 + min(p, npix - 1) * aps`` (rows past ``npix`` repeat the last one and are
+not stored), so every pixel's sum is the same instruction sequence whatever ``p`` or
+``npix``. The store is ``round_bf16(act(acc + bias[bofs : bofs + 16V]))`` into the
+float32 ``dst[db + p*dps + 16*v]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+SHAPES = [(6, 4), (8, 2), (8, 1)]  # 24 / 16 / 8 zmm accumulators, <= 8 row pointers
+
+
+def gen_mk(P, V, family):
+    L = []
+    a = L.append
+    dp = "vdp" if family == "b" else "vdpe"
+    a("@njit(cache=True, nogil=True)")
+    a(f"def {family}{P}x{V}(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):")
+    for p in range(1, P):
+        a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")
+    for p in range(P):
+        for v in range(V):
+            a(f"    c{p}_{v} = vzero()")
+    a("    for k in range(K):")
+    a("        o = iload(koff, k)")
+    a("        wk = wb + k * wrs")
+    for v in range(V):
+        a(f"        b{v} = uload(w, wk + {16 * v})")
+    for p in range(P):
+        a(f"        s = ubcast_at(a, ab{p} + o)")
+        for v in range(V):
+            a(f"        c{p}_{v} = {dp}(c{p}_{v}, b{v}, s)")
+    for v in range(V):
+        a(f"    bv{v} = vload(bias, bofs + {16 * v})")
+    for p in range(P):
+        ind = "    "
+        if p > 0:
+            a(f"    if npix > {p}:")
+            ind = "        "
+        for v in range(V):
+            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, vround(vact(vadd(c{p}_{v}, bv{v}), act, alpha)))")
+    a("")
+    a("")
+    return "\n".join(L)
+
+
+DRIVERS = '''@njit(cache=True, nogil=True)
+def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
+    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the
+    column blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
+    co0 = 0
+    while co0 < CoP:
+        if CoP - co0 >= 64:
+            for c0 in range(0, Wo, 6):
+                {f}6x4(a, xrow + c0 * xps, xps, min(6, Wo - c0), koff, K, w, wb + co0 * K, 64,
+                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
+            co0 += 64
+        elif CoP - co0 >= 32:
+            for c0 in range(0, Wo, 8):
+                {f}8x2(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 32,
+                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
+            co0 += 32
+        else:
+            for c0 in range(0, Wo, 8):
+                {f}8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
+                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
+            co0 += 16
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def conv2d_{f}(xp, Wi, Ch, wp, CoP, bias, koff, out, sy, sx, act, alpha):
+    """xp: the window's bf16 pairs (Hi*Wi*Ch); wp: (K, CoP) packed pair weights, k = (ky, kx,
+    channel pair); koff[k]: offset of term k; bias: (CoP,); out: (Ho, Wo, Co)."""
+    Ho, Wo, Co = out.shape
+    outf = out.reshape(-1)
+    K = koff.shape[0]
+    if Co == CoP:
+        for r in prange(Ho):
+            row_{f}(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, outf, r * Wo * Co, Co, Wo, act, alpha)
+    else:
+        for r in prange(Ho):
+            tmp = np.empty(Wo * CoP, np.float32)
+            row_{f}(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
+            for c in range(Wo):
+                for co in range(Co):
+                    out[r, c, co] = tmp[c * CoP + co]
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def convT_{f}(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, out, ty, tx, act, alpha):
+    """Transposed conv with kernel == stride: output row r is one GEMM over the input pixels
+    of row (r + ty) // kh with the kw taps side by side (wp: per ky a (Ch, C2P) packed
+    matrix, C2P >= kw*Co); output (r, c) is column ((c + tx) % kw)*Co of input pixel
+    (c + tx) // kw, or nob (no tap) past the input. koff = arange(Ch)."""
+    Ho, Wo, Co = out.shape
+    ix0 = tx // kw
+    ix1 = min((Wo - 1 + tx) // kw, Wi - 1)
+    nix = ix1 - ix0 + 1
+    for r in prange(Ho):
+        ky = (r + ty) % kh
+        iy = (r + ty) // kh
+        if iy >= Hi or nix <= 0:
+            for c in range(Wo):
+                for co in range(Co):
+                    out[r, c, co] = nob[co]
+            continue
+        tmp = np.empty(nix * C2P, np.float32)
+        row_{f}(xp, (iy * Wi + ix0) * Ch, Ch, koff, Ch, wp, ky * Ch * C2P, C2P, bias2, tmp, 0, C2P, nix,
+                act, alpha)
+        for c in range(Wo):
+            ix = (c + tx) // kw
+            if ix > ix1:
+                for co in range(Co):
+                    out[r, c, co] = nob[co]
+            else:
+                base = (ix - ix0) * C2P + ((c + tx) % kw) * Co
+                for co in range(Co):
+                    out[r, c, co] = tmp[base + co]
+    return out
+
+
+'''
+
+HEADER = '''"""bf16 micro-kernels and their drivers (GENERATED by _conv_bf16_gen.py; do not edit).
+
+See _conv_bf16_gen.py for the contract of ``b{P}x{V}`` (vdpbf16ps) and ``e{P}x{V}``
+(the same sequence emulated with float32 FMAs); ``row_*``, ``conv2d_*`` and ``convT_*``
+drive one family each, so a CPU without AVX512_BF16 never compiles the b family.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._bf16_simd import ubcast_at, uload, vdp, vdpe, vround
+from ._conv_simd import iload, vact, vadd, vload, vstore, vzero
+
+
+'''
+
+
+def source() -> str:
+    """The text of ``_conv_bf16_mk.py``."""
+    src = HEADER + "".join("".join(gen_mk(P, V, f) for P, V in SHAPES) + DRIVERS.replace("{f}", f) for f in "be")
+    return src.rstrip("\n") + "\n"
+
+
+def main():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_conv_bf16_mk.py")
+    with open(path, "w") as f:
+        f.write(source())
+
+
+if __name__ == "__main__":
+    main()

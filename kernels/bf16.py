@@ -1,0 +1,299 @@
+"""bf16 mode kernels: :func:`round_bf16`, :func:`conv2d`, :func:`conv_transpose2d`.
+
+The bf16 mode (``precision="bf16"``) runs a network with every layer's input and
+weights rounded to bfloat16 (round to nearest even) and products summed in float32;
+each layer's output is rounded to bf16 again, in the kernel's store, so every
+element is the same function of the input wherever it is computed and tiled ==
+full-frame bit for bit, as in float32 mode. Arrays stay float32 HWC: a bf16 value
+is a float32 whose low 16 bits are zero.
+
+Instruction paths (:data:`PATH`, chosen once per process)
+--------------------------------------------------------
+``avx512_bf16 vdpbf16ps``  CPUs with AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids):
+    the convolutions run on ``vdpbf16ps``, two bf16 products per float32 lane per
+    instruction (twice the multiply-adds of a float32 FMA).
+``conversion``  elsewhere (or ``HIRESTILE_BF16_PATH=conversion``): the same pair order
+    emulated with float32 FMAs on bf16 values held as float32, flushing as the
+    instruction does: **the same bits** as the vdpbf16ps path, slower.
+
+Routes and what one output element is
+-------------------------------------
+``pairs`` (conv2d with groups == 1, any kernel / stride / dilation; conv_transpose2d
+with kernel == stride, groups 1, dilation 1 -- UNet's 2x2 up-conv): channels are
+taken in pairs (2j, 2j+1; an odd count gets a zero partner), terms in the order
+(ky, kx, pair), and each pair adds the odd channel's product, then the even one's,
+to a float32 accumulator starting at 0, as ``vdpbf16ps`` defines it: each add one
+float32 rounding (RNE), bf16 denormal operands read as zero, denormal sums flushed
+to zero. Then ``round_bf16(act(acc + bias))``.
+
+``seq`` (other convolutions: grouped, depthwise, other transposed convs): the float32
+kernel of :mod:`hirestile.kernels.conv` on the rounded input and weights (its own
+fixed order; the products are exact in float32), output rounded to bf16.
+
+Rounding: NaN stays a quiet NaN of its sign, infinities stay, finite values past
+bf16's range become infinities, denormals round like any value.
+
+Examples
+--------
+>>> import numpy as np
+>>> from hirestile.kernels import bf16
+>>> float(bf16.round_bf16(np.float32([1 + 2 ** -8]))[0]), float(bf16.round_bf16(np.float32([1 + 3 * 2 ** -8]))[0])
+(1.0, 1.015625)
+>>> x = np.ones((4, 4, 3), np.float32) * np.float32(1.01)
+>>> w = np.ones((3, 3, 3, 16), np.float32)
+>>> y = bf16.conv2d(x, w, np.zeros(16, np.float32), act=1)
+>>> y.shape, float(y[0, 0, 0])       # 27 * 1.0078125 (1.01 in bf16) = 27.2109375 -> bf16
+((2, 2, 16), 27.25)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+from . import _bf16_simd as _s
+from . import _conv_bf16_mk as _mk
+from . import conv as _conv
+from ._common import pair
+from ._conv_blocked import pack_cols, tap_offsets
+
+__all__ = ["HAVE_AVX512_BF16", "PATH", "round_bf16", "conv2d", "conv_transpose2d", "conv_route"]
+
+
+def _detect() -> bool:
+    """Whether the vdpbf16ps path runs: the CPU Numba compiles for has AVX512_BF16 and
+    ``HIRESTILE_BF16_PATH`` is not ``conversion``."""
+    if os.environ.get("HIRESTILE_BF16_PATH", "auto").lower() == "conversion":
+        return False
+    name = numba.config.CPU_NAME
+    if name and name != "host":          # a fixed target (portable caches): trust its features
+        return "+avx512bf16" in (numba.config.CPU_FEATURES or "")
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get("avx512bf16", False))
+
+
+HAVE_AVX512_BF16: bool = _detect()
+PATH: str = "avx512_bf16 vdpbf16ps" if HAVE_AVX512_BF16 else "conversion"
+
+
+def _fast(fast):
+    if fast is None:
+        return HAVE_AVX512_BF16
+    if fast and not HAVE_AVX512_BF16:
+        raise ValueError("fast=True needs a CPU with AVX512_BF16 (this one has none, or "
+                         "HIRESTILE_BF16_PATH=conversion is set)")
+    return bool(fast)
+
+
+def round_bf16(x, out=None) -> np.ndarray:
+    """float32 ``x`` rounded to bfloat16 (nearest even), as float32.
+
+    Parameters
+    ----------
+    x : float32 array
+    out : float32 C-contiguous array of x's shape, optional (may be ``x`` itself)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round_bf16(np.float32([3.14159, np.inf, -np.nan, 3.4e38]))
+    array([3.140625e+00,          inf,          nan,          inf], dtype=float32)
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32, got {x.dtype}")
+    if out is None or not (isinstance(out, np.ndarray) and out.flags.c_contiguous):
+        if out is not None:
+            raise ValueError("out must be a C-contiguous float32 array")
+        out = np.empty(x.shape, np.float32)
+    if out.dtype != np.float32 or out.shape != x.shape:
+        raise ValueError(f"out must be float32 of shape {x.shape}, got {out.dtype} {out.shape}")
+    src = np.ascontiguousarray(x).reshape(-1).view(np.uint32)
+    _s.round_flat(src, out.reshape(-1).view(np.uint32))
+    return out
+
+
+def _f32(a, name):
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _operands(x, w, bias, stride, dilation):
+    return _f32(x, "x"), _f32(w, "w"), _f32(bias, "bias"), pair(stride, "stride"), pair(dilation, "dilation")
+
+
+def _out(out, shape):
+    """(C-contiguous array to compute into, the caller's ``out`` to copy it to or None)."""
+    if out is None:
+        return np.empty(shape, np.float32), None
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"out must be a float32 array of shape {shape}, "
+                         f"got {getattr(out, 'dtype', None)} {getattr(out, 'shape', None)}")
+    return (out, None) if out.flags.c_contiguous else (np.empty(shape, np.float32), out)
+
+
+def _done(buf, dest):
+    if dest is None:
+        return buf
+    dest[...] = buf
+    return dest
+
+
+def _half_bits(w) -> np.ndarray:
+    """bf16 bits (uint32, in the low half) of ``w`` rounded, denormals flushed as vdpbf16ps reads them."""
+    r = round_bf16(np.ascontiguousarray(w, np.float32)).view(np.uint32)
+    r = np.where((r & 0x7F800000) == 0, r & 0x80000000, r)
+    return (r >> 16).astype(np.uint32)
+
+
+def _pair_rows(m) -> np.ndarray:
+    """(..., Ci, C) half bits -> (..., ceil(Ci/2), C) dwords: row 2j low, row 2j+1 high."""
+    if m.shape[-2] % 2:
+        m = np.concatenate([m, np.zeros(m.shape[:-2] + (1, m.shape[-1]), np.uint32)], axis=-2)
+    return m[..., 0::2, :] | (m[..., 1::2, :] << 16)
+
+
+def _blocks(m) -> np.ndarray:
+    """(..., K, CP) uint32 packed column block by column block, as the micro-kernels read it."""
+    return pack_cols(np.ascontiguousarray(m).view(np.float32)).view(np.uint32)
+
+
+def _pad_cols(m, cp):
+    if m.shape[-1] == cp:
+        return m
+    return np.concatenate([m, np.zeros(m.shape[:-1] + (cp - m.shape[-1],), m.dtype)], axis=-1)
+
+
+def _pack_conv(w):
+    kh, kw, Ci, Co = w.shape
+    CoP = -(-Co // 16) * 16
+    m = _pair_rows(_pad_cols(_half_bits(w), CoP))             # (kh, kw, Ch, CoP)
+    return _blocks(m.reshape(-1, CoP)), CoP
+
+
+def _pack_convT(w):
+    kh, kw, Ci, Co = w.shape
+    C2P = -(-(kw * Co) // 16) * 16
+    m = _half_bits(w).transpose(0, 2, 1, 3).reshape(kh, Ci, kw * Co)   # per ky: [w[ky,0] | w[ky,1] | ...]
+    return _blocks(_pair_rows(_pad_cols(m, C2P))), C2P
+
+
+def _rounded(w):
+    r = round_bf16(np.ascontiguousarray(w, np.float32))
+    r.setflags(write=False)            # so hirestile.kernels.conv caches its packed form
+    return r
+
+
+def _pairs_in(x) -> np.ndarray:
+    Hi, Wi, Ci = x.shape
+    xp = np.empty(Hi * Wi * ((Ci + 1) // 2), np.uint32)
+    _s.pack_pairs(x.reshape(-1).view(np.uint32), Hi * Wi, Ci, xp)
+    return xp
+
+
+def conv_route(groups: int, transposed: bool = False, kernel=(3, 3), stride=(1, 1), dilation=(1, 1)) -> str:
+    """``"pairs"`` or ``"seq"``: the route (module docstring) a convolution takes in bf16 mode.
+
+    >>> conv_route(1), conv_route(8), conv_route(1, True, (2, 2), (2, 2))
+    ('pairs', 'seq', 'pairs')
+    """
+    if not transposed:
+        return "pairs" if int(groups) == 1 else "seq"
+    ok = int(groups) == 1 and tuple(dilation) == (1, 1) and tuple(kernel) == tuple(stride)
+    return "pairs" if ok else "seq"
+
+
+def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha=0.0, out=None, fast=None):
+    """bf16-mode 2-D convolution of an HWC window, fused with bias, activation and rounding.
+
+    Arguments as :func:`hirestile.kernels.conv.conv2d` (``x`` and ``w`` are rounded to
+    bf16 here; pass them rounded already and nothing changes); ``fast`` picks the path
+    (None: :data:`HAVE_AVX512_BF16`; False: conversion). The output is bf16-valued
+    float32, each element summed in an order that does not depend on the window.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    >>> w = np.full((2, 2, 1, 1), 0.1, np.float32)     # 0.10009765625 in bf16
+    >>> conv2d(x, w, np.zeros(1, np.float32), stride=2)[..., 0]
+    array([[1.   , 1.8  ],
+           [4.1875, 5.   ]], dtype=float32)
+    """
+    fast = _fast(fast)
+    w_in = w
+    x, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
+    groups = int(groups)
+    if groups != 1:
+        xr = round_bf16(x)
+        wr = _conv._pack(w_in, w, "bf16", _rounded)
+        y = _conv.conv2d(xr, wr, bias, stride=(sy, sx), dilation=(dy, dx), groups=groups, act=act, alpha=alpha)
+        return _done(round_bf16(y, out=y), out)
+    if x.ndim != 3 or w.ndim != 4 or w.shape[2] != x.shape[2] or bias.shape != (w.shape[3],):
+        raise ValueError(f"x (h, w, Ci), w (kh, kw, Ci, Co) and bias (Co,) do not fit: "
+                         f"{x.shape}, {w.shape}, {bias.shape}")
+    if act not in (0, 1, 2):
+        raise ValueError(f"act must be 0, 1 or 2, got {act}")
+    Hi, Wi, Ci = x.shape
+    kh, kw, _, Co = w.shape
+    Ho = max(0, (Hi - dy * (kh - 1) - 1) // sy + 1)
+    Wo = max(0, (Wi - dx * (kw - 1) - 1) // sx + 1)
+    buf, dest = _out(out, (Ho, Wo, Co))
+    if buf.size == 0:
+        return _done(buf, dest)
+    wp, CoP = _conv._pack(w_in, w, "bf16pairs", _pack_conv)
+    bp = _pad_cols(bias, CoP)
+    Ch = (Ci + 1) // 2
+    koff = tap_offsets(kh, kw, Ch, Wi, dy, dx)
+    run = _mk.conv2d_b if fast else _mk.conv2d_e
+    run(_pairs_in(x), Wi, Ch, wp, CoP, bp, koff, buf, sy, sx, int(act), float(alpha))
+    return _done(buf, dest)
+
+
+def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, offset=(0, 0), out_shape=(0, 0),
+                     act=0, alpha=0.0, out=None, fast=None):
+    """bf16-mode transposed 2-D convolution; arguments as
+    :func:`hirestile.kernels.conv.conv_transpose2d`, ``fast`` as in :func:`conv2d`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((2, 2, 1), 1.01, np.float32)
+    >>> w = np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1)
+    >>> conv_transpose2d(x, w, np.zeros(1, np.float32), stride=2, out_shape=(2, 4))[..., 0]
+    array([[0.       , 1.0078125, 0.       , 1.0078125],
+           [2.015625 , 3.03125  , 2.015625 , 3.03125  ]], dtype=float32)
+    """
+    fast = _fast(fast)
+    w_in = w
+    x, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
+    kh, kw = (w.shape[0], w.shape[1]) if w.ndim == 4 else (0, 0)
+    if conv_route(groups, True, (kh, kw), (sy, sx), (dy, dx)) == "seq":
+        wr = _conv._pack(w_in, w, "bf16", _rounded)
+        y = _conv.conv_transpose2d(round_bf16(x), wr, bias, stride=(sy, sx), dilation=(dy, dx), groups=groups,
+                                   offset=offset, out_shape=out_shape, act=act, alpha=alpha)
+        return _done(round_bf16(y, out=y), out)
+    Hi, Wi, Ci = x.shape
+    Co = w.shape[3]
+    if w.shape[2] != Ci or bias.shape != (Co,) or act not in (0, 1, 2):
+        raise ValueError(f"x {x.shape}, w {w.shape}, bias {bias.shape} or act {act} do not fit")
+    ty, tx = int(offset[0]), int(offset[1])
+    Ho, Wo = int(out_shape[0]), int(out_shape[1])
+    if ty < 0 or tx < 0 or Ho < 0 or Wo < 0:
+        raise ValueError(f"offset and out_shape must be non-negative, got {offset}, {out_shape}")
+    buf, dest = _out(out, (Ho, Wo, Co))
+    if buf.size == 0:
+        return _done(buf, dest)
+    wp, C2P = _conv._pack(w_in, w, "bf16pairsT", _pack_convT)
+    nob = np.float32(0.0) + bias
+    nob = np.where(nob > 0, nob, np.float32(0)) if act == 1 else \
+        np.where(nob >= 0, nob, nob * np.float32(alpha)) if act == 2 else nob
+    Ch = (Ci + 1) // 2
+    run = _mk.convT_b if fast else _mk.convT_e
+    run(_pairs_in(x), Hi, Wi, Ch, wp, kh, kw, C2P, _pad_cols(np.tile(bias, kw), C2P),
+        np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)), buf, ty, tx, int(act), float(alpha))
+    return _done(buf, dest)
