@@ -224,7 +224,7 @@ def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any, ove
     res = run(classmap, out, image=image, probabilities=getattr(a, "probabilities", None),
               tile=a.tile or DEFAULT_TILE, connectivity=a.connectivity, dtype=a.label_dtype,
               overwrite=overwrite, pyramid=a.pyramid, outlines=bool(a.geojson),
-              radec=True if a.radec else None, progress=_progress(a), **extra)
+              radec=True if a.radec else None, progress=_progress(a), log=_say, **extra)
     _say(f"hirestile: {res.summary()}")
     for line in export(res, table=a.table, geojson=a.geojson, catalog=a.catalog, overwrite=a.overwrite):
         _say(f"wrote {line}")

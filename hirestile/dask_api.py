@@ -1,4 +1,5 @@
-"""Dask front end: ``hirestile.segment``, array in, lazy array out.
+"""Dask front end: ``hirestile.segment``, array in, lazy array out; and the object pass on a
+class map (``hirestile.instances``, ``hirestile.measure``, see :func:`instances`).
 
 Layer 6 of docs/architecture.md, beside the Python API, the CLI and the cluster
 runner (:mod:`hirestile.cluster`). :func:`segment`: NumPy in, NumPy out; Dask or
@@ -49,7 +50,7 @@ from hirestile.outputs import OUTPUT_KINDS, output_dtype, output_shape, postproc
 from hirestile.tiling import Interval, Tile, cuts, make_tiles, sizes_to_cuts
 from hirestile.worker import Job, model_token, remember, run_tile
 
-__all__ = ["segment"]
+__all__ = ["segment", "instances", "measure"]
 
 
 # **** public API ****
@@ -229,6 +230,13 @@ def _out_cuts(rep: Any, chunks: Any, channels: int = 1) -> tuple[tuple[Interval,
     elif chunks is None:          # the segment command's rule, its budget shared by the tasks that run at once
         share = PROCESS_BASELINE + (default_memory() - PROCESS_BASELINE) // _concurrent_tasks()
         chunks = choose_tile(rep, None, stream=False, memory=share, channels=channels)
+    return _chunk_cuts(chunks, (oh, ow))
+
+
+def _chunk_cuts(chunks: Any, hw: tuple[int, int]) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
+    """Blocks of an (H, W) grid along rows and columns as (start, stop) cuts: ``chunks`` an int,
+    (rows, cols) or two tuples of block sizes, as in Dask."""
+    oh, ow = hw
     if isinstance(chunks, (int, np.integer)):
         chunks = (chunks, chunks)
     if len(chunks) != 2:
@@ -275,6 +283,12 @@ def _chunks_block(job: Job, parts: list[np.ndarray], starts: list[tuple[int, ...
     ci = job.layout.find("C")
     if ci >= 0:
         hi[ci] = max(s[ci] + p.shape[ci] for p, s in zip(parts, starts))
+    return postprocess(run_tile(job, _to_chw(_gather(parts, starts, lo, hi), job.layout), tile), job.output)
+
+
+def _gather(parts: list[np.ndarray], starts: list[tuple[int, ...]], lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """The box [lo, hi) (global corners) copied out of the source chunks ``parts`` that cover it
+    (``starts``: their global corners)."""
     buf = np.empty([b - a for a, b in zip(lo, hi)], parts[0].dtype)
     for p, s in zip(parts, starts):
         a = [max(lo[d], s[d]) for d in range(p.ndim)]
@@ -283,7 +297,7 @@ def _chunks_block(job: Job, parts: list[np.ndarray], starts: list[tuple[int, ...
             continue
         buf[tuple(slice(x - lo[d], y - lo[d]) for d, (x, y) in enumerate(zip(a, b)))] = \
             p[tuple(slice(x - s[d], y - s[d]) for d, (x, y) in enumerate(zip(a, b)))]
-    return postprocess(run_tile(job, _to_chw(buf, job.layout), tile), job.output)
+    return buf
 
 
 def _fill_block(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -368,3 +382,304 @@ def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], col
 
 
 
+# **** objects: instance labels and measurements of a class map ****
+def instances(class_map: Any, *, connectivity: int = 1, dtype: Any = None,
+              chunks: int | Sequence[int] | Sequence[Sequence[int]] | None = None) -> Any:
+    """Instance labels of a class map: Dask or zarr in -> lazy Dask array out, NumPy in -> NumPy out.
+
+    The result equals ``skimage.measure.label(class_map, connectivity=connectivity)`` on the
+    full frame, pixel for pixel and number for number: objects are numbered 1..N in raster
+    order of their first pixel, whatever the blocks, so it also equals
+    :func:`hirestile.objects.instances` (``hirestile objects``) on the same class map. Objects
+    may span any number of blocks. The graph is the object pass of :mod:`hirestile.objects`:
+    one task per block labels it (per class) and keeps its border rows and columns and the
+    raster index of each component's first pixel; one task joins the seams (union-find) and
+    numbers the objects; one task per block relabels it to the final ids. Nothing else crosses
+    blocks, so a task holds one block, but the join waits for every block: a Dask class map
+    (such as ``segment(..., output="labels")``) is computed once and kept in memory until its
+    blocks are relabelled. For class maps larger than memory, store it first
+    (``da.to_zarr``) and pass the zarr array or path: the tasks then read their blocks from it,
+    twice.
+
+    Parameters
+    ----------
+    class_map : dask.array.Array, zarr.Array, ndarray or str
+        (H, W) integer class ids, 0 for background (e.g. ``segment(..., output="labels")``), or
+        the path of a ``hirestile segment --output labels`` output.
+    connectivity : {1, 2}
+        1: 4-connected (default), 2: 8-connected, as ``skimage.measure.label``. Pixels of
+        different classes are never one object.
+    dtype : optional
+        Label dtype. Default uint32, or uint64 for images of more than 2**32 - 1 pixels (a lazy
+        array's dtype is fixed before the objects are counted). A dtype too narrow for the
+        objects found raises :class:`hirestile.OutputError` when computed.
+    chunks : int, (int, int) or (tuple, tuple), optional
+        Blocks (one task each); default the Dask array's chunks, the zarr array's shards
+        (its chunks when unsharded), or 1024 x 1024 for NumPy.
+
+    Returns
+    -------
+    dask.array.Array or ndarray
+        (H, W) instance labels, 0 for background, chunked as the blocks.
+
+    Raises
+    ------
+    InputError
+        Not an (H, W) integer class map, connectivity not 1 or 2, unknown chunk sizes.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, hirestile
+    >>> from skimage.measure import label
+    >>> cm = np.zeros((9, 11), np.uint8); cm[1:8, 1] = 1; cm[7, 1:10] = 1; cm[0:3, 6:11] = 2
+    >>> lab = hirestile.instances(da.from_array(cm, chunks=4))
+    >>> lab.dtype, lab.chunks[1]
+    (dtype('uint32'), (4, 4, 3))
+    >>> np.array_equal(lab.compute(), label(cm, connectivity=1))
+    True
+    """
+    g = _objects_graph(class_map, connectivity, chunks, dtype=dtype)
+    return g.labels() if g.kind != "numpy" else g.labels().compute(scheduler="sync")
+
+
+def measure(class_map: Any, *, image: Any = None, probabilities: Any = None, connectivity: int = 1,
+            chunks: int | Sequence[int] | Sequence[Sequence[int]] | None = None,
+            classes: Sequence[str] | None = None, compute: bool = True) -> Any:
+    """The per-object measurement table of a class map, computed block by block with Dask.
+
+    The same columns and values as ``hirestile objects --table`` (and
+    :func:`hirestile.objects.instances`' ``table``), row i for the object
+    :func:`instances` labels i + 1: ``label``, ``class``, ``area``, ``centroid_y/x``,
+    ``bbox_y0/x0/y1/x1`` (half-open), ``perimeter`` (edge perimeter), with ``image``
+    ``intensity_{sum,mean,max,min}_<c>`` per channel, with ``probabilities``
+    ``probability_mean``, and ``class_name``. Sums and extremes are merged across blocks
+    exactly. (RA/Dec: use ``hirestile objects --radec`` on a FITS input.)
+
+    Parameters
+    ----------
+    class_map : dask.array.Array, zarr.Array, ndarray or str
+        As for :func:`instances`.
+    image : ndarray, zarr array, InputImage or path, optional
+        The image the class map was computed from, (H, W) or (C, H, W); each task reads its
+        block of it.
+    probabilities : (K, H, W) array or path of a probabilities output, optional
+        Mean probability of each object's class.
+    connectivity : {1, 2}
+        As for :func:`instances`.
+    chunks : optional
+        As for :func:`instances`.
+    classes : sequence of str, optional
+        Class names (``class_name``); default those a labels output path records, else ``class<k>``.
+    compute : bool
+        False returns a ``dask.delayed`` object of the table, to compute together with other
+        results (``dask.compute(labels, table)``).
+
+    Returns
+    -------
+    pyarrow.Table
+        One row per object (``pip install pyarrow``, or ``hirestile[objects]``).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, hirestile
+    >>> cm = np.zeros((9, 11), np.uint8); cm[1:8, 1] = 1; cm[7, 1:10] = 1; cm[0:3, 6:11] = 2
+    >>> t = hirestile.measure(da.from_array(cm, chunks=4), classes=["bg", "nucleus", "stroma"])
+    >>> t.column("area").to_pylist(), t.column("class_name").to_pylist()
+    ([15, 15], ['stroma', 'nucleus'])
+    """
+    g = _objects_graph(class_map, connectivity, chunks, measuring=True, image=image, probabilities=probabilities,
+                       classes=classes)
+    table = g.table()
+    return table.compute(scheduler="sync" if g.kind == "numpy" else None) if compute else table
+
+
+class _ObjectsGraph:
+    """The object pass of one class map as Dask tasks: pass 1 per block, the join, pass 2 per block."""
+
+    def __init__(self, kind: str, src: Any, rows: Sequence[Interval], cols: Sequence[Interval], connectivity: int,
+                 dtype: np.dtype, classes: tuple[str, ...], src_id: Any, readers: Any = None,
+                 channels: int = 0, reader_id: Any = None) -> None:
+        from dask._task_spec import DataNode, List, Task, TaskRef
+        from dask.base import tokenize
+
+        self.kind, self.src, self.rows, self.cols = kind, src, rows, cols
+        self.dtype = dtype
+        H, W = int(src.shape[0]), int(src.shape[1])
+        measuring = readers is not None
+        self.token = tokenize("hirestile-objects", src_id, rows, cols, connectivity, measuring, reader_id)
+        boxes = [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
+        self.boxes = boxes
+        self.dsk: dict[Any, Any] = {}
+        src_ref = None
+        if kind != "dask":
+            src_key = f"hirestile-classmap-{self.token}"
+            self.dsk[src_key] = DataNode(src_key, src)
+            src_ref = TaskRef(src_key)
+        read_ref = None
+        if measuring:
+            read_key = f"hirestile-measure-inputs-{self.token}"
+            self.dsk[read_key] = DataNode(read_key, readers)
+            read_ref = TaskRef(read_key)
+        p1 = f"hirestile-objects-pass1-{self.token}"
+        bounds = [np.cumsum((0,) + tuple(b - a for a, b in iv)) for iv in (rows, cols)]
+        refs = []
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                key = (p1, i, j)
+                box = boxes[i * len(cols) + j]
+                if kind == "dask":                     # the block, and with measurements its 8 neighbours (halo)
+                    near = [(a, b) for a in range(i - measuring, i + measuring + 1)
+                            for b in range(j - measuring, j + measuring + 1)
+                            if 0 <= a < len(rows) and 0 <= b < len(cols)]
+                    self.dsk[key] = Task(key, _objects_pass1_parts, List(*[TaskRef((src.name, a, b)) for a, b in near]),
+                                         [(int(bounds[0][a]), int(bounds[1][b])) for a, b in near], box, (H, W),
+                                         connectivity, read_ref)
+                else:
+                    self.dsk[key] = Task(key, _objects_pass1, src_ref, box, connectivity, read_ref)
+                refs.append(TaskRef(key))
+        self.join_key = f"hirestile-objects-join-{self.token}"
+        self.dsk[self.join_key] = Task(self.join_key, _objects_join, List(*refs), boxes, W, connectivity, channels,
+                                       measuring and readers[1] is not None, measuring, classes)
+        self.src_ref = src_ref
+
+    def _graph(self, name: str, extra: dict[Any, Any]) -> Any:
+        from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+        layer = MaterializedLayer({**self.dsk, **extra})
+        if self.kind == "dask":
+            return HighLevelGraph.from_collections(name, layer, dependencies=[self.src])
+        return HighLevelGraph({name: layer}, {name: set()})
+
+    def labels(self) -> Any:
+        import dask.array as da
+        from dask._task_spec import Task, TaskRef
+
+        name = f"hirestile-instances-{self.token}-{self.dtype}"
+        dsk: dict[Any, Any] = {}
+        for i in range(len(self.rows)):
+            for j in range(len(self.cols)):
+                t = i * len(self.cols) + j
+                key = (name, i, j)
+                block = TaskRef((self.src.name, i, j)) if self.kind == "dask" else self.src_ref
+                dsk[key] = Task(key, _objects_pass2, block, self.boxes[t] if self.kind != "dask" else None,
+                                TaskRef(self.join_key), t, self.dtype)
+        chunks = tuple(tuple(b - a for a, b in iv) for iv in (self.rows, self.cols))
+        return da.Array(self._graph(name, dsk), name, chunks, meta=np.empty((0, 0), self.dtype), dtype=self.dtype)
+
+    def table(self) -> Any:
+        from dask._task_spec import Task, TaskRef
+        from dask.delayed import Delayed
+
+        name = f"hirestile-objects-table-{self.token}"
+        return Delayed(name, self._graph(name, {name: Task(name, _objects_arrow, TaskRef(self.join_key))}))
+
+
+def _objects_graph(class_map: Any, connectivity: int, chunks: Any, *, dtype: Any = None, measuring: bool = False,
+                   image: Any = None, probabilities: Any = None,
+                   classes: Sequence[str] | None = None) -> _ObjectsGraph:
+    """Check the inputs (one-line errors, before any task) and build the graph."""
+    from hirestile.objects import DEFAULT_TILE
+    from hirestile.objects_io import open_classmap, open_image_reader, open_probabilities, source_identity
+
+    if connectivity not in (1, 2):
+        raise InputError(f"connectivity must be 1 (4-connected) or 2 (8-connected), got {connectivity}")
+    names: tuple[str, ...] = ()
+    if isinstance(class_map, (str, os.PathLike)):
+        z, names, _ = open_classmap(class_map)
+        kind, src = "zarr", z
+    else:
+        kind, src = _source_kind(class_map)
+        if kind == "image":
+            raise InputError("give the class map as an (H, W) integer array, a zarr array or a labels output path, "
+                             "not an opened image")
+        open_classmap(src)
+    if kind == "dask" and any(np.isnan(c) for cs in src.chunks for c in cs):
+        raise InputError("the Dask array's shape or chunk sizes are unknown; call x.compute_chunk_sizes() first")
+    H, W = (int(v) for v in src.shape)
+    if kind == "dask":
+        if chunks is not None:
+            src = src.rechunk(chunks)
+        rows, cols = (sizes_to_cuts([int(c) for c in cs]) for cs in src.chunks)
+        src_id = src.name
+    else:
+        if chunks is None:
+            chunks = (tuple(class_map.chunks) if type(class_map).__module__.startswith("dask") else
+                      (src.shards or src.chunks) if kind == "zarr" else (DEFAULT_TILE, DEFAULT_TILE))
+        rows, cols = _chunk_cuts(chunks, (H, W))
+        src_id = ((str(src.store_path), tuple(src.shape), str(src.dtype)) if kind == "zarr" else src)
+    if dtype is None:
+        label_dtype = np.dtype(np.uint32 if H * W <= np.iinfo(np.uint32).max else np.uint64)
+    else:
+        label_dtype = np.dtype(dtype)
+        if label_dtype.kind != "u":
+            raise InputError(f"label dtype must be unsigned (uint8/16/32/64), got {label_dtype}")
+    readers, nch, reader_id = None, 0, None
+    if measuring:
+        read_img, nch = open_image_reader(image, (H, W), "image")
+        prob = (open_probabilities(probabilities) if isinstance(probabilities, (str, os.PathLike))
+                else probabilities)
+        read_prob, _ = open_image_reader(prob, (H, W), "probabilities")
+        readers = (read_img, read_prob)
+        reader_id = (source_identity(image), source_identity(probabilities), tuple(classes or names))
+    return _ObjectsGraph(kind, src, rows, cols, connectivity, label_dtype, tuple(classes or names), src_id,
+                         readers, nch, reader_id)
+
+
+def _objects_pass1(src: Any, box: tuple[int, int, int, int], connectivity: int, readers: Any) -> Any:
+    """Task: pass 1 of one block read from a zarr / NumPy class map (with its halo when measuring)."""
+    from hirestile.objects import _padded
+
+    return _pass1(_padded(src, *box), box, int(src.shape[1]), connectivity, readers)
+
+
+def _objects_pass1_parts(parts: list[np.ndarray], starts: list[tuple[int, int]], box: tuple[int, int, int, int],
+                         hw: tuple[int, int], connectivity: int, readers: Any) -> Any:
+    """Task: pass 1 of one block of a Dask class map, its halo copied from the neighbouring chunks."""
+    from hirestile.objects import SENTINEL
+
+    (y0, y1, x0, x1), (H, W) = box, hw
+    lo, hi = (max(y0 - 1, 0), max(x0 - 1, 0)), (min(y1 + 1, H), min(x1 + 1, W))
+    if readers is None:                      # labels only: the block itself, no halo needed
+        lo, hi = (y0, x0), (y1, x1)
+    cpad = np.full((y1 - y0 + 2, x1 - x0 + 2), SENTINEL, np.int64)
+    cpad[lo[0] - y0 + 1:hi[0] - y0 + 1, lo[1] - x0 + 1:hi[1] - x0 + 1] = _gather(parts, starts, lo, hi)
+    return _pass1(cpad, box, W, connectivity, readers)
+
+
+def _pass1(cpad: np.ndarray, box: tuple[int, int, int, int], W: int, connectivity: int, readers: Any) -> Any:
+    from hirestile.objects import summarize_tile
+
+    y0, y1, x0, x1 = box
+    read_img, read_prob = readers if readers is not None else (None, None)
+    return summarize_tile(cpad, box, W, connectivity, measure=readers is not None,
+                          img=read_img((y0, y1), (x0, x1)) if read_img else None,
+                          prob=read_prob((y0, y1), (x0, x1)) if read_prob else None)
+
+
+def _objects_join(summaries: list[Any], boxes: list[tuple[int, int, int, int]], W: int, connectivity: int,
+                  channels: int, probabilities: bool, measuring: bool, classes: tuple[str, ...]) -> Any:
+    """Task: the seams, the union-find and (when measuring) the table: an Objects with the id map."""
+    from hirestile.objects import Objects, join
+
+    fmap, offsets, count, table = join(summaries, boxes, W, connectivity, channels=channels,
+                                       probabilities=probabilities, measure=measuring)
+    res = Objects(count=count, dtype=np.dtype(np.uint64), table=table or {}, classes=classes,
+                  connectivity=connectivity)
+    return res, fmap, offsets
+
+
+def _objects_pass2(block: Any, box: tuple[int, int, int, int] | None, joined: Any, t: int, dtype: np.dtype) -> np.ndarray:
+    """Task: one block relabelled to the final ids (``box`` None: ``block`` is the Dask chunk itself)."""
+    from hirestile.objects import check_label_dtype, relabel
+
+    res, fmap, offsets = joined
+    check_label_dtype(res.count, dtype)
+    core = np.asarray(block if box is None else block[box[0]:box[1], box[2]:box[3]]).astype(np.int64)
+    return relabel(core, res.connectivity, fmap, int(offsets[t]), dtype)
+
+
+def _objects_arrow(joined: Any) -> Any:
+    """Task: the table as a pyarrow Table, the columns ``hirestile objects --table`` writes."""
+    from hirestile.objects_export import arrow_table
+
+    return arrow_table(joined[0])

@@ -46,14 +46,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import ome
 from .errors import InputError, OutputError
-from .objects_io import (check_out, create_out, find_wcs, open_classmap, open_image_reader,
-                         open_probabilities, prepare_instances_output)
+from .objects_io import (check_out, create_out, find_wcs, load_state, open_classmap, open_image_reader,
+                         open_probabilities, prepare_instances_output, save_state, source_identity)
+from .resume import all_done, lock_output, store_region
 
 DEFAULT_TILE = 1024
 SENTINEL = -1                      # the class "outside the image" (never a stored class)
@@ -114,9 +115,10 @@ def _label(core: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     return lab, int(n)
 
 
-def _tile_stats(lab: np.ndarray, n: int, y0: int, x0: int, W: int, core: np.ndarray, edges: np.ndarray,
+def _tile_stats(lab: np.ndarray, n: int, y0: int, x0: int, W: int, core: np.ndarray, edges: np.ndarray | None,
                 img: np.ndarray | None, prob: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Per local component 1..n: sums, extremes and the raster index of its first pixel."""
+    """Per local component 1..n: sums, extremes and the raster index of its first pixel
+    (only the first pixel when ``edges`` is None: labels without measurements)."""
     h, w = lab.shape
     if n == 0:
         return {}
@@ -126,6 +128,8 @@ def _tile_stats(lab: np.ndarray, n: int, y0: int, x0: int, W: int, core: np.ndar
     pix = fg[order]
     starts = np.flatnonzero(np.r_[True, np.diff(v[order]) != 0])
     ys, xs = pix // w + y0, pix % w + x0
+    if edges is None:
+        return {"first": ys[starts] * W + xs[starts]}
     s: dict[str, np.ndarray] = {
         "area": np.diff(np.r_[starts, len(pix)]).astype(np.int64),
         "first": ys[starts] * W + xs[starts],
@@ -163,12 +167,114 @@ def _seam_pairs(a_ids: np.ndarray, a_cls: np.ndarray, b_ids: np.ndarray, b_cls: 
     return np.stack([a_ids[j][m], b_ids[i][m]], axis=1)
 
 
+@dataclass
+class TileSummary:
+    """What pass 1 keeps of one tile: its component count, per-component sums (:func:`_tile_stats`)
+    and its border rows / columns as (local ids, classes), for the seams."""
+
+    n: int
+    stats: dict[str, np.ndarray]
+    top: tuple[np.ndarray, np.ndarray]
+    bottom: tuple[np.ndarray, np.ndarray]
+    left: tuple[np.ndarray, np.ndarray]
+    right: tuple[np.ndarray, np.ndarray]
+
+
+def summarize_tile(cpad: np.ndarray, box: tuple[int, int, int, int], W: int, connectivity: int, *,
+                   measure: bool = True, ccore: np.ndarray | None = None, img: np.ndarray | None = None,
+                   prob: np.ndarray | None = None) -> TileSummary:
+    """Pass 1 on one tile: ``cpad`` is its class block with a one-pixel halo (:func:`_padded`),
+    ``box`` = (y0, y1, x0, x1); ``ccore`` the classes when the labels are other ids."""
+    y0, y1, x0, x1 = box
+    core = cpad[1:-1, 1:-1]
+    lab, n = _label(core, connectivity)
+    ids = lab.astype(np.int64)
+    stats = _tile_stats(lab, n, y0, x0, W, core if ccore is None else ccore,
+                        _edge_count(cpad) if measure else None, img, prob)
+    return TileSummary(n, stats, (ids[0].copy(), core[0].copy()), (ids[-1].copy(), core[-1].copy()),
+                       (ids[:, 0].copy(), core[:, 0].copy()), (ids[:, -1].copy(), core[:, -1].copy()))
+
+
+class Seams:
+    """The seam equivalences of tiles added in row-major order (each tile row starting at x = 0),
+    holding only the last row of the tile row above and the last column of the tile to the left.
+
+    ``offsets[t]`` is tile t's first provisional id - 1; ``pairs`` the (k, 2) provisional id pairs
+    that are one object; :meth:`resolve` numbers the objects.
+    """
+
+    def __init__(self, W: int, connectivity: int) -> None:
+        self.W = W
+        self.shifts = (0,) if connectivity == 1 else (-1, 0, 1)
+        self.prev_ids, self.prev_cls = np.zeros(W, np.int64), np.zeros(W, np.int64)
+        self.next_ids, self.next_cls = self.prev_ids.copy(), self.prev_cls.copy()
+        self.left_ids = self.left_cls = np.zeros(0, np.int64)
+        self.offsets = [0]
+        self.pairs: list[np.ndarray] = []
+        self.first: list[np.ndarray] = []
+
+    def add(self, box: tuple[int, int, int, int], s: TileSummary) -> int:
+        """Record tile ``box``'s seams with the tiles above and to its left; returns its offset."""
+        y0, y1, x0, x1 = box
+        W, off = self.W, self.offsets[-1]
+        if x0 == 0 and y0:
+            self.prev_ids, self.prev_cls, self.next_ids, self.next_cls = (self.next_ids, self.next_cls,
+                                                                          self.prev_ids, self.prev_cls)
+
+        def glob(ids: np.ndarray) -> np.ndarray:
+            return np.where(ids > 0, ids + off, 0)
+
+        if y0:                                   # the seam with the tile row above
+            lo = max(x0 - 1, 0)
+            a_ids, a_cls = self.prev_ids[lo:min(x1 + 1, W)], self.prev_cls[lo:min(x1 + 1, W)]
+            for sh in self.shifts:
+                self.pairs.append(_seam_pairs(a_ids, a_cls, glob(s.top[0]), s.top[1], sh + (x0 - lo)))
+        if x0:                                   # the seam with the tile to the left
+            for sh in self.shifts:
+                self.pairs.append(_seam_pairs(self.left_ids, self.left_cls, glob(s.left[0]), s.left[1], sh))
+        self.next_ids[x0:x1], self.next_cls[x0:x1] = glob(s.bottom[0]), s.bottom[1]
+        self.left_ids, self.left_cls = glob(s.right[0]), s.right[1]
+        self.offsets.append(off + s.n)
+        if s.n:
+            self.first.append(s.stats["first"])
+        return off
+
+    def resolve(self) -> tuple[np.ndarray, int]:
+        """Provisional id -> final id and the object count (:func:`_resolve`)."""
+        return _resolve(self.offsets[-1], self.pairs, np.concatenate([np.zeros(0, np.int64)] + self.first))
+
+
+def join(summaries: list[TileSummary], boxes: list[tuple[int, int, int, int]], W: int, connectivity: int, *,
+         channels: int = 0, probabilities: bool = False, measure: bool = True
+         ) -> tuple[np.ndarray, np.ndarray, int, dict[str, np.ndarray] | None]:
+    """Pass 1's end for tiles summarised apart (the Dask API): their seams in row-major order, the
+    union-find, the merged table. Returns (provisional -> final id, tile offsets, count, table)."""
+    seams = Seams(W, connectivity)
+    for box, s in zip(boxes, summaries):
+        seams.add(box, s)
+    fmap, count = seams.resolve()
+    table = _merge([s.stats for s in summaries], fmap, count, channels, probabilities) if measure else None
+    return fmap, np.asarray(seams.offsets, np.int64), count, table
+
+
+def relabel(core: np.ndarray, connectivity: int, fmap: np.ndarray, offset: int, dtype: np.dtype) -> np.ndarray:
+    """Pass 2 on one tile: the same deterministic labelling as pass 1, mapped to the final ids."""
+    lab, _ = _label(core, connectivity)
+    return fmap[np.where(lab > 0, lab + offset, 0)].astype(dtype)
+
+
+def tile_grid(H: int, W: int, ty: int, tx: int) -> list[tuple[int, int, int, int]]:
+    """The passes' tiles (y0, y1, x0, x1) of ty x tx pixels, row-major."""
+    return [(y0, min(y0 + ty, H), x0, min(x0 + tx, W)) for y0 in range(0, H, ty) for x0 in range(0, W, tx)]
+
+
 # **** the pass ****
 def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: Any = None,
               probabilities: Any = None, tile: int = DEFAULT_TILE, connectivity: int = 1,
               dtype: Any = None, overwrite: bool = False, pyramid: bool = False, outlines: bool = False,
               radec: bool | None = None, progress: bool | None = None, name: str | None = None,
-              class_map: Any = None, job: dict[str, Any] | None = None) -> Objects:
+              class_map: Any = None, job: dict[str, Any] | None = None,
+              log: Callable[[str], None] | None = None) -> Objects:
     """Instance labels and measurements of a class map, tile by tile, exactly.
 
     Parameters
@@ -178,14 +284,18 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
         integer array; 0 is background.
     out : str, optional
         Where to write the instance labels (an OME-Zarr labels image). None keeps
-        them in memory (``Objects.labels``; small images only).
+        them in memory (``Objects.labels``; small images only). Resumable: once pass 1
+        is done its result (``OUT/.hirestile/objects.npz``) and a done-log of the tiles
+        pass 2 wrote (fsync'd, as the segmentation's, :mod:`hirestile.resume`) survive a
+        ``kill -9``; the same call again skips both and gives the same bits.
     image : InputImage, path or array, optional
         The image the class map was computed from (same H x W): per-channel
         intensity sum / mean / max / min.
     probabilities : path or (K, H, W) array, optional
         A probabilities output of the same model: mean probability of each object's class.
     tile : int
-        Tile side of both passes (memory ~ tile**2 * (channels + a few) * 8 bytes).
+        Tile side of both passes (memory ~ tile**2 * (channels + a few) * 8 bytes); with
+        ``out``, the output's shard (``tile`` rounded up to whole 256-pixel chunks).
     connectivity : {1, 2}
         1: 4-connected (default), 2: 8-connected, as ``skimage.measure.label``.
     dtype : optional
@@ -205,6 +315,8 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
         Add ``ra`` and ``dec`` (degrees) of each centroid from the celestial WCS a FITS input
         left on the class map (or a FITS ``image``'s header). None: when there is one;
         True: required (:class:`InputError` without a WCS, before any work).
+    log : callable, optional
+        Called with a line when a run resumes (the CLI prints it).
     """
     if connectivity not in (1, 2):
         raise InputError(f"connectivity must be 1 (4-connected) or 2 (8-connected), got {connectivity}")
@@ -228,86 +340,97 @@ def instances(labels: Any, out: str | os.PathLike[str] | None = None, *, image: 
     job = job or {"source": os.path.abspath(src_name) if isinstance(labels, (str, os.PathLike)) else None,
            "connectivity": connectivity}
     if out is not None:
-        check_out(os.fspath(out), job, overwrite)
+        out = os.fspath(out)
+        check_out(out, job, overwrite)
+        layout = ome.choose_layout("labels", classes=1, out_hw=(H, W), tile=tile)
+        ty, tx = layout.block                    # the passes' tiles are the output's shards: a tile writes
+    else:                                        # whole shards, so a kill tears only unmarked ones
+        ty = tx = tile
     from tqdm import tqdm
 
+    bar: dict[str, Any] = {"unit": "tile", "leave": False, "disable": None if progress is None else not progress}
     times: dict[str, float] = {}
+    grid = tile_grid(H, W, ty, tx)
+    key = {"job": job, "tile": [ty, tx], "shape": [H, W], "connectivity": connectivity, "channels": nch,
+           "probabilities": read_prob is not None, "wcs": wcs is not None, "split": class_map is not None,
+           "dtype": None if dtype is None else str(np.dtype(dtype)),
+           "image": source_identity(image), "probabilities_source": source_identity(probabilities)}
+    state = load_state(out, key) if out is not None else None
     t0 = time.perf_counter()
-    grid = [(y0, min(y0 + tile, H), x0, min(x0 + tile, W)) for y0 in range(0, H, tile) for x0 in range(0, W, tile)]
-    offsets = np.zeros(len(grid) + 1, np.int64)
-    stats: list[dict[str, np.ndarray]] = []
-    pairs: list[np.ndarray] = []
-    prev_ids = np.zeros(W, np.int64)
-    prev_cls = np.zeros(W, np.int64)
-    next_ids, next_cls = prev_ids.copy(), prev_cls.copy()
-    left_ids = left_cls = np.zeros(0, np.int64)
-    shifts = (0,) if connectivity == 1 else (-1, 0, 1)
-    for t, (y0, y1, x0, x1) in enumerate(tqdm(grid, desc="objects 1/2", unit="tile", leave=False,
-                                              disable=None if progress is None else not progress)):
-        if x0 == 0 and y0:
-            prev_ids, prev_cls, next_ids, next_cls = next_ids, next_cls, prev_ids, prev_cls
-        cpad = _padded(cm, y0, y1, x0, x1)
-        core = cpad[1:-1, 1:-1]
-        lab, n = _label(core, connectivity)
-        ids = np.where(lab > 0, lab.astype(np.int64) + offsets[t], 0)
-        offsets[t + 1] = offsets[t] + n
-        img = read_img((y0, y1), (x0, x1)) if read_img else None
-        prob = read_prob((y0, y1), (x0, x1)) if read_prob else None
-        ccore = core if class_map is None else np.asarray(ccm[y0:y1, x0:x1]).astype(np.int64)
-        stats.append(_tile_stats(lab, n, y0, x0, W, ccore, _edge_count(cpad), img, prob))
-        if y0:                                   # the seam with the tile row above
-            lo = max(x0 - 1, 0)
-            a_ids, a_cls = prev_ids[lo:min(x1 + 1, W)], prev_cls[lo:min(x1 + 1, W)]
-            for s in shifts:
-                pairs.append(_seam_pairs(a_ids, a_cls, ids[0], core[0], s + (x0 - lo)))
-        if x0:                                   # the seam with the tile to the left
-            for s in shifts:
-                pairs.append(_seam_pairs(left_ids, left_cls, ids[:, 0], core[:, 0], s))
-        next_ids[x0:x1], next_cls[x0:x1] = ids[-1], core[-1]
-        left_ids, left_cls = ids[:, -1].copy(), core[:, -1].copy()
-    times["pass 1"] = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    fmap, count = _resolve(offsets[-1], pairs, np.concatenate([np.zeros(0, np.int64)]
-                                                              + [s["first"] for s in stats if s]))
-    table = _merge(stats, fmap, count, nch, read_prob is not None)
-    if wcs is not None:                  # 0-based pixel coordinates, as the centroids
-        ra, dec = wcs.pixel_to_world_values(table["centroid_x"], table["centroid_y"])
-        table["ra"], table["dec"] = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
-    label_dtype = _label_dtype(count, dtype)
-    times["union-find"] = time.perf_counter() - t1
+    if state is None:
+        seams, stats = Seams(W, connectivity), []
+        for box in tqdm(grid, desc="objects 1/2", **bar):
+            (y0, y1, x0, x1), cpad = box, _padded(cm, *box)
+            s = summarize_tile(cpad, box, W, connectivity,
+                               ccore=None if class_map is None else np.asarray(ccm[y0:y1, x0:x1]).astype(np.int64),
+                               img=read_img((y0, y1), (x0, x1)) if read_img else None,
+                               prob=read_prob((y0, y1), (x0, x1)) if read_prob else None)
+            seams.add(box, s)
+            stats.append(s.stats)
+        times["pass 1"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        fmap, count = seams.resolve()
+        offsets = np.asarray(seams.offsets, np.int64)
+        table = _merge(stats, fmap, count, nch, read_prob is not None)
+        del stats, seams
+        if wcs is not None:                  # 0-based pixel coordinates, as the centroids
+            ra, dec = wcs.pixel_to_world_values(table["centroid_x"], table["centroid_y"])
+            table["ra"], table["dec"] = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
+        label_dtype = check_label_dtype(count, dtype)
+        times["union-find"] = time.perf_counter() - t1
+    else:
+        fmap, offsets, count, table, label_dtype = (state[k] for k in ("fmap", "offsets", "count", "table", "dtype"))
 
     t2 = time.perf_counter()
     res = Objects(count=count, dtype=label_dtype, table=table, classes=classes, connectivity=connectivity,
-                  output=os.fspath(out) if out is not None else None)
-    group = arr = None
+                  output=out)
+    group = arr = donelog = None
+    done: set[tuple[int, int]] = set()
     if out is None:
         res.labels = np.zeros((H, W), label_dtype)
+    elif state is None:
+        group, arr, layout = create_out(out, job, (H, W), layout, label_dtype)
+        donelog = lock_output(out)
+        save_state(out, key, fmap=fmap, offsets=offsets, count=count, table=table, dtype=label_dtype)
     else:
-        group, arr, layout = create_out(os.fspath(out), job, (H, W), tile, label_dtype)
+        group, arr = state["group"], state["group"]["0"]
+        donelog = lock_output(out)
+        done = donelog.load()
+        if log is not None:
+            log(f"hirestile: resuming the object pass: {len(done)} of {len(grid)} tiles already written")
     edges: list[np.ndarray] = []
-    for t, (y0, y1, x0, x1) in enumerate(tqdm(grid, desc="objects 2/2", unit="tile", leave=False,
-                                              disable=None if progress is None else not progress)):
-        cpad = _padded(cm, y0, y1, x0, x1)
-        lab, n = _label(cpad[1:-1, 1:-1], connectivity)
-        block = fmap[np.where(lab > 0, lab + offsets[t], 0)].astype(label_dtype)
-        if arr is None:
-            res.labels[y0:y1, x0:x1] = block
-        else:
-            arr[y0:y1, x0:x1] = block
+    try:
+        for t, box in enumerate(tqdm(grid, desc="objects 2/2", **bar)):
+            y0, y1, x0, x1 = box
+            cpad = _padded(cm, *box)
+            rect = layout.blocks_of(((y0, y1), (x0, x1))) if arr is not None else None
+            if rect is not None and all_done(rect, done):
+                if not outlines:
+                    continue
+                block = np.asarray(arr[y0:y1, x0:x1])         # written before the kill: read back for its edges
+            else:
+                block = relabel(cpad[1:-1, 1:-1], connectivity, fmap, offsets[t], label_dtype)
+                if arr is None:
+                    res.labels[y0:y1, x0:x1] = block
+                else:
+                    store_region(arr, ((y0, y1), (x0, x1)), block, output=out, mark=donelog.mark)
+            if outlines:
+                from .objects_export import tile_edges
+                edges.append(tile_edges(block, cpad, y0, x0, W))
         if outlines:
-            from .objects_export import tile_edges
-            edges.append(tile_edges(block, cpad, y0, x0, W))
-    if outlines:
-        from .objects_export import trace_outlines
-        res.outlines = trace_outlines(edges, W)
-    if group is not None:
-        if pyramid:
-            ome.build_pyramid(group, kind="labels", base=layout, levels=ome.pyramid_levels((H, W)))
-        ome.finalize(group, ome=ome.ome_metadata(
-            kind="labels", classes=(), name=name or os.path.basename(os.fspath(out).rstrip("/")),
-            levels=ome.pyramid_levels((H, W)) if pyramid else 1,
-            extra={"objects": count, "connectivity": connectivity}))
+            from .objects_export import trace_outlines
+            res.outlines = trace_outlines(edges, W)
+        if group is not None:
+            if pyramid:
+                ome.build_pyramid(group, kind="labels", base=layout, levels=ome.pyramid_levels((H, W)))
+            ome.finalize(group, ome=ome.ome_metadata(
+                kind="labels", classes=(), name=name or os.path.basename(out.rstrip("/")),
+                levels=ome.pyramid_levels((H, W)) if pyramid else 1,
+                extra={"objects": count, "connectivity": connectivity}))
+            donelog.remove()
+    finally:
+        if donelog is not None:
+            donelog.close()
     times["pass 2"] = time.perf_counter() - t2
     res.times = times
     return res
@@ -367,7 +490,7 @@ def _merge(stats: list[dict[str, np.ndarray]], fmap: np.ndarray, count: int, nch
     return t
 
 
-def _label_dtype(count: int, dtype: Any) -> np.dtype:
+def check_label_dtype(count: int, dtype: Any) -> np.dtype:
     if dtype is None:
         return np.dtype(np.uint32 if count <= np.iinfo(np.uint32).max else np.uint64)
     dt = np.dtype(dtype)
@@ -379,4 +502,5 @@ def _label_dtype(count: int, dtype: Any) -> np.dtype:
     return dt
 
 
-__all__ = ["Objects", "instances", "open_classmap", "prepare_instances_output", "DEFAULT_TILE"]
+__all__ = ["Objects", "instances", "open_classmap", "prepare_instances_output", "DEFAULT_TILE", "TileSummary",
+           "summarize_tile", "Seams", "join", "relabel", "tile_grid"]

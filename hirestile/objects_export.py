@@ -204,18 +204,31 @@ def _class_names(res: Any) -> list[str]:
     return [names[c] if 0 <= c < len(names) else f"class{c}" for c in res.table["class"]]
 
 
+def _columns(res: Any) -> dict[str, np.ndarray]:
+    cols = dict(res.table)
+    cols["class_name"] = np.array(_class_names(res), dtype=object)
+    return cols
+
+
+def arrow_table(res: Any) -> Any:
+    """The measurement table as a pyarrow Table: the columns of ``res.table`` and ``class_name``."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise OutputError("the Parquet / Arrow table needs pyarrow: pip install pyarrow "
+                          "(or hirestile[objects]; or write the table as .csv)") from None
+    return pa.table({k: pa.array(list(v) if v.dtype == object else v) for k, v in _columns(res).items()})
+
+
 def write_table(res: Any, path: str) -> None:
     """The measurement table as Parquet (pyarrow) or CSV, by the path's extension."""
     fmt = TABLE_FORMATS.get(os.path.splitext(path)[1].lower())
-    cols = dict(res.table)
-    cols["class_name"] = np.array(_class_names(res), dtype=object)
+    cols = _columns(res)
     if fmt == "parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise OutputError("writing Parquet needs pyarrow: pip install pyarrow (or end the path with .csv)") from None
-        pq.write_table(pa.table({k: pa.array(list(v) if v.dtype == object else v) for k, v in cols.items()}), path)
+        table = arrow_table(res)
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
     elif fmt == "csv":
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
@@ -292,5 +305,5 @@ def export(res: Any, *, table: str | None = None, geojson: str | None = None, ca
     return done
 
 
-__all__ = ["tile_edges", "trace_outlines", "check_new", "write_table", "write_geojson", "write_catalog",
+__all__ = ["tile_edges", "trace_outlines", "check_new", "arrow_table", "write_table", "write_geojson", "write_catalog",
            "export"]

@@ -5,13 +5,17 @@ Split from :mod:`hirestile.objects`, which runs the pass.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
 
 from . import ome
 from .errors import InputError, OutputError
+from .resume import STATE_DIR, fsync_path
 
 
 # **** inputs ****
@@ -112,10 +116,13 @@ def check_out(out: str, job: dict[str, Any], overwrite: bool) -> None:
         raise OutputError(f"{out} already exists; pass --overwrite to replace it or choose another path")
 
 
-def create_out(out: str, job: dict[str, Any], hw: tuple[int, int], tile: int, dt: np.dtype) -> tuple[Any, Any, Any]:
+def create_out(out: str, job: dict[str, Any], hw: tuple[int, int], layout: ome.Layout,
+               dt: np.dtype) -> tuple[Any, Any, Any]:
+    """The instances output (group, array "0" with ``layout``), marked incomplete; an earlier run's
+    resume state is dropped (its tiles are about to be rewritten)."""
     import zarr
 
-    layout = ome.choose_layout("labels", classes=1, out_hw=hw, tile=tile)
+    shutil.rmtree(os.path.join(out, STATE_DIR), ignore_errors=True)
     try:
         if os.path.lexists(out) and ome.is_zarr_dir(out) and ome.status(zarr.open_group(out, mode="r")).get(
                 "writer") == "objects":
@@ -132,6 +139,66 @@ def create_out(out: str, job: dict[str, Any], hw: tuple[int, int], tile: int, dt
     except OSError as e:
         raise OutputError(f"cannot create {out}: {e.strerror or e}; choose a writable output path") from None
     return group, arr, layout
+
+
+# **** resume state ****
+STATE_FILE = "objects.npz"
+
+
+def source_identity(src: Any) -> str | None:
+    """What names an image / probabilities input in the resume key: its path, else its kind."""
+    if src is None:
+        return None
+    if isinstance(src, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(src))
+    path = getattr(src, "path", None)
+    if isinstance(path, str):
+        return f"{os.path.abspath(path)}:{getattr(src, 'level', 0)}"
+    return f"{type(src).__name__}{tuple(getattr(src, 'shape', ()))}"
+
+
+def save_state(out: str, key: dict[str, Any], *, fmap: np.ndarray, offsets: np.ndarray, count: int,
+               table: dict[str, np.ndarray], dtype: np.dtype) -> None:
+    """Pass 1's result (provisional -> final ids, tile offsets, the table), durably: written beside
+    the done-log, fsync'd, then renamed into place, so a kill leaves it whole or absent."""
+    d = os.path.join(out, STATE_DIR)
+    path = os.path.join(d, STATE_FILE)
+    cols = {f"table_{i}": v for i, v in enumerate(table.values())}
+    meta = json.dumps({"key": key, "columns": list(table), "count": int(count), "dtype": str(dtype)}, sort_keys=True)
+    try:
+        with open(path + ".tmp", "wb") as f:
+            np.savez(f, meta=np.array(meta), fmap=fmap, offsets=offsets, **cols)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        fsync_path(d)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; free space or fix permissions") from None
+
+
+def load_state(out: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """An unfinished earlier run of the same job at ``out``: its pass-1 result and group; else None."""
+    import zarr
+
+    path = os.path.join(out, STATE_DIR, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        group = zarr.open_group(out, mode="r+")
+        if ome.status(group).get("status") != "incomplete" or "0" not in group:
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if json.dumps(meta["key"], sort_keys=True) != json.dumps(key, sort_keys=True):
+                return None
+            table = {c: z[f"table_{i}"] for i, c in enumerate(meta["columns"])}
+            fmap, offsets = z["fmap"], z["offsets"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if np.dtype(group["0"].dtype) != np.dtype(meta["dtype"]):
+        return None
+    return {"fmap": fmap, "offsets": offsets, "count": int(meta["count"]), "table": table,
+            "dtype": np.dtype(meta["dtype"]), "group": group}
 
 
 def prepare_instances_output(out: str, overwrite: bool, connectivity: int) -> str:
@@ -186,4 +253,5 @@ def find_wcs(labels: Any, image: Any) -> Any:
 
 
 __all__ = ["find_wcs", "open_classmap", "open_image_reader", "open_probabilities", "check_out", "create_out",
-           "prepare_instances_output"]
+           "prepare_instances_output",
+           "save_state", "load_state", "source_identity"]

@@ -274,12 +274,18 @@ def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: s
 
     An OSError becomes an :class:`OutputError` naming ``output`` (the output's path).
     """
-    data = postprocess(logits, kind)
-    (y0, y1), (x0, x1) = tile.write
-    blocks = ome.Layout.of(arr).blocks_of(tile.write)
+    store_region(arr, tile.write, postprocess(logits, kind), output=output, mark=mark, where=f"tile {tile.index}")
+
+
+def store_region(arr: Any, region: Any, data: np.ndarray, *, output: str,
+                 mark: Callable[[tuple[int, int, int, int]], None] | None = None, where: str | None = None) -> None:
+    """Write ``data`` into ``region`` ((y0, y1), (x0, x1): whole blocks) of ``arr``, fsync the blocks,
+    then ``mark`` them done; an OSError becomes an :class:`OutputError` naming ``output``."""
+    (y0, y1), (x0, x1) = region
+    blocks = ome.Layout.of(arr).blocks_of(region)
     try:
         arr[(..., slice(y0, y1), slice(x0, x1))] = data
-        files = _block_files(arr, blocks, kind)
+        files = _block_files(arr, blocks)
         for f in files:
             fsync_path(f)
         for d in {os.path.dirname(f) for f in files}:
@@ -287,20 +293,21 @@ def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: s
         if mark is not None:
             mark(blocks)
     except OSError as e:
-        raise OutputError(f"writing {output} failed at tile {tile.index} ({e.strerror or e}); "
-                          "free space or fix permissions, then rerun the same command to resume") from None
+        raise OutputError(f"writing {output} failed at {where or f'rows {y0}-{y1}, cols {x0}-{x1}'} "
+                          f"({e.strerror or e}); free space or fix permissions, then rerun the same command "
+                          "to resume") from None
 
 
-def _block_files(arr: Any, blocks: tuple[int, int, int, int], kind: str) -> list[str]:
+def _block_files(arr: Any, blocks: tuple[int, int, int, int]) -> list[str]:
     """Local file paths of the blocks (for fsync); [] for stores that are not local directories."""
     base = local_dir(arr)
     if base is None:
         return []
     i0, i1, j0, j1 = blocks
-    lead = () if kind == "labels" else (0,)
+    lead = (0,) * (arr.ndim - 2)
     return [os.path.join(base, arr.metadata.encode_chunk_key(lead + (i, j)))
             for i in range(i0, i1) for j in range(j0, j1)]
 
 
 __all__ = ["DoneLog", "differences", "fsync_path", "STATE_DIR", "default_output", "make_room", "open_output",
-           "lock_output", "all_done", "job_status", "store_tile"]
+           "lock_output", "all_done", "job_status", "store_tile", "store_region"]
