@@ -10,10 +10,11 @@ module is committed so that Numba's ``cache=True`` works (no ``exec``).
 ``a`` and ``w`` are uint32 arrays of bf16 pairs (``a[i]`` is one input pixel's channels
 2j, 2j+1; ``w`` 16 dwords per vector: output channels x the same channel pair), so term
 k adds the odd channel's product, then the even one's, to every accumulator lane.
-``e{P}x{V}`` is the same with ``vdpe`` (two float32 FMAs with the same order, flushing as
-``vdpbf16ps`` does), for CPUs without AVX512_BF16: the same bits. ``ab_p = ab0 + min(p, npix - 1) * aps`` (rows past ``npix`` repeat the last one and are
-not stored), so every pixel's sum is the same instruction sequence whatever ``p`` or
-``npix``. The store is ``round_bf16(act(acc + bias[bofs : bofs + 16V]))`` into the
+``e{P}x{V}`` is the same with ``vdpe`` (two float32 FMAs in the same order, flushing as
+``vdpbf16ps`` does), for CPUs without AVX512_BF16: the same bits.
+``ab_p = ab0 + min(p, npix - 1) * aps`` (rows past ``npix`` repeat the last one and are not
+stored), so every pixel's sum is the same instruction sequence whatever ``p`` or ``npix``.
+The store (rows < npix) is ``round_bf16(act(acc + bias[bofs : bofs + 16V]))`` into the
 float32 ``dst[db + p*dps + 16*v]``.
 """
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import os
 
-SHAPES = [(6, 4), (8, 2), (8, 1)]  # 24 / 16 / 8 zmm accumulators, <= 8 row pointers
+SHAPES = [(8, 1)]  # 8 zmm accumulators. Zen 4, 1 thread, 3x3: 8x1 203-227 GF/s at 16..256 channels;
+# 4x2 .. 6x4 and 12x1 / 14x1 measured slower (LLVM unrolls the k loop and spills); blocking the
+# terms so a block of weights stays in L1 (carrying the accumulators through dst) cost 8 %
 
 
 def gen_mk(P, V, family):
@@ -47,12 +50,15 @@ def gen_mk(P, V, family):
     for v in range(V):
         a(f"    bv{v} = vload(bias, bofs + {16 * v})")
     for p in range(P):
+        for v in range(V):
+            a(f"    c{p}_{v} = vround(vact(vadd(c{p}_{v}, bv{v}), act, alpha))")
+    for p in range(P):
         ind = "    "
         if p > 0:
             a(f"    if npix > {p}:")
             ind = "        "
         for v in range(V):
-            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, vround(vact(vadd(c{p}_{v}, bv{v}), act, alpha)))")
+            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, c{p}_{v})")
     a("")
     a("")
     return "\n".join(L)
@@ -60,25 +66,12 @@ def gen_mk(P, V, family):
 
 DRIVERS = '''@njit(cache=True, nogil=True)
 def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
-    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the
-    column blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
-    co0 = 0
-    while co0 < CoP:
-        if CoP - co0 >= 64:
-            for c0 in range(0, Wo, 6):
-                {f}6x4(a, xrow + c0 * xps, xps, min(6, Wo - c0), koff, K, w, wb + co0 * K, 64,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 64
-        elif CoP - co0 >= 32:
-            for c0 in range(0, Wo, 8):
-                {f}8x2(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 32,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 32
-        else:
-            for c0 in range(0, Wo, 8):
-                {f}8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 16
+    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
+    blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
+    for co0 in range(0, CoP, 16):
+        for c0 in range(0, Wo, 8):
+            {f}8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
+                  dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
 
 
 @njit(parallel=True, cache=True, nogil=True)

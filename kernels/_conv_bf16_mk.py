@@ -13,188 +13,6 @@ from ._conv_simd import iload, vact, vadd, vload, vstore, vzero
 
 
 @njit(cache=True, nogil=True)
-def b6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
-    ab1 = ab0 + min(1, npix - 1) * aps
-    ab2 = ab0 + min(2, npix - 1) * aps
-    ab3 = ab0 + min(3, npix - 1) * aps
-    ab4 = ab0 + min(4, npix - 1) * aps
-    ab5 = ab0 + min(5, npix - 1) * aps
-    c0_0 = vzero()
-    c0_1 = vzero()
-    c0_2 = vzero()
-    c0_3 = vzero()
-    c1_0 = vzero()
-    c1_1 = vzero()
-    c1_2 = vzero()
-    c1_3 = vzero()
-    c2_0 = vzero()
-    c2_1 = vzero()
-    c2_2 = vzero()
-    c2_3 = vzero()
-    c3_0 = vzero()
-    c3_1 = vzero()
-    c3_2 = vzero()
-    c3_3 = vzero()
-    c4_0 = vzero()
-    c4_1 = vzero()
-    c4_2 = vzero()
-    c4_3 = vzero()
-    c5_0 = vzero()
-    c5_1 = vzero()
-    c5_2 = vzero()
-    c5_3 = vzero()
-    for k in range(K):
-        o = iload(koff, k)
-        wk = wb + k * wrs
-        b0 = uload(w, wk + 0)
-        b1 = uload(w, wk + 16)
-        b2 = uload(w, wk + 32)
-        b3 = uload(w, wk + 48)
-        s = ubcast_at(a, ab0 + o)
-        c0_0 = vdp(c0_0, b0, s)
-        c0_1 = vdp(c0_1, b1, s)
-        c0_2 = vdp(c0_2, b2, s)
-        c0_3 = vdp(c0_3, b3, s)
-        s = ubcast_at(a, ab1 + o)
-        c1_0 = vdp(c1_0, b0, s)
-        c1_1 = vdp(c1_1, b1, s)
-        c1_2 = vdp(c1_2, b2, s)
-        c1_3 = vdp(c1_3, b3, s)
-        s = ubcast_at(a, ab2 + o)
-        c2_0 = vdp(c2_0, b0, s)
-        c2_1 = vdp(c2_1, b1, s)
-        c2_2 = vdp(c2_2, b2, s)
-        c2_3 = vdp(c2_3, b3, s)
-        s = ubcast_at(a, ab3 + o)
-        c3_0 = vdp(c3_0, b0, s)
-        c3_1 = vdp(c3_1, b1, s)
-        c3_2 = vdp(c3_2, b2, s)
-        c3_3 = vdp(c3_3, b3, s)
-        s = ubcast_at(a, ab4 + o)
-        c4_0 = vdp(c4_0, b0, s)
-        c4_1 = vdp(c4_1, b1, s)
-        c4_2 = vdp(c4_2, b2, s)
-        c4_3 = vdp(c4_3, b3, s)
-        s = ubcast_at(a, ab5 + o)
-        c5_0 = vdp(c5_0, b0, s)
-        c5_1 = vdp(c5_1, b1, s)
-        c5_2 = vdp(c5_2, b2, s)
-        c5_3 = vdp(c5_3, b3, s)
-    bv0 = vload(bias, bofs + 0)
-    bv1 = vload(bias, bofs + 16)
-    bv2 = vload(bias, bofs + 32)
-    bv3 = vload(bias, bofs + 48)
-    vstore(dst, db + 0 * dps + 0, vround(vact(vadd(c0_0, bv0), act, alpha)))
-    vstore(dst, db + 0 * dps + 16, vround(vact(vadd(c0_1, bv1), act, alpha)))
-    vstore(dst, db + 0 * dps + 32, vround(vact(vadd(c0_2, bv2), act, alpha)))
-    vstore(dst, db + 0 * dps + 48, vround(vact(vadd(c0_3, bv3), act, alpha)))
-    if npix > 1:
-        vstore(dst, db + 1 * dps + 0, vround(vact(vadd(c1_0, bv0), act, alpha)))
-        vstore(dst, db + 1 * dps + 16, vround(vact(vadd(c1_1, bv1), act, alpha)))
-        vstore(dst, db + 1 * dps + 32, vround(vact(vadd(c1_2, bv2), act, alpha)))
-        vstore(dst, db + 1 * dps + 48, vround(vact(vadd(c1_3, bv3), act, alpha)))
-    if npix > 2:
-        vstore(dst, db + 2 * dps + 0, vround(vact(vadd(c2_0, bv0), act, alpha)))
-        vstore(dst, db + 2 * dps + 16, vround(vact(vadd(c2_1, bv1), act, alpha)))
-        vstore(dst, db + 2 * dps + 32, vround(vact(vadd(c2_2, bv2), act, alpha)))
-        vstore(dst, db + 2 * dps + 48, vround(vact(vadd(c2_3, bv3), act, alpha)))
-    if npix > 3:
-        vstore(dst, db + 3 * dps + 0, vround(vact(vadd(c3_0, bv0), act, alpha)))
-        vstore(dst, db + 3 * dps + 16, vround(vact(vadd(c3_1, bv1), act, alpha)))
-        vstore(dst, db + 3 * dps + 32, vround(vact(vadd(c3_2, bv2), act, alpha)))
-        vstore(dst, db + 3 * dps + 48, vround(vact(vadd(c3_3, bv3), act, alpha)))
-    if npix > 4:
-        vstore(dst, db + 4 * dps + 0, vround(vact(vadd(c4_0, bv0), act, alpha)))
-        vstore(dst, db + 4 * dps + 16, vround(vact(vadd(c4_1, bv1), act, alpha)))
-        vstore(dst, db + 4 * dps + 32, vround(vact(vadd(c4_2, bv2), act, alpha)))
-        vstore(dst, db + 4 * dps + 48, vround(vact(vadd(c4_3, bv3), act, alpha)))
-    if npix > 5:
-        vstore(dst, db + 5 * dps + 0, vround(vact(vadd(c5_0, bv0), act, alpha)))
-        vstore(dst, db + 5 * dps + 16, vround(vact(vadd(c5_1, bv1), act, alpha)))
-        vstore(dst, db + 5 * dps + 32, vround(vact(vadd(c5_2, bv2), act, alpha)))
-        vstore(dst, db + 5 * dps + 48, vround(vact(vadd(c5_3, bv3), act, alpha)))
-
-@njit(cache=True, nogil=True)
-def b8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
-    ab1 = ab0 + min(1, npix - 1) * aps
-    ab2 = ab0 + min(2, npix - 1) * aps
-    ab3 = ab0 + min(3, npix - 1) * aps
-    ab4 = ab0 + min(4, npix - 1) * aps
-    ab5 = ab0 + min(5, npix - 1) * aps
-    ab6 = ab0 + min(6, npix - 1) * aps
-    ab7 = ab0 + min(7, npix - 1) * aps
-    c0_0 = vzero()
-    c0_1 = vzero()
-    c1_0 = vzero()
-    c1_1 = vzero()
-    c2_0 = vzero()
-    c2_1 = vzero()
-    c3_0 = vzero()
-    c3_1 = vzero()
-    c4_0 = vzero()
-    c4_1 = vzero()
-    c5_0 = vzero()
-    c5_1 = vzero()
-    c6_0 = vzero()
-    c6_1 = vzero()
-    c7_0 = vzero()
-    c7_1 = vzero()
-    for k in range(K):
-        o = iload(koff, k)
-        wk = wb + k * wrs
-        b0 = uload(w, wk + 0)
-        b1 = uload(w, wk + 16)
-        s = ubcast_at(a, ab0 + o)
-        c0_0 = vdp(c0_0, b0, s)
-        c0_1 = vdp(c0_1, b1, s)
-        s = ubcast_at(a, ab1 + o)
-        c1_0 = vdp(c1_0, b0, s)
-        c1_1 = vdp(c1_1, b1, s)
-        s = ubcast_at(a, ab2 + o)
-        c2_0 = vdp(c2_0, b0, s)
-        c2_1 = vdp(c2_1, b1, s)
-        s = ubcast_at(a, ab3 + o)
-        c3_0 = vdp(c3_0, b0, s)
-        c3_1 = vdp(c3_1, b1, s)
-        s = ubcast_at(a, ab4 + o)
-        c4_0 = vdp(c4_0, b0, s)
-        c4_1 = vdp(c4_1, b1, s)
-        s = ubcast_at(a, ab5 + o)
-        c5_0 = vdp(c5_0, b0, s)
-        c5_1 = vdp(c5_1, b1, s)
-        s = ubcast_at(a, ab6 + o)
-        c6_0 = vdp(c6_0, b0, s)
-        c6_1 = vdp(c6_1, b1, s)
-        s = ubcast_at(a, ab7 + o)
-        c7_0 = vdp(c7_0, b0, s)
-        c7_1 = vdp(c7_1, b1, s)
-    bv0 = vload(bias, bofs + 0)
-    bv1 = vload(bias, bofs + 16)
-    vstore(dst, db + 0 * dps + 0, vround(vact(vadd(c0_0, bv0), act, alpha)))
-    vstore(dst, db + 0 * dps + 16, vround(vact(vadd(c0_1, bv1), act, alpha)))
-    if npix > 1:
-        vstore(dst, db + 1 * dps + 0, vround(vact(vadd(c1_0, bv0), act, alpha)))
-        vstore(dst, db + 1 * dps + 16, vround(vact(vadd(c1_1, bv1), act, alpha)))
-    if npix > 2:
-        vstore(dst, db + 2 * dps + 0, vround(vact(vadd(c2_0, bv0), act, alpha)))
-        vstore(dst, db + 2 * dps + 16, vround(vact(vadd(c2_1, bv1), act, alpha)))
-    if npix > 3:
-        vstore(dst, db + 3 * dps + 0, vround(vact(vadd(c3_0, bv0), act, alpha)))
-        vstore(dst, db + 3 * dps + 16, vround(vact(vadd(c3_1, bv1), act, alpha)))
-    if npix > 4:
-        vstore(dst, db + 4 * dps + 0, vround(vact(vadd(c4_0, bv0), act, alpha)))
-        vstore(dst, db + 4 * dps + 16, vround(vact(vadd(c4_1, bv1), act, alpha)))
-    if npix > 5:
-        vstore(dst, db + 5 * dps + 0, vround(vact(vadd(c5_0, bv0), act, alpha)))
-        vstore(dst, db + 5 * dps + 16, vround(vact(vadd(c5_1, bv1), act, alpha)))
-    if npix > 6:
-        vstore(dst, db + 6 * dps + 0, vround(vact(vadd(c6_0, bv0), act, alpha)))
-        vstore(dst, db + 6 * dps + 16, vround(vact(vadd(c6_1, bv1), act, alpha)))
-    if npix > 7:
-        vstore(dst, db + 7 * dps + 0, vround(vact(vadd(c7_0, bv0), act, alpha)))
-        vstore(dst, db + 7 * dps + 16, vround(vact(vadd(c7_1, bv1), act, alpha)))
-
-@njit(cache=True, nogil=True)
 def b8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -232,43 +50,38 @@ def b8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, 
         s = ubcast_at(a, ab7 + o)
         c7_0 = vdp(c7_0, b0, s)
     bv0 = vload(bias, bofs + 0)
-    vstore(dst, db + 0 * dps + 0, vround(vact(vadd(c0_0, bv0), act, alpha)))
+    c0_0 = vround(vact(vadd(c0_0, bv0), act, alpha))
+    c1_0 = vround(vact(vadd(c1_0, bv0), act, alpha))
+    c2_0 = vround(vact(vadd(c2_0, bv0), act, alpha))
+    c3_0 = vround(vact(vadd(c3_0, bv0), act, alpha))
+    c4_0 = vround(vact(vadd(c4_0, bv0), act, alpha))
+    c5_0 = vround(vact(vadd(c5_0, bv0), act, alpha))
+    c6_0 = vround(vact(vadd(c6_0, bv0), act, alpha))
+    c7_0 = vround(vact(vadd(c7_0, bv0), act, alpha))
+    vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
-        vstore(dst, db + 1 * dps + 0, vround(vact(vadd(c1_0, bv0), act, alpha)))
+        vstore(dst, db + 1 * dps + 0, c1_0)
     if npix > 2:
-        vstore(dst, db + 2 * dps + 0, vround(vact(vadd(c2_0, bv0), act, alpha)))
+        vstore(dst, db + 2 * dps + 0, c2_0)
     if npix > 3:
-        vstore(dst, db + 3 * dps + 0, vround(vact(vadd(c3_0, bv0), act, alpha)))
+        vstore(dst, db + 3 * dps + 0, c3_0)
     if npix > 4:
-        vstore(dst, db + 4 * dps + 0, vround(vact(vadd(c4_0, bv0), act, alpha)))
+        vstore(dst, db + 4 * dps + 0, c4_0)
     if npix > 5:
-        vstore(dst, db + 5 * dps + 0, vround(vact(vadd(c5_0, bv0), act, alpha)))
+        vstore(dst, db + 5 * dps + 0, c5_0)
     if npix > 6:
-        vstore(dst, db + 6 * dps + 0, vround(vact(vadd(c6_0, bv0), act, alpha)))
+        vstore(dst, db + 6 * dps + 0, c6_0)
     if npix > 7:
-        vstore(dst, db + 7 * dps + 0, vround(vact(vadd(c7_0, bv0), act, alpha)))
+        vstore(dst, db + 7 * dps + 0, c7_0)
 
 @njit(cache=True, nogil=True)
 def row_b(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
-    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the
-    column blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
-    co0 = 0
-    while co0 < CoP:
-        if CoP - co0 >= 64:
-            for c0 in range(0, Wo, 6):
-                b6x4(a, xrow + c0 * xps, xps, min(6, Wo - c0), koff, K, w, wb + co0 * K, 64,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 64
-        elif CoP - co0 >= 32:
-            for c0 in range(0, Wo, 8):
-                b8x2(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 32,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 32
-        else:
-            for c0 in range(0, Wo, 8):
-                b8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 16
+    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
+    blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
+    for co0 in range(0, CoP, 16):
+        for c0 in range(0, Wo, 8):
+            b8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
+                  dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -325,188 +138,6 @@ def convT_b(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, out, ty, tx, act,
 
 
 @njit(cache=True, nogil=True)
-def e6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
-    ab1 = ab0 + min(1, npix - 1) * aps
-    ab2 = ab0 + min(2, npix - 1) * aps
-    ab3 = ab0 + min(3, npix - 1) * aps
-    ab4 = ab0 + min(4, npix - 1) * aps
-    ab5 = ab0 + min(5, npix - 1) * aps
-    c0_0 = vzero()
-    c0_1 = vzero()
-    c0_2 = vzero()
-    c0_3 = vzero()
-    c1_0 = vzero()
-    c1_1 = vzero()
-    c1_2 = vzero()
-    c1_3 = vzero()
-    c2_0 = vzero()
-    c2_1 = vzero()
-    c2_2 = vzero()
-    c2_3 = vzero()
-    c3_0 = vzero()
-    c3_1 = vzero()
-    c3_2 = vzero()
-    c3_3 = vzero()
-    c4_0 = vzero()
-    c4_1 = vzero()
-    c4_2 = vzero()
-    c4_3 = vzero()
-    c5_0 = vzero()
-    c5_1 = vzero()
-    c5_2 = vzero()
-    c5_3 = vzero()
-    for k in range(K):
-        o = iload(koff, k)
-        wk = wb + k * wrs
-        b0 = uload(w, wk + 0)
-        b1 = uload(w, wk + 16)
-        b2 = uload(w, wk + 32)
-        b3 = uload(w, wk + 48)
-        s = ubcast_at(a, ab0 + o)
-        c0_0 = vdpe(c0_0, b0, s)
-        c0_1 = vdpe(c0_1, b1, s)
-        c0_2 = vdpe(c0_2, b2, s)
-        c0_3 = vdpe(c0_3, b3, s)
-        s = ubcast_at(a, ab1 + o)
-        c1_0 = vdpe(c1_0, b0, s)
-        c1_1 = vdpe(c1_1, b1, s)
-        c1_2 = vdpe(c1_2, b2, s)
-        c1_3 = vdpe(c1_3, b3, s)
-        s = ubcast_at(a, ab2 + o)
-        c2_0 = vdpe(c2_0, b0, s)
-        c2_1 = vdpe(c2_1, b1, s)
-        c2_2 = vdpe(c2_2, b2, s)
-        c2_3 = vdpe(c2_3, b3, s)
-        s = ubcast_at(a, ab3 + o)
-        c3_0 = vdpe(c3_0, b0, s)
-        c3_1 = vdpe(c3_1, b1, s)
-        c3_2 = vdpe(c3_2, b2, s)
-        c3_3 = vdpe(c3_3, b3, s)
-        s = ubcast_at(a, ab4 + o)
-        c4_0 = vdpe(c4_0, b0, s)
-        c4_1 = vdpe(c4_1, b1, s)
-        c4_2 = vdpe(c4_2, b2, s)
-        c4_3 = vdpe(c4_3, b3, s)
-        s = ubcast_at(a, ab5 + o)
-        c5_0 = vdpe(c5_0, b0, s)
-        c5_1 = vdpe(c5_1, b1, s)
-        c5_2 = vdpe(c5_2, b2, s)
-        c5_3 = vdpe(c5_3, b3, s)
-    bv0 = vload(bias, bofs + 0)
-    bv1 = vload(bias, bofs + 16)
-    bv2 = vload(bias, bofs + 32)
-    bv3 = vload(bias, bofs + 48)
-    vstore(dst, db + 0 * dps + 0, vround(vact(vadd(c0_0, bv0), act, alpha)))
-    vstore(dst, db + 0 * dps + 16, vround(vact(vadd(c0_1, bv1), act, alpha)))
-    vstore(dst, db + 0 * dps + 32, vround(vact(vadd(c0_2, bv2), act, alpha)))
-    vstore(dst, db + 0 * dps + 48, vround(vact(vadd(c0_3, bv3), act, alpha)))
-    if npix > 1:
-        vstore(dst, db + 1 * dps + 0, vround(vact(vadd(c1_0, bv0), act, alpha)))
-        vstore(dst, db + 1 * dps + 16, vround(vact(vadd(c1_1, bv1), act, alpha)))
-        vstore(dst, db + 1 * dps + 32, vround(vact(vadd(c1_2, bv2), act, alpha)))
-        vstore(dst, db + 1 * dps + 48, vround(vact(vadd(c1_3, bv3), act, alpha)))
-    if npix > 2:
-        vstore(dst, db + 2 * dps + 0, vround(vact(vadd(c2_0, bv0), act, alpha)))
-        vstore(dst, db + 2 * dps + 16, vround(vact(vadd(c2_1, bv1), act, alpha)))
-        vstore(dst, db + 2 * dps + 32, vround(vact(vadd(c2_2, bv2), act, alpha)))
-        vstore(dst, db + 2 * dps + 48, vround(vact(vadd(c2_3, bv3), act, alpha)))
-    if npix > 3:
-        vstore(dst, db + 3 * dps + 0, vround(vact(vadd(c3_0, bv0), act, alpha)))
-        vstore(dst, db + 3 * dps + 16, vround(vact(vadd(c3_1, bv1), act, alpha)))
-        vstore(dst, db + 3 * dps + 32, vround(vact(vadd(c3_2, bv2), act, alpha)))
-        vstore(dst, db + 3 * dps + 48, vround(vact(vadd(c3_3, bv3), act, alpha)))
-    if npix > 4:
-        vstore(dst, db + 4 * dps + 0, vround(vact(vadd(c4_0, bv0), act, alpha)))
-        vstore(dst, db + 4 * dps + 16, vround(vact(vadd(c4_1, bv1), act, alpha)))
-        vstore(dst, db + 4 * dps + 32, vround(vact(vadd(c4_2, bv2), act, alpha)))
-        vstore(dst, db + 4 * dps + 48, vround(vact(vadd(c4_3, bv3), act, alpha)))
-    if npix > 5:
-        vstore(dst, db + 5 * dps + 0, vround(vact(vadd(c5_0, bv0), act, alpha)))
-        vstore(dst, db + 5 * dps + 16, vround(vact(vadd(c5_1, bv1), act, alpha)))
-        vstore(dst, db + 5 * dps + 32, vround(vact(vadd(c5_2, bv2), act, alpha)))
-        vstore(dst, db + 5 * dps + 48, vround(vact(vadd(c5_3, bv3), act, alpha)))
-
-@njit(cache=True, nogil=True)
-def e8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
-    ab1 = ab0 + min(1, npix - 1) * aps
-    ab2 = ab0 + min(2, npix - 1) * aps
-    ab3 = ab0 + min(3, npix - 1) * aps
-    ab4 = ab0 + min(4, npix - 1) * aps
-    ab5 = ab0 + min(5, npix - 1) * aps
-    ab6 = ab0 + min(6, npix - 1) * aps
-    ab7 = ab0 + min(7, npix - 1) * aps
-    c0_0 = vzero()
-    c0_1 = vzero()
-    c1_0 = vzero()
-    c1_1 = vzero()
-    c2_0 = vzero()
-    c2_1 = vzero()
-    c3_0 = vzero()
-    c3_1 = vzero()
-    c4_0 = vzero()
-    c4_1 = vzero()
-    c5_0 = vzero()
-    c5_1 = vzero()
-    c6_0 = vzero()
-    c6_1 = vzero()
-    c7_0 = vzero()
-    c7_1 = vzero()
-    for k in range(K):
-        o = iload(koff, k)
-        wk = wb + k * wrs
-        b0 = uload(w, wk + 0)
-        b1 = uload(w, wk + 16)
-        s = ubcast_at(a, ab0 + o)
-        c0_0 = vdpe(c0_0, b0, s)
-        c0_1 = vdpe(c0_1, b1, s)
-        s = ubcast_at(a, ab1 + o)
-        c1_0 = vdpe(c1_0, b0, s)
-        c1_1 = vdpe(c1_1, b1, s)
-        s = ubcast_at(a, ab2 + o)
-        c2_0 = vdpe(c2_0, b0, s)
-        c2_1 = vdpe(c2_1, b1, s)
-        s = ubcast_at(a, ab3 + o)
-        c3_0 = vdpe(c3_0, b0, s)
-        c3_1 = vdpe(c3_1, b1, s)
-        s = ubcast_at(a, ab4 + o)
-        c4_0 = vdpe(c4_0, b0, s)
-        c4_1 = vdpe(c4_1, b1, s)
-        s = ubcast_at(a, ab5 + o)
-        c5_0 = vdpe(c5_0, b0, s)
-        c5_1 = vdpe(c5_1, b1, s)
-        s = ubcast_at(a, ab6 + o)
-        c6_0 = vdpe(c6_0, b0, s)
-        c6_1 = vdpe(c6_1, b1, s)
-        s = ubcast_at(a, ab7 + o)
-        c7_0 = vdpe(c7_0, b0, s)
-        c7_1 = vdpe(c7_1, b1, s)
-    bv0 = vload(bias, bofs + 0)
-    bv1 = vload(bias, bofs + 16)
-    vstore(dst, db + 0 * dps + 0, vround(vact(vadd(c0_0, bv0), act, alpha)))
-    vstore(dst, db + 0 * dps + 16, vround(vact(vadd(c0_1, bv1), act, alpha)))
-    if npix > 1:
-        vstore(dst, db + 1 * dps + 0, vround(vact(vadd(c1_0, bv0), act, alpha)))
-        vstore(dst, db + 1 * dps + 16, vround(vact(vadd(c1_1, bv1), act, alpha)))
-    if npix > 2:
-        vstore(dst, db + 2 * dps + 0, vround(vact(vadd(c2_0, bv0), act, alpha)))
-        vstore(dst, db + 2 * dps + 16, vround(vact(vadd(c2_1, bv1), act, alpha)))
-    if npix > 3:
-        vstore(dst, db + 3 * dps + 0, vround(vact(vadd(c3_0, bv0), act, alpha)))
-        vstore(dst, db + 3 * dps + 16, vround(vact(vadd(c3_1, bv1), act, alpha)))
-    if npix > 4:
-        vstore(dst, db + 4 * dps + 0, vround(vact(vadd(c4_0, bv0), act, alpha)))
-        vstore(dst, db + 4 * dps + 16, vround(vact(vadd(c4_1, bv1), act, alpha)))
-    if npix > 5:
-        vstore(dst, db + 5 * dps + 0, vround(vact(vadd(c5_0, bv0), act, alpha)))
-        vstore(dst, db + 5 * dps + 16, vround(vact(vadd(c5_1, bv1), act, alpha)))
-    if npix > 6:
-        vstore(dst, db + 6 * dps + 0, vround(vact(vadd(c6_0, bv0), act, alpha)))
-        vstore(dst, db + 6 * dps + 16, vround(vact(vadd(c6_1, bv1), act, alpha)))
-    if npix > 7:
-        vstore(dst, db + 7 * dps + 0, vround(vact(vadd(c7_0, bv0), act, alpha)))
-        vstore(dst, db + 7 * dps + 16, vround(vact(vadd(c7_1, bv1), act, alpha)))
-
-@njit(cache=True, nogil=True)
 def e8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -544,43 +175,38 @@ def e8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, 
         s = ubcast_at(a, ab7 + o)
         c7_0 = vdpe(c7_0, b0, s)
     bv0 = vload(bias, bofs + 0)
-    vstore(dst, db + 0 * dps + 0, vround(vact(vadd(c0_0, bv0), act, alpha)))
+    c0_0 = vround(vact(vadd(c0_0, bv0), act, alpha))
+    c1_0 = vround(vact(vadd(c1_0, bv0), act, alpha))
+    c2_0 = vround(vact(vadd(c2_0, bv0), act, alpha))
+    c3_0 = vround(vact(vadd(c3_0, bv0), act, alpha))
+    c4_0 = vround(vact(vadd(c4_0, bv0), act, alpha))
+    c5_0 = vround(vact(vadd(c5_0, bv0), act, alpha))
+    c6_0 = vround(vact(vadd(c6_0, bv0), act, alpha))
+    c7_0 = vround(vact(vadd(c7_0, bv0), act, alpha))
+    vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
-        vstore(dst, db + 1 * dps + 0, vround(vact(vadd(c1_0, bv0), act, alpha)))
+        vstore(dst, db + 1 * dps + 0, c1_0)
     if npix > 2:
-        vstore(dst, db + 2 * dps + 0, vround(vact(vadd(c2_0, bv0), act, alpha)))
+        vstore(dst, db + 2 * dps + 0, c2_0)
     if npix > 3:
-        vstore(dst, db + 3 * dps + 0, vround(vact(vadd(c3_0, bv0), act, alpha)))
+        vstore(dst, db + 3 * dps + 0, c3_0)
     if npix > 4:
-        vstore(dst, db + 4 * dps + 0, vround(vact(vadd(c4_0, bv0), act, alpha)))
+        vstore(dst, db + 4 * dps + 0, c4_0)
     if npix > 5:
-        vstore(dst, db + 5 * dps + 0, vround(vact(vadd(c5_0, bv0), act, alpha)))
+        vstore(dst, db + 5 * dps + 0, c5_0)
     if npix > 6:
-        vstore(dst, db + 6 * dps + 0, vround(vact(vadd(c6_0, bv0), act, alpha)))
+        vstore(dst, db + 6 * dps + 0, c6_0)
     if npix > 7:
-        vstore(dst, db + 7 * dps + 0, vround(vact(vadd(c7_0, bv0), act, alpha)))
+        vstore(dst, db + 7 * dps + 0, c7_0)
 
 @njit(cache=True, nogil=True)
 def row_e(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
-    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the
-    column blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
-    co0 = 0
-    while co0 < CoP:
-        if CoP - co0 >= 64:
-            for c0 in range(0, Wo, 6):
-                e6x4(a, xrow + c0 * xps, xps, min(6, Wo - c0), koff, K, w, wb + co0 * K, 64,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 64
-        elif CoP - co0 >= 32:
-            for c0 in range(0, Wo, 8):
-                e8x2(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 32,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 32
-        else:
-            for c0 in range(0, Wo, 8):
-                e8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
-                      dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-            co0 += 16
+    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
+    blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
+    for co0 in range(0, CoP, 16):
+        for c0 in range(0, Wo, 8):
+            e8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
+                  dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -57,7 +57,7 @@ from . import _bf16_simd as _s
 from . import _conv_bf16_mk as _mk
 from . import conv as _conv
 from ._common import pair
-from ._conv_blocked import pack_cols, tap_offsets
+from ._conv_blocked import tap_offsets
 
 __all__ = ["HAVE_AVX512_BF16", "PATH", "round_bf16", "conv2d", "conv_transpose2d", "conv_route"]
 
@@ -158,8 +158,12 @@ def _pair_rows(m) -> np.ndarray:
 
 
 def _blocks(m) -> np.ndarray:
-    """(..., K, CP) uint32 packed column block by column block, as the micro-kernels read it."""
-    return pack_cols(np.ascontiguousarray(m).view(np.float32)).view(np.uint32)
+    """(..., K, CP) uint32 stored 16 columns at a time: the block of columns [co0, co0 + 16)
+    as a contiguous (K, 16) array at offset co0 * K, as the micro-kernels read it."""
+    m = np.ascontiguousarray(m, np.uint32)
+    *lead, K, CP = m.shape
+    m = m.reshape(-1, K, CP // 16, 16).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(m).reshape(-1)
 
 
 def _pad_cols(m, cp):
