@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--table", default=None, metavar="PATH", help="per-object measurements: .parquet or .csv")
         g.add_argument("--geojson", default=None, metavar="PATH",
                        help="one QuPath detection per object with its exact pixel-edge outline")
+        g.add_argument("--simplify", type=float, default=None, metavar="TOL",
+                       help="--geojson: simplify outlines within TOL pixels (Hausdorff; shapely, topology "
+                       "kept); default the exact pixel edges")
         g.add_argument("--catalog", default=None, metavar="PATH", help="FITS source catalogue (astropy, with units)")
         g.add_argument("--split", action="store_true", help="split touching objects (distance maxima as "
                        "markers, nearest-marker assignment: the same result for any tiling)")

@@ -180,8 +180,8 @@ def cmd_segment_objects(a: argparse.Namespace) -> int:
     """``segment``, and for ``--output instances`` the class map into OUT/classes (resumable as any
     segment run), then the object pass into OUT and the exports."""
     if a.output != "instances":
-        if any(getattr(a, k) for k in EXPORTS) or a.split:
-            raise InputError("--table/--geojson/--catalog/--split need --output instances "
+        if any(getattr(a, k) for k in EXPORTS) or a.split or a.simplify is not None:
+            raise InputError("--table/--geojson/--simplify/--catalog/--split need --output instances "
                              "(or run `hirestile objects` on a labels output)")
         return cmd_segment(a)
     from .objects_io import open_classmap, prepare_instances_output
@@ -209,10 +209,13 @@ def cmd_segment_objects(a: argparse.Namespace) -> int:
 
 
 def _objects_check(a: argparse.Namespace) -> None:
-    from .objects_export import check_new
+    from .objects_export import check_new, check_simplify
 
     for what in EXPORTS:
         check_new(getattr(a, what), a.overwrite, what)
+    if a.simplify is not None and not a.geojson:
+        raise InputError("--simplify applies to the --geojson outlines; add --geojson PATH or drop --simplify")
+    check_simplify(a.simplify)
 
 
 def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any, overwrite: bool) -> None:
@@ -226,7 +229,8 @@ def _objects_run(a: argparse.Namespace, classmap: str, out: str, image: Any, ove
               overwrite=overwrite, pyramid=a.pyramid, outlines=bool(a.geojson),
               radec=True if a.radec else None, progress=_progress(a), log=_say, **extra)
     _say(f"hirestile: {res.summary()}")
-    for line in export(res, table=a.table, geojson=a.geojson, catalog=a.catalog, overwrite=a.overwrite):
+    for line in export(res, table=a.table, geojson=a.geojson, catalog=a.catalog, overwrite=a.overwrite,
+                       simplify=a.simplify):
         _say(f"wrote {line}")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 from .ome import PALETTE
 
 TABLE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -239,10 +239,73 @@ def write_table(res: Any, path: str) -> None:
         raise OutputError(f"table {path}: unknown format; end the path with .parquet or .csv")
 
 
-def write_geojson(res: Any, path: str) -> None:
-    """One QuPath detection Feature per object: its exact outline and its measurements."""
+def check_simplify(tol: float | None) -> None:
+    """Refuse a bad ``--simplify`` tolerance, or a missing shapely, before any work."""
+    if tol is None:
+        return
+    if not (np.isfinite(tol) and tol > 0):
+        raise InputError(f"--simplify {tol}: the tolerance is a distance in pixels > 0 (e.g. 0.5); "
+                         "leave it out for the exact pixel-edge outlines")
+    try:
+        import shapely  # noqa: F401
+    except ImportError:
+        raise InputError("--simplify needs shapely: pip install shapely (or hirestile[objects]); "
+                         "or leave it out for the exact pixel-edge outlines") from None
+
+
+def simplify_outlines(outlines: dict[int, list[list[np.ndarray]]], tol: float) -> dict[int, list[list[np.ndarray]]]:
+    """Outlines simplified within ``tol`` pixels: each object stays a valid (Multi)Polygon within
+    Hausdorff distance ``tol`` of its exact outline, its vertices a subset of the exact ones.
+
+    Douglas-Peucker with shapely's topology-preserving simplifier, run on each ring cut into
+    three open pieces at fixed vertices: open pieces keep their ends, so every removed vertex lies
+    within ``tol`` of the segment replacing it, and so does every point of that segment (GEOS
+    would otherwise also drop a ring's start vertex without that bound); the pieces of one object
+    are simplified together, so its rings neither cross themselves nor each other. An object whose
+    result would still be invalid (three cut vertices in a line) keeps its exact outline.
+    Neighbouring objects are simplified apart: a shared edge may part by up to ``tol``.
+    """
+    check_simplify(tol)
+    import shapely
+
+    keys = sorted(outlines)
+    coords, piece_of, object_of, shape = [], [], [], []      # shape: (object, polygon, ring) per 3 pieces
+    for i, k in enumerate(keys):
+        for pi, poly in enumerate(outlines[k]):
+            for ring in poly:
+                n = len(ring)
+                closed = np.vstack([ring, ring[:1]])
+                for a, b in ((0, n // 3), (n // 3, 2 * n // 3), (2 * n // 3, n)):
+                    coords.append(closed[a:b + 1])
+                    piece_of.append(np.full(b + 1 - a, len(object_of)))
+                    object_of.append(i)
+                shape.append((k, pi))
+    if not coords:
+        return {}
+    lines = shapely.linestrings(np.concatenate(coords), indices=np.concatenate(piece_of))
+    multi = shapely.multilinestrings(lines, indices=np.asarray(object_of))
+    simple = shapely.simplify(multi, tol, preserve_topology=True)
+    parts = shapely.get_parts(simple)
+    xy, idx = shapely.get_coordinates(parts, return_index=True)
+    if len(parts) != len(coords):
+        raise AssertionError("the simplifier dropped a piece of an outline")
+    ends = np.searchsorted(idx, np.arange(len(parts) + 1))
+    out: dict[int, list[list[np.ndarray]]] = {k: [[] for _ in outlines[k]] for k in keys}
+    for r, (k, pi) in enumerate(shape):
+        out[k][pi].append(np.vstack([xy[ends[j]:ends[j + 1] - 1] for j in range(3 * r, 3 * r + 3)]))
+    for k in keys:
+        g = shapely.MultiPolygon([shapely.Polygon(p[0], p[1:]) for p in out[k]])
+        if not g.is_valid:
+            out[k] = outlines[k]
+    return out
+
+
+def write_geojson(res: Any, path: str, simplify: float | None = None) -> None:
+    """One QuPath detection Feature per object: its exact outline (or one simplified within
+    ``simplify`` pixels, :func:`simplify_outlines`) and its measurements (always of the exact pixels)."""
     if res.outlines is None:
         raise ValueError("outlines were not traced: call instances(..., outlines=True)")
+    outlines = res.outlines if simplify is None else simplify_outlines(res.outlines, simplify)
     names = _class_names(res)
     cols = [k for k in res.table if k not in ("label", "class")]
     with open(path, "w") as f:
@@ -250,7 +313,7 @@ def write_geojson(res: Any, path: str) -> None:
         for i in range(res.count):
             k = i + 1
             c = int(res.table["class"][i])
-            polys = [[np.vstack([r, r[:1]]).astype(int).tolist() for r in p] for p in res.outlines[k]]
+            polys = [[np.vstack([r, r[:1]]).astype(int).tolist() for r in p] for p in outlines[k]]
             geom = ({"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1
                     else {"type": "MultiPolygon", "coordinates": polys})
             meas = {col: _num(res.table[col][i]) for col in cols}
@@ -290,20 +353,21 @@ def write_catalog(res: Any, path: str, overwrite: bool = False) -> None:
 
 
 def export(res: Any, *, table: str | None = None, geojson: str | None = None, catalog: str | None = None,
-           overwrite: bool = False) -> list[str]:
+           overwrite: bool = False, simplify: float | None = None) -> list[str]:
     """Write the asked exports; returns one line per file written."""
     done = []
     if table:
         write_table(res, table)
         done.append(f"table {table}: {res.count:,} rows")
     if geojson:
-        write_geojson(res, geojson)
-        done.append(f"geojson {geojson}: {res.count:,} features")
+        write_geojson(res, geojson, simplify=simplify)
+        done.append(f"geojson {geojson}: {res.count:,} features" + (f", simplified within {simplify:g} px"
+                                                                    if simplify is not None else ""))
     if catalog:
         write_catalog(res, catalog, overwrite=True)
         done.append(f"catalog {catalog}: {res.count:,} sources")
     return done
 
 
-__all__ = ["tile_edges", "trace_outlines", "check_new", "arrow_table", "write_table", "write_geojson", "write_catalog",
+__all__ = ["tile_edges", "trace_outlines", "check_new", "check_simplify", "simplify_outlines", "arrow_table", "write_table", "write_geojson", "write_catalog",
            "export"]
