@@ -314,13 +314,19 @@ def test_fits_catalog(measured, tmp_path):
 
 
 # ---- command line -------------------------------------------------------------------------------
-def test_cli_objects_and_errors(tmp_path):
-    rng = np.random.default_rng(11)
-    cm = random_classmap(rng, 90, 70, 0.5, 2)
+def class_map_and_image(tmp_path, seed: int, h: int, w: int) -> tuple[np.ndarray, str, np.ndarray]:
+    """A random class map stored as a labels output (cm.zarr) and an RGB uint8 image (img.zarr)."""
+    rng = np.random.default_rng(seed)
+    cm = random_classmap(rng, h, w, 0.5, 2)
     src = labels_output(tmp_path / "cm.zarr", cm)
-    img = rng.integers(0, 256, (3, 90, 70)).astype(np.uint8)
+    img = rng.integers(0, 256, (3, h, w)).astype(np.uint8)
     ome.write_image(str(tmp_path / "img.zarr"), read=lambda r, c: img[:, r[0]:r[1], c[0]:c[1]], shape=img.shape,
                     dtype=img.dtype, name="img", pyramid=False, progress=False)
+    return cm, src, img
+
+
+def test_cli_objects_and_errors(tmp_path):
+    cm, src, img = class_map_and_image(tmp_path, 11, 90, 70)
     r = cli("objects", src, "-o", tmp_path / "inst.zarr", "--image", tmp_path / "img.zarr", "--tile", "32",
             "--table", tmp_path / "o.csv", "--geojson", tmp_path / "o.geojson", "--catalog", tmp_path / "o.fits", "-q")
     assert r.returncode == 0, r.stderr

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from skimage.measure import label
 
 import hirestile
-from hirestile import ome
 from hirestile.errors import InputError, OutputError
 from hirestile.objects import instances as pass_instances
 
 from clihelp import assert_one_line_error, cli
-from test_objects import _borders, _diagonal, _everything, _ring, _snake, labels_output, random_classmap
+from test_objects import (_borders, _diagonal, _everything, _ring, _snake, class_map_and_image,
+                          random_classmap)
 
 
 def assert_bijection(a: np.ndarray, b: np.ndarray) -> None:
@@ -80,12 +80,7 @@ def test_objects_across_every_chunk():
 
 # ---- the measurement table ------------------------------------------------------------------------
 def test_measure_equals_cli_table(tmp_path):
-    rng = np.random.default_rng(21)
-    cm = random_classmap(rng, 131, 97, 0.5, 2)
-    src = labels_output(tmp_path / "cm.zarr", cm)
-    img = rng.integers(0, 256, (3, 131, 97)).astype(np.uint8)
-    ome.write_image(str(tmp_path / "img.zarr"), read=lambda r, c: img[:, r[0]:r[1], c[0]:c[1]], shape=img.shape,
-                    dtype=img.dtype, name="img", pyramid=False, progress=False)
+    cm, src, img = class_map_and_image(tmp_path, 21, 131, 97)
     for conn in (1, 2):
         r = cli("objects", src, "-o", tmp_path / f"inst{conn}.zarr", "--image", tmp_path / "img.zarr", "--tile", "40",
                 "--connectivity", conn, "--table", tmp_path / f"t{conn}.parquet", "-q")

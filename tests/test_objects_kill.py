@@ -15,6 +15,7 @@ import zarr
 from skimage.measure import label
 
 from clihelp import TIMEOUT, cli
+from test_cli import _lines
 from test_objects import labels_output
 
 N, TILE = 1280, 64                     # 20 x 20 tiles in pass 2, each written and fsync'd
@@ -27,14 +28,6 @@ def blobs(n: int, seed: int) -> np.ndarray:
     cm = np.kron(coarse, np.ones((8, 8), np.int64)).astype(np.uint8)
     cm[rng.random((n, n)) < 0.02] = 0                     # holes and ragged edges
     return cm
-
-
-def _lines(path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def _args(tmp, name):
