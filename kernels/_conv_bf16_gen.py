@@ -75,42 +75,40 @@ def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act,
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def conv2d_{f}(xp, Wi, Ch, wp, CoP, bias, koff, out, sy, sx, act, alpha):
+def conv2d_{f}(xp, Wi, Ch, wp, CoP, bias, koff, outf, ob, Ho, Wo, Co, op, sy, sx, act, alpha):
     """xp: the window's bf16 pairs (Hi*Wi*Ch); wp: (K, CoP) packed pair weights, k = (ky, kx,
-    channel pair); koff[k]: offset of term k; bias: (CoP,); out: (Ho, Wo, Co)."""
-    Ho, Wo, Co = out.shape
-    outf = out.reshape(-1)
+    channel pair); koff[k]: offset of term k; bias: (CoP,); output (r, c, co) at
+    outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a wider buffer)."""
     K = koff.shape[0]
     if Co == CoP:
         for r in prange(Ho):
-            row_{f}(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, outf, r * Wo * Co, Co, Wo, act, alpha)
+            row_{f}(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
     else:
         for r in prange(Ho):
             tmp = np.empty(Wo * CoP, np.float32)
             row_{f}(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
             for c in range(Wo):
                 for co in range(Co):
-                    out[r, c, co] = tmp[c * CoP + co]
-    return out
+                    outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def convT_{f}(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, out, ty, tx, act, alpha):
+def convT_{f}(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo, Co, op, ty, tx, act, alpha):
     """Transposed conv with kernel == stride: output row r is one GEMM over the input pixels
     of row (r + ty) // kh with the kw taps side by side (wp: per ky a (Ch, C2P) packed
     matrix, C2P >= kw*Co); output (r, c) is column ((c + tx) % kw)*Co of input pixel
-    (c + tx) // kw, or nob (no tap) past the input. koff = arange(Ch)."""
-    Ho, Wo, Co = out.shape
+    (c + tx) // kw, or nob (no tap) past the input. koff = arange(Ch). Output as conv2d_{f}."""
     ix0 = tx // kw
     ix1 = min((Wo - 1 + tx) // kw, Wi - 1)
     nix = ix1 - ix0 + 1
     for r in prange(Ho):
         ky = (r + ty) % kh
         iy = (r + ty) // kh
+        o = ob + r * op
         if iy >= Hi or nix <= 0:
             for c in range(Wo):
                 for co in range(Co):
-                    out[r, c, co] = nob[co]
+                    outf[o + c * Co + co] = nob[co]
             continue
         tmp = np.empty(nix * C2P, np.float32)
         row_{f}(xp, (iy * Wi + ix0) * Ch, Ch, koff, Ch, wp, ky * Ch * C2P, C2P, bias2, tmp, 0, C2P, nix,
@@ -119,12 +117,11 @@ def convT_{f}(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, out, ty, tx, ac
             ix = (c + tx) // kw
             if ix > ix1:
                 for co in range(Co):
-                    out[r, c, co] = nob[co]
+                    outf[o + c * Co + co] = nob[co]
             else:
                 base = (ix - ix0) * C2P + ((c + tx) % kw) * Co
                 for co in range(Co):
-                    out[r, c, co] = tmp[base + co]
-    return out
+                    outf[o + c * Co + co] = tmp[base + co]
 
 
 '''

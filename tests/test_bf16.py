@@ -179,6 +179,22 @@ def test_conv_transpose_matches_twin(case, fast):
     assert same_bits(got, ref_convT(x, w, b, 2, (ty, tx), (Ho, Wo), act, 0.1))
 
 
+@pytest.mark.parametrize("fast", PATHS)
+def test_out_may_be_a_window_of_rows_of_a_wider_buffer(fast):
+    """The executor hands out= views of its buffers (buf[r0:r1, c0:c1]): written in place, same bits."""
+    rng = np.random.default_rng(2)
+    x, w, b = rand(rng, 9, 10, 32), rand(rng, 3, 3, 32, 16, scale=0.2), rand(rng, 16)
+    big = np.full((11, 14, 16), 7.0, np.float32)
+    view = big[2:9, 3:11]
+    got = bf16.conv2d(x, w, b, act=1, out=view, fast=fast)
+    assert got is view and same_bits(view, bf16.conv2d(x, w, b, act=1, fast=fast))
+    assert (big[:2] == 7).all() and (big[:, :3] == 7).all() and (big[:, 11:] == 7).all()
+    wt = rand(rng, 2, 2, 32, 16, scale=0.2)
+    view = big[1:10, 2:13]
+    got = bf16.conv_transpose2d(x, wt, b, stride=2, offset=(1, 1), out_shape=(9, 11), out=view, fast=fast)
+    assert same_bits(view, bf16.conv_transpose2d(x, wt, b, stride=2, offset=(1, 1), out_shape=(9, 11), fast=fast))
+
+
 @pytest.mark.skipif(not bf16.HAVE_AVX512_BF16, reason="one path only on this CPU (the conversion path is "
                     "tested against the twin above)")
 def test_paths_agree_bitwise_even_on_tiny_and_huge_values():
