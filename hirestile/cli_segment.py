@@ -26,8 +26,9 @@ def cmd_segment(a: argparse.Namespace) -> int:
         keep_freed_memory(reuse_large=not a.stream)  # as segment_to_zarr does, before zarr's and kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, **_hdu(a))
     _show_pixel_size(img, a)
-    img = _choose_level(img, model, a)
+    img, run = _choose_level(img, model, a)       # run: resampled to the model's pixel size if need be
     _show_contract(model, a, img.dtype)
+    model = run
     out, fits_out, done = _fits_plan(a, img, model)
     if done:
         return 0
@@ -99,61 +100,105 @@ def _fits_finish(a: argparse.Namespace, img: Any, zarr_out: str, fits_out: Any) 
 
 
 def _model_pixel_size(a: argparse.Namespace) -> tuple[tuple[float, float], str] | None:
-    """((finest, coarsest), unit) the model was trained at: --model-pixel-size, else a built-in's."""
+    """((finest, coarsest), unit) the model was trained at: --model-pixel-size, else the model
+    file's sidecar or a built-in's (``loading.model_pixel_size``)."""
     from .io import parse_pixel_size
+    from .loading import model_pixel_size
 
     if getattr(a, "model_pixel_size", None):
         (py, px), unit = parse_pixel_size(a.model_pixel_size)
         return (min(py, px), max(py, px)), unit
-    if os.path.exists(a.model):
-        return None
-    from .models.registry import get_spec
-    try:
-        spec = get_spec(a.model)
-    except KeyError:
-        return None
-    return (spec.pixel_size, "micrometer") if spec.pixel_size else None
+    return model_pixel_size(a.model)
 
 
-def _choose_level(img: Any, model: Any, a: argparse.Namespace) -> Any:
-    """The pyramid level within 10% of the model's pixel size (``io.closest_level``), reopened when
-    it is not the one asked for; prints the choice, or a note when no level is that close."""
-    from .io import closest_level, level_pixel_sizes, open_image
-
+def _wanted(a: argparse.Namespace, img: Any) -> tuple[float, float, str, str] | None:
+    """(lo, hi, unit, words) of the model's pixel size when it and the input's are known and
+    comparable, else None (a note says when they are not comparable)."""
     want = _model_pixel_size(a)
     if want is None or img.pixel_size is None:
-        return img
+        return None
     (lo, hi), unit = want
-    sym = {"micrometer": "µm", "arcsecond": "arcsec"}[unit]
-    wanted = f"{lo:.4g}" + (f"-{hi:.4g}" if hi != lo else "") + f" {sym}/px"
+    wanted = f"{lo:.4g}" + (f"-{hi:.4g}" if hi != lo else "") + f" {_SYM[unit]}/px"
     if img.pixel_unit != unit:
         _say(f"hirestile: note: the model's pixel size ({wanted}) and the input's ({img.pixel_unit}) are not "
              "comparable; no level chosen")
+        return None
+    return lo, hi, unit, wanted
+
+
+_SYM = {"micrometer": "µm", "arcsecond": "arcsec"}
+
+
+def _reopen(img: Any, level: int, model: Any, a: argparse.Namespace, size: tuple[float, float]) -> Any:
+    """``img``'s level ``level`` with its pixel size scaled from ``img``'s; ``img`` is closed."""
+    from .io import open_image
+
+    if level == img.level:
         return img
+    new = open_image(a.input, level=level, axes=a.axes, channels=model.contract.channels, **_hdu(a))
+    new.pixel_size, new.pixel_unit = size, img.pixel_unit
+    new.pixel_source, new.pixel_warning = f"{img.pixel_source}, scaled to level {level}", None
+    img.close()
+    return new
+
+
+def _geo(px: tuple[float, float]) -> float:
+    return (px[0] * px[1]) ** 0.5
+
+
+def _choose_level(img: Any, model: Any, a: argparse.Namespace) -> tuple[Any, Any]:
+    """(image, model) to run: the pyramid level within 10% of the model's pixel size
+    (``io.closest_level``), reopened when it is not the one asked for, or where no level is that
+    close and no --level was given, a level resampled inside the model (:func:`_resample`).
+    Prints the choice."""
+    from .io import closest_level, level_pixel_sizes
+
+    want = _wanted(a, img)
+    if want is None:
+        return img, model
+    lo, hi, unit, wanted = want
     ok, near, f = closest_level(img, (lo, hi), unit)
     sizes = level_pixel_sizes(img)
 
     def size(lv: int) -> str:
-        return f"{(sizes[lv][0] * sizes[lv][1]) ** 0.5:.4g} {sym}/px"
+        return f"{_geo(sizes[lv]):.4g} {_SYM[unit]}/px"
 
+    if ok is None and a.level is None:
+        return _resample(img, model, a, want, sizes)
     if ok is None or a.level is not None or ok == img.level:
-        if ok is None:
-            _say(f"hirestile: note: no level of the input is within 10% of the model's {wanted} (closest: level "
-                 f"{near}, {size(near)}, {f:.2f}x): the resolution differs from the model's training; "
-                 "resample the input or pass --level")
-        elif ok != img.level:
+        if ok is None and a.level is not None:
+            _say(f"hirestile: note: level {img.level} ({size(img.level)}) is not within 10% of the model's "
+                 f"{wanted}; reading it as asked (leave out --level to resample to the model's pixel size)")
+        elif ok is not None and ok != img.level:
             _say(f"hirestile: note: level {ok} ({size(ok)}) matches the model's {wanted}; reading --level "
                  f"{img.level} ({size(img.level)}) as asked")
-        else:
+        elif ok is not None:
             print(f"level: {img.level} ({size(img.level)}) matches the model's {wanted}", flush=True)
-        return img
-    new = open_image(a.input, level=ok, axes=a.axes, channels=model.contract.channels, **_hdu(a))
-    new.pixel_size, new.pixel_unit = sizes[ok], unit
-    new.pixel_source, new.pixel_warning = f"{img.pixel_source}, scaled to level {ok}", None
-    print(f"level: {ok} of 0..{len(img.levels) - 1} ({size(ok)}, {new.height} x {new.width} px) for the "
+        return img, model
+    n = len(img.levels)
+    new = _reopen(img, ok, model, a, sizes[ok])
+    print(f"level: {ok} of 0..{n - 1} ({size(ok)}, {new.height} x {new.width} px) for the "
           f"model's {wanted}; level {img.level} is {size(img.level)}", flush=True)
-    img.close()
-    return new
+    return new, model
+
+
+def _resample(img: Any, model: Any, a: argparse.Namespace, want: tuple[float, float, str, str],
+              sizes: list[Any]) -> tuple[Any, Any]:
+    """(image, model) where no level is within 10% of the model's pixel size: the level to resample
+    from (``resample.source_level``) and the model with the resampling as its first layers
+    (``resample.resampled``: no resampled copy of the input is written); prints the level and factor."""
+    from .resample import plan_resampling, resampled, source_level
+
+    lo, hi, unit, wanted = want
+    n, lv = len(img.levels), source_level(sizes, (lo, hi))
+    img = _reopen(img, lv, model, a, sizes[lv])
+    plan = plan_resampling(img.pixel_size, (lo, hi))
+    (oh, ow), (fy, fx) = plan.out_hw((img.height, img.width)), plan.factor()
+    factor = f"{fy:.4g}" if fy == fx else f"{fy:.4g} x {fx:.4g}"
+    print(f"level: {lv} of 0..{n - 1} ({_geo(img.pixel_size):.4g} {_SYM[unit]}/px, {img.height} x {img.width} px) "
+          f"resampled by factor {factor} ({plan.describe()}) to {_geo(plan.pixel_size(img.pixel_size)):.4g} "
+          f"{_SYM[unit]}/px, {oh} x {ow} px, for the model's {wanted}: no level is within 10%", flush=True)
+    return img, resampled(model, plan)
 
 
 def _show_contract(model: Any, a: argparse.Namespace, dtype: Any) -> None:

@@ -177,3 +177,52 @@ def _refuse_nonfinite(block: np.ndarray, read: Region, first: tuple[int, ...], *
     c, y, x = first
     what = "NaN" if np.isnan(block[first]) else "Inf"
     raise InputError(f"{where} holds {what} at channel {c}, row {read[0][0] + y}, column {read[1][0] + x}; {hint}")
+
+
+# ---- pixel sizes ---------------------------------------------------------------------------
+# One reading of a physical pixel size for every place one is given: the input's metadata
+# (hirestile.io), --pixel-size / --model-pixel-size and a model sidecar's "pixel_size".
+TO_MICROMETER = {**dict.fromkeys(("angstrom", "Å"), 1e-4), **dict.fromkeys(("nanometer", "nm"), 1e-3),
+                 **dict.fromkeys(("micrometer", "micron", "um", "µm", "μm"), 1.0),
+                 **dict.fromkeys(("millimeter", "mm"), 1e3), **dict.fromkeys(("centimeter", "cm"), 1e4),
+                 **dict.fromkeys(("meter", "m"), 1e6), "inch": 25400.0}
+TO_ARCSECOND = {**dict.fromkeys(("arcsecond", "arcsec", '"'), 1.0), **dict.fromkeys(("arcminute", "arcmin"), 60.0),
+                **dict.fromkeys(("degree", "deg"), 3600.0), **dict.fromkeys(("milliarcsecond", "mas"), 1e-3)}
+
+
+def unit_factor(unit: str | None) -> tuple[str, float] | None:
+    """("micrometer" | "arcsecond", factor to it) for a length or angle unit name, else None.
+
+    >>> unit_factor("nm"), unit_factor("arcmin"), unit_factor("parsec")
+    (('micrometer', 0.001), ('arcsecond', 60.0), None)
+    """
+    u = (unit or "").strip()
+    for canon, table in (("micrometer", TO_MICROMETER), ("arcsecond", TO_ARCSECOND)):
+        f = table.get(u, table.get(u.lower()))
+        if f is not None:
+            return canon, f
+    return None
+
+
+def pixel_size_value(text: str | float, *, default_unit: str = "micrometer") -> tuple[tuple[float, float], str] | None:
+    """``0.25`` / ``"0.25um"`` / ``"0.25x0.3um"`` / ``"0.4arcsec"`` -> ((rows, cols), unit) in
+    micrometer or arcsecond (a number without unit is in ``default_unit``); None where it is not a
+    positive finite size with a length or angle unit.
+
+    >>> pixel_size_value("250nm"), pixel_size_value(0.5), pixel_size_value("-1um"), pixel_size_value("nan")
+    (((0.25, 0.25), 'micrometer'), ((0.5, 0.5), 'micrometer'), None, None)
+    """
+    import re
+
+    if isinstance(text, bool):
+        return None
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)(?:\s*[x,]\s*([0-9.eE+-]+))?\s*([^\d\s][^\s]*)?\s*", str(text))
+    try:
+        vals = (float(m.group(1)), float(m.group(2) or m.group(1))) if m else ()
+    except ValueError:
+        vals = ()
+    conv = unit_factor(m.group(3) if m and m.group(3) else default_unit) if vals else None
+    if not vals or conv is None or not all(np.isfinite(v) and v > 0 for v in vals):
+        return None
+    canon, f = conv
+    return (vals[0] * f, vals[1] * f), canon

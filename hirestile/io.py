@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 
+from .contract import pixel_size_value, unit_factor
 from .errors import InputError
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -581,23 +582,7 @@ def _validate(img: InputImage) -> None:
 
 
 # ---- physical pixel size ---------------------------------------------------------------------
-_TO_UM = {**dict.fromkeys(("angstrom", "Å"), 1e-4), **dict.fromkeys(("nanometer", "nm"), 1e-3),
-          **dict.fromkeys(("micrometer", "micron", "um", "µm", "μm"), 1.0),
-          **dict.fromkeys(("millimeter", "mm"), 1e3), **dict.fromkeys(("centimeter", "cm"), 1e4),
-          **dict.fromkeys(("meter", "m"), 1e6), "inch": 25400.0}
-_TO_ARCSEC = {**dict.fromkeys(("arcsecond", "arcsec", '"'), 1.0), **dict.fromkeys(("arcminute", "arcmin"), 60.0),
-              **dict.fromkeys(("degree", "deg"), 3600.0), **dict.fromkeys(("milliarcsecond", "mas"), 1e-3)}
 PIXEL_HINT = "pass --pixel-size SIZE with a unit, e.g. --pixel-size 0.25um (or 0.4arcsec)"
-
-
-def _unit_factor(unit: str | None) -> tuple[str, float] | None:
-    """("micrometer" | "arcsecond", factor to it) for a length or angle unit name, else None."""
-    u = (unit or "").strip()
-    for canon, table in (("micrometer", _TO_UM), ("arcsecond", _TO_ARCSEC)):
-        f = table.get(u, table.get(u.lower()))
-        if f is not None:
-            return canon, f
-    return None
 
 
 def pixel_size_fields(path: str, values: Any, unit: str | None, source: str) -> dict[str, Any]:
@@ -608,7 +593,7 @@ def pixel_size_fields(path: str, values: Any, unit: str | None, source: str) -> 
     except (TypeError, ValueError):
         vals = (float("nan"),) * 2
     shown = " x ".join(f"{v:g}" for v in vals)
-    conv = _unit_factor(unit)
+    conv = unit_factor(unit)
     why = ("zero, negative or not a number" if not all(np.isfinite(v) and v > 0 for v in vals)
            else "no unit" if not unit else f"unknown unit {unit!r}" if conv is None else None)
     if why:
@@ -625,20 +610,13 @@ def _set_pixel(img: InputImage, fields: dict[str, Any]) -> None:
 
 def parse_pixel_size(text: str, *, default_unit: str = "micrometer") -> tuple[tuple[float, float], str]:
     """``--pixel-size``: ``0.25`` / ``0.25um`` / ``0.25x0.3um`` / ``0.4arcsec`` -> ((rows, cols), unit)
-    in micrometer or arcsecond; a number without unit is in ``default_unit``."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9.eE+-]+)(?:\s*[x,]\s*([0-9.eE+-]+))?\s*([^\d\s][^\s]*)?\s*", str(text))
-    try:
-        vals = (float(m.group(1)), float(m.group(2) or m.group(1))) if m else ()
-    except ValueError:
-        vals = ()
-    conv = _unit_factor(m.group(3) if m and m.group(3) else default_unit) if vals else None
-    if not vals or conv is None or not all(np.isfinite(v) and v > 0 for v in vals):
+    in micrometer or arcsecond; a number without unit is in ``default_unit``
+    (:func:`hirestile.contract.pixel_size_value`)."""
+    found = pixel_size_value(text, default_unit=default_unit)
+    if found is None:
         raise InputError(f"--pixel-size {text!r} is not a positive size with a length or angle unit; "
                          "write e.g. --pixel-size 0.25um, 0.25x0.3um or 0.4arcsec")
-    canon, f = conv
-    return (vals[0] * f, vals[1] * f), canon
+    return found
 
 
 def set_pixel_size(img: InputImage, text: str) -> None:

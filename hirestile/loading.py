@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from hirestile.contract import pixel_size_value
 from hirestile.errors import ModelError
 from hirestile.graph import Graph
 from hirestile.model import Model
@@ -26,6 +27,8 @@ def as_model(model: Model | Graph | str | Path) -> Model:
 
 MODEL_FORMATS = "a model is a built-in name (`hirestile models` lists them), a .onnx file or a UNet .safetensors file"
 CONTRACT_FIELDS = ("mean", "std", "scale", "pad_to", "pad_mode", "stretch", "softening", "value_range")
+#: sidecar keys beside the contract's: class names, and the pixel size the model was trained at
+MODEL_FIELDS = ("classes", "pixel_size")
 
 
 def load_model(source: str | Path, *, contract: dict | None = None,
@@ -37,7 +40,10 @@ def load_model(source: str | Path, *, contract: dict | None = None,
     declaring its input contract and class names::
 
         {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "scale": "dtype",
-         "pad_to": 16, "pad_mode": "reflect", "classes": ["background", "nucleus"]}
+         "pad_to": 16, "pad_mode": "reflect", "classes": ["background", "nucleus"],
+         "pixel_size": "0.5um"}
+
+    ``pixel_size`` is the pixel size the model was trained at (:func:`model_pixel_size`).
 
     ``contract`` (same keys) overrides the sidecar; the CLI fills it from its
     contract flags (``--pad-to``, ``--pad-mode``, ``--mean``, ``--std``, ``--scale``,
@@ -117,15 +123,69 @@ def read_sidecar(path: Path) -> dict:
         raise ModelError(f"{side}: not a readable JSON sidecar ({e})") from None
     if not isinstance(spec, dict):
         raise ModelError(f"{side}: the sidecar must be a JSON object")
+    if "pixel_size" in spec:
+        parse_model_pixel_size(spec["pixel_size"], where=f"{side}: ")
     return spec
+
+
+def parse_model_pixel_size(value: object, *, where: str = "") -> tuple[tuple[float, float], str]:
+    """A declared model pixel size -> ((finest, coarsest), unit): a number (micrometres), a string
+    with a unit as ``--pixel-size`` takes (``"0.5um"``, ``"0.4arcsec"``), or a [finest, coarsest]
+    range of those. Anything else is a one-line :class:`ModelError` (``where`` names the source).
+
+    Examples
+    --------
+    >>> parse_model_pixel_size("500nm"), parse_model_pixel_size([0.25, "0.6um"])
+    (((0.5, 0.5), 'micrometer'), ((0.25, 0.6), 'micrometer'))
+    >>> parse_model_pixel_size(0)
+    Traceback (most recent call last):
+    ...
+    hirestile.errors.ModelError: "pixel_size": 0 is not a positive finite size with a length or angle unit; write e.g. "pixel_size": 0.5 (micrometres), "0.5um", "0.4arcsec" or [0.25, 0.6]
+    """
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    parsed = [pixel_size_value(v) if isinstance(v, (str, int, float)) else None for v in items]
+    if not 1 <= len(items) <= 2 or None in parsed or len({unit for _, unit in parsed}) != 1:
+        raise ModelError(f'{where}"pixel_size": {value!r} is not a positive finite size with a length or angle '
+                         'unit; write e.g. "pixel_size": 0.5 (micrometres), "0.5um", "0.4arcsec" or [0.25, 0.6]')
+    sizes = [v for size, _ in parsed for v in size]
+    return (min(sizes), max(sizes)), parsed[0][1]
+
+
+def model_pixel_size(source: str | Path, contract: dict | None = None) -> tuple[tuple[float, float], str] | None:
+    """((finest, coarsest), unit) the model named by ``source`` was trained at: ``contract``'s
+    ``pixel_size``, else its sidecar's (model files), else its registry entry's (built-ins, from
+    their cards), else None.
+
+    Examples
+    --------
+    >>> model_pixel_size("unet")
+    ((0.25, 0.6), 'micrometer')
+    >>> model_pixel_size("unet", {"pixel_size": "0.5um"})
+    ((0.5, 0.5), 'micrometer')
+    """
+    if contract and "pixel_size" in contract:
+        return parse_model_pixel_size(contract["pixel_size"])
+    path = Path(str(source))
+    if path.suffix.lower() in (".onnx", ".safetensors") or path.is_file():
+        side = read_sidecar(path) if path.is_file() else {}
+        return parse_model_pixel_size(side["pixel_size"]) if "pixel_size" in side else None
+    from hirestile.models.registry import get_spec
+    try:
+        spec = get_spec(str(source))
+    except KeyError:
+        return None
+    return (tuple(spec.pixel_size), "micrometer") if spec.pixel_size else None
 
 
 def with_contract(m: Model, spec: dict) -> Model:
     """``m`` with its input contract / class names changed by ``spec`` (keys of
-    :class:`InputContract` plus ``classes``)."""
-    unknown = set(spec) - set(CONTRACT_FIELDS) - {"classes"}
+    :class:`InputContract` plus ``classes``; a ``pixel_size`` is checked here and read by
+    :func:`model_pixel_size`)."""
+    unknown = set(spec) - set(CONTRACT_FIELDS) - set(MODEL_FIELDS)
     if unknown:
-        raise ModelError(f"unknown input-contract keys {sorted(unknown)}; use {', '.join(CONTRACT_FIELDS)}, classes")
+        raise ModelError(f"unknown input-contract keys {sorted(unknown)}; use {', '.join(CONTRACT_FIELDS + MODEL_FIELDS)}")
+    if "pixel_size" in spec:
+        parse_model_pixel_size(spec["pixel_size"])
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k in CONTRACT_FIELDS}
     try:
         contract = replace(m.contract, **fields)
@@ -150,4 +210,5 @@ def load_builtin(name: str) -> Model:
     return Model(graph=m.graph, contract=m.contract, name=m.name, classes=m.classes, card=card)
 
 
-__all__ = ["as_model", "load_model", "load_builtin", "read_sidecar", "contract_sources", "with_contract", "MODEL_FORMATS", "CONTRACT_FIELDS"]
+__all__ = ["as_model", "load_model", "load_builtin", "read_sidecar", "contract_sources", "with_contract", "MODEL_FORMATS",
+           "CONTRACT_FIELDS", "MODEL_FIELDS", "parse_model_pixel_size", "model_pixel_size"]

@@ -274,9 +274,12 @@ def _tissue(img: InputImage) -> Mask:
 
 
 # ---- output ---------------------------------------------------------------------------
-def write_labels(group: Any, mask: Mask, out_hw: tuple[int, int], *, skipped: int, total: int) -> None:
+def write_labels(group: Any, mask: Mask, out_hw: tuple[int, int], *, skipped: int, total: int,
+                 pixel: tuple[tuple[float, float], str | None] = ((1.0, 1.0), None)) -> None:
     """Store ``mask`` as the OME-Zarr 0.5 labels layer ``labels/mask`` of an output group: uint8,
-    1 = foreground (computed), 0 = skipped, one pixel per mask cell, its scale in output pixels."""
+    1 = foreground (computed), 0 = skipped, one pixel per mask cell. Its scale is in output pixels
+    times ``pixel`` = (the output's pixel size, its unit or None), the output's own scale
+    (``ome.output_scale``)."""
     import zarr
 
     labels = group.require_group("labels")
@@ -286,12 +289,15 @@ def write_labels(group: Any, mask: Mask, out_hw: tuple[int, int], *, skipped: in
     labels.attrs.put({"ome": {"version": "0.5", "labels": names}})
     g = labels.require_group(LABEL_NAME)
     mh, mw = mask.data.shape
-    scale = [float(e * o / (n * m)) for e, o, n, m in zip(mask.extent, out_hw, mask.image_hw, (mh, mw))]
+    scale = [float(e * o / (n * m)) * p for e, o, n, m, p in zip(mask.extent, out_hw, mask.image_hw, (mh, mw),
+                                                                   pixel[0])]
+    unit = {"unit": pixel[1]} if pixel[1] else {}
     g.create_array("0", data=mask.data.astype(np.uint8), chunks=(min(mh, 1024), min(mw, 1024)),
                    dimension_names=["y", "x"], overwrite=True, compressors=zarr.codecs.ZstdCodec(level=3))
     g.attrs.put({"ome": {
         "version": "0.5",
-        "multiscales": [{"name": LABEL_NAME, "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "multiscales": [{"name": LABEL_NAME, "axes": [{"name": "y", "type": "space", **unit},
+                                                      {"name": "x", "type": "space", **unit}],
                          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
                          "type": "nearest"}],
         "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]},
@@ -320,15 +326,16 @@ def mask_status(path: str, job_mask: dict[str, Any]) -> str:
 
 
 def apply_mask(mask: Mask, plan: Any, todo: list[Any], donelog: Any, group: Any,
-               out_hw: tuple[int, int]) -> tuple[list[Any], int]:
+               out_hw: tuple[int, int], pixel: tuple[tuple[float, float], str | None] = ((1.0, 1.0), None),
+               ) -> tuple[list[Any], int]:
     """Drop the tiles of ``todo`` the mask leaves empty: their blocks are marked done (they read
-    back as fill 0), the mask is written as ``labels/mask``. Returns (tiles to compute, the
-    number of the plan's tiles the mask skips)."""
+    back as fill 0), the mask is written as ``labels/mask`` (``pixel``: see :func:`write_labels`).
+    Returns (tiles to compute, the number of the plan's tiles the mask skips)."""
     empty = {t.index for t in plan.tiles if not mask.covers(t.write, out_hw)}
     for t in todo:
         if t.index in empty:
             donelog.mark(plan.blocks(t))
-    write_labels(group, mask, out_hw, skipped=len(empty), total=len(plan.tiles))
+    write_labels(group, mask, out_hw, skipped=len(empty), total=len(plan.tiles), pixel=pixel)
     return [t for t in todo if t.index not in empty], len(empty)
 
 

@@ -133,17 +133,18 @@ def downsample(block: np.ndarray, kind: str) -> np.ndarray:
 
 
 # ---- metadata ------------------------------------------------------------------
-def _axes(kind: str) -> list[dict[str, str]]:
-    yx = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+def _axes(kind: str, unit: str | None = None) -> list[dict[str, str]]:
+    yx = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in ("y", "x")]
     return yx if kind == "labels" else [{"name": "c", "type": "channel"}] + yx
 
 
 def ome_metadata(*, kind: str, classes: tuple[str, ...], name: str, levels: int,
-                 scale: tuple[float, float] = (1.0, 1.0), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 scale: tuple[float, float] = (1.0, 1.0), unit: str | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``"ome"`` attribute block (OME-Zarr 0.5) of an output group.
 
-    ``scale`` is the size of one output pixel in input pixels (the network's output
-    stride). Levels above 0 are 2 x 2 means (probabilities, logits; shifted by half
+    ``scale`` is the size of one output pixel: in ``unit`` on the y and x axes where given
+    (:func:`output_scale`), else in input pixels (the network's output stride). Levels above 0 are 2 x 2 means (probabilities, logits; shifted by half
     a pixel) or nearest samples (labels).
     """
     datasets = []
@@ -155,7 +156,7 @@ def ome_metadata(*, kind: str, classes: tuple[str, ...], name: str, levels: int,
             t = [(f - 1) / 2 * scale[0], (f - 1) / 2 * scale[1]]
             tr.append({"type": "translation", "translation": [0.0] + t})
         datasets.append({"path": str(lv), "coordinateTransformations": tr})
-    ms = {"name": name, "axes": _axes(kind), "datasets": datasets,
+    ms = {"name": name, "axes": _axes(kind, unit), "datasets": datasets,
           "type": "nearest" if kind == "labels" else "mean",
           "metadata": {"method": "hirestile", "output": kind, **(extra or {})}}
     ome: dict[str, Any] = {"version": OME_VERSION, "multiscales": [ms]}
@@ -321,6 +322,29 @@ def scale_of(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, fl
     return (in_hw[0] / out_hw[0], in_hw[1] / out_hw[1]) if all(out_hw) else (1.0, 1.0)
 
 
+#: the input pixel units (``io.InputImage.pixel_unit``) an output's OME axes can carry: OME-Zarr
+#: space units are lengths, so angles (FITS) stay in input pixels (their WCS says the rest)
+SPACE_UNITS = ("micrometer",)
+
+
+def output_scale(in_hw: tuple[int, int], out_hw: tuple[int, int], pixel_size: tuple[float, float] | None,
+                 pixel_unit: str | None) -> tuple[tuple[float, float], str | None]:
+    """(scale, unit) of an output's level 0: the output pixel size (the input's pixel size times
+    :func:`scale_of`, i.e. the model's pixel size times its output stride) in the input's unit
+    where that is known and a length, else input pixels per output pixel and None.
+
+    >>> output_scale((1000, 600), (500, 300), (0.25, 0.25), "micrometer")
+    ((0.5, 0.5), 'micrometer')
+    >>> output_scale((1000, 600), (500, 300), None, None)
+    ((2.0, 2.0), None)
+    """
+    scale = scale_of(in_hw, out_hw)
+    if pixel_size is None or pixel_unit not in SPACE_UNITS:
+        return scale, None
+    return (scale[0] * pixel_size[0], scale[1] * pixel_size[1]), pixel_unit
+
+
 __all__ = ["Layout", "choose_layout", "level_layout", "pyramid_levels", "blocks",
            "downsample", "ome_metadata", "image_metadata", "create_output", "create_array",
-           "build_pyramid", "new_group", "finalize", "write_image", "status", "remove_output", "scale_of"]
+           "build_pyramid", "new_group", "finalize", "write_image", "status", "remove_output", "scale_of",
+           "output_scale"]

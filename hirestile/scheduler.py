@@ -248,6 +248,17 @@ class RunStats:
         ] + self.notes)
 
 
+def time_saved(skipped: int, per_tile: float) -> str:
+    """The summary line of a masked run: the compute time its skipped tiles would have taken,
+    estimated as their number times the mean compute time of a tile it computed.
+
+    >>> time_saved(40, 0.5)
+    'time saved: about 20.0 s (estimate: 40 skipped tiles x 0.500 s, the mean compute time of a computed tile)'
+    """
+    return (f"time saved: about {skipped * per_tile:.1f} s (estimate: {skipped} skipped tile"
+            f"{'s' if skipped != 1 else ''} x {per_tile:.3f} s, the mean compute time of a computed tile)")
+
+
 def _halo_text(h: tuple[int, ...]) -> str:
     return f"{h[0]} px" if len(set(h)) == 1 else "(top, left, bottom, right) = " + str(tuple(h))
 
@@ -422,8 +433,9 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         done = donelog.load()
         todo = [] if tiles_done else [t for t in plan.tiles if not all_done(plan.blocks(t), done)]
         off = 0
+        pixel = ome.output_scale((img.height, img.width), (oh, ow), img.pixel_size, img.pixel_unit)
         if mk is not None:                         # tiles off the mask: marked done, left as fill 0
-            todo, off = masks.apply_mask(mk, plan, todo, donelog, group, (oh, ow))
+            todo, off = masks.apply_mask(mk, plan, todo, donelog, group, (oh, ow), pixel)
             stats.notes.append(f"mask {mk.source}: {off} of {len(plan.tiles)} tiles "
                                f"({100 * off / max(len(plan.tiles), 1):.0f}%) outside it, not computed")
         stats.tiles_skipped = len(plan.tiles) - len(todo) - off
@@ -439,14 +451,15 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
             run_tiles = functools.partial(run_local, streaming=plan.stream)
         run_tiles(img, model, rep, group["0"], todo, donelog, stats, kind=kind, nan_fill=nan_fill,
                   progress=progress, total=len(plan.tiles))
+        if mk is not None and off and stats.tiles_computed:
+            stats.notes.append(time_saved(off, stats.compute / stats.tiles_computed))
         t_fin = time.perf_counter()
         levels = ome.pyramid_levels((oh, ow)) if pyramid else 1
         try:
             if levels > 1:
                 ome.build_pyramid(group, kind=kind, base=layout, levels=levels)
-            scale = ome.scale_of((img.height, img.width), (oh, ow))
             ome.finalize(group, ome=ome.ome_metadata(kind=kind, classes=classes, name=model.name, levels=levels,
-                                                     scale=scale, extra={"model": model.name}))
+                                                     scale=pixel[0], unit=pixel[1], extra={"model": model.name}))
         except OSError as e:
             raise OutputError(f"writing {out_path} failed ({e.strerror or e}); free space or fix permissions, "
                               "then rerun the same command to finish") from None

@@ -5,6 +5,7 @@ any resolution, the labels layer, bad masks get one line."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,13 @@ def test_masked_run_equals_full_frame_on_computed_tiles_and_zero_elsewhere(tmp_p
     assert {(r[0] // T, c[0] // T) for r, c in count.calls} == computed
     assert stats.tiles_total == 35 and stats.tiles_skipped == 0
     assert any("28 of 35 tiles (80%)" in n for n in stats.notes)
+    # the time saved: an estimate from the tiles computed (format and arithmetic, not timings)
+    saved = [n for n in stats.notes if n.startswith("time saved")]
+    assert len(saved) == 1 and saved[0] in stats.summary().splitlines()
+    m = re.fullmatch(r"time saved: about (\d+\.\d) s \(estimate: 28 skipped tiles x (\d+\.\d{3}) s, "
+                     r"the mean compute time of a computed tile\)", saved[0])
+    assert m and float(m.group(2)) == pytest.approx(stats.compute / stats.tiles_computed, abs=5e-4)
+    assert float(m.group(1)) == pytest.approx(28 * stats.compute / stats.tiles_computed, abs=0.05 + 28 * 5e-4)
     # the mask is the output's OME-Zarr labels layer, laid over the output grid
     assert g["labels"].attrs["ome"]["labels"] == ["mask"]
     assert np.array_equal(g["labels/mask/0"][...], MASK.astype(np.uint8))
@@ -154,6 +162,7 @@ def test_empty_mask_computes_nothing_and_writes_fill(tmp_path, model, image, mon
     stats = segment_to_zarr(_input(tmp_path, image), model, out, tile=T, progress=False,
                             mask=np.zeros((5, 7), bool), kind="labels")
     assert count.calls == [] and stats.tiles_computed == 0
+    assert not any("time saved" in n for n in stats.notes)      # nothing computed: nothing to estimate from
     g = zarr.open_group(out, mode="r")
     assert g["0"].shape == (H, W) and not g["0"][...].any()
     assert g.attrs["hirestile"]["status"] == "complete"
@@ -238,7 +247,10 @@ def test_auto_mask_end_to_end_skips_glass_tiles(tmp_path, model, monkeypatch, ca
     assert touching <= done and len(done) < 35 // 2
     ref = expected_output(hirestile.predict(hirestile.load_model("unet"), img), "probabilities")
     _check(zarr.open_group(out, mode="r")["0"][...], ref, done)
-    assert f"{35 - len(done)} of 35 tiles" in capsys.readouterr().err      # the summary's mask note
+    err = capsys.readouterr().err
+    assert f"{35 - len(done)} of 35 tiles" in err      # the summary's mask note, and the time saved
+    assert re.search(rf"^time saved: about \d+\.\d s \(estimate: {35 - len(done)} skipped tiles x \d+\.\d{{3}} s, "
+                     r"the mean compute time of a computed tile\)$", err, re.M)
     assert main(["info", out]) == 0
     assert "mask: auto (tissue: optical density > " in (info := capsys.readouterr().out)
     assert f"{35 - len(done)} of 35 tiles outside it" in info
