@@ -2,6 +2,9 @@
 
 OpenVINO runs the same ONNX export twice: ``ov32`` with ``INFERENCE_PRECISION_HINT=f32``
 and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / AMX);
+``hsbf16`` is hirestile with ``precision="bf16"`` (its line names the instruction path), compared
+with OpenVINO's default and with hirestile fp32: speed ratios, max error and the share of equal
+labels (argmax over the whole image) against hirestile fp32;
 ``INFERENCE_NUM_THREADS`` = threads, latency hint, one stream. Each child prints the
 instruction set its engine used (OpenVINO: the convolution primitives and precisions of
 the compiled model). ``--engines`` picks the engines; PyTorch is the accuracy reference
@@ -85,25 +88,28 @@ else:
     from hirestile.models.unet import unet
     sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
     m = unet(in_channels=3, classes=2, base=base, depth=4, state=sd)
+    precision = "bf16" if engine == "hsbf16" else "fp32"
     def run(a):
-        return hirestile.predict(m, a)
+        return hirestile.predict(m, a, precision=precision)
     import llvmlite.binding as ll
+    from hirestile.executor import precision_label
     f = ll.get_host_cpu_features()
     isa = "numba LLVM " + ll.get_host_cpu_name() + " " + " ".join(
-        k for k in ("avx512f", "avx512bf16", "avx2") if f.get(k, False))
+        k for k in ("avx512f", "avx512bf16", "avx2") if f.get(k, False)) + ", " + precision_label(precision)
 run(x[:, :64, :64])  # warm-up: compile / load
 t0 = time.perf_counter(); c0 = time.process_time()
 y = run(x)
 wall = time.perf_counter() - t0; cpu = time.process_time() - c0
 np.save(path + ".npy", y[:, ::97, ::89])
+np.save(path + ".labels.npy", y.argmax(0).astype(np.uint8))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"wall": wall, "cpu_util": cpu / wall, "peak_mb": peak / 1024, "base_mb": rss0 / 1024,
                   "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16")
 LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
-         "ovdef": "OV default"}
+         "ovdef": "OV default", "hsbf16": "hs bf16"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:
@@ -162,6 +168,19 @@ def main(argv=None) -> list[dict]:
                            rel_err=errs["hirestile"])
                 if "onnxruntime" in ratio:
                     row["vs_ort"] = ratio["onnxruntime"]
+                if "hsbf16" in engines:     # bf16: against OpenVINO's default and hirestile fp32
+                    fp = np.load(per["hirestile"][-1]["sample"])
+                    lab = np.load(per["hirestile"][-1]["sample"][:-4] + ".labels.npy")
+                    for e in ("hsbf16", "ovdef"):
+                        if e in engines:
+                            row[f"{e}_err_fp32"] = float(np.abs(np.load(per[e][-1]["sample"]) - fp).max()
+                                                         / np.abs(fp).max())
+                            row[f"{e}_labels_fp32"] = float(
+                                (np.load(per[e][-1]["sample"][:-4] + ".labels.npy") == lab).mean())
+                    for e in ("ovdef", "hirestile"):
+                        if e in engines:
+                            row[f"bf16_vs_{e}"] = statistics.median(
+                                b["mps"] / o["mps"] for b, o in zip(per["hsbf16"], per[e]))
                 rows.append(row)
                 print(f"UNet-{base} {size}^2 (MP/s, peak MB, cpu/wall):", flush=True)
                 for e in engines:
@@ -169,6 +188,13 @@ def main(argv=None) -> list[dict]:
                     err = "" if e == "torch" else f"  max err/max|ref| vs torch {errs[e]:.1e}"
                     print(f"  {LABEL[e]:10s} {med[e]:7.3f}  {row[e + '_peak_mb']:6.0f}  "
                           f"{row[e + '_cpu']:.2f}{extra}{err}  [{row[e + '_isa']}]", flush=True)
+                if "hsbf16" in engines:
+                    vs = ", ".join(f"{row[f'bf16_vs_{e}']:.2f}x {LABEL[e]}" for e in ("ovdef", "hirestile")
+                                   if f"bf16_vs_{e}" in row)
+                    acc = "; ".join(f"{LABEL[e]} max err/max|fp32| {row[f'{e}_err_fp32']:.1e}, labels equal "
+                                    f"{100 * row[f'{e}_labels_fp32']:.2f} %" for e in ("hsbf16", "ovdef")
+                                    if f"{e}_err_fp32" in row)
+                    print(f"  bf16: hs bf16 is {vs}; vs hirestile fp32: {acc}", flush=True)
     return rows
 
 
