@@ -43,9 +43,10 @@ class Stream:
     True
     """
 
-    def __init__(self, rep: Report) -> None:
+    def __init__(self, rep: Report, arena: executor.Arena | None = None) -> None:
         self.rep = rep
         self.lines: dict[str, Buf] = {}
+        self.arena = executor.Arena() if arena is None else arena   # band buffers, reused band after band
 
     def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
         """The band ``out_region`` (as :func:`run_region`), reusing the previous band's rows."""
@@ -54,8 +55,8 @@ class Stream:
         ahead = ((y1, min(y1 + (y1 - y0), oh)), tuple(cols)) if y1 < oh else None
         if ahead is None:                     # the strip's last band: nothing to keep
             lines, self.lines = self.lines, {}
-            return executor._run(self.rep, window, origin, out_region, lines, None)
-        return executor._run(self.rep, window, origin, out_region, self.lines, ahead)
+            return executor._run(self.rep, window, origin, out_region, lines, None, self.arena)
+        return executor._run(self.rep, window, origin, out_region, self.lines, ahead, self.arena)
 
     @property
     def nbytes(self) -> int:

@@ -36,20 +36,25 @@ ACT = {"": 0, "relu": 1, "leaky_relu": 2}
 
 @dataclass(frozen=True)
 class Buf:
-    """A tensor's values on rows [y0, y0 + h) and cols [x0, x0 + w) of its grid, HWC."""
+    """A tensor's values on rows [y0, y0 + h) and cols [x0, x0 + w) of its grid, HWC.
+
+    The rows and columns may run past the feature map: with ``fill`` set, positions outside
+    the map hold that value (the padding a consumer reads there), so the consumer's window
+    is a view of the buffer, not a padded copy."""
 
     data: np.ndarray
     y0: int
     x0: int
+    fill: float | None = None
 
     @property
     def region(self) -> Region:
         h, w = self.data.shape[:2]
-        return ((self.y0, self.y0 + h), (self.x0, self.x0 + w))
+        return Region((self.y0, self.y0 + h), (self.x0, self.x0 + w))
 
     def crop(self, reg: Region) -> "Buf":
         (a, b), (c, d) = reg
-        return Buf(self.data[a - self.y0:b - self.y0, c - self.x0:d - self.x0], a, c)
+        return Buf(self.data[a - self.y0:b - self.y0, c - self.x0:d - self.x0], a, c, self.fill)
 
 
 def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
@@ -62,65 +67,22 @@ def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
     return np.where((i >= 0) & (i < n), i, -1)
 
 
-@dataclass(frozen=True)
-class Rows:
-    """A tensor's values held in pieces stacked by rows (same columns), as a :class:`hirestile.bands.Stream`
-    keeps them: the line buffer from the band above, then the rows this band computed. Read
-    through :func:`fetch`, which copies each window out anyway, so the pieces are never joined."""
-
-    parts: tuple[Buf, ...]
-
-    @property
-    def region(self) -> Region:
-        (a, _), cols = self.parts[0].region
-        (_, b), _ = self.parts[-1].region
-        return ((a, b), cols)
-
-    @property
-    def channels(self) -> int:
-        return self.parts[0].data.shape[2]
-
-    def crop(self, reg: Region) -> Buf:
-        (a, b), (c, d) = reg
-        return Buf(fetch(self, reg, (b, d)), a, c)
-
-
-def fetch(buf: Buf | Rows, window: Region, size: tuple[int, int], mode: str = "fill", fill: float = 0.0) -> np.ndarray:
-    """The window (global rows, cols) of a tensor of spatial ``size`` as a C-contiguous HWC array.
+def fetch(buf: Buf, window: Region, size: tuple[int, int], mode: str = "fill", fill: float = 0.0) -> np.ndarray:
+    """The window (global rows, cols) of a tensor of spatial ``size`` as an HWC array with
+    packed pixels: a view of ``buf`` when the buffer holds the whole window (its padding
+    included), else a C-contiguous copy. Callers must not write into it.
 
     Positions outside [0, size) follow ``mode``: "fill" (``fill``), "reflect" or
     "replicate". Positions inside must be in ``buf`` (the analyzer guarantees it).
     """
     (r0, r1), (c0, c1) = window
-    if isinstance(buf, Rows):
-        inside = [p for p in buf.parts if p.region[0][0] <= r0 and r1 <= p.region[0][1]]
-        if inside and r0 >= 0 and r1 <= size[0]:
-            buf = inside[0]                   # the window lies in one piece: as a plain buffer
-    if not isinstance(buf, Rows):
-        (by0, by1), (bx0, bx1) = buf.region
-        if 0 <= r0 and 0 <= c0 and r1 <= size[0] and c1 <= size[1] and by0 <= r0 and r1 <= by1 and bx0 <= c0 \
-                and c1 <= bx1:                # inside the buffer: a view when it is contiguous, else a copy
-            return np.ascontiguousarray(buf.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0])
-        out = np.empty((r1 - r0, c1 - c0, buf.data.shape[2]), np.float32)
-        _fetch_into(out, buf, window, size, mode, fill)
-        return out
-    out = np.empty((r1 - r0, c1 - c0, buf.channels), np.float32)
-    rows = _index(r0, r1, size[0], mode)
-    valid = rows[rows >= 0]
-    parts = [p for p in buf.parts if valid.size and p.region[0][0] <= valid.max() and valid.min() < p.region[0][1]]
-    if len(parts) == 1:
-        _fetch_into(out, parts[0], window, size, mode, fill)
-    elif mode == "fill":              # rows are a contiguous run: each piece fills its share
-        if valid.size < r1 - r0:
-            out[...] = fill
-        for p in parts:
-            (pa, pb), _ = p.region
-            a, b = max(r0, pa, 0), min(r1, pb, size[0])
-            if b > a:
-                _fetch_into(out[a - r0:b - r0], p, ((a, b), (c0, c1)), size, mode, fill)
-    else:                             # mirrored rows across pieces (at image borders only): join them
-        joined = np.concatenate([p.data for p in buf.parts], axis=0)
-        _fetch_into(out, Buf(joined, buf.parts[0].y0, buf.parts[0].x0), window, size, mode, fill)
+    (by0, by1), (bx0, bx1) = buf.region
+    if by0 <= r0 and r1 <= by1 and bx0 <= c0 and c1 <= bx1 and (
+            (0 <= r0 and 0 <= c0 and r1 <= size[0] and c1 <= size[1])
+            or (mode == "fill" and buf.fill is not None and buf.fill == fill)):
+        return buf.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0]
+    out = np.empty((r1 - r0, c1 - c0, buf.data.shape[2]), np.float32)
+    _fetch_into(out, buf, window, size, mode, fill)
     return out
 
 
@@ -277,31 +239,31 @@ def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
     return fetch(buf, _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
 
 
-def _run_conv(node, bufs, comp, shapes, wts):
+def _run_conv(node, bufs, comp, shapes, wts, out=None):
     op = node.op
     x = _fetch_input(node, 0, bufs, comp, shapes)
     return _kernels(wts).conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
-                        act=ACT[op.act], alpha=op.alpha)
+                        act=ACT[op.act], alpha=op.alpha, out=out)
 
 
-def _run_conv_transpose(node, bufs, comp, shapes, wts):
+def _run_conv_transpose(node, bufs, comp, shapes, wts, out=None):
     op = node.op
     win = _window(node, 0, comp, shapes)
     x = _fetch_input(node, 0, bufs, comp, shapes)
     offset = (comp[0][0] + op.pads[0] - op.stride[0] * win[0][0], comp[1][0] + op.pads[1] - op.stride[1] * win[1][0])
     shape = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
     return _kernels(wts).conv_transpose2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
-                                  offset=offset, out_shape=shape, act=ACT[op.act], alpha=op.alpha)
+                                  offset=offset, out_shape=shape, act=ACT[op.act], alpha=op.alpha, out=out)
 
 
-def _run_pool(node, bufs, comp, shapes, wts):
+def _run_pool(node, bufs, comp, shapes, wts, out=None):
     op = node.op
     x = _fetch_input(node, 0, bufs, comp, shapes)
     if op.mode == "max":
-        return kpool.max_pool2d(x, kernel=op.kernel, stride=op.stride, dilation=op.dilation)
+        return kpool.max_pool2d(x, kernel=op.kernel, stride=op.stride, dilation=op.dilation, out=out)
     _, h, w = shapes[node.inputs[0]]
     cy, cx = op.divisors(0, *comp[0], h), op.divisors(1, *comp[1], w)
-    return kpool.avg_pool2d(x, kernel=op.kernel, stride=op.stride, count_y=cy, count_x=cx)
+    return kpool.avg_pool2d(x, kernel=op.kernel, stride=op.stride, count_y=cy, count_x=cx, out=out)
 
 
 def _run_resize(node, bufs, comp, shapes, wts):
@@ -309,7 +271,7 @@ def _run_resize(node, bufs, comp, shapes, wts):
     src = shapes[node.inputs[0]]
     out = shapes[node.name]
     win = _window(node, 0, comp, shapes)
-    x = fetch(bufs[node.inputs[0]], win, src[1:])
+    x = np.ascontiguousarray(fetch(bufs[node.inputs[0]], win, src[1:]))
     taps = [op.taps(a, np.arange(*comp[a]), src[a + 1], out[a + 1]) for a in (0, 1)]
     if op.mode == "nearest":
         return kresize.resize_nearest(x, iy=taps[0][0] - win[0][0], ix=taps[1][0] - win[1][0])
@@ -319,7 +281,13 @@ def _run_resize(node, bufs, comp, shapes, wts):
 
 
 def _same(node, bufs, comp, shapes, k=0):
-    return _fetch_input(node, k, bufs, comp, shapes)
+    """The input window as an array of its own (a view of the producer's buffer is copied:
+    these runners return it or hand it to kernels that take C-contiguous arrays)."""
+    return _own(_fetch_input(node, k, bufs, comp, shapes))
+
+
+def _own(x: np.ndarray) -> np.ndarray:
+    return x if x.flags.c_contiguous and x.flags.owndata else x.copy()
 
 
 def _run_unary(node, bufs, comp, shapes, wts):
@@ -355,31 +323,27 @@ def _run_binary(node, bufs, comp, shapes, wts):
     return kpw.binary(a, b, code)
 
 
-def _run_concat(node, bufs, comp, shapes, wts):
+def _run_concat(node, bufs, comp, shapes, wts, out=None):
     """Each input fetched straight into its channel slice of the output (one copy, not two)."""
     (a, b), (c, d) = comp
     chans = [shapes[t][0] for t in node.inputs]
-    out = np.empty((b - a, d - c, sum(chans)), np.float32)
+    if out is None:
+        out = np.empty((b - a, d - c, sum(chans)), np.float32)
     k0 = 0
     for k, t in enumerate(node.inputs):
         src = bufs.get(t)
         if src is None:
             src = Buf(np.empty((0, 0, chans[k]), np.float32), 0, 0)
         mode, fill = padding_mode(node.op, k)
-        part = out[:, :, k0:k0 + chans[k]]
-        win = _window(node, k, comp, shapes)
-        if isinstance(src, Rows):
-            part[...] = fetch(src, win, shapes[t][1:], mode, fill)
-        else:
-            _fetch_into(part, src, win, shapes[t][1:], mode, fill)
+        _fetch_into(out[:, :, k0:k0 + chans[k]], src, _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
         k0 += chans[k]
     return out
 
 
 def _run_slice(node, bufs, comp, shapes, wts):
     c0, c1 = node.op.bounds(0, shapes[node.inputs[0]][0])
-    x = _same(node, bufs, comp, shapes)
-    return np.ascontiguousarray(x[:, :, c0:c1]) if (c0, c1) != (0, x.shape[2]) else x
+    x = _fetch_input(node, 0, bufs, comp, shapes)
+    return np.ascontiguousarray(x[:, :, c0:c1]) if (c0, c1) != (0, x.shape[2]) else _own(x)
 
 
 def _run_crop(node, bufs, comp, shapes, wts):  # crop and pad: the fetch does it all
@@ -409,12 +373,17 @@ RUNNERS: dict[type, Callable] = {
     Slice: _run_slice, CropLike: _run_crop, Pad: _run_crop, Softmax: _run_softmax,
     GlobalPool: _run_global_pool, Norm: _run_norm,
 }
+# Runners that write into a buffer they are given (``out=``, a window of the node's buffer):
+# the others return a new array, copied into the buffer only when the buffer must be larger
+# (padding for a consumer, rows kept from the band above).
+WRITES_INTO = frozenset({Conv, ConvTranspose, Pool, Concat})
 
 
 # ---------------------------------------------------------------- region execution
 
 
-def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
+def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region, *,
+               arena: "Arena | None" = None) -> np.ndarray:
     """Compute ``out_region`` of the network's output.
 
     Parameters
@@ -428,16 +397,119 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
         Global (row, col) of ``window[:, 0, 0]``.
     out_region : ((y0, y1), (x0, x1))
         Output region, on the output grid, inside the output.
+    arena : Arena, optional
+        Where the node buffers come from; pass the same one to every tile of a run so that
+        they are reused (a fresh one by default).
 
     Returns
     -------
     ndarray, float32, (K, y1 - y0, x1 - x0)
     """
-    return _run(rep, window, origin, out_region)
+    return _run(rep, window, origin, out_region, arena=arena)
+
+
+class Arena:
+    """Float32 node buffers reused within a run: across its nodes, tiles and bands.
+
+    A fresh large array costs first-touch page faults (10-30 % of a conv at large sizes)
+    and leaves glibc's heap fragmented. The executor takes each node's buffer from here and
+    gives it back once the node's last consumer has run, so later nodes, and the next tile or
+    band of the same shape, reuse it. Free buffers are kept up to the peak bytes the run has
+    had in use at once, so the arena holds at most twice that peak.
+
+    Examples
+    --------
+    >>> a = Arena()
+    >>> x = a.take((4, 5, 16))
+    >>> a.give(x)
+    >>> a.take((4, 5, 16)).base is x.base     # the same memory again
+    True
+    """
+
+    SLACK = 1.25          # a free buffer serves a request up to 25 % smaller than itself
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []
+        self.used = 0     # bytes handed out and not given back
+        self.peak = 0
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised C-contiguous float32 array of ``shape``."""
+        n = max(int(np.prod(shape)), 1)
+        best = -1
+        for i, f in enumerate(self._free):
+            if n <= f.size <= n * self.SLACK and (best < 0 or f.size < self._free[best].size):
+                best = i
+        f = self._free.pop(best) if best >= 0 else np.empty(n, np.float32)
+        self.used += f.nbytes
+        self.peak = max(self.peak, self.used)
+        return f[:int(np.prod(shape))].reshape(shape)
+
+    def give(self, a: np.ndarray) -> None:
+        """Return an array :meth:`take` gave (it must not be used afterwards)."""
+        f = a.base if a.base is not None else a
+        self.used -= f.nbytes
+        self._free.append(f)
+        held = sum(x.nbytes for x in self._free)
+        while held > self.peak and self._free:
+            held -= self._free.pop(0).nbytes      # the longest unused goes first
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the arena holds, in use and free."""
+        return self.used + sum(x.nbytes for x in self._free)
+
+
+def _extents(g: Graph, regs: dict[str, NodeRegion], shapes) -> dict[str, tuple[Region, float | None]]:
+    """Per node, the region its buffer covers and the value it holds outside the feature map.
+
+    The buffer covers the node's computed region grown to the windows its consumers read,
+    where those run past the map and read a constant ("fill" padding: zeros for a conv,
+    -inf for a max-pool); the first such constant is the buffer's, a consumer wanting
+    another (or reflect / replicate) gets a copy from :func:`fetch` as before."""
+    wins: dict[str, list] = {}
+    for n in g.nodes:
+        nr = regs.get(n.name)
+        if nr is None:
+            continue
+        for k, t in enumerate(n.inputs):
+            if t in regs:
+                w = _window(n, k, nr.computed, shapes)
+                if w[0] is not None and w[1] is not None:
+                    wins.setdefault(t, []).append((w, *padding_mode(n.op, k)))
+    out = {}
+    for t, nr in regs.items():
+        (a, b), (c, d) = nr.needed if t == g.input else nr.computed
+        h, w = shapes[t][1:]
+        fill = None
+        for ((wa, wb), (wc, wd)), mode, v in wins.get(t, ()):
+            if mode != "fill" or (fill is not None and v != fill) or (0 <= wa and 0 <= wc and wb <= h and wd <= w):
+                continue
+            na, nb, nc, nd = min(a, wa), max(b, wb), min(c, wc), max(d, wd)
+            # growing may only add positions outside the map
+            if (na < a and a > 0) or (nb > b and b < h) or (nc < c and c > 0) or (nd > d and d < w):
+                continue
+            a, b, c, d, fill = na, nb, nc, nd, v
+        out[t] = (Region((a, b), (c, d)), fill)
+    return out
+
+
+def _fill_outside(buf: Buf, size: tuple[int, int]) -> None:
+    """Set the positions of ``buf`` outside the map (rows / cols past [0, size)) to its fill."""
+    (y0, y1), (x0, x1) = buf.region
+    d, v = buf.data, buf.fill
+    if y0 < 0:
+        d[:min(-y0, d.shape[0])] = v
+    if y1 > size[0]:
+        d[max(size[0] - y0, 0):] = v
+    if x0 < 0:
+        d[:, :min(-x0, d.shape[1])] = v
+    if x1 > size[1]:
+        d[:, max(size[1] - x0, 0):] = v
 
 
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
-         lines: dict[str, Buf] | None = None, ahead: Region | None = None) -> np.ndarray:
+         lines: dict[str, Buf] | None = None, ahead: Region | None = None, arena: Arena | None = None) -> np.ndarray:
     """:func:`run_region`; with ``lines`` (a :class:`hirestile.bands.Stream`'s line buffers), rows a node
     already computed for the previous band are reused, and once a node's consumers have run
     only the rows the band ``ahead`` needs are kept."""
@@ -453,14 +525,26 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         return np.zeros((k_out, oy1 - oy0, ox1 - ox0), np.float32)
     if window.ndim != 3 or window.shape[0] != g.in_channels:
         raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
-    x = np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32)
-    bufs: dict[str, Buf | Rows] = {g.input: Buf(x, int(origin[0]), int(origin[1]))}
+    arena = Arena() if arena is None else arena
+    ext = _extents(g, regs, rep.shapes)
+    given = Region((int(origin[0]), int(origin[0]) + window.shape[1]), (int(origin[1]), int(origin[1]) + window.shape[2]))
+    pooled: set[str] = set()
     if g.input in regs:
-        (a, b), (c, d) = regs[g.input].needed
-        (wa, wb), (wc, wd) = bufs[g.input].region
-        if not (wa <= a and b <= wb and wc <= c and d <= wd):
-            raise ValueError(f"input window {bufs[g.input].region} does not cover the rows/cols "
-                             f"{regs[g.input].needed} this region needs")
+        need = Region.of(regs[g.input].needed)
+        if given.intersect(need) != need:
+            raise ValueError(f"input window {given} does not cover the rows/cols {need} this region needs")
+        e, fill = ext[g.input]
+        (ea, eb), (ec, ed) = e
+        x = Buf(arena.take((eb - ea, ed - ec, g.in_channels)), ea, ec, fill)
+        pooled.add(g.input)
+        (a, b), (c, d) = need
+        np.copyto(x.data[a - ea:b - ea, c - ec:d - ec],
+                  np.moveaxis(window[:, a - given.rows[0]:b - given.rows[0], c - given.cols[0]:d - given.cols[0]], 0, -1))
+        if fill is not None:
+            _fill_outside(x, rep.shapes[g.input][1:])
+    else:
+        x = Buf(np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32), *given.origin)
+    bufs: dict[str, Buf] = {g.input: x}
     later = rep.regions(ahead, aligned=True) if lines is not None and ahead is not None else {}
     remaining: dict[str, int] = {}
     for n in g.nodes:
@@ -472,62 +556,87 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         if nr is None:
             continue
         prev = lines.pop(n.name, None) if lines is not None else None
-        bufs[n.name] = _compute(n, bufs, nr.computed, rep, prev)
+        bufs[n.name], from_arena = _compute(n, bufs, nr.computed, ext[n.name], rep, prev, arena)
+        if from_arena:
+            pooled.add(n.name)
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
                 done = bufs.pop(t, None)
                 if done is not None and t != g.input and lines is not None:
-                    _keep(lines, t, done, later.get(t))
-    res = bufs[g.output].crop(((oy0, oy1), (ox0, ox1))).data if g.output != g.input else \
-        fetch(bufs[g.input], out_region, (oh, ow))
+                    _keep(lines, t, done, regs[t].computed, later.get(t))
+                if done is not None and t in pooled:
+                    arena.give(done.data)
+    if g.output == g.input:
+        res = fetch(bufs[g.input], out_region, (oh, ow))
+    else:
+        res = bufs[g.output].crop(Region((oy0, oy1), (ox0, ox1))).data
+    res = np.ascontiguousarray(np.moveaxis(res, -1, 0))
     if lines is not None and g.output != g.input:
-        _keep(lines, g.output, bufs[g.output], later.get(g.output))
-    return np.ascontiguousarray(np.moveaxis(res, -1, 0))
+        _keep(lines, g.output, bufs[g.output], regs[g.output].computed, later.get(g.output))
+    for t in pooled & set(bufs):
+        arena.give(bufs.pop(t).data)
+    return res
 
 
-def _compute(n: Node, bufs: dict[str, Buf | Rows], comp: Region, rep: Report, prev: Buf | None) -> Buf | Rows:
-    """Node ``n``'s values on ``comp``; rows that ``prev`` (the node's line buffer from the band
-    above, same columns) holds at the top of ``comp`` are reused, only the rows below are computed.
-    The kernels give every row the same bits whatever region it is computed in (the exactness
-    contract), so this changes no value."""
-    run = _runner(n, rep)
-    (r0, r1), cols = comp
-    expect = (r1 - r0, comp[1][1] - comp[1][0])
-    if prev is None or prev.region[1] != tuple(cols) or not prev.y0 <= r0 < prev.y0 + prev.data.shape[0]:
-        return _checked(n, run(n, bufs, comp, rep.shapes, rep.weights[n.name]), comp)
-    top = prev.crop(((r0, min(prev.y0 + prev.data.shape[0], r1)), cols))
-    if top.data.shape[0] == expect[0]:
-        return top
-    below = ((r0 + top.data.shape[0], r1), cols)
-    return Rows((top, _checked(n, run(n, bufs, below, rep.shapes, rep.weights[n.name]), below)))
+def _compute(n: Node, bufs: dict[str, Buf], comp: Region, ext: tuple[Region, float | None], rep: Report,
+             prev: Buf | None, arena: Arena) -> tuple[Buf, bool]:
+    """Node ``n``'s values on ``comp``, in a buffer covering ``ext`` (with the padding its
+    consumers read outside the map); rows that ``prev`` (the node's line buffer from the band
+    above, same columns) holds at the top of ``comp`` are copied in, only the rows below are
+    computed. The kernels give every row the same bits whatever region it is computed in
+    (the exactness contract), so this changes no value. Returns the buffer and whether it
+    came from ``arena`` (a runner's own array is used as it is when nothing needs adding)."""
+    run, writes = _runner(n, rep), type(n.op) in WRITES_INTO
+    (r0, r1), (c0, c1) = comp
+    e, fill = ext
+    reuse = prev is not None and prev.region.cols == (c0, c1) and prev.y0 <= r0 < prev.region.rows[1]
+    if not reuse and e == comp and fill is None and not writes:
+        return Buf(_checked(n, run(n, bufs, comp, rep.shapes, rep.weights[n.name]), comp), r0, c0), False
+    (ea, eb), (ec, ed) = e
+    buf = Buf(arena.take((eb - ea, ed - ec, rep.shapes[n.name][0])), ea, ec, fill)
+    start = r0
+    if reuse:
+        start = min(prev.region.rows[1], r1)
+        buf.data[r0 - ea:start - ea, c0 - ec:c1 - ec] = prev.data[r0 - prev.y0:start - prev.y0]
+    if start < r1:
+        below = Region((start, r1), (c0, c1))
+        dst = buf.data[start - ea:r1 - ea, c0 - ec:c1 - ec]
+        if writes:
+            res = run(n, bufs, below, rep.shapes, rep.weights[n.name], out=dst)
+        else:
+            res = run(n, bufs, below, rep.shapes, rep.weights[n.name])
+        _checked(n, res, below)
+        if res is not dst:
+            dst[...] = res
+    if fill is not None:
+        _fill_outside(buf, rep.shapes[n.name][1:])
+    return buf, True
 
 
-def _checked(n: Node, data: np.ndarray, comp: Region) -> Buf:
+def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
     expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
     if data.shape[:2] != expect:
         raise AssertionError(f"internal error: node {n.name!r} produced {data.shape[:2]}, expected {expect}")
-    return Buf(data, comp[0][0], comp[1][0])
+    return data
 
 
-def _keep(lines: dict[str, Buf], name: str, buf: Buf | Rows, nxt: NodeRegion | None) -> None:
-    """Keep the rows of ``buf`` the next band computes again (its computed region's top rows),
-    copied out so the band's buffers are freed."""
+def _keep(lines: dict[str, Buf], name: str, buf: Buf, comp: Region, nxt: NodeRegion | None) -> None:
+    """Keep the rows of ``buf``'s computed region ``comp`` that the next band computes again
+    (its computed region's top rows), copied out so the band's buffer can be reused."""
     if nxt is None:
         return
     (a, b), cols = nxt.computed
-    (y0, y1), bcols = buf.region
+    (y0, y1), (c0, c1) = comp
     lo, hi = max(a, y0), min(b, y1)
-    if hi > lo and bcols == tuple(cols):
-        rows = fetch(buf, ((lo, hi), bcols), (hi, bcols[1]))
-        if not rows.flags.owndata:            # a view would keep the whole band's buffer alive
-            rows = rows.copy()
-        lines[name] = Buf(rows, lo, bcols[0])
+    if hi > lo and (c0, c1) == tuple(cols):
+        rows = buf.data[lo - buf.y0:hi - buf.y0, c0 - buf.x0:c1 - buf.x0].copy()
+        lines[name] = Buf(rows, lo, c0)
 
 
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,
                where: str = "image", hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf",
-               stream: Any = None) -> np.ndarray:
+               stream: Any = None, arena: Arena | None = None) -> np.ndarray:
     """A tile's logits from its read window as stored: normalise by the model's input
     contract (refusing NaN/Inf unless ``nan_fill``; the message names ``where`` and
     ``hint``), run the network, return the tile's output region.
@@ -543,6 +652,8 @@ def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile
         From :mod:`hirestile.tiling`.
     stream : hirestile.bands.Stream, optional
         Run the tile as the next band of this stream (same bits, rows above reused).
+    arena : Arena, optional
+        Node buffers to reuse across the tiles of a run (see :func:`run_region`).
 
     Returns
     -------
@@ -551,7 +662,7 @@ def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile
     window = normalize_window(raw, tile.read, contract, nan_fill, where=where, hint=hint)
     if stream is not None:
         return stream.run(window, tile.read.origin, tile.write)
-    return run_region(rep, window, tile.read.origin, tile.write)
+    return run_region(rep, window, tile.read.origin, tile.write, arena=arena)
 
 
 def run_full(rep: Report, image: np.ndarray) -> np.ndarray:

@@ -108,6 +108,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
     contract = model.contract
     band: Stream | None = None
     band_cols: Any = None
+    arena = executor.Arena()          # node buffers, reused tile after tile (and strip after strip)
     bar = tqdm(total=total, initial=total - len(todo), unit="tile", dynamic_ncols=True,
                disable=None if progress is None else not progress,      # None: only on a terminal
                desc="segment", smoothing=0.1)
@@ -186,9 +187,9 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
             s = time.perf_counter()
             del item
             if streaming and (band is None or band_cols != t.write.cols):
-                band, band_cols = Stream(rep), t.write.cols       # a new column strip
+                band, band_cols = Stream(rep, arena), t.write.cols       # a new column strip
             logits = executor.run_window(rep, contract, raw, t, nan_fill=nan_fill, where=f"{img.path}:",
-                                         hint=NAN_FILL_HINT, stream=band)
+                                         hint=NAN_FILL_HINT, stream=band, arena=arena)
             del raw
             stats.compute += time.perf_counter() - s
             s = time.perf_counter()

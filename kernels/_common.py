@@ -23,17 +23,47 @@ def as_f32(x, name="x", ndim=None):
     return np.ascontiguousarray(x)
 
 
-def out_array(out, shape, dtype=np.float32):
-    """``out`` checked to be a C-contiguous ``dtype`` array of ``shape``, or a new one."""
+def packed(a):
+    """True when ``a`` is an (h, w, C) float32 array whose pixels and channels are packed
+    (each ``a[r]`` contiguous) while its rows may lie further apart: C-contiguous, or a
+    window ``buf[r0:r1, c0:c1]`` of a wider HWC buffer."""
+    return (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 3
+            and a.strides[2] == 4 and a.strides[1] == 4 * a.shape[2]
+            and (a.shape[0] < 2 or a.strides[0] >= a.strides[1] * a.shape[1]))
+
+
+def as_window(x, name="x"):
+    """``x`` as a float32 (h, w, C) array with packed pixels (see :func:`packed`): as it is
+    when it already is one (a window of a wider buffer is read in place), else a
+    C-contiguous copy. Raises ValueError for another dtype or number of dimensions."""
+    x = np.asarray(x)
+    if x.dtype != np.float32 or x.ndim != 3:
+        raise ValueError(f"{name} must be a float32 (h, w, C) array, got {x.dtype} {x.shape}")
+    return x if packed(x) else np.ascontiguousarray(x)
+
+
+def flat(a):
+    """(flat 1-D view of the packed (h, w, C) array ``a`` from its first element, row pitch
+    in pixels): element (r, c, ch) sits at ``r * pitch * C + c * C + ch``. The flat form
+    lets one compiled kernel read and write C-contiguous arrays and windows of wider ones."""
+    h, w, c = a.shape
+    pitch = a.strides[0] // (4 * c) if h > 1 and c else w
+    n = ((h - 1) * pitch + w) * c if h and w else 0
+    return np.lib.stride_tricks.as_strided(a, (n,), (4,)), pitch
+
+
+def out_array(out, shape, dtype=np.float32, window=False):
+    """``out`` checked to be a C-contiguous ``dtype`` array of ``shape`` (with ``window``,
+    also a packed window of a wider buffer, see :func:`packed`), or a new one."""
     shape = tuple(shape)
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype \
-            or not out.flags.c_contiguous:
-        raise ValueError(
-            f"out must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
-            f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
-        )
+    ok = packed(out) if window else out.flags.c_contiguous if isinstance(out, np.ndarray) else False
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype or not ok:
+        what = "float32 array (C-contiguous or a window of rows of a wider one)" if window else \
+            f"C-contiguous {np.dtype(dtype).name} array"
+        raise ValueError(f"out must be a {what} of shape {shape}, "
+                         f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
     return out
 
 

@@ -60,47 +60,46 @@ def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, 
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
-def conv2d_blocked(xf, Wi, Ci, wf, CoP, bias, koff, out, sy, sx, act, alpha):
-    """xf: flat window (Hi*Wi*Ci); wf: flat (K, CoP) weights, k = (ky, kx, ci);
-    bias: (CoP,); koff[k]: window offset of term k; out: (Ho, Wo, Co)."""
-    Ho, Wo, Co = out.shape
-    outf = out.reshape(-1)
+def conv2d_blocked(xf, Wp, Ci, wf, CoP, bias, koff, outf, Ho, Wo, Op, Co, sy, sx, act, alpha):
+    """xf: flat window, rows Wp pixels apart; wf: flat (K, CoP) weights, k = (ky, kx, ci);
+    bias: (CoP,); koff[k]: window offset of term k; outf: flat (Ho, Wo, Co), rows Op
+    pixels apart."""
     xps = sx * Ci
     if Co == CoP:
         for r in prange(Ho):
-            _row(xf, r * sy * Wi * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, outf, r * Wo * Co, Co,
+            _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, outf, r * Op * Co, Co,
                  Wo, act, alpha)
     else:
         for r in prange(Ho):
             tmp = np.empty(Wo * CoP, np.float32)
-            _row(xf, r * sy * Wi * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
+            _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
             for c in range(Wo):
                 for co in range(Co):
-                    out[r, c, co] = tmp[c * CoP + co]
-    return out
+                    outf[r * Op * Co + c * Co + co] = tmp[c * CoP + co]
+    return outf
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
-def _no_tap(out, r, c, bias, act, a32):
-    """Output pixel (r, c) that no tap reaches: act(0 + bias)."""
-    for co in range(out.shape[2]):
+def _no_tap(outf, o, bias, act, a32):
+    """The output pixel at outf[o:] that no tap reaches: act(0 + bias)."""
+    for co in range(bias.shape[0]):
         v = np.float32(0.0) + bias[co]
         if act == 1:
             v = v if v > 0.0 else np.float32(0.0)
         elif act == 2:
             v = v if v >= 0.0 else v * a32
-        out[r, c, co] = v
+        outf[o + co] = v
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
-def conv_transpose2d_blocked(xf, Hi, Wi, Ci, wf, kh, kw, bias, out, sy, sx, ty, tx, act, alpha):
-    """wf: the (kh*kw, Ci, Co) tap matrices packed by :func:`pack_cols`."""
+def conv_transpose2d_blocked(xf, Hi, Wi, Wp, Ci, wf, kh, kw, bias, outf, Ho, Wo, Op, Co, sy, sx, ty, tx,
+                             act, alpha):
     """Transposed conv with kh <= sy, kw <= sx, dilation 1, groups 1, Co % 16 == 0: every
     output pixel takes at most one tap, (ky, kx) = ((r + ty) % sy, (c + tx) % sx), so each
     (row, kx) is a GEMM over consecutive input pixels. Same sum order as the generic route
-    (acc = 0; acc += x * w over ci; act(acc + bias)); pixels with no tap get act(0 + bias)."""
-    Ho, Wo, Co = out.shape
-    outf = out.reshape(-1)
+    (acc = 0; acc += x * w over ci; act(acc + bias)); pixels with no tap get act(0 + bias).
+    wf: the (kh*kw, Ci, Co) tap matrices packed by :func:`pack_cols`; input rows lie Wp
+    pixels apart in xf, output rows Op pixels apart in outf."""
     noff = np.zeros(0, np.int64)
     a32 = np.float32(alpha)
     for r in prange(Ho):
@@ -116,15 +115,16 @@ def conv_transpose2d_blocked(xf, Hi, Wi, Ci, wf, kh, kw, bias, out, sy, sx, ty, 
             if ky < kh and kx < kw and iy < Hi:
                 nval = max(0, min(ncol, Wi - ix0))
             if nval > 0:
-                _row(xf, (iy * Wi + ix0) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
-                     bias, outf, (r * Wo + cf) * Co, sx * Co, nval, act, alpha)
+                _row(xf, (iy * Wp + ix0) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
+                     bias, outf, (r * Op + cf) * Co, sx * Co, nval, act, alpha)
             for j in range(nval, ncol):
-                _no_tap(out, r, cf + j * sx, bias, act, a32)
-    return out
+                _no_tap(outf, (r * Op + cf + j * sx) * Co, bias, act, a32)
+    return outf
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
-def conv_transpose2d_paired(xf, Hi, Wi, Ci, wp, wf, kh, kw, bias, bias2, out, ty, tx, act, alpha):
+def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, outf, Ho, Wo, Op, Co, ty, tx,
+                            act, alpha):
     """Transposed conv with kernel == stride (kh = sy, kw = sx), dilation 1, groups 1,
     Co % 16 == 0 (UNet's 2x2 stride-2 up-conv). Input pixel ix feeds the kw adjacent
     output pixels sx*ix - tx + kx, kx < kw, whose kw*Co outputs are contiguous in HWC:
@@ -134,10 +134,9 @@ def conv_transpose2d_paired(xf, Hi, Wi, Ci, wp, wf, kh, kw, bias, bias2, out, ty
     the 8x2 micro-kernel instead of 8x1) and one pass over the input row instead of kw.
     Columns of a pair cut by the window edge, or past the input, take the per-tap route
     (wf, as conv_transpose2d_blocked). Every element is the same sum as there
-    (acc = 0; acc = fma(x, w, acc) over ci in order; act(acc + bias)): same bits."""
-    Ho, Wo, Co = out.shape
+    (acc = 0; acc = fma(x, w, acc) over ci in order; act(acc + bias)): same bits. Input
+    rows lie Wp pixels apart in xf, output rows Op pixels apart in outf."""
     sx = kw
-    outf = out.reshape(-1)
     noff = np.zeros(0, np.int64)
     a32 = np.float32(alpha)
     C2 = kw * Co
@@ -151,8 +150,8 @@ def conv_transpose2d_paired(xf, Hi, Wi, Ci, wp, wf, kh, kw, bias, bias2, out, ty
         if iy < Hi:
             nval = max(0, min(npair, Wi - ix0))
             if nval > 0:
-                _row(xf, (iy * Wi + ix0) * Ci, Ci, noff, Ci, wp, ky * Ci * C2, C2,
-                     bias2, outf, (r * Wo + cf0) * Co, C2, nval, act, alpha)
+                _row(xf, (iy * Wp + ix0) * Ci, Ci, noff, Ci, wp, ky * Ci * C2, C2,
+                     bias2, outf, (r * Op + cf0) * Co, C2, nval, act, alpha)
         c = 0
         while c < Wo:
             if c == cf0 and nval > 0:
@@ -161,12 +160,12 @@ def conv_transpose2d_paired(xf, Hi, Wi, Ci, wp, wf, kh, kw, bias, bias2, out, ty
             kx = (c + tx) % sx
             ix = (c + tx) // sx
             if iy < Hi and ix < Wi:
-                _row(xf, (iy * Wi + ix) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
-                     bias, outf, (r * Wo + c) * Co, Co, 1, act, alpha)
+                _row(xf, (iy * Wp + ix) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
+                     bias, outf, (r * Op + c) * Co, Co, 1, act, alpha)
             else:
-                _no_tap(out, r, c, bias, act, a32)
+                _no_tap(outf, (r * Op + c) * Co, bias, act, a32)
             c += 1
-    return out
+    return outf
 
 
 def col_blocks(CoP):

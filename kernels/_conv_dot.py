@@ -23,15 +23,14 @@ FM = {"contract"}
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
-def conv2d_dot(xf, Wi, Ci, wt, bias, toff, out, sy, sx, act, alpha):
-    """xf: flat (Hi, Wi, Ci) window; wt: flat (Co, ntaps, Ci) weights; toff[t]: window offset
-    of tap t = ky*kw + kx; out: (Ho, Wo, Co)."""
-    Ho, Wo, Co = out.shape
+def conv2d_dot(xf, Wp, Ci, wt, bias, toff, outf, Ho, Wo, Op, Co, sy, sx, act, alpha):
+    """xf: flat window, rows Wp pixels apart; wt: flat (Co, ntaps, Ci) weights; toff[t]:
+    window offset of tap t = ky*kw + kx; outf: flat (Ho, Wo, Co), rows Op pixels apart."""
     ntap = toff.shape[0]
     a32 = np.float32(alpha)
     for r in prange(Ho):
         for c in range(Wo):
-            pb = ((r * sy) * Wi + c * sx) * Ci
+            pb = ((r * sy) * Wp + c * sx) * Ci
             for co in range(Co):
                 acc = vzero()
                 wb = co * ntap * Ci
@@ -44,8 +43,8 @@ def conv2d_dot(xf, Wi, Ci, wt, bias, toff, out, sy, sx, act, alpha):
                     v = v if v > 0.0 else np.float32(0.0)
                 elif act == 2:
                     v = v if v >= 0.0 else v * a32
-                out[r, c, co] = v
-    return out
+                outf[(r * Op + c) * Co + co] = v
+    return outf
 
 
 def pack_weights(w):
@@ -54,6 +53,6 @@ def pack_weights(w):
     return np.ascontiguousarray(w.reshape(kh * kw, Ci, Co).transpose(2, 0, 1)).reshape(-1)
 
 
-def tap_offsets(kh, kw, Ci, Wi, dy, dx):
+def tap_offsets(kh, kw, Ci, Wp, dy, dx):
     ky, kx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
-    return ((ky * dy * Wi + kx * dx) * Ci).reshape(-1).astype(np.int64)
+    return ((ky * dy * Wp + kx * dx) * Ci).reshape(-1).astype(np.int64)

@@ -162,11 +162,10 @@ def _gemm(V, vb, Ci, nt, noff, U, ub, CoP, M, mb):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
-def conv2d_wino2(xf, Hi, Wi, Ci, U, bias, out, NT, Vs, Ms, Ds, act, alpha):
-    """xf: flat (Hi, Wi, Ci) window, Ci % 16 == 0; U: flat (16, Ci, Co), Co % 16 == 0;
-    out: (Hi-2, Wi-2, Co). Vs, Ms, Ds: per-thread scratch (nthreads, ...)."""
-    Ho, Wo, Co = out.shape
-    outf = out.reshape(-1)
+def conv2d_wino2(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha):
+    """xf: flat (Hi, Wi, Ci) window whose rows lie Wp pixels apart, Ci % 16 == 0; U: flat
+    (16, Ci, Co), Co % 16 == 0; outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op
+    pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...)."""
     noff = np.zeros(0, np.int64)
     nty = (Ho + 1) // 2
     ntx = (Wo + 1) // 2
@@ -185,12 +184,12 @@ def conv2d_wino2(xf, Hi, Wi, Ci, U, bias, out, NT, Vs, Ms, Ds, act, alpha):
         for t in range(nt):
             c0 = 2 * (tx0 + t)
             if r0 + 4 <= Hi and c0 + 4 <= Wi:
-                _in_transform(xf, (r0 * Wi + c0) * Ci, Wi * Ci, Ci, Ci, V, t * Ci, vxs)
+                _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ci, vxs)
             else:  # patch runs past the window: copy with zeros, same transform
                 D[:] = 0.0
                 for i in range(min(4, Hi - r0)):
                     for j in range(min(4, Wi - c0)):
-                        s = ((r0 + i) * Wi + c0 + j) * Ci
+                        s = ((r0 + i) * Wp + c0 + j) * Ci
                         d = (i * 4 + j) * Ci
                         D[d:d + Ci] = xf[s:s + Ci]
                 _in_transform(D, 0, 4 * Ci, Ci, Ci, V, t * Ci, vxs)
@@ -202,8 +201,8 @@ def conv2d_wino2(xf, Hi, Wi, Ci, U, bias, out, NT, Vs, Ms, Ds, act, alpha):
             nc = min(2, Wo - c0)
             for co in range(0, Co, 16):
                 _out_transform(M, t * Co + co, mxs, bias, co, act, alpha,
-                               outf, (r0 * Wo + c0) * Co + co, Wo * Co, Co, nr, nc)
-    return out
+                               outf, (r0 * Op + c0) * Co + co, Op * Co, Co, nr, nc)
+    return outf
 
 
 _tls = threading.local()

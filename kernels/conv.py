@@ -60,6 +60,7 @@ from . import _conv_blocked as _b
 from . import _conv_direct as _d
 from . import _conv_dot as _dot
 from . import _conv_wino as _w
+from ._common import as_window, flat, packed
 
 __all__ = ["conv2d", "conv_transpose2d", "conv_tile"]
 
@@ -84,17 +85,17 @@ def _as_f32c(a, name):
 
 def _operands(x, w, bias, stride, dilation):
     """The checks and conversions conv2d and conv_transpose2d share."""
-    return (_as_f32c(x, "x"), _as_f32c(w, "w"), _as_f32c(bias, "bias"),
+    return (as_window(x, "x"), _as_f32c(w, "w"), _as_f32c(bias, "bias"),
             _pair(stride, "stride"), _pair(dilation, "dilation"))
 
 
 def _check_out(out, shape):
     if out is None:
         return np.empty(shape, np.float32)
-    if (not isinstance(out, np.ndarray) or out.dtype != np.float32
-            or out.shape != shape or not out.flags.c_contiguous):
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}, "
-                         f"got {getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}")
+    if not packed(out) or out.shape != shape:
+        raise ValueError(f"out must be a float32 array of shape {shape} with packed pixels (C-contiguous, "
+                         f"or a window of rows of a wider one), got {getattr(out, 'shape', None)} "
+                         f"{getattr(out, 'dtype', None)}")
     return out
 
 
@@ -171,7 +172,8 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
     Parameters
     ----------
     x : (Hi, Wi, Ci) float32
-        Input window, padding already applied. C-contiguous avoids a copy.
+        Input window, padding already applied. C-contiguous, or a window of rows of a
+        wider HWC buffer (``buf[r0:r1, c0:c1]``), is read in place; anything else is copied.
     w : (kh, kw, Ci // groups, Co) float32
         Read-only arrays get their packed / transformed form cached.
     bias : (Co,) float32 (zeros when the layer has none)
@@ -221,25 +223,31 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
         return out
     route = _route(kh, kw, (sy, sx), (dy, dx), groups, Ci, Co)
     act, alpha = int(act), float(alpha)
+    xf, xp = flat(x)
+    of, op = flat(out)
     if route == "wino2":
         U = _pack(w_in, w, route, _w.weight_transform)
         nt = _w.pick_nt(Ci, Co, (Wo + 1) // 2)
         Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co)
-        _w.conv2d_wino2(x.reshape(-1), Hi, Wi, Ci, U.reshape(-1), bias, out, nt, Vs, Ms, Ds,
+        _w.conv2d_wino2(xf, Hi, Wi, xp, Ci, U.reshape(-1), bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds,
                         act, alpha)
     elif route == "blocked":
         wf, CoP = _pack(w_in, w, route, _b.pack_weights)
         bp = bias if CoP == Co else np.concatenate([bias, np.zeros(CoP - Co, np.float32)])
-        koff = _b.tap_offsets(kh, kw, Ci, Wi, dy, dx)
-        _b.conv2d_blocked(x.reshape(-1), Wi, Ci, wf, CoP, bp, koff, out, sy, sx, act, alpha)
+        koff = _b.tap_offsets(kh, kw, Ci, xp, dy, dx)
+        _b.conv2d_blocked(xf, xp, Ci, wf, CoP, bp, koff, of, Ho, Wo, op, Co, sy, sx, act, alpha)
     elif route == "dot":
         wt = _pack(w_in, w, route, _dot.pack_weights)
-        toff = _dot.tap_offsets(kh, kw, Ci, Wi, dy, dx)
-        _dot.conv2d_dot(x.reshape(-1), Wi, Ci, wt, bias, toff, out, sy, sx, act, alpha)
-    elif route == "depthwise":
-        _d.conv2d_depthwise(x, w, bias, out, sy, sx, dy, dx, int(act), float(alpha))
-    else:
-        _d.conv2d_direct(x, w, bias, out, sy, sx, dy, dx, groups, int(act), float(alpha))
+        toff = _dot.tap_offsets(kh, kw, Ci, xp, dy, dx)
+        _dot.conv2d_dot(xf, xp, Ci, wt, bias, toff, of, Ho, Wo, op, Co, sy, sx, act, alpha)
+    else:                             # the generic routes take whole arrays
+        y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+        if route == "depthwise":
+            _d.conv2d_depthwise(np.ascontiguousarray(x), w, bias, y, sy, sx, dy, dx, act, alpha)
+        else:
+            _d.conv2d_direct(np.ascontiguousarray(x), w, bias, y, sy, sx, dy, dx, groups, act, alpha)
+        if y is not out:
+            out[...] = y
     return out
 
 
@@ -299,20 +307,25 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
     out = _check_out(out, (Ho, Wo, Co))
     if out.size == 0:
         return out
+    xf, xp = flat(x)
+    of, op = flat(out)
     if groups == 1 and (dy, dx) == (1, 1) and (kh, kw) == (sy, sx) and Co % 16 == 0:
         # kernel == stride (UNet's 2x2 stride-2 up-conv): one GEMM per output row with
         # the kw taps side by side (kw*Co columns); same bits as the per-tap route below
         wp = _pack(w_in, w, "convT2", lambda w: _b.pack_cols(
             np.ascontiguousarray(w.transpose(0, 2, 1, 3)).reshape(kh, Ci, kw * Co)))
         wf = _pack(w_in, w, "convT", lambda w: _b.pack_cols(w.reshape(kh * kw, Ci, Co)))
-        _b.conv_transpose2d_paired(x.reshape(-1), Hi, Wi, Ci, wp, wf, kh, kw, bias,
-                                   np.tile(bias, kw), out, ty, tx, int(act), float(alpha))
+        _b.conv_transpose2d_paired(xf, Hi, Wi, xp, Ci, wp, wf, kh, kw, bias, np.tile(bias, kw),
+                                   of, Ho, Wo, op, Co, ty, tx, int(act), float(alpha))
     elif groups == 1 and (dy, dx) == (1, 1) and kh <= sy and kw <= sx and Co % 16 == 0:
         # non-overlapping taps, kernel < stride: blocked GEMM per tap
         wf = _pack(w_in, w, "convT", lambda w: _b.pack_cols(w.reshape(kh * kw, Ci, Co)))
-        _b.conv_transpose2d_blocked(x.reshape(-1), Hi, Wi, Ci, wf, kh, kw, bias, out,
+        _b.conv_transpose2d_blocked(xf, Hi, Wi, xp, Ci, wf, kh, kw, bias, of, Ho, Wo, op, Co,
                                     sy, sx, ty, tx, int(act), float(alpha))
     else:
-        _d.conv_transpose2d_direct(x, w, bias, out, sy, sx, dy, dx, groups, ty, tx,
+        y = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+        _d.conv_transpose2d_direct(np.ascontiguousarray(x), w, bias, y, sy, sx, dy, dx, groups, ty, tx,
                                    int(act), float(alpha))
+        if y is not out:
+            out[...] = y
     return out

@@ -15,45 +15,52 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import as_f32, out_array, pair, valid_size
+from ._common import as_window, flat, out_array, pair, valid_size
 
 __all__ = ["max_pool2d", "avg_pool2d"]
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _pool(x, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, out):
-    """Max (``is_max``) or average pooling; ``count_y``/``count_x`` only for average."""
-    ho, wo, c = out.shape
+def _pool(xf, xp, c, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, of, op, ho, wo):
+    """Max (``is_max``) or average pooling; ``count_y``/``count_x`` only for average.
+    xf / of: flat input / output windows whose rows lie xp / op pixels apart."""
     for i in prange(ho):
         y0 = i * sy
         acc = np.empty(c, dtype=np.float32)
         for j in range(wo):
             x0 = j * sx
-            src = x[y0, x0]
+            s = (y0 * xp + x0) * c
             for ch in range(c):
-                acc[ch] = src[ch]
+                acc[ch] = xf[s + ch]
             for ky in range(kh):
                 for kx in range(kw):
                     if ky == 0 and kx == 0:
                         continue
-                    src = x[y0 + ky * dy, x0 + kx * dx]
+                    s = ((y0 + ky * dy) * xp + x0 + kx * dx) * c
                     if is_max:
                         for ch in range(c):
-                            v = src[ch]
+                            v = xf[s + ch]
                             m = acc[ch]
                             # torch semantics: a NaN in the window wins and stays
                             acc[ch] = v if (v > m or v != v) else m
                     else:
                         for ch in range(c):
-                            acc[ch] += src[ch]
-            o = out[i, j]
+                            acc[ch] += xf[s + ch]
+            o = (i * op + j) * c
             if is_max:
                 for ch in range(c):
-                    o[ch] = acc[ch]
+                    of[o + ch] = acc[ch]
             else:
                 div = np.float32(count_y[i] * count_x[j])
                 for ch in range(c):
-                    o[ch] = acc[ch] / div
+                    of[o + ch] = acc[ch] / div
+    return of
+
+
+def _run(x, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, out):
+    xf, xp = flat(x)
+    of, op = flat(out)
+    _pool(xf, xp, x.shape[2], kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, of, op, out.shape[0], out.shape[1])
     return out
 
 
@@ -63,10 +70,10 @@ def max_pool2d(x, *, kernel, stride, dilation=(1, 1), out=None):
     Parameters
     ----------
     x : (Hi, Wi, C) float32
-        Input window.
+        Input window (C-contiguous, or a window of rows of a wider buffer: read in place).
     kernel, stride, dilation : int or (int, int)
     out : (Ho, Wo, C) float32, optional
-        ``Ho = (Hi - dy*(kh-1) - 1)//sy + 1`` (0 if the window is too small).
+        C-contiguous or a window of rows of a wider buffer. ``Ho = (Hi - dy*(kh-1) - 1)//sy + 1`` (0 if the window is too small).
 
     Examples
     --------
@@ -75,16 +82,16 @@ def max_pool2d(x, *, kernel, stride, dilation=(1, 1), out=None):
     array([[ 5.,  7.],
            [13., 15.]], dtype=float32)
     """
-    x = as_f32(x, ndim=3)
+    x = as_window(x)
     kh, kw = pair(kernel, "kernel")
     sy, sx = pair(stride, "stride")
     dy, dx = pair(dilation, "dilation")
     hi, wi, c = x.shape
-    out = out_array(out, (valid_size(hi, kh, sy, dy), valid_size(wi, kw, sx, dx), c))
+    out = out_array(out, (valid_size(hi, kh, sy, dy), valid_size(wi, kw, sx, dx), c), window=True)
     if out.size == 0:
         return out
     none = np.empty(0, np.int64)
-    return _pool(x, kh, kw, sy, sx, dy, dx, True, none, none, out)
+    return _run(x, kh, kw, sy, sx, dy, dx, True, none, none, out)
 
 
 def avg_pool2d(x, *, kernel, stride, count_y, count_x, out=None):
@@ -103,7 +110,7 @@ def avg_pool2d(x, *, kernel, stride, count_y, count_x, out=None):
     array([[1., 1.],
            [1., 1.]], dtype=float32)
     """
-    x = as_f32(x, ndim=3)
+    x = as_window(x)
     kh, kw = pair(kernel, "kernel")
     sy, sx = pair(stride, "stride")
     hi, wi, c = x.shape
@@ -115,7 +122,7 @@ def avg_pool2d(x, *, kernel, stride, count_y, count_x, out=None):
             f"count_y/count_x must have shapes ({shape[0]},)/({shape[1]},), "
             f"got {count_y.shape}/{count_x.shape}"
         )
-    out = out_array(out, shape)
+    out = out_array(out, shape, window=True)
     if out.size == 0:
         return out
-    return _pool(x, kh, kw, sy, sx, 1, 1, False, count_y, count_x, out)
+    return _run(x, kh, kw, sy, sx, 1, 1, False, count_y, count_x, out)

@@ -463,3 +463,61 @@ def test_generated_microkernels_match_their_generator():
 
     path = Path(_conv_gen.__file__).with_name("_conv_mk.py")
     assert path.read_text() == _conv_gen.source(), "run: python kernels/_conv_gen.py"
+
+
+# --------------------------------------------------------------------------- windows of wider buffers
+# The executor hands kernels views of its node buffers (a consumer's window inside its
+# producer's padded buffer) and has them write into the interior of the next buffer:
+# same bits as on C-contiguous copies, and nothing outside the output window touched.
+
+def _embed(rng, a, pad):
+    """``a`` placed inside a larger random buffer, returned as the window view and the buffer."""
+    (t, btm, l, r) = pad
+    big = _rand(rng, a.shape[0] + t + btm, a.shape[1] + l + r, a.shape[2])
+    big[t:t + a.shape[0], l:l + a.shape[1]] = a
+    return big[t:t + a.shape[0], l:l + a.shape[1]], big
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_conv2d_reads_and_writes_windows_of_wider_buffers(case):
+    Hi, Wi, Ci, Co, kh, kw, stride, dilation, groups = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w, b = _rand(rng, Hi, Wi, Ci), _rand(rng, kh, kw, Ci // groups, Co), _rand(rng, Co)
+    want = conv.conv2d(x, w, b, stride=stride, dilation=dilation, groups=groups, act=1)
+    xv, _ = _embed(rng, x, (2, 1, 3, 5))
+    assert not xv.flags.c_contiguous
+    ov, big = _embed(rng, np.zeros_like(want), (1, 3, 2, 1))
+    before = big.copy()
+    got = conv.conv2d(xv, w, b, stride=stride, dilation=dilation, groups=groups, act=1, out=ov)
+    assert got is ov
+    assert np.array_equal(ov, want)
+    mask = np.ones(big.shape[:2], bool)
+    mask[1:1 + want.shape[0], 2:2 + want.shape[1]] = False
+    assert np.array_equal(big[mask], before[mask])        # the frame around the window untouched
+
+
+@pytest.mark.parametrize("case", [(6, 7, 32, 16, 2, 2, (2, 2), (1, 3)), (5, 9, 16, 32, 2, 2, (2, 2), (0, 1)),
+                                  (6, 5, 16, 16, 2, 1, (2, 3), (1, 2)), (4, 6, 5, 7, 3, 3, (2, 2), (1, 1))])
+def test_conv_transpose2d_reads_and_writes_windows(case):
+    Hi, Wi, Ci, Co, kh, kw, stride, offset = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w, b = _rand(rng, Hi, Wi, Ci), _rand(rng, kh, kw, Ci, Co), _rand(rng, Co)
+    shape = (stride[0] * Hi - offset[0], stride[1] * Wi - offset[1])
+    want = conv.conv_transpose2d(x, w, b, stride=stride, offset=offset, out_shape=shape, act=2, alpha=0.2)
+    xv, _ = _embed(rng, x, (1, 2, 3, 1))
+    ov, big = _embed(rng, np.zeros_like(want), (2, 1, 1, 4))
+    before = big.copy()
+    conv.conv_transpose2d(xv, w, b, stride=stride, offset=offset, out_shape=shape, act=2, alpha=0.2, out=ov)
+    assert np.array_equal(ov, want)
+    mask = np.ones(big.shape[:2], bool)
+    mask[2:2 + want.shape[0], 1:1 + want.shape[1]] = False
+    assert np.array_equal(big[mask], before[mask])
+
+
+def test_conv2d_refuses_an_out_whose_pixels_are_not_packed():
+    rng = np.random.default_rng(5)
+    x, w, b = _rand(rng, 8, 9, 16), _rand(rng, 3, 3, 16, 4), _rand(rng, 4)
+    with pytest.raises(ValueError, match="packed"):
+        conv.conv2d(x, w, b, out=np.empty((6, 7, 8), np.float32)[:, :, :4])
+    y = conv.conv2d(x[:, :, ::2], w[:, :, ::2], b)           # any input layout still works (copied)
+    _close(y, ref_conv2d(np.ascontiguousarray(x[:, :, ::2]), np.ascontiguousarray(w[:, :, ::2]), b))

@@ -114,6 +114,27 @@ def test_max_pool_nan_and_out():
     assert np.isnan(got[0, 0, 0]) and not np.isnan(got[..., 1]).any()
 
 
+@pytest.mark.parametrize("k,s,d", [((2, 2), (2, 2), (1, 1)), ((3, 2), (2, 1), (2, 3))])
+def test_pools_read_and_write_windows_of_wider_buffers(k, s, d):
+    """The executor passes views of its padded node buffers: same values, frame untouched."""
+    big_in = randx(19, 23, 16, seed=11)
+    x = big_in[2:15, 3:20]                                 # a window: rows further apart than its width
+    assert not x.flags.c_contiguous
+    want = ref_max_pool(np.ascontiguousarray(x), k, s, d)
+    big_out = randx(want.shape[0] + 3, want.shape[1] + 4, 16, seed=12)
+    before = big_out.copy()
+    got = pool.max_pool2d(x, kernel=k, stride=s, dilation=d, out=big_out[1:1 + want.shape[0], 2:2 + want.shape[1]])
+    np.testing.assert_array_equal(got, want)
+    frame = np.ones(big_out.shape[:2], bool)
+    frame[1:1 + want.shape[0], 2:2 + want.shape[1]] = False
+    np.testing.assert_array_equal(big_out[frame], before[frame])
+    if d == (1, 1):
+        cy, cx = rng(7).integers(1, 5, want.shape[0]), rng(8).integers(1, 5, want.shape[1])
+        avg = pool.avg_pool2d(x, kernel=k, stride=s, count_y=cy, count_x=cx,
+                              out=big_out[1:1 + want.shape[0], 2:2 + want.shape[1]])
+        assert_close(avg, ref_avg_pool(np.ascontiguousarray(x), k, s, cy, cx), rtol=1e-6, atol_rel=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 2), (7, 5, 3), (13, 17, 8)])
 @pytest.mark.parametrize("k,s", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 3))])
 def test_avg_pool_reference(shape, k, s):

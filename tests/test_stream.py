@@ -29,10 +29,10 @@ def _flops_counter(monkeypatch):
     counts: dict[str, int] = {}
     real = executor.RUNNERS[executor.Conv]
 
-    def counting(node, bufs, comp, shapes, wts):
+    def counting(node, bufs, comp, shapes, wts, **kw):
         (a, b), (c, d) = comp
         counts[node.name] = counts.get(node.name, 0) + (b - a) * (d - c)
-        return real(node, bufs, comp, shapes, wts)
+        return real(node, bufs, comp, shapes, wts, **kw)
     monkeypatch.setitem(executor.RUNNERS, executor.Conv, counting)
     return counts
 
