@@ -110,10 +110,10 @@ def _show_pixel_size(img: Any, a: argparse.Namespace, *, label: str = "pixel siz
     print(f"{label}{text}", flush=True)
 
 
-def _warmup(model: Any) -> Any:
+def _warmup(model: Any, precision: str = "fp32") -> Any:
     from .warmup import warmup
 
-    return warmup(model, say=lambda s: _say(f"hirestile: {s}"))
+    return warmup(model, say=lambda s: _say(f"hirestile: {s}"), precision=precision)
 
 
 def _hdu(a: argparse.Namespace) -> dict[str, Any]:

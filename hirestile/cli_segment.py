@@ -35,7 +35,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     with img, contextlib.ExitStack() as stack:   # a bad input fails above, before a first-use compile
         warm = None
         if not a.scheduler and img.channels == model.contract.channels:   # not a remote cluster's kernels
-            warm = _warmup(model)           # compile / load the kernels outside the timed run
+            warm = _warmup(model, a.precision)   # compile / load the kernels outside the timed run
         run_tiles = None
         if a.scheduler or a.workers:             # the same job, its tiles computed on a dask cluster
             from .cluster import cluster_client, cluster_tiles

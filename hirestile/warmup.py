@@ -111,7 +111,7 @@ def _sample(model: Any) -> tuple[np.ndarray, int | None]:
                      "cannot warm it up")
 
 
-def warmup(model: Any, *, say: Callable[[str], None] | None = None) -> Warmup:
+def warmup(model: Any, *, say: Callable[[str], None] | None = None, precision: str = "fp32") -> Warmup:
     """Compile (first use) or load (from Numba's cache) every kernel ``model`` runs.
 
     Runs the model tiled on a small image (48 x 48 px for the built-in models),
@@ -125,6 +125,8 @@ def warmup(model: Any, *, say: Callable[[str], None] | None = None) -> Warmup:
     say : callable, optional
         Receives :data:`COMPILING` once, when the first kernel starts compiling
         (not at all when every kernel is loaded from the cache or already loaded).
+    precision : {"fp32", "bf16"}
+        The kernels of this precision (bf16 mode runs other convolution kernels).
 
     Returns
     -------
@@ -166,7 +168,7 @@ def warmup(model: Any, *, say: Callable[[str], None] | None = None) -> Warmup:
 
     before = worker_info()
     with event.install_listener("numba:compile", _Listener()):
-        predict(m, x, tile=tile)
+        predict(m, x, tile=tile, precision=precision)
     after = worker_info()
     compiled, loaded = after["compiled"] - before["compiled"], after["loaded"] - before["loaded"]
     return Warmup(seconds=time.perf_counter() - t0, compiled=compiled, loaded=loaded,

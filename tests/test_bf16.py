@@ -339,3 +339,27 @@ def test_benchmark_unets_agree_with_fp32(base):
     b = hirestile.predict(m, x, precision="bf16")
     assert np.abs(b - f).max() <= 0.04 * np.abs(f).max()
     assert (b.argmax(0) == f.argmax(0)).mean() >= 0.995
+
+
+def test_segment_to_zarr_in_bf16_is_its_own_job(tmp_path, small_unet):
+    """The scheduler runs bf16 tiles (== predict's bf16 bits), says so in the summary, and a
+    resume in the other precision refuses the output instead of mixing bits."""
+    import zarr
+
+    from hirestile.errors import OutputError
+    from hirestile.scheduler import segment_to_zarr
+    x = (np.random.default_rng(4).random((2, 70, 61)) * 255).astype(np.uint8)
+    inp, out = str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")
+    zarr.create_array(inp, data=x, dimension_names=["c", "y", "x"])
+    stats = segment_to_zarr(inp, small_unet, out, kind="logits", tile=32, progress=False, precision="bf16")
+    assert any(n == f"precision: bf16 ({bf16.PATH})" for n in stats.notes)
+    got = zarr.open_group(out, mode="r")["0"][...]
+    assert same_bits(got, hirestile.predict(small_unet, x, precision="bf16"))
+    with pytest.raises(OutputError, match="different job .precision"):
+        segment_to_zarr(inp, small_unet, out, kind="logits", tile=32, progress=False)
+
+
+def test_cli_plan_names_precision_and_path(capsys):
+    from hirestile.cli import main
+    assert main(["plan", "--model", "unet", "--image", "256x256", "--precision", "bf16"]) == 0
+    assert f"precision: bf16 ({bf16.PATH})" in capsys.readouterr().out
