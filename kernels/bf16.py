@@ -99,8 +99,8 @@ def round_bf16(x, out=None) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> round_bf16(np.float32([3.14159, np.inf, -np.nan, 3.4e38]))
-    array([3.140625e+00,          inf,          nan,          inf], dtype=float32)
+    >>> round_bf16(np.float32([3.14159, np.inf, -np.nan, 3.4e38])).tolist()   # 3.4e38: past bf16's range
+    [3.140625, inf, nan, inf]
     """
     x = np.asarray(x)
     if x.dtype != np.float32:
@@ -116,15 +116,10 @@ def round_bf16(x, out=None) -> np.ndarray:
     return out
 
 
-def _f32(a, name):
-    a = np.asarray(a)
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must be float32, got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
 def _operands(x, w, bias, stride, dilation):
-    return _f32(x, "x"), _f32(w, "w"), _f32(bias, "bias"), pair(stride, "stride"), pair(dilation, "dilation")
+    """Contiguous float32 copies (or the arrays themselves) and the int pairs."""
+    f = _conv._as_f32c
+    return f(x, "x"), f(w, "w"), f(bias, "bias"), pair(stride, "stride"), pair(dilation, "dilation")
 
 
 def _out(out, shape):
@@ -255,8 +250,8 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
     >>> x = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
     >>> w = np.full((2, 2, 1, 1), 0.1, np.float32)     # 0.10009765625 in bf16
     >>> conv2d(x, w, np.zeros(1, np.float32), stride=2)[..., 0]
-    array([[1.   , 1.8  ],
-           [4.1875, 5.   ]], dtype=float32)
+    array([[1.       , 1.8046875],
+           [4.21875  , 5.       ]], dtype=float32)
     """
     fast = _fast(fast)
     w_in = w
