@@ -10,10 +10,15 @@ Each size runs in a fresh process, so the peak RSS is the object pass's own.
     python benchmarks/objects.py --sizes 4096 --geojson # + outlines and a GeoJSON export
     python benchmarks/objects.py --segment              # + the segmentation (small UNet) of the same
                                                         #   slide first, for the time ratio
+    python benchmarks/objects.py --dask                 # + the Dask path (hirestile.instances(...,
+                                                        #   table=True) -> to_zarr + the table) on the
+                                                        #   same inputs, in its own process
 
 Prints per size: objects, seconds in pass 1 (label + measure), union-find, pass 2
 (relabel + write), exports, peak RSS before the pass (the process with its imports and
-inputs open) and at the end.
+inputs open) and at the end. With --dask also the Dask path's wall time (labels stored to
+zarr and the Parquet table, Dask's threaded scheduler on all cores), its peak RSS, its ratio
+to the CLI pass, and whether its labels and table equal the CLI pass's (they must, bit for bit).
 """
 from __future__ import annotations
 
@@ -96,6 +101,44 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss": peak_rss()}))
 
 
+def dask_child(args: argparse.Namespace) -> None:
+    """The Dask path on the same inputs: instance labels stored to zarr and the table, one graph."""
+    import dask
+    import pyarrow.parquet as pq
+
+    import hirestile
+
+    rss0 = peak_rss()
+    t = time.perf_counter()
+    labels, table = hirestile.instances(args.classmap, table=True, image=args.image, chunks=args.tile)
+    store = labels.to_zarr(args.out, compute=False, overwrite=True)
+    _, tab = dask.compute(store, table)
+    pq.write_table(tab, args.out + ".parquet")
+    wall = time.perf_counter() - t
+    print(json.dumps({"objects": tab.num_rows, "wall": wall, "rss_before": rss0, "peak_rss": peak_rss(),
+                      "workers": dask.config.get("num_workers", None) or os.cpu_count()}))
+
+
+def same_output(cli_out: str, dask_out: str, tile: int) -> bool:
+    """The CLI pass's and the Dask path's labels and tables are equal (band by band, never whole)."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    a, b = zarr.open_group(cli_out, mode="r")["0"], zarr.open_array(dask_out, mode="r")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not all(np.array_equal(a[y:y + tile], b[y:y + tile]) for y in range(0, a.shape[0], tile)):
+        return False
+    return pq.read_table(cli_out + ".parquet").equals(pq.read_table(dask_out + ".parquet"))
+
+
+def run_child(*cmd: str) -> dict:
+    r = subprocess.run([sys.executable, __file__, *cmd], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(r.stderr)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def segment_time(img_path: str, d: str, tile: int) -> float:
     code = ("import sys, time; from hirestile.models.unet import unet; from hirestile.scheduler import segment_to_zarr;"
             "m = unet(in_channels=3, classes=3, base=8, depth=4, seed=0, name='unet-b8d4');"
@@ -112,21 +155,19 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=1024)
     p.add_argument("--geojson", action="store_true", help="trace outlines and write a GeoJSON too")
     p.add_argument("--segment", action="store_true", help="also time the segmentation of the same slide")
+    p.add_argument("--dask", action="store_true", help="also time the Dask path on the same inputs")
     p.add_argument("--child", nargs=3, metavar=("CLASSMAP", "IMAGE", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--dask-child", nargs=3, metavar=("CLASSMAP", "IMAGE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        args.classmap, args.image, args.out = args.child
-        child(args)
+    if args.child or args.dask_child:
+        args.classmap, args.image, args.out = args.child or args.dask_child
+        (child if args.child else dask_child)(args)
         return
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as d:
             cm, img = write_inputs(d, n)
-            cmd = [sys.executable, __file__, "--child", cm, img, os.path.join(d, "inst.zarr"), "--tile",
-                   str(args.tile)] + (["--geojson"] if args.geojson else [])
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode:
-                sys.exit(r.stderr)
-            s = json.loads(r.stdout.strip().splitlines()[-1])
+            s = run_child("--child", cm, img, os.path.join(d, "inst.zarr"), "--tile", str(args.tile),
+                          *(["--geojson"] if args.geojson else []))
             tt = s["times"]
             total = sum(tt.values())
             split = ", ".join(f"{k} {v:.1f} s" for k, v in tt.items())
@@ -136,6 +177,13 @@ def main() -> None:
                 seg = segment_time(img, d, args.tile)
                 line += f"; segmentation {seg:.1f} s -> object pass adds {100 * total / seg:.0f}%"
             print(line, flush=True)
+            if args.dask:
+                q = run_child("--dask-child", cm, img, os.path.join(d, "dask.zarr"), "--tile", str(args.tile))
+                same = same_output(os.path.join(d, "inst.zarr"), os.path.join(d, "dask.zarr"), args.tile)
+                print(f"{n}x{n} Dask path ({q['workers']} threads, {args.tile}^2 blocks): {q['objects']:,} objects in "
+                      f"{q['wall']:.1f} s ({n * n / 1e6 / q['wall']:.1f} MP/s), {q['wall'] / total:.2f}x the CLI pass; "
+                      f"peak RSS {q['peak_rss'] / 2**20:,.0f} MiB (before {q['rss_before'] / 2**20:,.0f} MiB); "
+                      f"labels and table equal to the CLI pass's: {same}", flush=True)
 
 
 if __name__ == "__main__":

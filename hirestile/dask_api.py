@@ -384,7 +384,8 @@ def _lazy(job: Job, kind: str, src: Any, rep: Any, rows: Sequence[Interval], col
 
 # **** objects: instance labels and measurements of a class map ****
 def instances(class_map: Any, *, connectivity: int = 1, dtype: Any = None,
-              chunks: int | Sequence[int] | Sequence[Sequence[int]] | None = None) -> Any:
+              chunks: int | Sequence[int] | Sequence[Sequence[int]] | None = None, table: bool = False,
+              image: Any = None, probabilities: Any = None, classes: Sequence[str] | None = None) -> Any:
     """Instance labels of a class map: Dask or zarr in -> lazy Dask array out, NumPy in -> NumPy out.
 
     The result equals ``skimage.measure.label(class_map, connectivity=connectivity)`` on the
@@ -416,11 +417,17 @@ def instances(class_map: Any, *, connectivity: int = 1, dtype: Any = None,
     chunks : int, (int, int) or (tuple, tuple), optional
         Blocks (one task each); default the Dask array's chunks, the zarr array's shards
         (its chunks when unsharded), or 1024 x 1024 for NumPy.
+    table : bool
+        Also return the measurement table (:func:`measure`) from the same graph, as a
+        ``dask.delayed`` pyarrow Table: the labels and the table then share every pass-1 task and
+        the join (``dask.compute(labels.to_zarr(..., compute=False), table)``). ``image``,
+        ``probabilities`` and ``classes`` go into that table.
 
     Returns
     -------
     dask.array.Array or ndarray
-        (H, W) instance labels, 0 for background, chunked as the blocks.
+        (H, W) instance labels, 0 for background, chunked as the blocks; with ``table=True``
+        the pair (labels, delayed table).
 
     Raises
     ------
@@ -438,8 +445,12 @@ def instances(class_map: Any, *, connectivity: int = 1, dtype: Any = None,
     >>> np.array_equal(lab.compute(), label(cm, connectivity=1))
     True
     """
-    g = _objects_graph(class_map, connectivity, chunks, dtype=dtype)
-    return g.labels() if g.kind != "numpy" else g.labels().compute(scheduler="sync")
+    if not table and (image is not None or probabilities is not None or classes is not None):
+        raise InputError("image / probabilities / classes are measurements: pass table=True (or call measure())")
+    g = _objects_graph(class_map, connectivity, chunks, dtype=dtype, measuring=table, image=image,
+                       probabilities=probabilities, classes=classes)
+    labels = g.labels() if g.kind != "numpy" else g.labels().compute(scheduler="sync")
+    return (labels, g.table()) if table else labels
 
 
 def measure(class_map: Any, *, image: Any = None, probabilities: Any = None, connectivity: int = 1,

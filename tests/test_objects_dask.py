@@ -105,6 +105,16 @@ def test_measure_with_probabilities_and_delayed():
     ref = pass_instances(cm, probabilities=p, tile=11)
     x = da.from_array(cm, chunks=(9, 13))
     lab, t = dask.compute(hirestile.instances(x), hirestile.measure(x, probabilities=p, compute=False))
+    lab2, table = hirestile.instances(x, table=True, probabilities=p)        # one graph for both
+    lab2, t2 = dask.compute(lab2, table)
+    assert np.array_equal(lab2, lab) and t2.equals(t)
+    lab3, tab3 = hirestile.instances(x, table=True, probabilities=p)
+
+    def joins(graph) -> set:
+        return {k for k in dict(graph) if isinstance(k, str) and k.startswith("hirestile-objects-join-")}
+    assert len(joins(lab3.dask)) == 1 and joins(lab3.dask) == joins(tab3.dask)      # the same join task
+    with pytest.raises(InputError, match="pass table=True"):
+        hirestile.instances(x, probabilities=p)
     assert np.array_equal(lab, label(cm, connectivity=1))
     assert t.column_names == list(ref.table) + ["class_name"]
     for k, v in ref.table.items():
