@@ -66,6 +66,7 @@ class Resampling:
 
     @property
     def identity(self) -> bool:
+        """Whether the plan leaves the grid as it is (no layer to add)."""
         return self.pool == (1, 1) and self.scale == (1, 1)
 
     def factor(self) -> tuple[float, float]:
@@ -82,6 +83,7 @@ class Resampling:
 
     @property
     def output(self) -> str:
+        """The name of the tensor on the resampled grid (the graph input when there is nothing to do)."""
         return BILINEAR_NODE if self.scale != (1, 1) else POOL_NODE if self.pool != (1, 1) else INPUT
 
     def nodes(self) -> list[Node]:
