@@ -631,9 +631,21 @@ def _objects_graph(class_map: Any, connectivity: int, chunks: Any, *, dtype: Any
                 else probabilities)
         read_prob, _ = open_image_reader(prob, (H, W), "probabilities")
         readers = (read_img, read_prob)
-        reader_id = (source_identity(image), source_identity(probabilities), tuple(classes or names))
+        reader_id = (_identity(image, source_identity), _identity(probabilities, source_identity),
+                     tuple(classes or names))
     return _ObjectsGraph(kind, src, rows, cols, connectivity, label_dtype, tuple(classes or names), src_id,
                          readers, nch, reader_id)
+
+
+def _identity(x: Any, named: Any) -> Any:
+    """What tells two measurement inputs apart in the graph's keys: a NumPy array's data (Dask
+    tokenizes it), a zarr array's store, a Dask array's name, else its path (``named``)."""
+    kind = type(x).__module__.split(".")[0]
+    if isinstance(x, np.ndarray) or (kind == "dask" and hasattr(x, "name")):
+        return x if isinstance(x, np.ndarray) else x.name
+    if kind == "zarr":
+        return (str(x.store_path), tuple(x.shape), str(x.dtype))
+    return named(x)
 
 
 def _objects_pass1(src: Any, box: tuple[int, int, int, int], connectivity: int, readers: Any) -> Any:

@@ -113,6 +113,10 @@ def test_measure_with_probabilities_and_delayed():
     def joins(graph) -> set:
         return {k for k in dict(graph) if isinstance(k, str) and k.startswith("hirestile-objects-join-")}
     assert len(joins(lab3.dask)) == 1 and joins(lab3.dask) == joins(tab3.dask)      # the same join task
+    other = rng.random((3, 45, 38)).astype(np.float32)            # same shape, other data: other keys
+    t1, t3 = dask.compute(hirestile.measure(x, probabilities=p, compute=False),
+                          hirestile.measure(x, probabilities=other, compute=False))
+    assert t1.equals(t) and not t3.equals(t)
     with pytest.raises(InputError, match="pass table=True"):
         hirestile.instances(x, probabilities=p)
     assert np.array_equal(lab, label(cm, connectivity=1))
