@@ -208,10 +208,12 @@ def conv2d_wino2(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
 _tls = threading.local()
 
 
-def scratch(nthreads, NT, Ci, Co):
+def scratch(nthreads, NT, Ci, Co, nx=16):
     """Per-thread buffers (nthreads, n), reused across calls (first-touch page faults on
-    fresh buffers are costly). Kept per Python thread, so concurrent callers never share."""
-    need = (16 * (NT * Ci + 16), 16 * (NT * Co + 16), 16 * Ci)
+    fresh buffers are costly): V and M for ``nx`` Winograd components, D for one padded
+    patch plus nx * 16 floats of transform scratch. Kept per Python thread, so concurrent
+    callers never share; shared by the F(2x2) (nx 16) and F(4x4) (nx 36) routes."""
+    need = (nx * (NT * Ci + 16), nx * (NT * Co + 16), nx * (Ci + 16))
     have = getattr(_tls, "bufs", None)
     if have is not None and have[0].shape[0] >= nthreads and all(
             b.shape[1] >= n for b, n in zip(have, need)):

@@ -6,11 +6,15 @@ values, so a kernel never needs global coordinates.
 
 Routes (chosen by shape alone, see ``_route``)
 ----------------------------------------------
-wino2       3x3, stride 1, dilation 1, groups 1, Ci and Co multiples of 16,
-            Ci * Co >= 512: Winograd F(2x2, 3x3); tile step (2, 2). Slightly more
-            accurate than a direct float32 sum. (16 -> 16 goes blocked: there the
-            transforms cost more than they save; blocked measured 1.1-1.5x faster
-            on Zen 4, 512^2 and 1024^2, 1 and 2 threads.)
+wino4       3x3, stride 1, dilation 1, groups 1, Ci and Co multiples of 16,
+            Ci * Co >= 512: Winograd F(4x4, 3x3) (``_conv_wino4``: points 0, +-1,
+            1/2, -2, inf); tile step (4, 4). 1.2-1.5x F(2x2)'s speed on 16..512
+            channels (Zen 4, 2 threads); per-layer error 1.6e-6..3.9e-6 of max|ref|
+            vs float64 (F(2x2): 2e-7..6e-7, PyTorch: 3e-7), whole UNets 1.3e-7..1.9e-7
+            (benchmarks/README.md). (16 -> 16 goes blocked: on par there.)
+wino2       the same shapes with ``WINO4 = False``: Winograd F(2x2, 3x3); tile step
+            (2, 2). Slightly more accurate than a direct float32 sum; the benchmarks'
+            comparison route.
 dot         groups == 1, Co <= 8, Ci a multiple of 16 (segmentation heads):
             each element's sum vectorised over ci (fixed lane tree); (1, 1).
 blocked     any other groups == 1 conv: register-blocked direct (16-lane
@@ -27,8 +31,8 @@ row with the kw taps side by side (kw*Co columns: wider micro-kernels for thin
 Co, one pass over the input row); kernel < stride one GEMM per tap. Both sum
 each element as the gather does (ci in order, one FMA each): same bits.
 
-Weights: conv2d transforms / packs ``w`` on every call (for wino2 a 16 x Ci x Co
-transform: ~20 ms at 512 x 512). Pass a **read-only** array
+Weights: conv2d transforms / packs ``w`` on every call (for wino4 a 36 x Ci x Co
+transform, for wino2 16 x Ci x Co: ~20 ms at 512 x 512). Pass a **read-only** array
 (``w.setflags(write=False)``, and never modify it through another view) and
 the packed form is cached for as long as that array object lives.
 
@@ -60,6 +64,7 @@ from . import _conv_blocked as _b
 from . import _conv_direct as _d
 from . import _conv_dot as _dot
 from . import _conv_wino as _w
+from . import _conv_wino4 as _w4
 from ._common import as_window, flat, packed
 
 __all__ = ["conv2d", "conv_transpose2d", "conv_tile"]
@@ -99,13 +104,18 @@ def _check_out(out, shape):
     return out
 
 
+# Winograd F(4x4, 3x3) for every shape F(2x2) would take (measured 1.2-1.5x faster on
+# 16..512 channels, Zen 4); False sends them back to F(2x2) (benchmarks compare the two).
+WINO4 = True
+
+
 def _route(kh, kw, stride, dilation, groups, ci, co):
     """Name of the route conv2d takes for this shape (kept in one place so that
     conv_tile and conv2d can never disagree)."""
     if groups == 1:
         if (kh, kw, stride, dilation) == (3, 3, (1, 1), (1, 1)) and ci % 16 == 0 \
                 and co % 16 == 0 and ci * co >= 512:
-            return "wino2"
+            return "wino4" if WINO4 else "wino2"
         if co <= 8 and ci % 16 == 0:
             return "dot"
         return "blocked"
@@ -114,7 +124,7 @@ def _route(kh, kw, stride, dilation, groups, ci, co):
     return "direct"
 
 
-_TILE = {"wino2": (2, 2)}
+_TILE = {"wino2": (2, 2), "wino4": (4, 4)}
 
 # packed weights of read-only weight arrays: id(array) -> (weakref to it, {route: packed})
 _packed: dict = {}
@@ -154,8 +164,8 @@ def conv_tile(kh, kw, stride, dilation, groups, ci, co):
 
     >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 3, 32)
     (1, 1)
-    >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 32, 64)   # Winograd F(2x2, 3x3)
-    (2, 2)
+    >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 32, 64)   # Winograd F(4x4, 3x3)
+    (4, 4)
     >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 16, 16)   # thin: register-blocked direct
     (1, 1)
     """
@@ -231,6 +241,11 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
         Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co)
         _w.conv2d_wino2(xf, Hi, Wi, xp, Ci, U.reshape(-1), bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds,
                         act, alpha)
+    elif route == "wino4":
+        U = _pack(w_in, w, route, _w4.weight_transform)
+        nt = _w.pick_nt(Ci, Co, (Wo + 3) // 4)
+        Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co, _w4.NX)
+        _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha)
     elif route == "blocked":
         wf, CoP = _pack(w_in, w, route, _b.pack_weights)
         bp = bias if CoP == Co else np.concatenate([bias, np.zeros(CoP - Co, np.float32)])

@@ -405,16 +405,16 @@ def test_conv3x3_tiny_windows(Hi, Wi):
     """Windows smaller than one Winograd patch (zero-filled past the window)."""
     rng = np.random.default_rng(Hi * 10 + Wi)
     x, w, b = _rand(rng, Hi, Wi, 16), _rand(rng, 3, 3, 16, 32), _rand(rng, 32)
-    assert conv.conv_tile(3, 3, 1, 1, 1, 16, 32) == (2, 2)
+    assert conv.conv_tile(3, 3, 1, 1, 1, 16, 32) == (4, 4)
     _close(conv.conv2d(x, w, b, act=1), ref_conv2d(x, w, b, act=1))
 
 
 def test_weight_cache_read_only(monkeypatch):
     """Read-only weights are packed once and reused; results equal the writeable path."""
-    from hirestile.kernels import _conv_wino
+    from hirestile.kernels import _conv_wino4
     calls = []
-    real = _conv_wino.weight_transform
-    monkeypatch.setattr(_conv_wino, "weight_transform", lambda w: calls.append(1) or real(w))
+    real = _conv_wino4.weight_transform
+    monkeypatch.setattr(_conv_wino4, "weight_transform", lambda w: calls.append(1) or real(w))
     rng = np.random.default_rng(8)
     x, w, b = _rand(rng, 12, 14, 32), _rand(rng, 3, 3, 32, 32), _rand(rng, 32)
     y1 = conv.conv2d(x, w, b)
@@ -521,3 +521,101 @@ def test_conv2d_refuses_an_out_whose_pixels_are_not_packed():
         conv.conv2d(x, w, b, out=np.empty((6, 7, 8), np.float32)[:, :, :4])
     y = conv.conv2d(x[:, :, ::2], w[:, :, ::2], b)           # any input layout still works (copied)
     _close(y, ref_conv2d(np.ascontiguousarray(x[:, :, ::2]), np.ascontiguousarray(w[:, :, ::2]), b))
+
+
+# --------------------------------------------------------------------------- Winograd F(4x4, 3x3)
+# The default route of 3x3 stride-1 convs with Ci, Co multiples of 16 (Ci * Co >= 512); tile
+# step (4, 4). Each check also runs F(2x2) (conv.WINO4 = False), which is no longer reached
+# by default but stays as the comparison route of the benchmarks.
+
+W4_SHAPES = [(16, 32), (32, 32), (32, 48), (64, 16), (48, 80), (128, 64)]
+
+
+@pytest.fixture(params=[True, False], ids=["wino4", "wino2"])
+def wino(request, monkeypatch):
+    monkeypatch.setattr(conv, "WINO4", request.param)
+    return "wino4" if request.param else "wino2"
+
+
+def test_wino4_route_and_tile_step(wino):
+    assert conv._route(3, 3, (1, 1), (1, 1), 1, 32, 64) == wino
+    assert conv.conv_tile(3, 3, 1, 1, 1, 32, 64) == ((4, 4) if wino == "wino4" else (2, 2))
+    assert conv.conv_tile(3, 3, 1, 1, 1, 16, 16) == (1, 1)          # thin: blocked
+    assert conv.conv_tile(3, 3, 2, 1, 1, 32, 64) == (1, 1)          # strided: blocked
+
+
+@pytest.mark.parametrize("Ci,Co", W4_SHAPES)
+@pytest.mark.parametrize("rows,cols", [(0, 1), (1, 2), (2, 3), (3, 0)])
+def test_wino_matches_reference_all_alignments(wino, Ci, Co, rows, cols):
+    """Output sizes of every residue mod 4 (partial last tiles in both axes), odd sizes."""
+    rng = np.random.default_rng(Ci * 1000 + Co * 10 + rows * 4 + cols)
+    Hi, Wi = 13 + rows + 2, 17 + cols + 2 + 4 * (Ci == 16)
+    x, w, b = _rand(rng, Hi, Wi, Ci), _rand(rng, 3, 3, Ci, Co), _rand(rng, Co)
+    for act in (0, 1, 2):
+        y = conv.conv2d(x, w, b, act=act, alpha=0.1)
+        _close(y, ref_conv2d(x, w, b, act=act, alpha=0.1))
+
+
+@pytest.mark.parametrize("Ci,Co", [(16, 32), (32, 32), (64, 48), (128, 128)])
+@settings(max_examples=6, deadline=None,   # the fixture only sets the route: same for every input
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_wino_subwindow_bitwise(wino, Ci, Co, data):
+    """A window's output equals the crop of the whole window's output when the crop sits
+    on the route's grid (origin and size multiples of the tile step, or ending at the end)."""
+    Hi = data.draw(st.sampled_from([9, 23, 30, 41]))
+    Wi = data.draw(st.sampled_from([11, 19, 36, 43]))
+    _check_conv2d_subwindows(data, Hi, Wi, Ci, Co, 3, 3, (1, 1), (1, 1), 1, data.draw(st.sampled_from([0, 1, 2])))
+
+
+@pytest.mark.parametrize("Ci,Co", [(32, 32), (64, 128), (256, 64)])
+def test_wino_threads_bitwise(numba_threads, wino, Ci, Co):
+    rng = np.random.default_rng(13)
+    x, w, b = _rand(rng, 58, 301, Ci), _rand(rng, 3, 3, Ci, Co), _rand(rng, Co)
+    res = []
+    for n in (1, 2):
+        numba_threads(n)
+        res.append(conv.conv2d(x, w, b, act=1))
+    assert np.array_equal(res[0], res[1])
+
+
+def test_wino_tiles_per_work_item_do_not_change_bits(monkeypatch, wino):
+    """The number of tiles a work item holds (pick_nt) is a speed choice only."""
+    from hirestile.kernels import _conv_wino
+    rng = np.random.default_rng(14)
+    x, w, b = _rand(rng, 27, 250, 32), _rand(rng, 3, 3, 32, 48), _rand(rng, 48)
+    want = conv.conv2d(x, w, b)
+    for nt in (1, 5, 7, 24):
+        monkeypatch.setattr(_conv_wino, "pick_nt", lambda Ci, Co, ntx, nt=nt: nt)
+        assert np.array_equal(conv.conv2d(x, w, b), want), nt
+
+
+@pytest.mark.parametrize("Hi,Wi", [(3, 3), (3, 9), (4, 6), (5, 5), (6, 6), (7, 8), (8, 7), (9, 9), (9, 4)])
+def test_wino_tiny_windows(wino, Hi, Wi):
+    """Windows smaller than one or two Winograd patches (zero-filled past the window)."""
+    rng = np.random.default_rng(Hi * 10 + Wi)
+    x, w, b = _rand(rng, Hi, Wi, 32), _rand(rng, 3, 3, 32, 32), _rand(rng, 32)
+    _close(conv.conv2d(x, w, b, act=1), ref_conv2d(x, w, b, act=1))
+
+
+@pytest.mark.parametrize("case", [(14, 19, 32, 48, 3, 3, (1, 1), (1, 1), 1),
+                                  (9, 10, 64, 32, 3, 3, (1, 1), (1, 1), 1),
+                                  (20, 7, 16, 32, 3, 3, (1, 1), (1, 1), 1)])
+def test_wino_reads_and_writes_windows_of_wider_buffers(wino, case):
+    test_conv2d_reads_and_writes_windows_of_wider_buffers(case)
+
+
+def test_wino4_weight_transform_is_float64_rounded_once():
+    """U = G g G^T computed in float64 and rounded once (a function of w alone)."""
+    from hirestile.kernels import _conv_wino4 as w4
+    rng = np.random.default_rng(15)
+    w = _rand(rng, 3, 3, 16, 32)
+    U = w4._wt(w, w4.G, np.empty((36, 16, 32), np.float32))
+    ref = np.einsum("ak,klcd,bl->abcd", w4.G, w.astype(np.float64), w4.G).reshape(36, 16, 32)
+    assert np.abs(U - ref).max() <= np.abs(ref).max() * 2.0 ** -23
+    # the transform pair is exact: A^T [(G g G^T) * (B^T d B)] A is the 3x3 correlation
+    d = rng.standard_normal((6, 6))
+    g = rng.standard_normal((3, 3))
+    y = w4.AT @ ((w4.G @ g @ w4.G.T) * (w4.BT @ d @ w4.BT.T)) @ w4.AT.T
+    want = np.array([[(d[i:i + 3, j:j + 3] * g).sum() for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(y, want, atol=1e-12)

@@ -1,0 +1,220 @@
+"""Winograd F(4x4, 3x3) convolution, stride 1, dilation 1, groups 1 (private).
+
+Output tiles of 4x4 pixels are anchored to the window origin, so the executor
+must ask for regions whose global origin and size are multiples of 4
+(``conv_tile`` says so). Per tile the arithmetic is fixed:
+
+* input transform  V = B^T d B  on the 6x6 input patch (zeros past the window),
+* 36 GEMMs         M[xi] = V[xi] @ U[xi]  (``_conv_wino._gemm``: one FMA per ci, in
+                   order, partial sums over blocks of KC = 128 channels added in order),
+* output transform Y = A^T M A,  then + bias, then the activation.
+
+None of it depends on where the tile sits, how many tiles a work item holds or
+which thread runs it. The transforms use explicit FMAs (``vfma``) and no
+fast-math contraction, so their rounding is fixed by the source.
+
+Interpolation points 0, 1, -1, 1/2, -2 and infinity (not Lavin's 0, +-1, +-2):
+every coefficient of B^T and A^T is a small dyadic number (exact in float32)
+and the error is 2.5x lower than with +-2 (a NumPy float32 simulation, 32..512
+channels: 2e-6..3e-6 of max|ref| against 5e-6..8e-6). G (thirds, fifteenths) is
+applied in float64 and U rounded once to float32. Measured per-layer error of
+the kernel vs float64: benchmarks/README.md (``benchmarks/kernels.py --accuracy``).
+
+    B^T = [[1, -3/2, -2,  3/2,  1,  0],      A^T = [[1, 1,  1,   1,    1, 0],
+           [0, -1,   1/2, 5/2,  1,  0],             [0, 1, -1, 1/2,   -2, 0],
+           [0,  1,  -5/2, 1/2,  1,  0],             [0, 1,  1, 1/4,    4, 0],
+           [0, -2,  -1,   2,    1,  0],             [0, 1, -1, 1/8,   -8, 1]]
+           [0,  1/2, -1, -1/2,  1,  0],
+           [0,  1,  -3/2, -2, 3/2,  1]]      G = [[1, 0, 0], [1/3, 1/3, 1/3],
+                                                  [-1/3, 1/3, -1/3],
+                                                  [-16/15, -8/15, -4/15],
+                                                  [1/15, -2/15, 4/15], [0, 0, 1]]
+
+Caveat (as F(2x2)): a non-finite input poisons the whole 4x4 output tile of
+every patch containing it; hirestile rejects non-finite images up front.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._conv_blocked import pack_cols
+from ._conv_simd import vact, vadd, vbcast, vfma, vload, vstore, vsub
+from ._conv_wino import _gemm
+
+N = 6          # patch side
+NX = N * N     # Winograd components
+
+# points 0, 1, -1, 1/2, -2, inf: G (float64; the exact fractions above)
+G = np.array([[1.0, 0.0, 0.0],
+              [1 / 3, 1 / 3, 1 / 3],
+              [-1 / 3, 1 / 3, -1 / 3],
+              [-16 / 15, -8 / 15, -4 / 15],
+              [1 / 15, -2 / 15, 4 / 15],
+              [0.0, 0.0, 1.0]])
+BT = np.array([[1, -1.5, -2, 1.5, 1, 0],
+               [0, -1, 0.5, 2.5, 1, 0],
+               [0, 1, -2.5, 0.5, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 0.5, -1, -0.5, 1, 0],
+               [0, 1, -1.5, -2, 1.5, 1]])
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 0.5, -2, 0],
+               [0, 1, 1, 0.25, 4, 0],
+               [0, 1, -1, 0.125, -8, 1]])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _wt(w, G, U):
+    kh, kw, Ci, Co = w.shape
+    for ci in prange(Ci):
+        a = np.empty((N, 3))
+        for co in range(Co):
+            for j in range(3):          # a = G g, summed k = 0, 1, 2 in float64
+                g0 = np.float64(w[0, j, ci, co])
+                g1 = np.float64(w[1, j, ci, co])
+                g2 = np.float64(w[2, j, ci, co])
+                for i in range(N):
+                    a[i, j] = G[i, 0] * g0 + G[i, 1] * g1 + G[i, 2] * g2
+            for i in range(N):          # U = a G^T
+                h0, h1, h2 = a[i, 0], a[i, 1], a[i, 2]
+                for j in range(N):
+                    U[N * i + j, ci, co] = np.float32(G[j, 0] * h0 + G[j, 1] * h1 + G[j, 2] * h2)
+    return U
+
+
+def weight_transform(w):
+    """U[6*a + b, ci, co] = (G g G^T)[a, b] for g = w[:, :, ci, co], in float64 rounded once
+    to float32 (a function of w alone); the 36 (Ci, Co) matrices packed by ``pack_cols``, flat."""
+    U = np.empty((NX,) + w.shape[2:], np.float32)
+    return pack_cols(_wt(w, G, U))
+
+
+@njit(cache=True, nogil=True)
+def _bt(d0, d1, d2, d3, d4, d5):
+    """B^T d for one 6-vector (fixed operation order, explicit FMAs)."""
+    p = vsub(d3, d1)
+    q = vsub(d4, d2)
+    r0 = vfma(vbcast(np.float32(1.5)), p, vfma(vbcast(np.float32(-2.0)), d2, vadd(d0, d4)))
+    r1 = vfma(vbcast(np.float32(2.5)), d3, vfma(vbcast(np.float32(0.5)), d2, vsub(d4, d1)))
+    r2 = vfma(vbcast(np.float32(-2.5)), d2, vfma(vbcast(np.float32(0.5)), d3, vadd(d4, d1)))
+    r3 = vfma(vbcast(np.float32(2.0)), p, q)
+    r4 = vfma(vbcast(np.float32(-0.5)), p, q)
+    r5 = vfma(vbcast(np.float32(1.5)), q, vfma(vbcast(np.float32(-2.0)), d3, vadd(d1, d5)))
+    return r0, r1, r2, r3, r4, r5
+
+
+@njit(cache=True, nogil=True)
+def _at(m0, m1, m2, m3, m4, m5):
+    """A^T m for one 6-vector (fixed operation order, explicit FMAs)."""
+    a = vadd(m1, m2)
+    b = vsub(m1, m2)
+    y0 = vadd(vadd(m0, a), vadd(m3, m4))
+    y1 = vfma(vbcast(np.float32(0.5)), m3, vfma(vbcast(np.float32(-2.0)), m4, b))
+    y2 = vfma(vbcast(np.float32(0.25)), m3, vfma(vbcast(np.float32(4.0)), m4, a))
+    y3 = vfma(vbcast(np.float32(0.125)), m3, vfma(vbcast(np.float32(-8.0)), m4, vadd(b, m5)))
+    return y0, y1, y2, y3
+
+
+@njit(cache=True, nogil=True)
+def _in_transform(src, base, rs, cs, Ci, V, vb, vxs, T):
+    """V[vb + xi*vxs + ci] = (B^T d B)[xi] for d[i][j] = src[base + i*rs + j*cs + ci];
+    T: 576 floats of scratch (B^T d, column by column)."""
+    for c in range(0, Ci, 16):
+        for j in range(N):
+            o = base + j * cs + c
+            t0, t1, t2, t3, t4, t5 = _bt(vload(src, o), vload(src, o + rs), vload(src, o + 2 * rs),
+                                         vload(src, o + 3 * rs), vload(src, o + 4 * rs),
+                                         vload(src, o + 5 * rs))
+            vstore(T, (0 * N + j) * 16, t0)
+            vstore(T, (1 * N + j) * 16, t1)
+            vstore(T, (2 * N + j) * 16, t2)
+            vstore(T, (3 * N + j) * 16, t3)
+            vstore(T, (4 * N + j) * 16, t4)
+            vstore(T, (5 * N + j) * 16, t5)
+        for i in range(N):
+            o = i * N * 16
+            v0, v1, v2, v3, v4, v5 = _bt(vload(T, o), vload(T, o + 16), vload(T, o + 32),
+                                         vload(T, o + 48), vload(T, o + 64), vload(T, o + 80))
+            q = vb + i * N * vxs + c
+            vstore(V, q, v0)
+            vstore(V, q + vxs, v1)
+            vstore(V, q + 2 * vxs, v2)
+            vstore(V, q + 3 * vxs, v3)
+            vstore(V, q + 4 * vxs, v4)
+            vstore(V, q + 5 * vxs, v5)
+
+
+@njit(cache=True, nogil=True)
+def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, T):
+    """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = act(Y[i, j] + bias)
+    for i < nr, j < nc; T: scratch (A^T m, column by column)."""
+    for j in range(N):
+        o = mb + j * mxs
+        s0, s1, s2, s3 = _at(vload(M, o), vload(M, o + N * mxs), vload(M, o + 2 * N * mxs),
+                             vload(M, o + 3 * N * mxs), vload(M, o + 4 * N * mxs),
+                             vload(M, o + 5 * N * mxs))
+        vstore(T, (0 * N + j) * 16, s0)
+        vstore(T, (1 * N + j) * 16, s1)
+        vstore(T, (2 * N + j) * 16, s2)
+        vstore(T, (3 * N + j) * 16, s3)
+    b = vload(bias, co)
+    for i in range(nr):
+        o = i * N * 16
+        y0, y1, y2, y3 = _at(vload(T, o), vload(T, o + 16), vload(T, o + 32),
+                             vload(T, o + 48), vload(T, o + 64), vload(T, o + 80))
+        d = db + i * rs
+        vstore(dst, d, vact(vadd(y0, b), act, alpha))
+        if nc > 1:
+            vstore(dst, d + cs, vact(vadd(y1, b), act, alpha))
+        if nc > 2:
+            vstore(dst, d + 2 * cs, vact(vadd(y2, b), act, alpha))
+        if nc > 3:
+            vstore(dst, d + 3 * cs, vact(vadd(y3, b), act, alpha))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha):
+    """xf: flat (Hi, Wi, Ci) window whose rows lie Wp pixels apart, Ci % 16 == 0; U: flat
+    (36, Ci, Co), Co % 16 == 0; outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op
+    pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...), Ds >= 36*Ci + 576."""
+    noff = np.zeros(0, np.int64)
+    nty = (Ho + 3) // 4
+    ntx = (Wo + 3) // 4
+    nch = (ntx + NT - 1) // NT
+    vxs = NT * Ci + 16  # xi strides padded off 4 KiB multiples (cache-set conflicts)
+    mxs = NT * Co + 16
+    for it in prange(nty * nch):
+        tid = numba.get_thread_id()
+        V = Vs[tid]
+        M = Ms[tid]
+        D = Ds[tid]
+        T = D[NX * Ci:NX * Ci + NX * 16]
+        ty = it // nch
+        tx0 = (it - ty * nch) * NT
+        nt = min(NT, ntx - tx0)
+        r0 = 4 * ty
+        for t in range(nt):
+            c0 = 4 * (tx0 + t)
+            if r0 + N <= Hi and c0 + N <= Wi:
+                _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ci, vxs, T)
+            else:  # patch runs past the window: copy with zeros, same transform
+                D[:NX * Ci] = 0.0
+                for i in range(min(N, Hi - r0)):
+                    for j in range(min(N, Wi - c0)):
+                        s = ((r0 + i) * Wp + c0 + j) * Ci
+                        d = (i * N + j) * Ci
+                        D[d:d + Ci] = xf[s:s + Ci]
+                _in_transform(D, 0, N * Ci, Ci, Ci, V, t * Ci, vxs, T)
+        for xi in range(NX):
+            _gemm(V, xi * vxs, Ci, nt, noff, U, xi * Ci * Co, Co, M, xi * mxs)
+        nr = min(4, Ho - r0)
+        for t in range(nt):
+            c0 = 4 * (tx0 + t)
+            nc = min(4, Wo - c0)
+            for co in range(0, Co, 16):
+                _out_transform(M, t * Co + co, mxs, bias, co, act, alpha,
+                               outf, (r0 * Op + c0) * Co + co, Op * Co, Co, nr, nc, T)
+    return outf
