@@ -43,9 +43,9 @@ Examples
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Sequence
 
 from hirestile.graph import INPUT, Graph, Node, Pool, Resize
 from hirestile.model import Model
@@ -198,4 +198,4 @@ def resampled(model: Model, plan: Resampling) -> Model:
                  classes=model.classes, card=model.card)
 
 
-__all__ = ["Resampling", "plan_resampling", "source_level", "resampled", "TOLERANCE", "MAX_DENOMINATOR"]
+__all__ = ["MAX_DENOMINATOR", "TOLERANCE", "Resampling", "plan_resampling", "resampled", "source_level"]

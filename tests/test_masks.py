@@ -250,7 +250,7 @@ def test_auto_mask_end_to_end_skips_glass_tiles(tmp_path, model, monkeypatch, ca
     err = capsys.readouterr().err
     assert f"{35 - len(done)} of 35 tiles" in err      # the summary's mask note, and the time saved
     assert re.search(rf"^time saved: about \d+\.\d s \(estimate: {35 - len(done)} skipped tiles x \d+\.\d{{3}} s, "
-                     r"the mean compute time of a computed tile\)$", err, re.M)
+                     r"the mean compute time of a computed tile\)$", err, re.MULTILINE)
     assert main(["info", out]) == 0
     assert "mask: auto (tissue: optical density > " in (info := capsys.readouterr().out)
     assert f"{35 - len(done)} of 35 tiles outside it" in info

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hirestile.models.registry import REGISTRY, get_spec
+from hirestile.models.unet import unet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hirestile
 from hirestile.cli import main
@@ -19,8 +22,6 @@ from hirestile.contract import InputContract
 from hirestile.errors import InputError, ModelError
 from hirestile.io import closest_level, open_image, parse_pixel_size
 from hirestile.model import Model
-from hirestile.models.unet import unet
-from hirestile.models.registry import REGISTRY, get_spec
 from hirestile.ome import write_image
 from hirestile.resample import plan_resampling, resampled, source_level
 
@@ -424,7 +425,7 @@ def _byom(tmp_path, sidecar: str):
 def test_sidecar_pixel_size(tmp_path, value, want):
     from hirestile.loading import load_model, model_pixel_size
 
-    path = _byom(tmp_path, '{"scale": "dtype", "pixel_size": %s}' % value)
+    path = _byom(tmp_path, f'{{"scale": "dtype", "pixel_size": {value}}}')
     assert load_model(path).contract.scale == "dtype"
     size, unit = model_pixel_size(path)
     assert unit == want[1] and np.allclose(size, want[0])
@@ -444,7 +445,7 @@ def test_sidecar_pixel_size_picks_the_level(tmp_path, capsys):
 def test_bad_sidecar_pixel_size_one_line(tmp_path, capsys, value):
     from hirestile.loading import load_model
 
-    model = _byom(tmp_path, '{"pixel_size": %s}' % value)
+    model = _byom(tmp_path, f'{{"pixel_size": {value}}}')
     with pytest.raises(ModelError, match='"pixel_size": .* is not a positive finite size'):
         load_model(model)
     img = str(tmp_path / "in.zarr")
