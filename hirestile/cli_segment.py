@@ -157,8 +157,7 @@ def _choose_level(img: Any, model: Any, a: argparse.Namespace) -> tuple[Any, Any
     if want is None:
         return img, model
     lo, hi, unit, wanted = want
-    ok, near, f = closest_level(img, (lo, hi), unit)
-    sizes = level_pixel_sizes(img)
+    ok, sizes = closest_level(img, (lo, hi), unit)[0], level_pixel_sizes(img)
 
     def size(lv: int) -> str:
         return f"{_geo(sizes[lv]):.4g} {_SYM[unit]}/px"
