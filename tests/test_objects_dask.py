@@ -188,3 +188,16 @@ def test_bad_input_one_line_in_the_cli(tmp_path):
     z[...] = 0
     r = cli("objects", tmp_path / "f.zarr", "-o", tmp_path / "o.zarr")
     assert_one_line_error(r, 2, r"integer class map")
+
+
+def test_tasks_pickle_for_other_processes(tmp_path):
+    """What distributed needs: every task, summary and reader crosses a process boundary."""
+    rng = np.random.default_rng(2)
+    cm = random_classmap(rng, 50, 44, 0.5, 2)
+    img = rng.integers(0, 256, (2, 50, 44)).astype(np.uint8)
+    z = zarr.create_array(str(tmp_path / "cm.zarr"), shape=cm.shape, chunks=(16, 16), dtype=cm.dtype)
+    z[...] = cm
+    lab, tab = hirestile.instances(z, table=True, image=img)
+    lab, tab = dask.compute(lab, tab, scheduler="processes", num_workers=1)
+    assert np.array_equal(lab, label(cm, connectivity=1))
+    assert tab.equals(hirestile.measure(cm, image=img, chunks=16))
