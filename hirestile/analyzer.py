@@ -401,12 +401,6 @@ class Report:
         flops, _ = self.region_cost(reg)
         return flops / (self.flops_per_pixel * (reg[0][1] - reg[0][0]) * (reg[1][1] - reg[1][0]))
 
-    def tile_memory(self, tile: int | tuple[int, int]) -> int:
-        """Peak executor bytes for one interior output tile of this size."""
-        ty, tx = (tile, tile) if isinstance(tile, int) else tile
-        reg = self._interior_tile(max(ty, tx))
-        return self.region_cost(((reg[0][0], reg[0][0] + ty), (reg[1][0], reg[1][0] + tx)))[1]
-
     def node_table(self, out_region: Region | None = None) -> list[NodeInfo]:
         """Per node: op, output shape, FLOPs and bytes, full-frame or for ``out_region``."""
         regs = self.regions(out_region, aligned=True) if out_region is not None else None

@@ -15,21 +15,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from hirestile import executor
-from hirestile.analyzer import Report
+from hirestile.analyzer import Report, align, empty, hull, sources
 from hirestile.executor import Buf
-from hirestile.graph import op_label
+from hirestile.graph import op_label, padding_mode
 from hirestile.region import Region
 
 
 class Stream:
     """Row bands moving down one column strip, each intermediate row computed once.
 
-    Call :meth:`run` with consecutive output bands of the same columns (top to bottom):
-    every node keeps, between calls, the rows the next band needs again (a line buffer
-    whose height the region arithmetic gives: a halo's worth, more for a UNet's level-0
-    skip), and the next band computes only the rows below them. Any other sequence of
-    regions is correct too, just without reuse. The output equals :func:`run_region`'s
-    bit for bit.
+    Call :meth:`run` with consecutive output bands of the same columns (top to bottom).
+    Every node keeps a frontier: the rows it has computed so far. A band computes, per
+    node, only the rows below its frontier that its consumers read for their own new rows
+    (:func:`plan_band`), and between bands each node keeps in a line buffer just the rows
+    its consumers will read again: a kernel's halo for most nodes, about the network's halo
+    for a UNet's skips, whose decoder side runs behind the encoder. Any other sequence of
+    regions is correct too (a band that does not continue the one above starts afresh). The
+    output equals :func:`run_region`'s bit for bit.
 
     Examples
     --------
@@ -47,21 +49,91 @@ class Stream:
         self.rep = rep
         self.lines: dict[str, Buf] = {}
         self.arena = executor.Arena() if arena is None else arena   # band buffers, reused band after band
+        self._at: tuple[int, tuple[int, int]] | None = None          # (next row, cols) that continues the strip
+        self._done: dict[str, int] = {}                              # per node: rows computed so far
 
     def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
-        """The band ``out_region`` (as :func:`run_region`), reusing the previous band's rows."""
+        """The band ``out_region`` (as :func:`run_region`), reusing the rows above."""
         (y0, y1), cols = out_region
-        oh = self.rep.output_shape[1]
-        ahead = ((y1, min(y1 + (y1 - y0), oh)), tuple(cols)) if y1 < oh else None
-        if ahead is None:                     # the strip's last band: nothing to keep
-            lines, self.lines = self.lines, {}
-            return executor._run(self.rep, window, origin, out_region, lines, None, self.arena)
-        return executor._run(self.rep, window, origin, out_region, self.lines, ahead, self.arena)
+        cols = tuple(cols)
+        if self._at != (y0, cols):            # not the continuation of the last band: start afresh
+            self.lines, self._done = {}, {}
+        held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
+                                                 last=y1 >= self.rep.output_shape[1])
+        self._at = (y1, cols)
+        out = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena)
+        if not keep:
+            self.lines, self._done, self._at = {}, {}, None
+        return out
 
     @property
     def nbytes(self) -> int:
         """Bytes held in line buffers between bands."""
         return sum(b.data.nbytes for b in self.lines.values())
+
+
+def plan_band(rep: Report, band: Region, done: dict[str, int], *, last: bool = False
+              ) -> tuple[dict[str, Region], dict[str, Region], dict[str, int], dict[str, int]]:
+    """What each node does for ``band`` given ``done`` (per node, the rows computed by the
+    bands above; empty for the first band of a strip): (held, computed, keep, done after).
+
+    Walking the graph from the output back, a node computes from its frontier down to the
+    last row its consumers read for their new rows (grown to its kernel route's row step),
+    and holds from the first row they read. ``keep[name]`` is the first row the consumers
+    will read in the next band: rows from there on are the node's line buffer (none after
+    the ``last`` band). Columns are the strip's, as :meth:`Report.regions` gives them."""
+    g, shapes = rep.graph, rep.shapes
+    held, comp = executor.regions_of(rep, band)
+    if not done:
+        new_done = {name: r.rows[1] for name, r in comp.items()}
+        return held, comp, ({} if last else _keep_rows(rep, band, comp, new_done)), new_done
+    cols = {name: r.cols for name, r in held.items()}
+    reads: dict[str, tuple[int, int]] = {g.output: tuple(band.rows)}
+    held, comp, new_done = {}, {}, dict(done)
+    for n in reversed(g.nodes):
+        r = reads.get(n.name)
+        if n.name not in cols or r is None or empty(r):
+            continue
+        if n.name == g.input:
+            held[n.name] = comp[n.name] = Region(r, cols[n.name])
+            continue
+        s = done[n.name]
+        e = max(s, align(r, rep.steps.get(n.name, (1, 1))[0])[1])
+        held[n.name] = Region((min(r[0], s), e), cols[n.name])
+        comp[n.name] = Region((s, e), cols[n.name])
+        new_done[n.name] = e
+        if e > s:
+            for k, t in enumerate(n.inputs):
+                src = _rows_read(n, k, (s, e), shapes)
+                if src is not None:
+                    reads[t] = hull(reads.get(t), src)
+    return held, comp, ({} if last else _keep_rows(rep, band, comp, new_done)), new_done
+
+
+def _rows_read(n, k: int, rows: tuple[int, int], shapes) -> tuple[int, int] | None:
+    """Rows of input ``k`` that node ``n`` reads (inside the map) to compute ``rows``."""
+    ins = [shapes[t] for t in n.inputs]
+    iv = n.op.in_interval(k, 0, rows, ins, shapes[n.name])
+    if iv is None:
+        return None
+    src = sources(iv, ins[k][1], padding_mode(n.op, k)[0])
+    return None if empty(src) else src
+
+
+def _keep_rows(rep: Report, band: Region, comp: dict[str, Region], done: dict[str, int]) -> dict[str, int]:
+    """Per node, the first row its consumers read when they next compute (from their new
+    frontier on): the start of the line buffer it keeps for the next band."""
+    g = rep.graph
+    keep = {g.output: band.rows[1]} if g.output in comp else {}
+    for n in g.nodes:
+        if n.name not in comp or n.name == g.input:
+            continue
+        for k, t in enumerate(n.inputs):
+            if t in comp and t != g.input:
+                src = _rows_read(n, k, (done[n.name], done[n.name] + 1), rep.shapes)
+                if src is not None:
+                    keep[t] = min(keep.get(t, src[0]), src[0])
+    return keep
 
 
 @dataclass(frozen=True)
@@ -79,25 +151,32 @@ class Stage:
     flops: float           # FLOPs the band computes: only the rows not kept from the band above
 
 
-def stream_stages(rep: Report, band: Region) -> list[Stage]:
-    """Per stage, what a :class:`Stream` holds and computes for ``band`` when the next band
-    below it has the same height: the line buffers are the rows both bands compute."""
+def steady_band(rep: Report, band: Region) -> tuple[dict[str, Region], dict[str, Region], dict[str, int]]:
+    """(held, computed, keep) of :func:`plan_band` for ``band`` as a :class:`Stream` runs it
+    after the bands of the same height above it (two of them set every frontier)."""
     (y0, y1), cols = band
-    oh = rep.output_shape[1]
-    now = rep.regions(band, aligned=True)
-    nxt = rep.regions(((y1, min(y1 + (y1 - y0), oh)), tuple(cols)), aligned=True) if y1 < oh else {}
+    h = max(y1 - y0, 1)
+    done: dict[str, int] = {}
+    for a in range(max(0, y0 - 2 * h), y0, h):
+        done = plan_band(rep, Region((a, min(a + h, y0)), tuple(cols)), done)[3]
+    return plan_band(rep, Region((y0, y1), tuple(cols)), done, last=y1 >= rep.output_shape[1])[:3]
+
+
+def stream_stages(rep: Report, band: Region) -> list[Stage]:
+    """Per stage, what a :class:`Stream` holds and computes for ``band`` in steady state
+    (:func:`steady_band`): rows held (kept from above plus computed), rows it keeps for the
+    band below, FLOPs of the rows it computes."""
+    held, comp, keep = steady_band(rep, band)
     stages = []
     for n in rep.graph.nodes:
-        if n.name not in now:
+        if n.name not in held:
             continue
-        (a, b), (c, d) = now[n.name].computed
-        keep = 0
-        if n.name in nxt:
-            (p, q), _ = nxt[n.name].computed
-            keep = max(0, min(b, q) - max(a, p))
+        (a, b), (c, d) = held[n.name]
+        line = max(0, b - keep[n.name]) if n.name in keep else 0
         ch = rep.shapes[n.name][0]
-        stages.append(Stage(n.name, op_label(n.op), ch, b - a, d - c, keep, 4 * ch * keep * (d - c),
-                            rep.node_flops(n) * (b - a - keep) * (d - c)))
+        (p, q), _ = comp[n.name]
+        stages.append(Stage(n.name, op_label(n.op), ch, b - a, d - c, line, 4 * ch * line * (d - c),
+                            rep.node_flops(n) * (q - p) * (d - c)))
     return stages
 
 
@@ -106,4 +185,18 @@ def line_buffer_bytes(rep: Report, band: Region) -> int:
     return sum(s.line_bytes for s in stream_stages(rep, band))
 
 
-__all__ = ["Stream", "Stage", "stream_stages", "line_buffer_bytes"]
+def band_memory(rep: Report, band: Region) -> int:
+    """Bytes a :class:`Stream` holds running bands like ``band``: its arena slab, laid out
+    for the largest of a strip's first band (computed whole) and a steady-state band
+    (:func:`hirestile.executor.region_memory`), and the line buffers, the ones a band reads
+    and the ones it keeps for the band below."""
+    (y0, y1), cols = band
+    held, comp, keep = steady_band(rep, band)
+    first = executor.region_memory(rep, *executor.regions_of(rep, Region((0, y1 - y0), tuple(cols))))
+    lines_in = sum(4 * rep.shapes[n][0] * (comp[n].rows[0] - held[n].rows[0]) * (held[n].cols[1] - held[n].cols[0])
+                   for n in held)
+    lines_out = sum(s.line_bytes for s in stream_stages(rep, band))
+    return max(first, executor.region_memory(rep, held, comp)) + lines_in + lines_out
+
+
+__all__ = ["Stream", "Stage", "plan_band", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]

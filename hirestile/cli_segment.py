@@ -23,7 +23,7 @@ def cmd_segment(a: argparse.Namespace) -> int:
     memory = parse_bytes(a.memory)
     model = load_model_cli(a.model, a)
     if not (a.scheduler or a.workers):
-        keep_freed_memory(reuse_large=not a.stream)  # as segment_to_zarr does, before zarr's and kernels' threads
+        keep_freed_memory()  # as segment_to_zarr does, before zarr's and kernels' threads
     img = open_image(a.input, level=a.level, axes=a.axes, channels=model.contract.channels, **_hdu(a))
     _show_pixel_size(img, a)
     img, run = _choose_level(img, model, a)       # run: resampled to the model's pixel size if need be

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hirestile.analyzer import NodeRegion, Report, analyze_graph, reflect_index
+from hirestile.analyzer import Report, analyze_graph, reflect_index
 from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
@@ -409,77 +409,95 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
 
 
 class Arena:
-    """Float32 node buffers reused within a run: across its nodes, tiles and bands.
+    """One slab of memory holding a run's node buffers, laid out once per region shape.
 
-    A fresh large array costs first-touch page faults (10-30 % of a conv at large sizes)
-    and leaves glibc's heap fragmented. The executor takes each node's buffer from here and
-    gives it back once the node's last consumer has run, so later nodes, and the next tile or
-    band of the same shape, reuse it. Free buffers are kept up to the peak bytes the run has
-    had in use at once, so the arena holds at most twice that peak.
+    A fresh large array costs first-touch page faults (10-30 % of a conv at large sizes),
+    and a heap that keeps freed blocks of changing sizes fragments. So before a region runs,
+    the executor lists the buffers it will take (their sizes, and the steps at which each
+    is taken and given up); :meth:`place` gives each an offset in one slab such that buffers
+    alive at the same time never overlap (largest first, at the lowest offset that fits: the
+    static memory planning of dataflow compilers). Later tiles and bands of the same shape
+    get the same layout (cached) in the same slab, which grows only when a layout needs
+    more. Its size is the run's executor memory, and :func:`region_memory` computes it the
+    same way without running anything.
 
     Examples
     --------
     >>> a = Arena()
-    >>> x = a.take((4, 5, 16))
-    >>> a.give(x)
-    >>> a.take((4, 5, 16)).base is x.base     # the same memory again
-    True
+    >>> a.place(((100, 0, 1), (50, 1, 2), (100, 2, 3)))     # (elements, taken, given up)
+    [0, 112, 0]
+    >>> a.nbytes                      # 176 elements: the second overlaps both in time
+    704
     """
 
-    SLACK = 1.25          # a free buffer serves a request up to 25 % smaller than itself
+    ALIGN = 16            # elements: buffers start on 64-byte lines
 
     def __init__(self) -> None:
-        self._free: list[np.ndarray] = []
-        self.used = 0     # bytes handed out and not given back
-        self.peak = 0
+        self.slab = np.empty(0, np.float32)
+        self._layouts: dict[tuple, tuple[list[int], int]] = {}
 
-    def take(self, shape: tuple[int, ...]) -> np.ndarray:
-        """An uninitialised C-contiguous float32 array of ``shape``."""
-        n = max(int(np.prod(shape)), 1)
-        best = -1
-        for i, f in enumerate(self._free):
-            if n <= f.size <= n * self.SLACK and (best < 0 or f.size < self._free[best].size):
-                best = i
-        f = self._free.pop(best) if best >= 0 else np.empty(n, np.float32)
-        self.used += f.nbytes
-        self.peak = max(self.peak, self.used)
-        return f[:int(np.prod(shape))].reshape(shape)
+    def place(self, requests: tuple[tuple[int, int, int], ...]) -> list[int]:
+        """Offsets (in float32 elements) for ``requests`` of (elements, first step, last step),
+        lifetimes inclusive; the slab grows to hold them."""
+        hit = self._layouts.get(requests)
+        if hit is None:
+            hit = self._layouts[requests] = layout(requests, self.ALIGN)
+        if hit[1] > self.slab.size:
+            self.slab = np.empty(hit[1], np.float32)
+        return hit[0]
 
-    def give(self, a: np.ndarray) -> None:
-        """Return an array :meth:`take` gave (it must not be used afterwards)."""
-        f = a.base if a.base is not None else a
-        self.used -= f.nbytes
-        self._free.append(f)
-        held = sum(x.nbytes for x in self._free)
-        while held > self.peak and self._free:
-            held -= self._free.pop(0).nbytes      # the longest unused goes first
+    def view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The slab's elements from ``offset`` as a C-contiguous array of ``shape``."""
+        return self.slab[offset:offset + int(np.prod(shape))].reshape(shape)
 
     @property
     def nbytes(self) -> int:
-        """Bytes the arena holds, in use and free."""
-        return self.used + sum(x.nbytes for x in self._free)
+        return self.slab.nbytes
 
 
-def _extents(g: Graph, regs: dict[str, NodeRegion], shapes) -> dict[str, tuple[Region, float | None]]:
+def layout(requests, align: int = 16) -> tuple[list[int], int]:
+    """(offsets, total elements) placing buffers of (elements, first step, last step) so that
+    two alive at a common step never overlap: largest first, each at the lowest offset clear
+    of the buffers already placed whose lifetimes meet its own."""
+    offsets = [0] * len(requests)
+    placed: list[tuple[int, int, int, int]] = []
+    total = 0
+    for i in sorted(range(len(requests)), key=lambda i: -requests[i][0]):
+        size, s, e = requests[i]
+        size = -(-size // align) * align
+        off = 0
+        for a, b in sorted((o, o + z) for o, z, s2, e2 in placed if s2 <= e and s <= e2):
+            if off + size <= a:
+                break
+            off = max(off, b)
+        offsets[i] = off
+        placed.append((off, size, s, e))
+        total = max(total, off + size)
+    return offsets, total
+
+
+def _extents(g: Graph, held: dict[str, Region], comp: dict[str, Region],
+             shapes) -> dict[str, tuple[Region, float | None]]:
     """Per node, the region its buffer covers and the value it holds outside the feature map.
 
-    The buffer covers the node's computed region grown to the windows its consumers read,
-    where those run past the map and read a constant ("fill" padding: zeros for a conv,
-    -inf for a max-pool); the first such constant is the buffer's, a consumer wanting
-    another (or reflect / replicate) gets a copy from :func:`fetch` as before."""
+    The buffer covers the rows and columns the node holds (``held``: what it computes, and in
+    a band the rows kept from the band above) grown to the windows its consumers read for
+    what they compute (``comp``), where those run past the map and read a constant ("fill"
+    padding: zeros for a conv, -inf for a max-pool); the first such constant is the
+    buffer's, a consumer wanting another (or reflect / replicate) gets a copy from
+    :func:`fetch`."""
     wins: dict[str, list] = {}
     for n in g.nodes:
-        nr = regs.get(n.name)
-        if nr is None:
+        if n.name not in comp:
             continue
         for k, t in enumerate(n.inputs):
-            if t in regs:
-                w = _window(n, k, nr.computed, shapes)
+            if t in held:
+                w = _window(n, k, comp[n.name], shapes)
                 if w[0] is not None and w[1] is not None:
                     wins.setdefault(t, []).append((w, *padding_mode(n.op, k)))
     out = {}
-    for t, nr in regs.items():
-        (a, b), (c, d) = nr.needed if t == g.input else nr.computed
+    for t, reg in held.items():
+        (a, b), (c, d) = reg
         h, w = shapes[t][1:]
         fill = None
         for ((wa, wb), (wc, wd)), mode, v in wins.get(t, ()):
@@ -508,15 +526,27 @@ def _fill_outside(buf: Buf, size: tuple[int, int]) -> None:
         d[:, max(size[1] - x0, 0):] = v
 
 
+def regions_of(rep: Report, out_region: Region) -> tuple[dict[str, Region], dict[str, Region]]:
+    """(held, computed) regions of every node for ``out_region`` run on its own: each node
+    computes and holds its aligned computed region; the input holds the clipped window."""
+    regs = rep.regions(out_region, aligned=True)
+    comp = {name: Region.of(r.computed) for name, r in regs.items()}
+    held = dict(comp)
+    if rep.graph.input in regs:
+        held[rep.graph.input] = comp[rep.graph.input] = Region.of(regs[rep.graph.input].needed)
+    return held, comp
+
+
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
-         lines: dict[str, Buf] | None = None, ahead: Region | None = None, arena: Arena | None = None) -> np.ndarray:
-    """:func:`run_region`; with ``lines`` (a :class:`hirestile.bands.Stream`'s line buffers), rows a node
-    already computed for the previous band are reused, and once a node's consumers have run
-    only the rows the band ``ahead`` needs are kept."""
+         band: tuple[dict, dict, dict] | None = None, lines: dict[str, Buf] | None = None,
+         arena: Arena | None = None) -> np.ndarray:
+    """:func:`run_region`; with ``band`` (held, computed, keep), as planned by
+    :class:`hirestile.bands.Stream`: each node holds the ``held`` rows, of which it computes
+    only ``computed``, the rows above coming from its line buffer in ``lines``; once a node's
+    consumers have run, its rows from ``keep[name]`` on are kept in ``lines`` for the next band."""
     g = rep.graph
     if rep.weights is None:
         raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
-    regs = rep.regions(out_region, aligned=True)
     (oy0, oy1), (ox0, ox1) = out_region
     k_out, oh, ow = rep.output_shape
     if not (0 <= oy0 <= oy1 <= oh and 0 <= ox0 <= ox1 <= ow):
@@ -525,93 +555,124 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         return np.zeros((k_out, oy1 - oy0, ox1 - ox0), np.float32)
     if window.ndim != 3 or window.shape[0] != g.in_channels:
         raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
+    held, comp, keep = band if band is not None else (*regions_of(rep, out_region), {})
+    lines = {} if lines is None else lines
     arena = Arena() if arena is None else arena
-    ext = _extents(g, regs, rep.shapes)
+    ext = _extents(g, held, comp, rep.shapes)
+    names, requests = _requests(rep, held, comp, ext)
+    mem = {name: arena.view(off, _ext_shape(rep, ext, name)) for name, off in zip(names, arena.place(requests))}
     given = Region((int(origin[0]), int(origin[0]) + window.shape[1]), (int(origin[1]), int(origin[1]) + window.shape[2]))
-    pooled: set[str] = set()
-    if g.input in regs:
-        need = Region.of(regs[g.input].needed)
+    if g.input in held:
+        need = held[g.input]
         if given.intersect(need) != need:
             raise ValueError(f"input window {given} does not cover the rows/cols {need} this region needs")
         e, fill = ext[g.input]
-        (ea, eb), (ec, ed) = e
-        x = Buf(arena.take((eb - ea, ed - ec, g.in_channels)), ea, ec, fill)
-        pooled.add(g.input)
+        x = Buf(mem[g.input], e.rows[0], e.cols[0], fill)
         (a, b), (c, d) = need
-        np.copyto(x.data[a - ea:b - ea, c - ec:d - ec],
+        np.copyto(x.data[a - e.rows[0]:b - e.rows[0], c - e.cols[0]:d - e.cols[0]],
                   np.moveaxis(window[:, a - given.rows[0]:b - given.rows[0], c - given.cols[0]:d - given.cols[0]], 0, -1))
         if fill is not None:
             _fill_outside(x, rep.shapes[g.input][1:])
     else:
         x = Buf(np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32), *given.origin)
     bufs: dict[str, Buf] = {g.input: x}
-    later = rep.regions(ahead, aligned=True) if lines is not None and ahead is not None else {}
     remaining: dict[str, int] = {}
     for n in g.nodes:
-        if n.name in regs:
+        if n.name in comp:
             for t in n.inputs:
                 remaining[t] = remaining.get(t, 0) + 1
     for n in g.nodes:
-        nr = regs.get(n.name)
-        if nr is None:
+        if n.name not in comp:
             continue
-        prev = lines.pop(n.name, None) if lines is not None else None
-        bufs[n.name], from_arena = _compute(n, bufs, nr.computed, ext[n.name], rep, prev, arena)
-        if from_arena:
-            pooled.add(n.name)
+        prev = lines.pop(n.name, None) if held[n.name].rows[0] < comp[n.name].rows[0] else None
+        bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
-                done = bufs.pop(t, None)
-                if done is not None and t != g.input and lines is not None:
-                    _keep(lines, t, done, regs[t].computed, later.get(t))
-                if done is not None and t in pooled:
-                    arena.give(done.data)
+                done = bufs.pop(t, None)         # its memory may now be another buffer's
+                if done is not None and t in keep:
+                    _keep(lines, t, done, held[t], keep[t])
     if g.output == g.input:
         res = fetch(bufs[g.input], out_region, (oh, ow))
     else:
         res = bufs[g.output].crop(Region((oy0, oy1), (ox0, ox1))).data
     res = np.ascontiguousarray(np.moveaxis(res, -1, 0))
-    if lines is not None and g.output != g.input:
-        _keep(lines, g.output, bufs[g.output], regs[g.output].computed, later.get(g.output))
-    for t in pooled & set(bufs):
-        arena.give(bufs.pop(t).data)
+    if g.output != g.input and g.output in keep:
+        _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output])
     return res
 
 
-def _compute(n: Node, bufs: dict[str, Buf], comp: Region, ext: tuple[Region, float | None], rep: Report,
-             prev: Buf | None, arena: Arena) -> tuple[Buf, bool]:
-    """Node ``n``'s values on ``comp``, in a buffer covering ``ext`` (with the padding its
-    consumers read outside the map); rows that ``prev`` (the node's line buffer from the band
-    above, same columns) holds at the top of ``comp`` are copied in, only the rows below are
+def _ext_shape(rep: Report, ext: dict[str, tuple[Region, float | None]], name: str) -> tuple[int, int, int]:
+    (a, b), (c, d) = ext[name][0]
+    return (b - a, d - c, rep.shapes[name][0])
+
+
+def _requests(rep: Report, held: dict[str, Region], comp: dict[str, Region],
+              ext: dict[str, tuple[Region, float | None]]) -> tuple[list[str], tuple[tuple[int, int, int], ...]]:
+    """The buffers a region's nodes take from the arena, as :meth:`Arena.place` requests
+    (elements, step taken, last step read), and their nodes. The input is taken at step -1,
+    node i of the run at step i; a buffer is read until its last consumer's step, the
+    output's until the end. A node takes one unless it returns an array of its own that
+    needs nothing around it (no padding, no rows from the band above)."""
+    g = rep.graph
+    order = [n for n in g.nodes if n.name in comp]
+    last: dict[str, int] = {}
+    for i, n in enumerate(order):
+        for t in n.inputs:
+            last[t] = i
+    names, reqs = [], []
+    steps = ([(-1, g.input)] if g.input in held else []) + [(i, n.name) for i, n in enumerate(order)]
+    for i, name in steps:
+        if i >= 0:
+            e, fill = ext[name]
+            if e == held[name] == comp[name] and fill is None and type(order[i].op) not in WRITES_INTO:
+                continue
+        h, w, c = _ext_shape(rep, ext, name)
+        names.append(name)
+        reqs.append((h * w * c, i, len(order) if name == g.output else last.get(name, i)))
+    return names, tuple(reqs)
+
+
+def region_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region]) -> int:
+    """Bytes of the arena slab the executor lays out for a region whose nodes hold ``held``
+    and compute ``comp`` (:func:`regions_of`, or a band's plan; see :class:`Arena`), found
+    without running: what a run of such regions holds in node buffers."""
+    ext = _extents(rep.graph, held, comp, rep.shapes)
+    return 4 * layout(_requests(rep, held, comp, ext)[1], Arena.ALIGN)[1]
+
+
+def _compute(n: Node, bufs: dict[str, Buf], held: Region, comp: Region, ext: tuple[Region, float | None],
+             rep: Report, prev: Buf | None, data: np.ndarray | None) -> Buf:
+    """Node ``n``'s values on ``held``, in ``data`` (its arena buffer, covering ``ext``: the
+    padding its consumers read outside the map included). Rows of ``held`` above ``comp``
+    come from ``prev`` (the node's line buffer from the band above); only ``comp`` is
     computed. The kernels give every row the same bits whatever region it is computed in
-    (the exactness contract), so this changes no value. Returns the buffer and whether it
-    came from ``arena`` (a runner's own array is used as it is when nothing needs adding)."""
+    (the exactness contract), so this changes no value. Without ``data`` the runner's own
+    array is the buffer."""
     run, writes = _runner(n, rep), type(n.op) in WRITES_INTO
-    (r0, r1), (c0, c1) = comp
+    if data is None:
+        return Buf(_checked(n, run(n, bufs, comp, rep.shapes, rep.weights[n.name]), comp), *comp.origin)
     e, fill = ext
-    reuse = prev is not None and prev.region.cols == (c0, c1) and prev.y0 <= r0 < prev.region.rows[1]
-    if not reuse and e == comp and fill is None and not writes:
-        return Buf(_checked(n, run(n, bufs, comp, rep.shapes, rep.weights[n.name]), comp), r0, c0), False
-    (ea, eb), (ec, ed) = e
-    buf = Buf(arena.take((eb - ea, ed - ec, rep.shapes[n.name][0])), ea, ec, fill)
-    start = r0
-    if reuse:
-        start = min(prev.region.rows[1], r1)
+    ea, ec = e.origin
+    buf = Buf(data, ea, ec, fill)
+    r0, (c0, c1) = held.rows[0], held.cols
+    start, r1 = comp.rows
+    if start > r0:
+        if prev is None or prev.region.cols != held.cols or not prev.y0 <= r0 or prev.region.rows[1] < start:
+            raise AssertionError(f"internal error: node {n.name!r} has no line buffer for rows {r0}..{start}")
         buf.data[r0 - ea:start - ea, c0 - ec:c1 - ec] = prev.data[r0 - prev.y0:start - prev.y0]
-    if start < r1:
-        below = Region((start, r1), (c0, c1))
+    if r1 > start:
         dst = buf.data[start - ea:r1 - ea, c0 - ec:c1 - ec]
         if writes:
-            res = run(n, bufs, below, rep.shapes, rep.weights[n.name], out=dst)
+            res = run(n, bufs, comp, rep.shapes, rep.weights[n.name], out=dst)
         else:
-            res = run(n, bufs, below, rep.shapes, rep.weights[n.name])
-        _checked(n, res, below)
+            res = run(n, bufs, comp, rep.shapes, rep.weights[n.name])
+        _checked(n, res, comp)
         if res is not dst:
             dst[...] = res
     if fill is not None:
         _fill_outside(buf, rep.shapes[n.name][1:])
-    return buf, True
+    return buf
 
 
 def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
@@ -621,17 +682,13 @@ def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
     return data
 
 
-def _keep(lines: dict[str, Buf], name: str, buf: Buf, comp: Region, nxt: NodeRegion | None) -> None:
-    """Keep the rows of ``buf``'s computed region ``comp`` that the next band computes again
-    (its computed region's top rows), copied out so the band's buffer can be reused."""
-    if nxt is None:
-        return
-    (a, b), cols = nxt.computed
-    (y0, y1), (c0, c1) = comp
-    lo, hi = max(a, y0), min(b, y1)
-    if hi > lo and (c0, c1) == tuple(cols):
-        rows = buf.data[lo - buf.y0:hi - buf.y0, c0 - buf.x0:c1 - buf.x0].copy()
-        lines[name] = Buf(rows, lo, c0)
+def _keep(lines: dict[str, Buf], name: str, buf: Buf, held: Region, first: int) -> None:
+    """Keep the rows of ``buf`` from ``first`` to the end of ``held`` (the rows the next band
+    reads again), copied out: the buffer's memory goes to other nodes."""
+    (_, y1), (c0, c1) = held
+    if y1 > first:
+        rows = buf.data[first - buf.y0:y1 - buf.y0, c0 - buf.x0:c1 - buf.x0].copy()
+        lines[name] = Buf(rows, first, c0)
 
 
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,

@@ -34,15 +34,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import masks, ome
+from . import executor, masks, ome
 from .errors import InputError, ModelError, OutputError
 from .executor import precision_label
 from .io import InputImage, open_image
 from .loading import as_model
 from .outputs import MAX_CLASSES, OUTPUT_KINDS
+from .region import Region
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
-from .bands import line_buffer_bytes
+from .bands import band_memory
 from .tiling import Tile, column_strips, cuts, make_tiles
 from .version import __version__
 
@@ -127,14 +128,15 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
     _, oh, ow = rep.output_shape
     band, strip = min(band, oh), min(strip, ow)
     if not rep.tileable:
-        mem = rep.region_cost(((0, oh), (0, ow)))[1]
+        mem = executor.region_memory(rep, *executor.regions_of(rep, Region((0, oh), (0, ow))))
         window = 4 * channels * rep.image_shape[0] * rep.image_shape[1]
     else:
-        mem = rep.tile_memory((band, strip))
         y0, x0 = max(0, oh // 2 - band // 2), max(0, ow // 2 - strip // 2)
-        region = ((y0, min(y0 + band, oh)), (x0, min(x0 + strip, ow)))
-        if stream:                # an interior band as the stream runs it, and the line buffers it keeps
-            mem = max(mem, rep.region_cost(region)[1]) + line_buffer_bytes(rep, region)
+        region = Region((y0, min(y0 + band, oh)), (x0, min(x0 + strip, ow)))
+        if stream:                # the stream's slab and line buffers
+            mem = band_memory(rep, region)
+        else:                     # the slab laid out for an interior tile, the largest
+            mem = executor.region_memory(rep, *executor.regions_of(rep, region))
         (a, b), (c, d) = rep.input_window(region, aligned=True)
         (ih, iw) = rep.image_shape
         window = 4 * channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
@@ -359,7 +361,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         raise ValueError(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {kind!r}")
     model = as_model(model)
     if run_tiles is None:                          # the tiles are computed in this process
-        keep_freed_memory(reuse_large=not stream)  # before zarr starts its threads
+        keep_freed_memory()  # before zarr starts its threads
     if isinstance(image, InputImage):
         img = image
     else:

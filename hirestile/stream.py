@@ -39,28 +39,26 @@ def peak_rss() -> int:
     return r if sys.platform == "darwin" else r * 1024
 
 
-def keep_freed_memory(*, reuse_large: bool = True) -> None:
-    """Tune glibc's allocator for a run: one arena, and (``reuse_large``) freed large blocks
-    kept for reuse instead of being returned to the OS.
+def keep_freed_memory() -> None:
+    """Tune glibc's allocator for a run: one malloc arena for all threads, and blocks of
+    1 MiB and more served by mmap, so that freeing one returns it to the OS.
 
-    Overlap tiles allocate the same large buffers over and over; served from mmap each
-    time, every buffer page-faults afresh (0.5-2 GiB/s here). Without mmap and trimming,
-    the second tile reuses the first tile's memory, and peak memory stays that of one
-    tile. A streamed run allocates line buffers and band pieces of changing sizes: kept
-    in the heap they fragment it (measured: 2.3 against 1.76 GiB over baseline for
-    UNet-16 bands of 256 x 8192), so a streamed run passes ``reuse_large=False`` and
-    leaves large blocks to mmap. No-op where glibc is absent.
+    The executor reuses its node buffers itself (:class:`hirestile.executor.Arena`, bounded
+    by the plan's executor memory), which is what spares overlap tiles and bands the
+    first-touch page faults of fresh buffers; the heap need not keep freed large blocks,
+    and must not: kept there, blocks of changing sizes fragment it (measured before the
+    arena: 2.3 against 1.76 GiB for UNet-16 bands of 256 x 8192). Setting the threshold
+    also stops glibc from raising it after each free, which would move later large blocks
+    onto the heap. No-op where glibc is absent.
 
-    All threads share one arena (M_ARENA_MAX 1): the reader, the writer and zarr's
-    codec threads would otherwise each get an arena of their own and, with trimming
-    off, each keep its own peak (measured: 617 against 736 MiB at 8192^2, and no slower).
-    Threads that already own an arena keep it, so call this before the first zarr read.
+    All threads share one arena (M_ARENA_MAX 1): the reader, the writer and zarr's codec
+    threads would otherwise each get an arena of their own and keep their own peak
+    (measured: 617 against 736 MiB at 8192^2, and no slower). Threads that already own an
+    arena keep it, so call this before the first zarr read.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        if reuse_large:
-            libc.mallopt(-1, 2 ** 30)  # M_TRIM_THRESHOLD
-            libc.mallopt(-4, 0)        # M_MMAP_MAX: no mmap for large blocks
+        libc.mallopt(-3, 1 << 20)      # M_MMAP_THRESHOLD
         libc.mallopt(-8, 1)            # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
@@ -108,7 +106,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
     contract = model.contract
     band: Stream | None = None
     band_cols: Any = None
-    arena = executor.Arena()          # node buffers, reused tile after tile (and strip after strip)
+    arena = executor.Arena()          # node buffers: one slab, reused tile after tile (and strip after strip)
     bar = tqdm(total=total, initial=total - len(todo), unit="tile", dynamic_ncols=True,
                disable=None if progress is None else not progress,      # None: only on a terminal
                desc="segment", smoothing=0.1)

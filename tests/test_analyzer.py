@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import hirestile
+from hirestile import executor
 from hirestile.errors import NotTileableError
 from hirestile.graph import INPUT, Conv, GlobalPool, Graph, Node, Pool, Binary
 from hirestile.models.unet import unet
@@ -91,10 +92,11 @@ def test_whole_image_op_makes_model_not_tileable():
 
 
 def test_plan_numbers_for_unet():
-    rep = hirestile.analyze(unet(base=8, depth=3), (256, 256))
+    rep = hirestile.analyze(unet(base=8, depth=3), (512, 512))
     assert rep.tileable and rep.reason == ""
     assert rep.redundancy(32) > rep.redundancy(128) > 1.0
-    assert rep.tile_memory(128) > rep.tile_memory(32) > 0
+    slab = [executor.region_memory(rep, *executor.regions_of(rep, ((192, 192 + t), (192, 192 + t)))) for t in (32, 128)]
+    assert slab[1] > slab[0] > 0
     assert rep.flops_per_pixel > 0
     assert "halo" in rep.summary()
 
