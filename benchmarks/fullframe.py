@@ -2,6 +2,7 @@
 
 OpenVINO runs the same ONNX export twice: ``ov32`` with ``INFERENCE_PRECISION_HINT=f32``
 and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / AMX);
+``hsf2x2`` is hirestile fp32 with its 3x3 convs on Winograd F(2x2) instead of F(4x4) (``conv.WINO4``);
 ``hsbf16`` is hirestile with ``precision="bf16"`` (its line names the instruction path), compared
 with OpenVINO's default and with hirestile fp32: speed ratios, max error and the share of equal
 labels (argmax over the whole image) against hirestile fp32;
@@ -89,6 +90,9 @@ else:
     sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
     m = unet(in_channels=3, classes=2, base=base, depth=4, state=sd)
     precision = "bf16" if engine == "hsbf16" else "fp32"
+    if engine == "hsf2x2":                   # 3x3 convs on Winograd F(2x2) instead of F(4x4)
+        from hirestile.kernels import conv
+        conv.WINO4 = False
     def run(a):
         return hirestile.predict(m, a, precision=precision)
     import llvmlite.binding as ll
@@ -107,9 +111,9 @@ print(json.dumps({"wall": wall, "cpu_util": cpu / wall, "peak_mb": peak / 1024, 
                   "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2")
 LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
-         "ovdef": "OV default", "hsbf16": "hs bf16"}
+         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:

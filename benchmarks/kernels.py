@@ -84,7 +84,8 @@ def parse_args(argv=None):
                         "from Numba (benchmarks/README.md)")
     p.add_argument("--peers", default="torch,ort,ov32,ovdef",
                    help="comma list of peers: torch, ort, ov32 (OpenVINO f32 hint), ovdef "
-                        "(OpenVINO default precision)")
+                        "(OpenVINO default precision), wino2 (hirestile's Winograd F(2x2) route "
+                        "on the layers that take F(4x4); the same call elsewhere)")
     return p.parse_args(argv)
 
 
@@ -138,6 +139,14 @@ def make_layer(kind, n, ci, co, k, s, rng, peers=frozenset({"torch"}), threads=2
         def theirs():
             torch.nn.functional.conv2d(tx, tw, tb, stride=s)
         route = conv._route(k, k, (s, s), (1, 1), 1, ci, co)
+        out2 = np.empty_like(out)
+
+        def wino2():                  # the F(2x2) route on a layer that takes F(4x4)
+            conv.WINO4 = False
+            try:
+                conv.conv2d(x, w, b, stride=s, out=out2)
+            finally:
+                conv.WINO4 = True
     else:  # transposed, kernel == stride: output n x n from n/s x n/s input
         hi = n // s
         x = rng.standard_normal((hi, hi, ci)).astype(np.float32)
@@ -155,10 +164,12 @@ def make_layer(kind, n, ci, co, k, s, rng, peers=frozenset({"torch"}), threads=2
     fns, prims = peer_callables(kind, ci, co, k, s, w, b, x, peers, threads)
     if "torch" in peers:
         fns["torch"] = theirs
+    if "wino2" in peers:
+        fns["wino2"] = wino2 if route == "wino4" else ours
     return ours, fns, flops, route, prims
 
 
-PEER_NAMES = {"torch": "torch", "ort": "ORT", "ov32": "OV f32", "ovdef": "OV def"}
+PEER_NAMES = {"torch": "torch", "ort": "ORT", "ov32": "OV f32", "ovdef": "OV def", "wino2": "F(2x2)"}
 
 
 def engine_features(peers):
@@ -272,7 +283,8 @@ def bench_layers(args):
     rng = np.random.default_rng(0)
     only = [o for o in args.only.split(",") if o]
     import importlib.util
-    need = {"torch": "torch", "ort": "onnxruntime", "ov32": "openvino", "ovdef": "openvino"}
+    need = {"torch": "torch", "ort": "onnxruntime", "ov32": "openvino", "ovdef": "openvino",
+            "wino2": "numba"}
     peers = []
     for p in args.peers.split(","):
         if p and p not in need:
