@@ -146,42 +146,44 @@ def round_flat(src, dst):
             dst[i] = round_bits(src[i])
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def pack_pairs(src, npix, Ci, dst):
-    """bf16 pairs of an HWC float32 window (see :func:`_pack_pairs_scalar`); for even Ci
-    the pairs never straddle pixels, so the window is one stream of pairs, packed 16
-    dwords per vector step."""
-    if Ci % 2 == 1:
-        _pack_pairs_scalar(src, npix, Ci, dst)
-        return
-    n = npix * Ci // 2
-    nv = n // 16
-    nb = (nv + 255) // 256
-    for b in prange(nb):
-        for v in range(b * 256, min(nv, (b + 1) * 256)):
-            ustore(dst, 16 * v, vpack(src, 32 * v))
-    for i in range(16 * nv, n):
-        dst[i] = (daz_bits(src[2 * i + 1]) & np.uint32(0xFFFF0000)) | (daz_bits(src[2 * i]) >> np.uint32(16))
+@njit(cache=True, nogil=True)
+def pack_rows(src, sb, sp, Hi, Wi, Ci, dst):
+    """bf16 pairs of an HWC float32 window whose pixel (r, c) starts at ``src[sb + r*sp +
+    c*Ci]`` (``src``: uint32 view of the float32 data; ``sp`` the row pitch, so a window of
+    rows of a wider buffer is read in place). ``dst`` (Hi * Wi * ceil(Ci/2)) gets, per pixel,
+    dword j = channel 2j in the low half, 2j+1 (or 0 past Ci) in the high half, each rounded
+    to bf16, denormals flushed (:func:`daz_bits`). For even Ci the pairs never straddle
+    pixels: a row is one stream of pairs, 16 dwords per vector step."""
+    for r in range(Hi):
+        _pack_row(src, sb + r * sp, Wi, Ci, dst, r * Wi * ((Ci + 1) // 2))
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _pack_pairs_scalar(src, npix, Ci, dst):
-    """bf16 pairs of an HWC float32 window, one pixel at a time: ``src`` uint32 view (npix * Ci), ``dst``
-    (npix * ceil(Ci/2)) uint32 with channel 2j in the low half and 2j+1 (or 0 past Ci)
-    in the high half of dword j, each rounded to bf16, denormals flushed (:func:`daz_bits`)."""
+def pack_pairs(src, sb, sp, Hi, Wi, Ci, dst):
+    """:func:`pack_rows`, rows in parallel."""
+    for r in prange(Hi):
+        _pack_row(src, sb + r * sp, Wi, Ci, dst, r * Wi * ((Ci + 1) // 2))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pack_row(src, s0, Wi, Ci, dst, d0):
     Ch = (Ci + 1) // 2
-    nb = (npix + 255) // 256
-    for b in prange(nb):
-        for p in range(b * 256, min(npix, (b + 1) * 256)):
-            s = p * Ci
-            d = p * Ch
+    n = Wi * Ch
+    if Ci % 2 == 0:
+        nv = n // 16
+        for v in range(nv):
+            ustore(dst, d0 + 16 * v, vpack(src, s0 + 32 * v))
+        for i in range(16 * nv, n):
+            dst[d0 + i] = (daz_bits(src[s0 + 2 * i + 1]) & np.uint32(0xFFFF0000)) \
+                | (daz_bits(src[s0 + 2 * i]) >> np.uint32(16))
+    else:
+        for c in range(Wi):
+            s = s0 + c * Ci
+            d = d0 + c * Ch
             for j in range(Ci // 2):
-                lo = daz_bits(src[s + 2 * j]) >> np.uint32(16)
-                hi = daz_bits(src[s + 2 * j + 1])
-                dst[d + j] = hi | lo
-            if Ci % 2 == 1:
-                dst[d + Ch - 1] = daz_bits(src[s + Ci - 1]) >> np.uint32(16)
-
+                dst[d + j] = (daz_bits(src[s + 2 * j + 1]) & np.uint32(0xFFFF0000)) \
+                    | (daz_bits(src[s + 2 * j]) >> np.uint32(16))
+            dst[d + Ch - 1] = daz_bits(src[s + Ci - 1]) >> np.uint32(16)
 
 def _ftz(builder, x):
     """x with float32 denormals replaced by a zero of the same sign."""

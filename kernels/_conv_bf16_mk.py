@@ -6,9 +6,9 @@ drive one family each, so a CPU without AVX512_BF16 never compiles the b family.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
-from ._bf16_simd import ubcast_at, uload, vdp, vdpe, vround
+from ._bf16_simd import pack_rows, ubcast_at, uload, vdp, vdpe, vround
 from ._conv_simd import iload, vact, vadd, vload, vstore, vzero
 
 
@@ -85,21 +85,32 @@ def row_b(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, a
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def conv2d_b(xp, Wi, Ch, wp, CoP, bias, koff, outf, ob, Ho, Wo, Co, op, sy, sx, act, alpha):
-    """xp: the window's bf16 pairs (Hi*Wi*Ch); wp: (K, CoP) packed pair weights, k = (ky, kx,
-    channel pair); koff[k]: offset of term k; bias: (CoP,); output (r, c, co) at
-    outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a wider buffer)."""
+def conv2d_b(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh,
+              act, alpha):
+    """src: the float32 window as uint32, pixel (r, c) at src[sb + r*sp + c*Ci]; it is packed
+    into bf16 pairs RB output rows at a time (their input rows, in this thread's part of
+    scratch: they stay in cache for the GEMMs that read them); wp: (K, CoP) packed pair weights,
+    k = (ky, kx, channel pair); koff[k]: offset of term k in the packed rows; bias: (CoP,);
+    output (r, c, co) at outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a
+    wider buffer). The packing is a function of each value alone: no bit depends on RB."""
     K = koff.shape[0]
-    if Co == CoP:
-        for r in prange(Ho):
-            row_b(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
-    else:
-        for r in prange(Ho):
-            tmp = np.empty(Wo * CoP, np.float32)
-            row_b(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
-            for c in range(Wo):
-                for co in range(Co):
-                    outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
+    nrin = (RB - 1) * sy + (kh - 1) * dy + 1
+    per = nrin * Wi * Ch
+    for t in prange((Ho + RB - 1) // RB):
+        r0 = t * RB
+        r1 = min(Ho, r0 + RB)
+        xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
+        pack_rows(src, sb + r0 * sy * sp, sp, (r1 - 1 - r0) * sy + (kh - 1) * dy + 1, Wi, Ci, xp)
+        for r in range(r0, r1):
+            xrow = (r - r0) * sy * Wi * Ch
+            if Co == CoP:
+                row_b(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
+            else:
+                tmp = np.empty(Wo * CoP, np.float32)
+                row_b(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
+                for c in range(Wo):
+                    for co in range(Co):
+                        outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -207,21 +218,32 @@ def row_e(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, a
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def conv2d_e(xp, Wi, Ch, wp, CoP, bias, koff, outf, ob, Ho, Wo, Co, op, sy, sx, act, alpha):
-    """xp: the window's bf16 pairs (Hi*Wi*Ch); wp: (K, CoP) packed pair weights, k = (ky, kx,
-    channel pair); koff[k]: offset of term k; bias: (CoP,); output (r, c, co) at
-    outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a wider buffer)."""
+def conv2d_e(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh,
+              act, alpha):
+    """src: the float32 window as uint32, pixel (r, c) at src[sb + r*sp + c*Ci]; it is packed
+    into bf16 pairs RB output rows at a time (their input rows, in this thread's part of
+    scratch: they stay in cache for the GEMMs that read them); wp: (K, CoP) packed pair weights,
+    k = (ky, kx, channel pair); koff[k]: offset of term k in the packed rows; bias: (CoP,);
+    output (r, c, co) at outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a
+    wider buffer). The packing is a function of each value alone: no bit depends on RB."""
     K = koff.shape[0]
-    if Co == CoP:
-        for r in prange(Ho):
-            row_e(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
-    else:
-        for r in prange(Ho):
-            tmp = np.empty(Wo * CoP, np.float32)
-            row_e(xp, r * sy * Wi * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
-            for c in range(Wo):
-                for co in range(Co):
-                    outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
+    nrin = (RB - 1) * sy + (kh - 1) * dy + 1
+    per = nrin * Wi * Ch
+    for t in prange((Ho + RB - 1) // RB):
+        r0 = t * RB
+        r1 = min(Ho, r0 + RB)
+        xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
+        pack_rows(src, sb + r0 * sy * sp, sp, (r1 - 1 - r0) * sy + (kh - 1) * dy + 1, Wi, Ci, xp)
+        for r in range(r0, r1):
+            xrow = (r - r0) * sy * Wi * Ch
+            if Co == CoP:
+                row_e(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
+            else:
+                tmp = np.empty(Wo * CoP, np.float32)
+                row_e(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
+                for c in range(Wo):
+                    for co in range(Co):
+                        outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -117,9 +117,15 @@ def round_bf16(x, out=None) -> np.ndarray:
 
 
 def _operands(x, w, bias, stride, dilation):
-    """Contiguous float32 copies (or the arrays themselves) and the int pairs."""
+    """x (as given when it is a float32 window of rows, :func:`_rows_of`, else a contiguous
+    copy), x's rows or None, contiguous float32 w and bias, and the int pairs."""
     f = _conv._as_f32c
-    return f(x, "x"), f(w, "w"), f(bias, "bias"), pair(stride, "stride"), pair(dilation, "dilation")
+    x = np.asarray(x)
+    rows = _rows_of(x, x.shape) if x.ndim == 3 else None
+    if rows is None:
+        x = f(x, "x")
+        rows = _rows_of(x, x.shape) if x.ndim == 3 else None
+    return x, rows, f(w, "w"), f(bias, "bias"), pair(stride, "stride"), pair(dilation, "dilation")
 
 
 def _out(out, shape):
@@ -132,23 +138,35 @@ def _out(out, shape):
     return (out, None) if out.flags.c_contiguous else (np.empty(shape, np.float32), out)
 
 
+def _rows_of(a, shape):
+    """``(flat, offset, row pitch)`` of a float32 (h, w, C) array whose pixels are packed in
+    rows: C-contiguous, or a window of rows of a wider C-contiguous buffer (``buf[r0:r1,
+    c0:c1]``, read or written in place through that buffer); None otherwise."""
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == shape and a.size):
+        return None
+    if a.flags.c_contiguous:
+        return a.reshape(-1), 0, shape[1] * shape[2]
+    if a.strides[1:] != (4 * shape[2], 4) or a.strides[0] % 4:
+        return None
+    base = a
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    if not (base.flags.c_contiguous and base.dtype == np.float32):
+        return None
+    off = a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return base.reshape(-1), off // 4, a.strides[0] // 4
+
+
 def _flat_out(out, shape):
     """``(outf, ob, op, buf, dest)``: the output (r, c, co) at ``outf[ob + r*op + c*Co + co]``, with
     ``outf`` a C-contiguous flat array: ``out`` itself, or -- for a window of rows of a wider
     C-contiguous HWC buffer (``buf[r0:r1, c0:c1]``) -- that buffer, written in place; ``buf``
     is the result, ``dest`` (or None) where it still has to be copied (as :func:`_out`)."""
-    Co = shape[2]
-    if out is not None and isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape \
-            and not out.flags.c_contiguous and out.size and out.strides[1:] == (4 * Co, 4) \
-            and out.strides[0] % 4 == 0 and out.flags.writeable:
-        base = out
-        while isinstance(base.base, np.ndarray):
-            base = base.base
-        if base.flags.c_contiguous and base.dtype == np.float32:
-            off = out.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-            return base.reshape(-1), off // 4, out.strides[0] // 4, out, None
+    rows = _rows_of(out, shape) if isinstance(out, np.ndarray) and out.flags.writeable else None
+    if rows is not None:
+        return (*rows, out, None)
     buf, dest = _out(out, shape)
-    return buf.reshape(-1), 0, shape[1] * Co, buf, dest
+    return buf.reshape(-1), 0, shape[1] * shape[2], buf, dest
 
 
 def _done(buf, dest):
@@ -210,18 +228,27 @@ def _rounded(w):
 _tls = threading.local()
 
 
-def _pairs_in(x) -> np.ndarray:
-    """The window's bf16 pairs, in a scratch buffer this thread reuses (fresh pages cost more
-    than packing them: a 1024^2 x 32 window packs in 16 ms into reused memory, 44 ms into a
-    new array; best of 7, Zen 4, 2 threads)."""
-    Hi, Wi, Ci = x.shape
-    n = Hi * Wi * ((Ci + 1) // 2)
+def _scratch(n: int) -> np.ndarray:
+    """n uint32 of a scratch buffer this thread reuses (fresh pages cost more than the
+    packing that fills them: a 1024^2 x 32 window packs in 16 ms into reused memory, 44 ms
+    into a new array; best of 7, Zen 4, 2 threads)."""
     buf = getattr(_tls, "pairs", None)
     if buf is None or buf.size < n:
         buf = _tls.pairs = np.empty(max(n, 0 if buf is None else buf.size * 5 // 4), np.uint32)
-    xp = buf[:n]
-    _s.pack_pairs(x.reshape(-1).view(np.uint32), Hi * Wi, Ci, xp)
+    return buf[:n]
+
+
+def _pairs_in(x, rows) -> np.ndarray:
+    """The whole window's bf16 pairs (the transposed conv's input); ``rows``: x's
+    :func:`_rows_of`, to read a window of rows of a wider buffer in place."""
+    Hi, Wi, Ci = x.shape
+    xp = _scratch(Hi * Wi * ((Ci + 1) // 2))
+    flat, sb, sp = rows
+    _s.pack_pairs(flat.view(np.uint32), sb, sp, Hi, Wi, Ci, xp)
     return xp
+
+
+CHUNK_BYTES = 1 << 18   # packed input rows per chunk of output rows: they stay in L2 for the GEMMs
 
 
 def conv_route(groups: int, transposed: bool = False, kernel=(3, 3), stride=(1, 1), dilation=(1, 1)) -> str:
@@ -255,10 +282,10 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
     """
     fast = _fast(fast)
     w_in = w
-    x, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
+    x, rows, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
     groups = int(groups)
     if groups != 1:
-        xr = round_bf16(x)
+        xr = round_bf16(np.ascontiguousarray(x))
         wr = _conv._pack(w_in, w, "bf16", _rounded)
         y = _conv.conv2d(xr, wr, bias, stride=(sy, sx), dilation=(dy, dx), groups=groups, act=act, alpha=alpha)
         return _done(round_bf16(y, out=y), out)
@@ -279,7 +306,13 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
     Ch = (Ci + 1) // 2
     koff = tap_offsets(kh, kw, Ch, Wi, dy, dx)
     run = _mk.conv2d_b if fast else _mk.conv2d_e
-    run(_pairs_in(x), Wi, Ch, wp, CoP, bp, koff, outf, ob, Ho, Wo, Co, op, sy, sx, int(act), float(alpha))
+    halo = (kh - 1) * dy + 1
+    rb = max(1, (CHUNK_BYTES // (Wi * Ch * 4) - halo) // sy + 1)
+    rb = min(rb, -(-Ho // max(1, numba.get_num_threads())))
+    per = ((rb - 1) * sy + halo) * Wi * Ch
+    flat, sb, sp = rows
+    run(flat.view(np.uint32), sb, sp, Wi, Ci, Ch, rb, _scratch(per * numba.config.NUMBA_NUM_THREADS), wp, CoP, bp,
+        koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh, int(act), float(alpha))
     return _done(buf, dest)
 
 
@@ -299,7 +332,7 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, of
     """
     fast = _fast(fast)
     w_in = w
-    x, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
+    x, rows, w, bias, (sy, sx), (dy, dx) = _operands(x, w, bias, stride, dilation)
     kh, kw = (w.shape[0], w.shape[1]) if w.ndim == 4 else (0, 0)
     if conv_route(groups, True, (kh, kw), (sy, sx), (dy, dx)) == "seq":
         wr = _conv._pack(w_in, w, "bf16", _rounded)
@@ -323,7 +356,7 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, of
         np.where(nob >= 0, nob, nob * np.float32(alpha)) if act == 2 else nob
     Ch = (Ci + 1) // 2
     run = _mk.convT_b if fast else _mk.convT_e
-    run(_pairs_in(x), Hi, Wi, Ch, wp, kh, kw, C2P, _pad_cols(np.tile(bias, kw), C2P),
+    run(_pairs_in(x, rows), Hi, Wi, Ch, wp, kh, kw, C2P, _pad_cols(np.tile(bias, kw), C2P),
         np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)), outf, ob, Ho, Wo, Co, op, ty, tx,
         int(act), float(alpha))
     return _done(buf, dest)

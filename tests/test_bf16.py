@@ -137,7 +137,7 @@ def test_packing_pairs_matches_rounding(ci):
     x.reshape(-1)[::7] = np.float32(1e-39)                                      # denormals
     x.reshape(-1)[::11] = np.float32(-np.inf)
     got = np.empty(5 * 7 * ((ci + 1) // 2), np.uint32)
-    _bf16_simd.pack_pairs(x.reshape(-1).view(np.uint32), 35, ci, got)
+    _bf16_simd.pack_pairs(x.reshape(-1).view(np.uint32), 0, 7 * ci, 5, 7, ci, got)
     h = flush(ref_round(x)).view(np.uint32) >> 16
     if ci % 2:
         h = np.concatenate([h, np.zeros((5, 7, 1), np.uint32)], -1)
@@ -189,7 +189,13 @@ def test_out_may_be_a_window_of_rows_of_a_wider_buffer(fast):
     got = bf16.conv2d(x, w, b, act=1, out=view, fast=fast)
     assert got is view and same_bits(view, bf16.conv2d(x, w, b, act=1, fast=fast))
     assert (big[:2] == 7).all() and (big[:, :3] == 7).all() and (big[:, 11:] == 7).all()
+    xbig = rand(rng, 12, 15, 32)                       # the input a window of rows of a wider buffer too
+    xv = xbig[1:10, 3:13]
+    assert not xv.flags.c_contiguous
+    assert same_bits(bf16.conv2d(xv, w, b, act=1, fast=fast), bf16.conv2d(xv.copy(), w, b, act=1, fast=fast))
     wt = rand(rng, 2, 2, 32, 16, scale=0.2)
+    assert same_bits(bf16.conv_transpose2d(xv, wt, b, stride=2, out_shape=(18, 20), fast=fast),
+                     bf16.conv_transpose2d(xv.copy(), wt, b, stride=2, out_shape=(18, 20), fast=fast))
     view = big[1:10, 2:13]
     got = bf16.conv_transpose2d(x, wt, b, stride=2, offset=(1, 1), out_shape=(9, 11), out=view, fast=fast)
     assert same_bits(view, bf16.conv_transpose2d(x, wt, b, stride=2, offset=(1, 1), out_shape=(9, 11), fast=fast))
