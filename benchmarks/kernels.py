@@ -396,18 +396,15 @@ def bench_unet(args):
 # ----------------------------------------------------------------------------- bf16 design probe
 
 def bench_bf16_probe(args):
-    """bf16 mode design probe (issue 13; no runtime flag yet): (1) round-to-nearest-even
+    """bf16 mode design probe (issue 13; the mode itself: ``precision="bf16"``): (1) round-to-nearest-even
     float32 -> bf16 by bit manipulation in Numba, checked against a NumPy twin, and its cost
     as a separate pass next to a fp32 conv layer; (2) AVX512_BF16 ``vdpbf16ps`` reached
     from Numba through an @intrinsic that calls LLVM's llvm.x86.avx512bf16.dpbf16ps.512,
     checked against a float64 pair dot (skipped where the CPU lacks avx512bf16)."""
     import llvmlite.binding as ll
     from hirestile.kernels import conv
-    from hirestile.kernels._conv_simd import f32x16, vload, vstore, vzero
-    from llvmlite import ir
+    from hirestile.kernels._conv_simd import vload, vstore, vzero
     from numba import njit, prange
-    from numba.core import cgutils
-    from numba.extending import intrinsic
 
     @njit(parallel=True, nogil=True)
     def round_bits(u, o):
@@ -430,26 +427,7 @@ def bench_bf16_probe(args):
     print(f"\nbf16 probe: Numba rounding == NumPy bit twin: "
           f"{np.array_equal(y.view(np.uint32), ref_bf16(x).view(np.uint32))}")
     if ll.get_host_cpu_features().get("avx512bf16", False):
-        class BF16(ir.Type):
-            def _to_string(self):
-                return "bfloat"
-
-            def __eq__(self, other):
-                return isinstance(other, BF16)
-
-            def __hash__(self):
-                return hash("bfloat")
-        vt, bv = ir.VectorType(ir.FloatType(), 16), ir.VectorType(BF16(), 32)
-
-        @intrinsic
-        def vdpbf16(typingctx, acc, a, b):
-            def codegen(context, builder, sig, args):
-                fn = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(vt, [vt, bv, bv]),
-                    "llvm.x86.avx512bf16.dpbf16ps.512")
-                return builder.call(fn, [args[0], builder.bitcast(args[1], bv),
-                                         builder.bitcast(args[2], bv)])
-            return f32x16(f32x16, f32x16, f32x16), codegen
+        from hirestile.kernels._bf16_simd import vdp as vdpbf16   # the bf16 mode's intrinsic
 
         @njit
         def dot_pairs(a, b):
