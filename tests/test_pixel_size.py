@@ -15,6 +15,7 @@ from hirestile.models.registry import REGISTRY, get_spec
 from hirestile.models.unet import unet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_io import check_ome
 
 import hirestile
 from hirestile.cli import main
@@ -393,7 +394,7 @@ def test_output_scale_in_micrometres_or_input_pixels(tmp_path, capsys):
     p = _ome_zarr(str(tmp_path / "s.zarr"), shape=(3, 120, 96))     # one level at 0.125 µm/px: pooled to 0.25
     out = str(tmp_path / "o.zarr")
     assert main(["segment", p, "--model", "unet", "-o", out, "-q", "--pyramid"]) == 0
-    ms = zarr.open_group(out, mode="r").attrs["ome"]["multiscales"][0]
+    ms = check_ome(out)["ome"]["multiscales"][0]          # valid OME-Zarr 0.5 (schema and prose rules)
     assert [a.get("unit") for a in ms["axes"]] == [None, "micrometer", "micrometer"]
     assert [d["coordinateTransformations"][0]["scale"] for d in ms["datasets"]] == \
         [[1.0, 0.25 * 2 ** lv, 0.25 * 2 ** lv] for lv in range(len(ms["datasets"]))]
