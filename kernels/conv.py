@@ -243,7 +243,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
                         act, alpha)
     elif route == "wino4":
         U = _pack(w_in, w, route, _w4.weight_transform)
-        nt = _w.pick_nt(Ci, Co, (Wo + 3) // 4)
+        nt = _w4.pick_nt(Ci, Co, (Wo + 3) // 4)
         Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co, _w4.NX)
         _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha)
     elif route == "blocked":

@@ -581,12 +581,13 @@ def test_wino_threads_bitwise(numba_threads, wino, Ci, Co):
 
 def test_wino_tiles_per_work_item_do_not_change_bits(monkeypatch, wino):
     """The number of tiles a work item holds (pick_nt) is a speed choice only."""
-    from hirestile.kernels import _conv_wino
+    from hirestile.kernels import _conv_wino, _conv_wino4
     rng = np.random.default_rng(14)
     x, w, b = _rand(rng, 27, 250, 32), _rand(rng, 3, 3, 32, 48), _rand(rng, 48)
     want = conv.conv2d(x, w, b)
-    for nt in (1, 5, 7, 24):
-        monkeypatch.setattr(_conv_wino, "pick_nt", lambda Ci, Co, ntx, nt=nt: nt)
+    for nt in (1, 5, 7, 24, 96):
+        mod = _conv_wino4 if wino == "wino4" else _conv_wino
+        monkeypatch.setattr(mod, "pick_nt", lambda Ci, Co, ntx, nt=nt: nt)
         assert np.array_equal(conv.conv2d(x, w, b), want), nt
 
 
