@@ -13,6 +13,13 @@ on the synthetic histology slide (``hirestile example histology``). Prints per r
 strip when streamed), compute redundancy (computed / needed FLOPs), wall, MP/s, peak RSS and the
 plan's expected peak, then per configuration the median streaming / overlap-tile throughput
 ratio (target >= 1.15) and the streamed redundancy (target <= 1.03).
+
+``--peers`` adds, in the same rounds, (b) OpenVINO (f32 hint) and ONNX Runtime full-frame on a
+2048^2 image in RAM (their best case: no I/O; ``fullframe.py``'s children, same architecture),
+printed as end-to-end hirestile throughput over theirs, and (c) MONAI's sliding window
+(roi 1024, overlap 0.25, gaussian blending) with ONNX Runtime as its predictor over the same
+slide, zarr -> zarr, with its wall time, peak RSS and, on a 2048^2 crop, how far its blended
+output is from the network's full-frame output (max |logit| error, labels that differ).
 """
 from __future__ import annotations
 
@@ -48,6 +55,55 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(res))
 
 
+MONAI = r"""
+import json, resource, sys, time
+import numpy as np, torch, zarr
+src, out, base, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+torch.set_num_threads(2)
+from hirestile.models.training.torch_unet import UNet
+torch.manual_seed(0)
+net = UNet(in_channels=3, classes=2, base=base, depth=4).eval()
+torch.onnx.export(net, torch.zeros(1, 3, 64, 64), path, opset_version=17, dynamo=False, input_names=["x"],
+                  output_names=["y"], dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}})
+import onnxruntime as ort
+from monai.inferers import sliding_window_inference
+so = ort.SessionOptions(); so.intra_op_num_threads = 2; so.inter_op_num_threads = 1
+sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+predictor = lambda t: torch.from_numpy(sess.run(None, {"x": t.numpy()})[0])
+def window(x):
+    with torch.no_grad():
+        return sliding_window_inference(torch.from_numpy(x)[None], roi_size=(1024, 1024), sw_batch_size=1,
+                                        predictor=predictor, overlap=0.25, mode="gaussian")[0].numpy()
+t0 = time.perf_counter()
+a = zarr.open_array(src, mode="r")
+x = np.moveaxis(a[...], -1, 0).astype(np.float32) / 255.0 if a.shape[-1] == 3 else a[...].astype(np.float32) / 255.0
+y = window(x)
+z = zarr.create_array(out, shape=y.shape, chunks=(y.shape[0], 256, 256), dtype="float16", overwrite=True)
+z[...] = torch.softmax(torch.from_numpy(y), 0).numpy().astype(np.float16)
+wall = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+crop = np.ascontiguousarray(x[:, :2048, :2048])
+full = sess.run(None, {"x": crop[None]})[0][0]
+blend = window(crop)
+print(json.dumps({"wall": wall, "peak_rss": peak, "pixels": int(y.shape[1] * y.shape[2]),
+                  "err": float(np.abs(blend - full).max() / np.abs(full).max()),
+                  "labels_differ": float((blend.argmax(0) != full.argmax(0)).mean())}))
+"""
+
+
+def peers(src: str, n: int, base: int, workdir: str) -> dict[str, dict]:
+    """(b) OpenVINO f32 and ONNX Runtime full-frame on 2048^2 in RAM; (c) MONAI over the slide."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from fullframe import run_child
+    got = {e: run_child(e, base, 2048, 2, workdir) for e in ("ov32", "onnxruntime")}
+    res = subprocess.run([sys.executable, "-c", MONAI, src, os.path.join(workdir, f"monai-{n}-{base}.zarr"),
+                          str(base), os.path.join(workdir, f"monai-{base}.onnx")], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"MONAI run failed:\n{res.stderr[-2000:]}")
+    got["monai"] = json.loads(res.stdout.strip().splitlines()[-1])
+    return got
+
+
 def cpu_name() -> str:
     flags = ""
     try:
@@ -66,6 +122,8 @@ def main() -> None:
     p.add_argument("--bases", default="16,32", help="UNet base widths")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--workdir", default="/tmp/hirestile-bench")
+    p.add_argument("--peers", action="store_true",
+                   help="also OpenVINO f32 / ONNX Runtime full-frame (2048^2 in RAM) and MONAI + ORT over the slide")
     p.add_argument("--child", nargs=4, metavar=("IN", "OUT", "MODE", "BASE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -103,6 +161,19 @@ def main() -> None:
                           flush=True)
                 ratios.setdefault((n, base), []).append(got["tile"]["wall"] / got["stream"]["wall"])
                 print(f"          streaming / overlap-tile throughput {ratios[(n, base)][-1]:.2f}x", flush=True)
+                if args.peers:
+                    hs = got["stream"]["out_pixels"] / 1e6 / got["stream"]["wall"]
+                    pr = peers(src, n, base, args.workdir)
+                    for e in ("ov32", "onnxruntime"):
+                        print(f"          {e:>11} full-frame 2048^2 in RAM {pr[e]['mps']:5.2f} MP/s  peak "
+                              f"{pr[e]['peak_mb']:6.0f} MiB  -> hirestile end to end / {e} "
+                              f"{hs / pr[e]['mps']:.2f}x", flush=True)
+                    mo = pr["monai"]
+                    print(f"          MONAI sliding window + ORT, zarr -> zarr {mo['wall']:7.1f} s  "
+                          f"{mo['pixels'] / 1e6 / mo['wall']:5.2f} MP/s  peak RSS {mo['peak_rss'] / 2**20:6.0f} MiB  "
+                          f"-> hirestile / MONAI {mo['wall'] / got['stream']['wall']:.2f}x; on 2048^2 its blended "
+                          f"logits differ from full-frame by {mo['err']:.1e} x max|logit|, "
+                          f"{100 * mo['labels_differ']:.3f}% of labels", flush=True)
     for (n, base), rs in ratios.items():
         print(f"{n}^2 UNet-{base}: median streaming / overlap-tile {statistics.median(rs):.2f}x over {len(rs)} "
               "round(s) (target >= 1.15)")

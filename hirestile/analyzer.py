@@ -356,41 +356,12 @@ class Report:
         total = sum(self.node_flops(n) * self.shapes[n.name][1] * self.shapes[n.name][2] for n in self.graph.nodes)
         return total / max(oh * ow, 1)
 
-    def region_cost(self, out_region: Region) -> tuple[float, int]:
-        """(FLOPs, peak bytes) the executor spends on ``out_region``.
-
-        Bytes simulate the executor: each node's computed buffer lives until its
-        last consumer has run; the padded input window of each op is counted too.
-        """
+    def region_flops(self, out_region: Region) -> float:
+        """FLOPs the executor spends on ``out_region`` (every node's aligned computed region).
+        Its memory is :func:`hirestile.executor.region_memory`'s."""
         regs = self.regions(out_region, aligned=True)
-        g, shapes = self.graph, self.shapes
-        last_use: dict[str, int] = {}
-        for i, n in enumerate(g.nodes):
-            for t in n.inputs:
-                last_use[t] = i
-        def nbytes(name: str, reg: Region) -> int:
-            return 4 * shapes[name][0] * (reg[0][1] - reg[0][0]) * (reg[1][1] - reg[1][0])
-        flops = 0.0
-        live = nbytes(g.input, regs[g.input].needed) if g.input in regs else 0
-        peak = live
-        sizes = {g.input: live}
-        for i, n in enumerate(g.nodes):
-            if n.name not in regs:
-                continue
-            comp = regs[n.name].computed
-            flops += self.node_flops(n) * (comp[0][1] - comp[0][0]) * (comp[1][1] - comp[1][0])
-            ins = [shapes[t] for t in n.inputs]
-            window = sum(4 * shapes[t][0]
-                         * max(0, (lambda w: w[1] - w[0])(n.op.in_interval(k, 0, comp[0], ins, shapes[n.name]) or (0, 0)))
-                         * max(0, (lambda w: w[1] - w[0])(n.op.in_interval(k, 1, comp[1], ins, shapes[n.name]) or (0, 0)))
-                         for k, t in enumerate(n.inputs))
-            sizes[n.name] = nbytes(n.name, comp)
-            live += sizes[n.name]
-            peak = max(peak, live + window)
-            for t in set(n.inputs):
-                if last_use.get(t) == i:
-                    live -= sizes.pop(t, 0)
-        return flops, peak
+        return float(sum(self.node_flops(n) * Region.of(regs[n.name].computed).size
+                         for n in self.graph.nodes if n.name in regs))
 
     def redundancy(self, tile: int | tuple[int, int]) -> float:
         """FLOPs of an interior output tile over the same tile's share of a full-frame run."""
@@ -398,7 +369,7 @@ class Report:
         reg = self._interior_tile(max(ty, tx))
         _, oh, ow = self.output_shape
         reg = (clip((reg[0][0], reg[0][0] + ty), oh), clip((reg[1][0], reg[1][0] + tx), ow))
-        flops, _ = self.region_cost(reg)
+        flops = self.region_flops(reg)
         return flops / (self.flops_per_pixel * (reg[0][1] - reg[0][0]) * (reg[1][1] - reg[1][0]))
 
     def node_table(self, out_region: Region | None = None) -> list[NodeInfo]:

@@ -88,7 +88,7 @@ def _measure_gflops(model: Any, rep: Any) -> float:
         t = time.perf_counter()
         run_region(rep, window, (a, c), region)
         best = min(best, time.perf_counter() - t)
-    return rep.region_cost(region)[0] / 1e9 / best
+    return rep.region_flops(region) / 1e9 / best
 
 
 def _print_stages(rep: Any, band: Any) -> None:

@@ -641,6 +641,20 @@ def region_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region])
     return 4 * layout(_requests(rep, held, comp, ext)[1], Arena.ALIGN)[1]
 
 
+def weight_bytes(rep: Report) -> int:
+    """Bytes of the network's weights as the kernels hold them: the prepared arrays, plus
+    the packed copy each conv route caches (a Winograd F(m x m, 3x3) route's transformed
+    weights are (m + 2)^2 / 9 times the 3x3 kernel's)."""
+    total = 0
+    for name, arrays in (rep.weights or {}).items():
+        total += sum(a.nbytes for a in arrays.values())
+        w = arrays.get("w")
+        if w is not None:
+            m = rep.steps.get(name, (1, 1))[0]
+            total += int(w.nbytes * ((m + 2) ** 2 / 9 if m > 1 else 1))
+    return total
+
+
 def _compute(n: Node, bufs: dict[str, Buf], held: Region, comp: Region, ext: tuple[Region, float | None],
              rep: Report, prev: Buf | None, data: np.ndarray | None) -> Buf:
     """Node ``n``'s values on ``held``, in ``data`` (its arena buffer, covering ``ext``: the

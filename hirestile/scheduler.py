@@ -109,7 +109,7 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
 # above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
 TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
 STRIP_CANDIDATES = (16384, 12288, 8192, 6144, 4096, 3072) + TILE_CANDIDATES
-MIN_BAND = 256                    # shorter bands re-read too much input and call kernels too often
+MIN_BAND = 512                    # shorter bands are slower (measured: 256-row bands 0.77x overlap tiles at 8192^2)
 
 
 def default_memory() -> int:
@@ -140,6 +140,7 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
         (a, b), (c, d) = rep.input_window(region, aligned=True)
         (ih, iw) = rep.image_shape
         window = 4 * channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
+    mem += executor.weight_bytes(rep)     # the model as the kernels hold it
     if read_pixels is not None:
         window = 4 * channels * read_pixels
     output = 4 * rep.output_shape[0] * band * strip
@@ -196,9 +197,9 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
     full = rep.flops_per_pixel * oh * ow
     if plan.stream:               # each row of every node once per strip: one strip-high region each
         strips = {tuple(t.write.cols) for t in plan.tiles}
-        return sum(rep.region_cost(((0, oh), c))[0] for c in strips) / max(full, 1.0)
+        return sum(rep.region_flops(((0, oh), c)) for c in strips) / max(full, 1.0)
     if len(plan.tiles) <= exact_up_to:
-        return sum(rep.region_cost(t.write)[0] for t in plan.tiles) / max(full, 1.0)
+        return sum(rep.region_flops(t.write) for t in plan.tiles) / max(full, 1.0)
     return float(rep.redundancy((min(plan.tile[0], oh), min(plan.tile[1], ow))))
 
 
@@ -270,8 +271,10 @@ def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     memory is the executor's memory for one tile plus what the pipeline holds at once. That is
     the windows queued and the one being read, and the outputs queued, the one being written and
     the one being computed. Windows count at 4 bytes a value (any dtype up to float32); the
-    largest window is an interior tile's. A streaming plan's executor memory is an interior
-    band's as the stream runs it, plus the line buffers kept between bands.
+    largest window is an interior tile's. Executor memory is the slab of node buffers laid out
+    for an interior tile (:func:`hirestile.executor.region_memory`), or for a streaming plan an
+    interior band's slab plus the line buffers (:func:`hirestile.bands.band_memory`), and the
+    weights as the kernels hold them (:func:`hirestile.executor.weight_bytes`).
     :data:`PROCESS_BASELINE` comes on top. :func:`choose_tile` uses the same figure with an
     interior tile's window, which no tile of the plan exceeds, so a chosen tile fits."""
     return _memory(rep, *plan.tile, stream=plan.stream, channels=channels,
@@ -293,7 +296,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory: int | None = None,
                     log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
-                    stream: bool = False, mask: Any = None, precision: str = "fp32") -> RunStats:
+                    stream: bool = True, mask: Any = None, precision: str = "fp32") -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -335,9 +338,10 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         computes them on a dask cluster: same output, manifest and resume log.
     stream : bool
         In this process, run the tiles as bands moving down column strips, each
-        intermediate row computed once per strip (:class:`hirestile.bands.Stream`);
-        by default every tile runs with its own halo (overlap-tile), which is still
-        as fast or faster here (benchmarks/README.md). Same bits either way.
+        intermediate row computed once per strip (:class:`hirestile.bands.Stream`; the
+        default: 1.0-1.2x overlap tiles' speed here, benchmarks/README.md); ``False``
+        runs every tile with its own halo (overlap-tile). Same bits either way. Runs on a
+        cluster (``run_tiles``) use overlap tiles.
     mask : "auto", path or array, optional
         Compute only the tiles that touch the mask's foreground; the rest hold fill 0, are
         marked done and the mask is written as ``labels/mask`` (:mod:`hirestile.masks`).
