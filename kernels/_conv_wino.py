@@ -161,22 +161,38 @@ def _gemm(V, vb, Ci, nt, noff, U, ub, CoP, M, mb):
         co0 += cb
 
 
+@njit(cache=True, nogil=True)
+def grid(Ho, Wo, m, NT, Ci, Co):
+    """Work of a Winograd route with m x m output tiles and NT tiles per work item: (tile
+    rows, tiles per row, items per tile row, stride of V's and of M's components; the
+    strides padded off 4 KiB multiples against cache-set conflicts)."""
+    ntx = (Wo + m - 1) // m
+    return (Ho + m - 1) // m, ntx, (ntx + NT - 1) // NT, NT * Ci + 16, NT * Co + 16
+
+
+@njit(cache=True, nogil=True)
+def patch(xf, Wp, Ci, r0, c0, nr, nc, n, D):
+    """D[:n*n*Ci] = the n x n patch of pixels at window row r0, column c0 (pixels packed,
+    Ci channels each), of which the nr x nc inside the window are copied and the rest
+    zero: the patches that run past the window (F(2x2): n 4, F(4x4): n 6)."""
+    D[:n * n * Ci] = 0.0
+    for i in range(nr):
+        for j in range(nc):
+            s = ((r0 + i) * Wp + c0 + j) * Ci
+            d = (i * n + j) * Ci
+            D[d:d + Ci] = xf[s:s + Ci]
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
 def conv2d_wino2(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha):
     """xf: flat (Hi, Wi, Ci) window whose rows lie Wp pixels apart, Ci % 16 == 0; U: flat
     (16, Ci, Co), Co % 16 == 0; outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op
     pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...)."""
     noff = np.zeros(0, np.int64)
-    nty = (Ho + 1) // 2
-    ntx = (Wo + 1) // 2
-    nch = (ntx + NT - 1) // NT
-    vxs = NT * Ci + 16  # xi strides padded off 4 KiB multiples (cache-set conflicts)
-    mxs = NT * Co + 16
+    nty, ntx, nch, vxs, mxs = grid(Ho, Wo, 2, NT, Ci, Co)
     for it in prange(nty * nch):
         tid = numba.get_thread_id()
-        V = Vs[tid]
-        M = Ms[tid]
-        D = Ds[tid]
+        V, M, D = Vs[tid], Ms[tid], Ds[tid]
         ty = it // nch
         tx0 = (it - ty * nch) * NT
         nt = min(NT, ntx - tx0)
@@ -186,12 +202,7 @@ def conv2d_wino2(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
             if r0 + 4 <= Hi and c0 + 4 <= Wi:
                 _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ci, vxs)
             else:  # patch runs past the window: copy with zeros, same transform
-                D[:] = 0.0
-                for i in range(min(4, Hi - r0)):
-                    for j in range(min(4, Wi - c0)):
-                        s = ((r0 + i) * Wp + c0 + j) * Ci
-                        d = (i * 4 + j) * Ci
-                        D[d:d + Ci] = xf[s:s + Ci]
+                patch(xf, Wp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), 4, D)
                 _in_transform(D, 0, 4 * Ci, Ci, Ci, V, t * Ci, vxs)
         for xi in range(16):
             _gemm(V, xi * vxs, Ci, nt, noff, U, xi * Ci * Co, Co, M, xi * mxs)

@@ -42,7 +42,7 @@ from numba import njit, prange
 
 from ._conv_blocked import pack_cols
 from ._conv_simd import vact, vadd, vbcast, vfma, vload, vstore, vsub
-from ._conv_wino import _gemm
+from ._conv_wino import _gemm, grid, patch
 
 N = 6          # patch side
 NX = N * N     # Winograd components
@@ -193,17 +193,11 @@ def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
     (36, Ci, Co), Co % 16 == 0; outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op
     pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...), Ds >= 36*Ci + 576."""
     noff = np.zeros(0, np.int64)
-    nty = (Ho + 3) // 4
-    ntx = (Wo + 3) // 4
-    nch = (ntx + NT - 1) // NT
-    vxs = NT * Ci + 16  # xi strides padded off 4 KiB multiples (cache-set conflicts)
-    mxs = NT * Co + 16
+    nty, ntx, nch, vxs, mxs = grid(Ho, Wo, 4, NT, Ci, Co)
     for it in prange(nty * nch):
         tid = numba.get_thread_id()
-        V = Vs[tid]
-        M = Ms[tid]
-        D = Ds[tid]
-        T = D[NX * Ci:NX * Ci + NX * 16]
+        V, M, D = Vs[tid], Ms[tid], Ds[tid]
+        T = D[NX * Ci:NX * Ci + NX * 16]     # transform scratch, past the padded patch
         ty = it // nch
         tx0 = (it - ty * nch) * NT
         nt = min(NT, ntx - tx0)
@@ -213,12 +207,7 @@ def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
             if r0 + N <= Hi and c0 + N <= Wi:
                 _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ci, vxs, T)
             else:  # patch runs past the window: copy with zeros, same transform
-                D[:NX * Ci] = 0.0
-                for i in range(min(N, Hi - r0)):
-                    for j in range(min(N, Wi - c0)):
-                        s = ((r0 + i) * Wp + c0 + j) * Ci
-                        d = (i * N + j) * Ci
-                        D[d:d + Ci] = xf[s:s + Ci]
+                patch(xf, Wp, Ci, r0, c0, min(N, Hi - r0), min(N, Wi - c0), N, D)
                 _in_transform(D, 0, N * Ci, Ci, Ci, V, t * Ci, vxs, T)
         for xi in range(NX):
             _gemm(V, xi * vxs, Ci, nt, noff, U, xi * Ci * Co, Co, M, xi * mxs)
