@@ -75,8 +75,9 @@ def window(x):
         return sliding_window_inference(torch.from_numpy(x)[None], roi_size=(1024, 1024), sw_batch_size=1,
                                         predictor=predictor, overlap=0.25, mode="gaussian")[0].numpy()
 t0 = time.perf_counter()
-a = zarr.open_array(src, mode="r")
-x = np.moveaxis(a[...], -1, 0).astype(np.float32) / 255.0 if a.shape[-1] == 3 else a[...].astype(np.float32) / 255.0
+a = zarr.open(src, mode="r")
+a = a["0"] if isinstance(a, zarr.Group) else a
+x = a[...].astype(np.float32) / 255.0            # (3, H, W) uint8, as hirestile's contract scales it
 y = window(x)
 z = zarr.create_array(out, shape=y.shape, chunks=(y.shape[0], 256, 256), dtype="float16", overwrite=True)
 z[...] = torch.softmax(torch.from_numpy(y), 0).numpy().astype(np.float16)
