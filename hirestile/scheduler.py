@@ -221,6 +221,8 @@ class RunStats:
     idle: float = 0.0                 # main thread waiting for input or for the writer
     finish: float = 0.0               # pyramid + metadata
     peak_rss: int = 0
+    planned_rss: int = 0              # the plan's expected peak (hirestile plan), 0 when not computed here
+    budget: int = 0                   # the memory budget the tile was chosen for
     tile: tuple[int, int] = (0, 0)
     stream: bool = False              # bands down column strips (else overlap tiles)
     halo: tuple[int, ...] = ()
@@ -241,7 +243,9 @@ class RunStats:
         return "\n".join([
             f"wrote {self.output}: {self.tiles_computed} tiles computed"
             + (f", {self.tiles_skipped} already done" if self.tiles_skipped else "")
-            + f" in {self.wall:.1f} s, {self.mpix_per_s:.2f} MP/s, peak RSS {self.peak_rss / 2**20:.0f} MiB",
+            + f" in {self.wall:.1f} s, {self.mpix_per_s:.2f} MP/s, peak RSS {self.peak_rss / 2**20:.0f} MiB"
+            + (f" (plan {self.planned_rss / 2**20:.0f} MiB, budget {self.budget / 2**20:.0f} MiB)"
+               if self.planned_rss else ""),
             f"{'band x strip' if self.stream else 'tile'} {self.tile[0]}x{self.tile[1]}, "
             f"halo {_halo_text(self.halo)}, redundancy "
             f"{self.read_redundancy:.2f} (input pixels read per image pixel), "
@@ -451,6 +455,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
             say(f"note: {len(missing)} input chunk(s) are not stored (first {missing[0]}); zarr reads them as "
                 f"fill value {img.array.fill_value}")
         if run_tiles is None:                      # the tiles are computed in this process
+            stats.planned_rss = PROCESS_BASELINE + expected_memory(rep, plan, channels)[1]
+            stats.budget = memory or default_memory()
             if threads:
                 import numba
                 numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))

@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import os
 
+try:
+    from ._conv_gen import emit_stores
+except ImportError:                  # run as a script: python kernels/_conv_bf16_gen.py
+    from _conv_gen import emit_stores
+
 SHAPES = [(8, 1)]  # 8 zmm accumulators. Zen 4, 1 thread, 3x3: 8x1 203-227 GF/s at 16..256 channels;
 # 4x2 .. 6x4 and 12x1 / 14x1 measured slower (LLVM unrolls the k loop and spills); blocking the
 # terms so a block of weights stays in L1 (carrying the accumulators through dst) cost 8 %
@@ -52,15 +57,7 @@ def gen_mk(P, V, family):
     for p in range(P):
         for v in range(V):
             a(f"    c{p}_{v} = vround(vact(vadd(c{p}_{v}, bv{v}), act, alpha))")
-    for p in range(P):
-        ind = "    "
-        if p > 0:
-            a(f"    if npix > {p}:")
-            ind = "        "
-        for v in range(V):
-            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, c{p}_{v})")
-    a("")
-    a("")
+    emit_stores(a, P, V)
     return "\n".join(L)
 
 

@@ -24,6 +24,20 @@ import os
 SHAPES = [(6, 4), (8, 2), (8, 1)]  # 24 / 16 / 8 zmm accumulators, <= 8 row pointers
 
 
+def emit_stores(a, P, V):
+    """Emit (through ``a``) the stores of a micro-kernel's P x V accumulators ``c{p}_{v}`` at
+    ``dst[db + p*dps + 16*v]``, pixel p only when ``npix > p``, and the blank lines after it."""
+    for p in range(P):
+        ind = "    "
+        if p > 0:
+            a(f"    if npix > {p}:")
+            ind = "        "
+        for v in range(V):
+            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, c{p}_{v})")
+    a("")
+    a("")
+
+
 def gen_mk(P, V, family):
     L = []
     a = L.append
@@ -58,15 +72,7 @@ def gen_mk(P, V, family):
             ind = "            "
         for v in range(V):
             a(f"{ind}c{p}_{v} = vadd(vload(dst, db + {p} * dps + {16 * v}), c{p}_{v})")
-    for p in range(P):
-        ind = "    "
-        if p > 0:
-            a(f"    if npix > {p}:")
-            ind = "        "
-        for v in range(V):
-            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, c{p}_{v})")
-    a("")
-    a("")
+    emit_stores(a, P, V)
     return "\n".join(L)
 
 

@@ -268,6 +268,9 @@ def test_resume_after_crash_recomputes_nothing(tmp_path, rgb_model, monkeypatch,
     monkeypatch.setattr(executor, "run_window", lambda *a, **kw: (calls.append(a[3].write), real(*a, **kw))[1])
     got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=stream)
     assert stats.stream == stream
+    # the summary sets the measured peak beside the plan's figure and the budget it was made for
+    assert stats.planned_rss > 0 and stats.budget > 0
+    assert f"(plan {stats.planned_rss / 2**20:.0f} MiB, budget {stats.budget / 2**20:.0f} MiB)" in stats.summary()
     assert stats.tiles_skipped == len(first) == 7
     assert stats.tiles_computed == len(calls) == stats.tiles_total - 7 == 5 * 6 - 7
     assert not set(first) & set(calls)                            # finished tiles were not recomputed
