@@ -343,7 +343,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
     stream : bool
         In this process, run the tiles as bands moving down column strips, each
         intermediate row computed once per strip (:class:`hirestile.bands.Stream`; the
-        default: 1.0-1.2x overlap tiles' speed here, benchmarks/README.md); ``False``
+        default: 0.8-1.2x overlap tiles' speed here, benchmarks/README.md); ``False``
         runs every tile with its own halo (overlap-tile). Same bits either way. Runs on a
         cluster (``run_tiles``) use overlap tiles.
     mask : "auto", path or array, optional
