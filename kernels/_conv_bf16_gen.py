@@ -20,12 +20,10 @@ float32 ``dst[db + p*dps + 16*v]``.
 
 from __future__ import annotations
 
-import os
-
 try:
-    from ._conv_gen import emit_stores
+    from ._conv_gen import emit_stores, write_module
 except ImportError:                  # run as a script: python kernels/_conv_bf16_gen.py
-    from _conv_gen import emit_stores
+    from _conv_gen import emit_stores, write_module
 
 SHAPES = [(8, 1)]  # 8 zmm accumulators. Zen 4, 1 thread, 3x3: 8x1 203-227 GF/s at 16..256 channels;
 # 4x2 .. 6x4 and 12x1 / 14x1 measured slower (LLVM unrolls the k loop and spills); blocking the
@@ -158,9 +156,7 @@ def source() -> str:
 
 
 def main():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_conv_bf16_mk.py")
-    with open(path, "w") as f:
-        f.write(source())
+    write_module("_conv_bf16_mk.py", source())
 
 
 if __name__ == "__main__":

@@ -24,18 +24,30 @@ import os
 SHAPES = [(6, 4), (8, 2), (8, 1)]  # 24 / 16 / 8 zmm accumulators, <= 8 row pointers
 
 
-def emit_stores(a, P, V):
-    """Emit (through ``a``) the stores of a micro-kernel's P x V accumulators ``c{p}_{v}`` at
-    ``dst[db + p*dps + 16*v]``, pixel p only when ``npix > p``, and the blank lines after it."""
+def emit_pixels(a, P, V, line, indent="    "):
+    """Emit (through ``a``) ``line(p, v)`` for a micro-kernel's P x V accumulators, the lines of
+    pixel p > 0 only when ``npix > p``."""
     for p in range(P):
-        ind = "    "
+        ind = indent
         if p > 0:
-            a(f"    if npix > {p}:")
-            ind = "        "
+            a(f"{indent}if npix > {p}:")
+            ind = indent + "    "
         for v in range(V):
-            a(f"{ind}vstore(dst, db + {p} * dps + {16 * v}, c{p}_{v})")
+            a(ind + line(p, v))
+
+
+def emit_stores(a, P, V):
+    """The stores of the accumulators ``c{p}_{v}`` at ``dst[db + p*dps + 16*v]``, and the blank
+    lines after a micro-kernel."""
+    emit_pixels(a, P, V, lambda p, v: f"vstore(dst, db + {p} * dps + {16 * v}, c{p}_{v})")
     a("")
     a("")
+
+
+def write_module(name, text):
+    """Write ``text`` as the generated module ``name`` beside this file."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "w") as f:
+        f.write(text)
 
 
 def gen_mk(P, V, family):
@@ -65,13 +77,7 @@ def gen_mk(P, V, family):
         for v in range(V):
             a(f"        c{p}_{v} = vact(vadd(c{p}_{v}, bv{v}), act, alpha)")
     a("    elif epi == 2:")
-    for p in range(P):
-        ind = "        "
-        if p > 0:
-            a(f"        if npix > {p}:")
-            ind = "            "
-        for v in range(V):
-            a(f"{ind}c{p}_{v} = vadd(vload(dst, db + {p} * dps + {16 * v}), c{p}_{v})")
+    emit_pixels(a, P, V, lambda p, v: f"c{p}_{v} = vadd(vload(dst, db + {p} * dps + {16 * v}), c{p}_{v})", "        ")
     emit_stores(a, P, V)
     return "\n".join(L)
 
@@ -99,9 +105,7 @@ def source() -> str:
 
 
 def main():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_conv_mk.py")
-    with open(path, "w") as f:
-        f.write(source())
+    write_module("_conv_mk.py", source())
 
 
 if __name__ == "__main__":
