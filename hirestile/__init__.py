@@ -14,10 +14,10 @@ import numba as _numba
 if "NUMBA_THREADING_LAYER" not in _os.environ:
     _numba.config.THREADING_LAYER = "threadsafe"
 
-from hirestile.api import analyze, from_torch, load_model, predict  # noqa: E402
+from hirestile.api import analyze, from_torch, load_model, predict, tile_memory  # noqa: E402
 from hirestile.errors import HirestileError, InputError, ModelError, NotTileableError, OutputError  # noqa: E402
 from hirestile.dask_api import instances, measure, segment  # noqa: E402
 
-__all__ = ["analyze", "from_torch", "load_model", "predict", "segment", "instances", "measure", "HirestileError",
+__all__ = ["analyze", "from_torch", "load_model", "predict", "tile_memory", "segment", "instances", "measure", "HirestileError",
            "InputError", "ModelError", "NotTileableError", "OutputError"]
 from hirestile.version import __version__  # noqa: E402,F401  (hirestile.__version__)

@@ -14,6 +14,7 @@ from hirestile.analyzer import Report
 from hirestile.bands import Stream
 from hirestile.contract import normalize_window
 from hirestile.errors import InputError
+from hirestile.executor import tile_memory
 from hirestile.graph import Graph
 from hirestile.loading import as_model, load_model, with_contract
 from hirestile.model import Model
@@ -164,4 +165,4 @@ def from_torch(module, example_input, *, contract: dict | None = None) -> Model:
     return with_contract(m, contract) if contract else m
 
 
-__all__ = ["analyze", "predict", "from_torch", "load_model", "with_contract"]
+__all__ = ["analyze", "predict", "from_torch", "load_model", "with_contract", "tile_memory"]

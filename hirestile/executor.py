@@ -641,6 +641,30 @@ def region_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region])
     return 4 * layout(_requests(rep, held, comp, ext)[1], Arena.ALIGN)[1]
 
 
+def interior_region(rep: Report, tile: int | tuple[int, int]) -> Region:
+    """An output region of ``tile`` (rows, cols) in the middle of the output: the largest
+    window any tile of that size reads."""
+    ty, tx = (tile, tile) if isinstance(tile, int) else tile
+    _, oh, ow = rep.output_shape
+    y0, x0 = max(0, oh // 2 - ty // 2), max(0, ow // 2 - tx // 2)
+    return Region((y0, min(y0 + ty, oh)), (x0, min(x0 + tx, ow)))
+
+
+def tile_memory(rep: Report, tile: int | tuple[int, int]) -> int:
+    """Bytes the executor holds running tiles of ``tile`` output pixels: the node-buffer slab
+    laid out for an interior tile (:func:`region_memory`) and the weights as the kernels hold
+    them (:func:`weight_bytes`); the input window and the output come on top.
+
+    Examples
+    --------
+    >>> from hirestile.models.unet import unet
+    >>> rep = analyze(unet(base=8, depth=3).graph, (1024, 1024))
+    >>> tile_memory(rep, 512) > tile_memory(rep, 128) > weight_bytes(rep)
+    True
+    """
+    return region_memory(rep, *regions_of(rep, interior_region(rep, tile))) + weight_bytes(rep)
+
+
 def weight_bytes(rep: Report) -> int:
     """Bytes of the network's weights as the kernels hold them: the prepared arrays, plus
     the packed copy each conv route caches (a Winograd F(m x m, 3x3) route's transformed

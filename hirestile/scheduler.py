@@ -40,7 +40,6 @@ from .executor import precision_label
 from .io import InputImage, open_image
 from .loading import as_model
 from .outputs import MAX_CLASSES, OUTPUT_KINDS
-from .region import Region
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
 from .bands import band_memory
@@ -128,19 +127,17 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
     _, oh, ow = rep.output_shape
     band, strip = min(band, oh), min(strip, ow)
     if not rep.tileable:
-        mem = executor.region_memory(rep, *executor.regions_of(rep, Region((0, oh), (0, ow))))
+        mem = executor.tile_memory(rep, (oh, ow))
         window = 4 * channels * rep.image_shape[0] * rep.image_shape[1]
     else:
-        y0, x0 = max(0, oh // 2 - band // 2), max(0, ow // 2 - strip // 2)
-        region = Region((y0, min(y0 + band, oh)), (x0, min(x0 + strip, ow)))
-        if stream:                # the stream's slab and line buffers
-            mem = band_memory(rep, region)
-        else:                     # the slab laid out for an interior tile, the largest
-            mem = executor.region_memory(rep, *executor.regions_of(rep, region))
+        region = executor.interior_region(rep, (band, strip))
+        if stream:                # the stream's slab and line buffers, and the weights
+            mem = band_memory(rep, region) + executor.weight_bytes(rep)
+        else:                     # the slab laid out for an interior tile (the largest), and the weights
+            mem = executor.tile_memory(rep, (band, strip))
         (a, b), (c, d) = rep.input_window(region, aligned=True)
         (ih, iw) = rep.image_shape
         window = 4 * channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
-    mem += executor.weight_bytes(rep)     # the model as the kernels hold it
     if read_pixels is not None:
         window = 4 * channels * read_pixels
     output = 4 * rep.output_shape[0] * band * strip
