@@ -584,7 +584,9 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     for n in g.nodes:
         if n.name not in comp:
             continue
-        prev = lines.pop(n.name, None) if held[n.name].rows[0] < comp[n.name].rows[0] else None
+        prev = lines.pop(n.name, None)           # the node's rows from the band above, consumed here
+        if held[n.name].rows[0] >= comp[n.name].rows[0]:
+            prev = None
         bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
         for t in n.inputs:
             remaining[t] -= 1
