@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "about a minute)")
     s.add_argument("--model", "-m", nargs="+", default=None, metavar="NAME",
                    help="built-in model names or model files (default: every built-in model)")
+    s.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"], metavar="P",
+                   help="the kernels of these precisions: fp32 (default), bf16, or both ('--precision fp32 bf16')")
     s.set_defaults(func=cmd_warmup)
 
     s = sub.add_parser("convert", help="convert TIFF/SVS/NDPI/OME-TIFF/FITS (or zarr) to OME-Zarr, streaming")

@@ -75,7 +75,7 @@ def _measure_gflops(model: Any, rep: Any) -> float:
 
     from .executor import run_region
 
-    _warmup(model)
+    _warmup(model, rep.precision)
     _, oh, ow = rep.output_shape
     y0, x0 = max(0, oh // 2 - ESTIMATE_SIDE // 2), max(0, ow // 2 - ESTIMATE_SIDE // 2)
     region = ((y0, min(oh, y0 + ESTIMATE_SIDE)), (x0, min(ow, x0 + ESTIMATE_SIDE)))
@@ -216,8 +216,11 @@ def cmd_warmup(a: argparse.Namespace) -> int:
         from .models.registry import list_specs
         names = [s.name for s in list_specs()]
     for name in names:
-        w = _warmup(load_model_cli(name))
-        print(f"{name}: {w.summary()}" + (f"; cache: {w.cache_dir}" if w.cache_dir else ""), flush=True)
+        model = load_model_cli(name)
+        for precision in dict.fromkeys(a.precision):
+            w = _warmup(model, precision)
+            label = f"{name} ({precision})" if a.precision != ["fp32"] else name
+            print(f"{label}: {w.summary()}" + (f"; cache: {w.cache_dir}" if w.cache_dir else ""), flush=True)
     return 0
 
 

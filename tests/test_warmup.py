@@ -66,6 +66,12 @@ def test_cli_says_compiling_on_first_use_only(tmp_path):
     assert warm.stdout.startswith("tiny.onnx: kernels: loaded from cache in ")
     assert f"cache: {tmp_path / 'numba'}" in warm.stdout
 
+    both = cold_cli("warmup", "--model", "tiny.onnx", "--precision", "fp32", "bf16", cwd=tmp_path, env=env)
+    assert both.returncode == 0, both.stderr
+    fp32, bf16 = both.stdout.splitlines()
+    assert fp32.startswith("tiny.onnx (fp32): kernels: loaded from cache in "), both.stdout
+    assert bf16.startswith("tiny.onnx (bf16): kernels: "), both.stdout     # bf16's rounding: compiled or loaded
+
 
 def test_cli_warmup_builtin():
     r = cold_cli("warmup", "--model", "unet")        # the machine's own cache: compiles at most once
