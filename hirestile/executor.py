@@ -325,6 +325,8 @@ def _run_binary(node, bufs, comp, shapes, wts):
 
 def _run_concat(node, bufs, comp, shapes, wts, out=None):
     """Each input fetched straight into its channel slice of the output (one copy, not two)."""
+    from hirestile.kernels._common import packed
+    from hirestile.kernels._move import copy_channels
     (a, b), (c, d) = comp
     chans = [shapes[t][0] for t in node.inputs]
     if out is None:
@@ -335,7 +337,15 @@ def _run_concat(node, bufs, comp, shapes, wts, out=None):
         if src is None:
             src = Buf(np.empty((0, 0, chans[k]), np.float32), 0, 0)
         mode, fill = padding_mode(node.op, k)
-        _fetch_into(out[:, :, k0:k0 + chans[k]], src, _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
+        win = _window(node, k, comp, shapes)
+        (r0, r1), (c0, c1) = win
+        (by0, by1), (bx0, bx1) = src.region
+        if (0 <= r0 and 0 <= c0 and r1 <= shapes[t][1] and c1 <= shapes[t][2] and by0 <= r0 and r1 <= by1
+                and bx0 <= c0 and c1 <= bx1 and packed(src.data) and packed(out)):
+            # inside the map and held by the producer (the usual case): a parallel vector copy
+            copy_channels(src.data[r0 - by0:r1 - by0, c0 - bx0:c1 - bx0], out, k0)
+        else:
+            _fetch_into(out[:, :, k0:k0 + chans[k]], src, win, shapes[t][1:], mode, fill)
         k0 += chans[k]
     return out
 

@@ -198,3 +198,20 @@ def vhsum(typingctx, v):
             n = h
         return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
     return types.float32(f32x16), codegen
+
+
+vdiv = _binop("fdiv")
+
+
+@intrinsic
+def vmax_nan(typingctx, m, v):
+    """Lane-wise ``v if (v > m or v != v) else m``: the running maximum of a max-pool with
+    PyTorch's NaN rule (a NaN in the window wins and stays), exactly the scalar test."""
+    if m != f32x16 or v != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b = args
+        take = builder.or_(builder.fcmp_ordered(">", b, a), builder.fcmp_unordered("uno", b, b))
+        return builder.select(take, b, a)
+    return f32x16(f32x16, f32x16), codegen

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import as_window, flat, out_array, pair, valid_size
+from ._conv_simd import vadd, vbcast, vdiv, vload, vmax_nan, vstore
 
 __all__ = ["max_pool2d", "avg_pool2d"]
 
@@ -23,37 +24,59 @@ __all__ = ["max_pool2d", "avg_pool2d"]
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _pool(xf, xp, c, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, of, op, ho, wo):
     """Max (``is_max``) or average pooling; ``count_y``/``count_x`` only for average.
-    xf / of: flat input / output windows whose rows lie xp / op pixels apart."""
+    xf / of: flat input / output windows whose rows lie xp / op pixels apart.
+
+    Channels in whole groups of 16 run as 16-lane vectors, the rest one by one; both do
+    per element the same operations in the same order (first tap, then the others in
+    row-major order: max with the NaN rule, or a float32 add; then the division), so the
+    split changes no bit."""
+    cv = c - c % 16
     for i in prange(ho):
         y0 = i * sy
-        acc = np.empty(c, dtype=np.float32)
+        acc = np.empty(max(c - cv, 1), dtype=np.float32)
         for j in range(wo):
             x0 = j * sx
-            s = (y0 * xp + x0) * c
-            for ch in range(c):
-                acc[ch] = xf[s + ch]
+            s0 = (y0 * xp + x0) * c
+            o = (i * op + j) * c
+            div = np.float32(1.0)
+            if not is_max:
+                div = np.float32(count_y[i] * count_x[j])
+            for cb in range(0, cv, 16):
+                a = vload(xf, s0 + cb)
+                for ky in range(kh):
+                    for kx in range(kw):
+                        if ky == 0 and kx == 0:
+                            continue
+                        v = vload(xf, ((y0 + ky * dy) * xp + x0 + kx * dx) * c + cb)
+                        a = vmax_nan(a, v) if is_max else vadd(a, v)
+                if is_max:
+                    vstore(of, o + cb, a)
+                else:
+                    vstore(of, o + cb, vdiv(a, vbcast(div)))
+            if cv == c:
+                continue
+            for ch in range(cv, c):
+                acc[ch - cv] = xf[s0 + ch]
             for ky in range(kh):
                 for kx in range(kw):
                     if ky == 0 and kx == 0:
                         continue
                     s = ((y0 + ky * dy) * xp + x0 + kx * dx) * c
                     if is_max:
-                        for ch in range(c):
+                        for ch in range(cv, c):
                             v = xf[s + ch]
-                            m = acc[ch]
+                            m = acc[ch - cv]
                             # torch semantics: a NaN in the window wins and stays
-                            acc[ch] = v if (v > m or v != v) else m
+                            acc[ch - cv] = v if (v > m or v != v) else m
                     else:
-                        for ch in range(c):
-                            acc[ch] += xf[s + ch]
-            o = (i * op + j) * c
+                        for ch in range(cv, c):
+                            acc[ch - cv] += xf[s + ch]
             if is_max:
-                for ch in range(c):
-                    of[o + ch] = acc[ch]
+                for ch in range(cv, c):
+                    of[o + ch] = acc[ch - cv]
             else:
-                div = np.float32(count_y[i] * count_x[j])
-                for ch in range(c):
-                    of[o + ch] = acc[ch] / div
+                for ch in range(cv, c):
+                    of[o + ch] = acc[ch - cv] / div
     return of
 
 

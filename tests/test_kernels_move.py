@@ -1,0 +1,105 @@
+"""Pooling's 16-lane path and the concat's channel copy (kernels/pool.py, kernels/_move.py):
+against NumPy references on odd sizes, NaNs in vector lanes, windows of wider buffers in and
+out, sub-windows and 1 vs 2 threads bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hirestile.kernels import pool
+from hirestile.kernels._move import copy_channels
+
+F32 = np.float32
+
+
+def randx(h, w, c, seed=0):
+    return np.random.default_rng(seed).standard_normal((h, w, c)).astype(F32)
+
+
+def ref_max(x, k, s, d):
+    """Sequential max with PyTorch's NaN rule (a NaN wins and stays), tap by tap."""
+    (kh, kw), (sy, sx), (dy, dx) = k, s, d
+    hi, wi, c = x.shape
+    ho, wo = (hi - dy * (kh - 1) - 1) // sy + 1, (wi - dx * (kw - 1) - 1) // sx + 1
+    acc = None
+    for ky in range(kh):
+        for kx in range(kw):
+            v = x[ky * dy: ky * dy + sy * (ho - 1) + 1: sy, kx * dx: kx * dx + sx * (wo - 1) + 1: sx]
+            acc = v.copy() if acc is None else np.where((v > acc) | np.isnan(v), v, acc)
+    return acc
+
+
+def ref_avg(x, k, s, cy, cx):
+    """float32 sums in the kernel's order (row-major taps), then the float32 division."""
+    (kh, kw), (sy, sx) = k, s
+    hi, wi, c = x.shape
+    ho, wo = (hi - kh) // sy + 1, (wi - kw) // sx + 1
+    acc = None
+    for ky in range(kh):
+        for kx in range(kw):
+            v = x[ky: ky + sy * (ho - 1) + 1: sy, kx: kx + sx * (wo - 1) + 1: sx]
+            acc = v.copy() if acc is None else (acc + v).astype(F32)
+    div = (np.asarray(cy)[:, None, None] * np.asarray(cx)[None, :, None]).astype(F32)
+    return (acc / div).astype(F32)
+
+
+CASES = [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((3, 2), (2, 1), (2, 3))]
+
+
+@pytest.mark.parametrize("c", [16, 32, 35, 64])
+@pytest.mark.parametrize("k,s,d", CASES)
+def test_pools_vector_lanes_against_reference(c, k, s, d):
+    x = randx(13, 17, c, seed=c)
+    x[3, 4, 5] = np.nan                    # in a vector lane
+    x[7, 2, c - 1] = np.nan                # the last channel (vector or scalar tail)
+    x[9, 9, :] = np.inf
+    np.testing.assert_array_equal(pool.max_pool2d(x, kernel=k, stride=s, dilation=d), ref_max(x, k, s, d))
+    if d == (1, 1):
+        ho, wo = (13 - k[0]) // s[0] + 1, (17 - k[1]) // s[1] + 1
+        cy = np.random.default_rng(1).integers(1, 9, ho)
+        cx = np.random.default_rng(2).integers(1, 9, wo)
+        x = randx(13, 17, c, seed=c + 1)
+        np.testing.assert_array_equal(pool.avg_pool2d(x, kernel=k, stride=s, count_y=cy, count_x=cx),
+                                      ref_avg(x, k, s, cy, cx))
+
+
+@pytest.mark.parametrize("c", [16, 48])
+def test_pools_windows_subwindows_and_threads(numba_threads, c):
+    big = randx(41, 47, c, seed=3)
+    x = big[3:36, 5:44]                    # a window of a wider buffer
+    full = pool.max_pool2d(np.ascontiguousarray(x), kernel=2, stride=2)
+    out_big = randx(full.shape[0] + 4, full.shape[1] + 6, c, seed=4)
+    before = out_big.copy()
+    got = pool.max_pool2d(x, kernel=2, stride=2, out=out_big[2:2 + full.shape[0], 3:3 + full.shape[1]])
+    np.testing.assert_array_equal(got, full)
+    frame = np.ones(out_big.shape[:2], bool)
+    frame[2:2 + full.shape[0], 3:3 + full.shape[1]] = False
+    np.testing.assert_array_equal(out_big[frame], before[frame])
+    for r0, c0 in ((0, 0), (1, 3), (5, 2)):            # any sub-window: the same bits
+        part = pool.max_pool2d(x[2 * r0:2 * r0 + 11, 2 * c0:2 * c0 + 9], kernel=2, stride=2)
+        np.testing.assert_array_equal(part, full[r0:r0 + 5, c0:c0 + 4])
+    res = []
+    for n in (1, 2):
+        numba_threads(n)
+        cy, cx = np.full(full.shape[0], 4), np.full(full.shape[1], 1)
+        res.append((pool.max_pool2d(x, kernel=3, stride=1),
+                    pool.avg_pool2d(x, kernel=2, stride=2, count_y=cy, count_x=cx)))
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cs,cd,c0", [(16, 32, 0), (16, 32, 16), (3, 8, 5), (35, 70, 35), (64, 64, 0)])
+def test_copy_channels_windows(numba_threads, cs, cd, c0):
+    src_big = randx(23, 29, cs, seed=5)
+    src = src_big[2:19, 3:25]
+    for n in (1, 2):
+        numba_threads(n)
+        dst_big = randx(21, 27, cd, seed=6)
+        want = dst_big.copy()
+        want[1:18, 2:24, c0:c0 + cs] = src
+        copy_channels(src, dst_big[1:18, 2:24], c0)
+        np.testing.assert_array_equal(dst_big, want)
+    empty = np.empty((0, 4, cs), F32)
+    dst = randx(0, 4, cd)
+    copy_channels(empty, dst, c0)
