@@ -155,7 +155,8 @@ def prepare(graph: Graph, precision: str = "fp32") -> Prepared:
 
     ``precision="bf16"``: conv weights rounded to bfloat16, the convs run on
     :mod:`hirestile.kernels.bf16` (inputs rounded, float32 sums, outputs rounded in the
-    store), every other op's output rounded to bf16 (:func:`_runner`); all tile steps 1.
+    store; tile step 2 where a 3x3 conv takes the bf16 Winograd F(2x2) route), every other
+    op's output rounded to bf16 (:func:`_runner`).
     """
     precision = check_precision(precision)
     with _lock:
@@ -172,9 +173,9 @@ def prepare(graph: Graph, precision: str = "fp32") -> Prepared:
                                      np.float32)
             weights[n.name] = (_Bf16Weights if bf16 else dict)(
                 w=kbf16.round_bf16(w) if bf16 else w, b=np.ascontiguousarray(n.params["b"], np.float32))
-            if isinstance(op, Conv) and not bf16:
-                steps[n.name] = tuple(kconv.conv_tile(op.kernel[0], op.kernel[1], op.stride, op.dilation,
-                                                      op.groups, op.cin, op.cout))
+            if isinstance(op, Conv):
+                steps[n.name] = tuple((kbf16 if bf16 else kconv).conv_tile(
+                    op.kernel[0], op.kernel[1], op.stride, op.dilation, op.groups, op.cin, op.cout))
         else:
             weights[n.name] = {k: np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in n.params.items()}
     for arrays in weights.values():

@@ -255,3 +255,85 @@ def ustore(typingctx, arr, i, v):
         builder.store(args[2], builder.bitcast(p, _VT.as_pointer()), align=4)
         return context.get_dummy_value()
     return types.none(arr, types.intp, f32x16), codegen
+
+
+
+# ---- VCVTNEPS2BF16 and its emulation: the bf16 Winograd route's rounding ("cvt")
+#
+# cvt(x), per Intel's pseudo-code of VCVTNEPS2BF16: a float32 denormal becomes a zero of its
+# sign, a NaN a quiet NaN (its top half with the quiet bit set), anything else rounds to
+# nearest even (integer add of 0x7FFF + lsb; past bf16's range to an infinity). On normal
+# values and zeros this is round_bits; a result is never a bf16 denormal, so vdpbf16ps
+# reads it as it is. The ``c*`` intrinsics use the instruction (AVX512_BF16 only), the
+# ``e*`` ones compute the same bits with integer ops (round_bits after ftz).
+
+_VB16 = ir.VectorType(_BFloat(), W)
+_VH = ir.VectorType(_I32, W // 2)
+
+
+def _cvt_hw(builder, v):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VB16, [_VT]),
+                                        "llvm.x86.avx512bf16.cvtneps2bf16.512")
+    return builder.call(fn, [v])                       # <16 x bfloat>, element i from lane i
+
+
+def _cvt_emu(builder, v):
+    """cvt(v) as float32 bits (<16 x i32>, low halves zero)."""
+    return builder.bitcast(_round_vec(builder, _ftz(builder, v)), _VI)
+
+
+@intrinsic
+def cstore(typingctx, arr, i, v):
+    """cvt of the 16 lanes of ``v`` stored as 8 bf16 pairs into a uint32 array at flat index
+    ``i`` (dword j = lane 2j low, 2j+1 high): one VCVTNEPS2BF16."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32 and v == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _u32_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(builder.bitcast(_cvt_hw(builder, args[2]), _VH), builder.bitcast(p, _VH.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, f32x16), codegen
+
+
+@intrinsic
+def estore(typingctx, arr, i, v):
+    """:func:`cstore` without AVX512_BF16: the same bits."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32 and v == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _u32_ptr(context, builder, sig.args[0], args[0], args[1])
+        r = _cvt_emu(builder, args[2])
+        h = W // 2
+        even = builder.shuffle_vector(r, r, ir.Constant(_VH, list(range(0, W, 2))))
+        odd = builder.shuffle_vector(r, r, ir.Constant(_VH, list(range(1, W, 2))))
+        res = builder.or_(builder.and_(odd, ir.Constant(_VH, [-(1 << 16)] * h)),
+                          builder.lshr(even, ir.Constant(_VH, [16] * h)))
+        builder.store(res, builder.bitcast(p, _VH.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, f32x16), codegen
+
+
+@intrinsic
+def cround(typingctx, v):
+    """cvt of every lane, as float32 (VCVTNEPS2BF16, widened back)."""
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        h = builder.bitcast(_cvt_hw(builder, args[0]), ir.VectorType(ir.IntType(16), W))
+        u = builder.shl(builder.zext(h, _VI), _splat_i32(16))
+        return builder.bitcast(u, _VT)
+    return f32x16(f32x16), codegen
+
+
+@intrinsic
+def eround(typingctx, v):
+    """:func:`cround` without AVX512_BF16: the same bits."""
+    if v != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(_cvt_emu(builder, args[0]), _VT)
+    return f32x16(f32x16), codegen

@@ -59,6 +59,26 @@ def gen_mk(P, V, family):
     return "\n".join(L)
 
 
+def gen_gemm(P, family):
+    """``{family}g{P}x1``: the Winograd route's GEMM, P tiles x 16 columns, terms contiguous
+    (term k of tile p at a[ab_p + k]), the float32 sums stored as they are."""
+    L = []
+    a = L.append
+    dp = "vdp" if family == "b" else "vdpe"
+    a("@njit(cache=True, nogil=True)")
+    a(f"def {family}g{P}x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):")
+    for p in range(1, P):
+        a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")
+    for p in range(P):
+        a(f"    c{p}_0 = vzero()")
+    a("    for k in range(K):")
+    a("        b0 = uload(w, wb + 16 * k)")
+    for p in range(P):
+        a(f"        c{p}_0 = {dp}(c{p}_0, b0, ubcast_at(a, ab{p} + k))")
+    emit_stores(a, P, 1)
+    return "\n".join(L)
+
+
 DRIVERS = '''@njit(cache=True, nogil=True)
 def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
     """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
@@ -130,6 +150,108 @@ def convT_{f}(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, W
                     outf[o + c * Co + co] = tmp[base + co]
 
 
+@njit(cache=True, nogil=True)
+def in_transform_{f}(src, base, rs, cs, Ci, V, vb, vxs):
+    """V[vb + xi*vxs + ci/2] = cvt pairs of (B^T d B)[xi] for d[i][j] = cvt(src[base + i*rs + j*cs + ci])
+    (``_bf16_wino``; cvt: ``_bf16_simd``'s VCVTNEPS2BF16 rounding)."""
+    for c in range(0, Ci, 16):
+        o = base + c
+        d00 = {R}(vload(src, o)); d01 = {R}(vload(src, o + cs))
+        d02 = {R}(vload(src, o + 2 * cs)); d03 = {R}(vload(src, o + 3 * cs))
+        o += rs
+        d10 = {R}(vload(src, o)); d11 = {R}(vload(src, o + cs))
+        d12 = {R}(vload(src, o + 2 * cs)); d13 = {R}(vload(src, o + 3 * cs))
+        o += rs
+        d20 = {R}(vload(src, o)); d21 = {R}(vload(src, o + cs))
+        d22 = {R}(vload(src, o + 2 * cs)); d23 = {R}(vload(src, o + 3 * cs))
+        o += rs
+        d30 = {R}(vload(src, o)); d31 = {R}(vload(src, o + cs))
+        d32 = {R}(vload(src, o + 2 * cs)); d33 = {R}(vload(src, o + 3 * cs))
+        # rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3
+        t00 = vsub(d00, d20); t01 = vsub(d01, d21); t02 = vsub(d02, d22); t03 = vsub(d03, d23)
+        t10 = vadd(d10, d20); t11 = vadd(d11, d21); t12 = vadd(d12, d22); t13 = vadd(d13, d23)
+        t20 = vsub(d20, d10); t21 = vsub(d21, d11); t22 = vsub(d22, d12); t23 = vsub(d23, d13)
+        t30 = vsub(d10, d30); t31 = vsub(d11, d31); t32 = vsub(d12, d32); t33 = vsub(d13, d33)
+        # columns, same formulas
+        q = vb + c // 2
+        {S}(V, q + 0 * vxs, vsub(t00, t02)); {S}(V, q + 1 * vxs, vadd(t01, t02))
+        {S}(V, q + 2 * vxs, vsub(t02, t01)); {S}(V, q + 3 * vxs, vsub(t01, t03))
+        {S}(V, q + 4 * vxs, vsub(t10, t12)); {S}(V, q + 5 * vxs, vadd(t11, t12))
+        {S}(V, q + 6 * vxs, vsub(t12, t11)); {S}(V, q + 7 * vxs, vsub(t11, t13))
+        {S}(V, q + 8 * vxs, vsub(t20, t22)); {S}(V, q + 9 * vxs, vadd(t21, t22))
+        {S}(V, q + 10 * vxs, vsub(t22, t21)); {S}(V, q + 11 * vxs, vsub(t21, t23))
+        {S}(V, q + 12 * vxs, vsub(t30, t32)); {S}(V, q + 13 * vxs, vadd(t31, t32))
+        {S}(V, q + 14 * vxs, vsub(t32, t31)); {S}(V, q + 15 * vxs, vsub(t31, t33))
+
+
+@njit(cache=True, nogil=True)
+def out_transform_{f}(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
+    """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
+    + bias[co:co+16])) for i < nr, j < nc."""
+    m00 = vload(M, mb); m01 = vload(M, mb + mxs)
+    m02 = vload(M, mb + 2 * mxs); m03 = vload(M, mb + 3 * mxs)
+    m10 = vload(M, mb + 4 * mxs); m11 = vload(M, mb + 5 * mxs)
+    m12 = vload(M, mb + 6 * mxs); m13 = vload(M, mb + 7 * mxs)
+    m20 = vload(M, mb + 8 * mxs); m21 = vload(M, mb + 9 * mxs)
+    m22 = vload(M, mb + 10 * mxs); m23 = vload(M, mb + 11 * mxs)
+    m30 = vload(M, mb + 12 * mxs); m31 = vload(M, mb + 13 * mxs)
+    m32 = vload(M, mb + 14 * mxs); m33 = vload(M, mb + 15 * mxs)
+    # rows: s0 = (m0 + m1) + m2, s1 = (m1 - m2) - m3
+    s00 = vadd(vadd(m00, m10), m20); s01 = vadd(vadd(m01, m11), m21)
+    s02 = vadd(vadd(m02, m12), m22); s03 = vadd(vadd(m03, m13), m23)
+    s10 = vsub(vsub(m10, m20), m30); s11 = vsub(vsub(m11, m21), m31)
+    s12 = vsub(vsub(m12, m22), m32); s13 = vsub(vsub(m13, m23), m33)
+    b = vload(bias, co)
+    vstore(dst, db, {R}(vact(vadd(vadd(vadd(s00, s01), s02), b), act, alpha)))
+    if nc > 1:
+        vstore(dst, db + cs, {R}(vact(vadd(vsub(vsub(s01, s02), s03), b), act, alpha)))
+    if nr > 1:
+        vstore(dst, db + rs, {R}(vact(vadd(vadd(vadd(s10, s11), s12), b), act, alpha)))
+        if nc > 1:
+            vstore(dst, db + rs + cs, {R}(vact(vadd(vsub(vsub(s11, s12), s13), b), act, alpha)))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def wino2_{f}(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha):
+    """bf16 Winograd F(2x2, 3x3) (``_bf16_wino``): input pixel (r, c) at xf[sb + r*sp + c*Ci],
+    output (r, c) at outf[ob + r*op + c*Co] (rows of wider buffers, in place); Ci, Co multiples
+    of 16; U from ``_bf16_wino.weight_transform``; Vs, Ms, Ds per-thread scratch
+    (``_bf16_wino.scratch``). A work item is NT tiles of one tile row."""
+    Ch = Ci // 2
+    ntx = (Wo + 1) // 2
+    nch = (ntx + NT - 1) // NT
+    vxs = NT * Ch + 16
+    mxs = NT * Co + 16
+    for it in prange(((Ho + 1) // 2) * nch):
+        tid = get_thread_id()
+        V = Vs[tid]
+        M = Ms[tid]
+        D = Ds[tid]
+        ty = it // nch
+        tx0 = (it - ty * nch) * NT
+        nt = min(NT, ntx - tx0)
+        r0 = 2 * ty
+        for t in range(nt):
+            c0 = 2 * (tx0 + t)
+            if r0 + 4 <= Hi and c0 + 4 <= Wi:
+                in_transform_{f}(xf, sb + r0 * sp + c0 * Ci, sp, Ci, Ci, V, t * Ch, vxs)
+            else:  # the patch runs past the window: zeros there, the same transform
+                patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+                in_transform_{f}(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+        for xi in range(16):
+            for co0 in range(0, Co, 16):
+                for t0 in range(0, nt, 8):
+                    {f}g8x1(V, xi * vxs + t0 * Ch, Ch, min(8, nt - t0), Ch, U, (xi * Co + co0) * Ch,
+                          M, xi * mxs + t0 * Co + co0, Co)
+        nr = min(2, Ho - r0)
+        for t in range(nt):
+            c0 = 2 * (tx0 + t)
+            nc = min(2, Wo - c0)
+            for co in range(0, Co, 16):
+                out_transform_{f}(M, t * Co + co, mxs, bias, co, act, alpha, outf, ob + r0 * op + c0 * Co + co, op, Co,
+                              nr, nc)
+
+
 '''
 
 HEADER = '''"""bf16 micro-kernels and their drivers (GENERATED by _conv_bf16_gen.py; do not edit).
@@ -142,8 +264,9 @@ drive one family each, so a CPU without AVX512_BF16 never compiles the b family.
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from ._bf16_simd import pack_rows, ubcast_at, uload, vdp, vdpe, vround
-from ._conv_simd import iload, vact, vadd, vload, vstore, vzero
+from ._bf16_simd import cround, cstore, eround, estore, pack_rows, ubcast_at, uload, vdp, vdpe, vround
+from ._bf16_wino import patch
+from ._conv_simd import iload, vact, vadd, vload, vstore, vsub, vzero
 
 
 '''
@@ -151,7 +274,10 @@ from ._conv_simd import iload, vact, vadd, vload, vstore, vzero
 
 def source() -> str:
     """The text of ``_conv_bf16_mk.py``."""
-    src = HEADER + "".join("".join(gen_mk(P, V, f) for P, V in SHAPES) + DRIVERS.replace("{f}", f) for f in "be")
+    def drivers(f):                  # b: VCVTNEPS2BF16 (cround / cstore); e: its emulation (eround / estore)
+        c = "c" if f == "b" else "e"
+        return DRIVERS.replace("{f}", f).replace("{R}", c + "round").replace("{S}", c + "store")
+    src = HEADER + "".join("".join(gen_mk(P, V, f) for P, V in SHAPES) + gen_gemm(8, f) + drivers(f) for f in "be")
     return src.rstrip("\n") + "\n"
 
 

@@ -8,8 +8,9 @@ drive one family each, so a CPU without AVX512_BF16 never compiles the b family.
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from ._bf16_simd import pack_rows, ubcast_at, uload, vdp, vdpe, vround
-from ._conv_simd import iload, vact, vadd, vload, vstore, vzero
+from ._bf16_simd import cround, cstore, eround, estore, pack_rows, ubcast_at, uload, vdp, vdpe, vround
+from ._bf16_wino import patch
+from ._conv_simd import iload, vact, vadd, vload, vstore, vsub, vzero
 
 
 @njit(cache=True, nogil=True)
@@ -58,6 +59,49 @@ def b8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, 
     c5_0 = vround(vact(vadd(c5_0, bv0), act, alpha))
     c6_0 = vround(vact(vadd(c6_0, bv0), act, alpha))
     c7_0 = vround(vact(vadd(c7_0, bv0), act, alpha))
+    vstore(dst, db + 0 * dps + 0, c0_0)
+    if npix > 1:
+        vstore(dst, db + 1 * dps + 0, c1_0)
+    if npix > 2:
+        vstore(dst, db + 2 * dps + 0, c2_0)
+    if npix > 3:
+        vstore(dst, db + 3 * dps + 0, c3_0)
+    if npix > 4:
+        vstore(dst, db + 4 * dps + 0, c4_0)
+    if npix > 5:
+        vstore(dst, db + 5 * dps + 0, c5_0)
+    if npix > 6:
+        vstore(dst, db + 6 * dps + 0, c6_0)
+    if npix > 7:
+        vstore(dst, db + 7 * dps + 0, c7_0)
+
+@njit(cache=True, nogil=True)
+def bg8x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):
+    ab1 = ab0 + min(1, npix - 1) * aps
+    ab2 = ab0 + min(2, npix - 1) * aps
+    ab3 = ab0 + min(3, npix - 1) * aps
+    ab4 = ab0 + min(4, npix - 1) * aps
+    ab5 = ab0 + min(5, npix - 1) * aps
+    ab6 = ab0 + min(6, npix - 1) * aps
+    ab7 = ab0 + min(7, npix - 1) * aps
+    c0_0 = vzero()
+    c1_0 = vzero()
+    c2_0 = vzero()
+    c3_0 = vzero()
+    c4_0 = vzero()
+    c5_0 = vzero()
+    c6_0 = vzero()
+    c7_0 = vzero()
+    for k in range(K):
+        b0 = uload(w, wb + 16 * k)
+        c0_0 = vdp(c0_0, b0, ubcast_at(a, ab0 + k))
+        c1_0 = vdp(c1_0, b0, ubcast_at(a, ab1 + k))
+        c2_0 = vdp(c2_0, b0, ubcast_at(a, ab2 + k))
+        c3_0 = vdp(c3_0, b0, ubcast_at(a, ab3 + k))
+        c4_0 = vdp(c4_0, b0, ubcast_at(a, ab4 + k))
+        c5_0 = vdp(c5_0, b0, ubcast_at(a, ab5 + k))
+        c6_0 = vdp(c6_0, b0, ubcast_at(a, ab6 + k))
+        c7_0 = vdp(c7_0, b0, ubcast_at(a, ab7 + k))
     vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
         vstore(dst, db + 1 * dps + 0, c1_0)
@@ -146,6 +190,108 @@ def convT_b(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo,
 
 
 @njit(cache=True, nogil=True)
+def in_transform_b(src, base, rs, cs, Ci, V, vb, vxs):
+    """V[vb + xi*vxs + ci/2] = cvt pairs of (B^T d B)[xi] for d[i][j] = cvt(src[base + i*rs + j*cs + ci])
+    (``_bf16_wino``; cvt: ``_bf16_simd``'s VCVTNEPS2BF16 rounding)."""
+    for c in range(0, Ci, 16):
+        o = base + c
+        d00 = cround(vload(src, o)); d01 = cround(vload(src, o + cs))
+        d02 = cround(vload(src, o + 2 * cs)); d03 = cround(vload(src, o + 3 * cs))
+        o += rs
+        d10 = cround(vload(src, o)); d11 = cround(vload(src, o + cs))
+        d12 = cround(vload(src, o + 2 * cs)); d13 = cround(vload(src, o + 3 * cs))
+        o += rs
+        d20 = cround(vload(src, o)); d21 = cround(vload(src, o + cs))
+        d22 = cround(vload(src, o + 2 * cs)); d23 = cround(vload(src, o + 3 * cs))
+        o += rs
+        d30 = cround(vload(src, o)); d31 = cround(vload(src, o + cs))
+        d32 = cround(vload(src, o + 2 * cs)); d33 = cround(vload(src, o + 3 * cs))
+        # rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3
+        t00 = vsub(d00, d20); t01 = vsub(d01, d21); t02 = vsub(d02, d22); t03 = vsub(d03, d23)
+        t10 = vadd(d10, d20); t11 = vadd(d11, d21); t12 = vadd(d12, d22); t13 = vadd(d13, d23)
+        t20 = vsub(d20, d10); t21 = vsub(d21, d11); t22 = vsub(d22, d12); t23 = vsub(d23, d13)
+        t30 = vsub(d10, d30); t31 = vsub(d11, d31); t32 = vsub(d12, d32); t33 = vsub(d13, d33)
+        # columns, same formulas
+        q = vb + c // 2
+        cstore(V, q + 0 * vxs, vsub(t00, t02)); cstore(V, q + 1 * vxs, vadd(t01, t02))
+        cstore(V, q + 2 * vxs, vsub(t02, t01)); cstore(V, q + 3 * vxs, vsub(t01, t03))
+        cstore(V, q + 4 * vxs, vsub(t10, t12)); cstore(V, q + 5 * vxs, vadd(t11, t12))
+        cstore(V, q + 6 * vxs, vsub(t12, t11)); cstore(V, q + 7 * vxs, vsub(t11, t13))
+        cstore(V, q + 8 * vxs, vsub(t20, t22)); cstore(V, q + 9 * vxs, vadd(t21, t22))
+        cstore(V, q + 10 * vxs, vsub(t22, t21)); cstore(V, q + 11 * vxs, vsub(t21, t23))
+        cstore(V, q + 12 * vxs, vsub(t30, t32)); cstore(V, q + 13 * vxs, vadd(t31, t32))
+        cstore(V, q + 14 * vxs, vsub(t32, t31)); cstore(V, q + 15 * vxs, vsub(t31, t33))
+
+
+@njit(cache=True, nogil=True)
+def out_transform_b(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
+    """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
+    + bias[co:co+16])) for i < nr, j < nc."""
+    m00 = vload(M, mb); m01 = vload(M, mb + mxs)
+    m02 = vload(M, mb + 2 * mxs); m03 = vload(M, mb + 3 * mxs)
+    m10 = vload(M, mb + 4 * mxs); m11 = vload(M, mb + 5 * mxs)
+    m12 = vload(M, mb + 6 * mxs); m13 = vload(M, mb + 7 * mxs)
+    m20 = vload(M, mb + 8 * mxs); m21 = vload(M, mb + 9 * mxs)
+    m22 = vload(M, mb + 10 * mxs); m23 = vload(M, mb + 11 * mxs)
+    m30 = vload(M, mb + 12 * mxs); m31 = vload(M, mb + 13 * mxs)
+    m32 = vload(M, mb + 14 * mxs); m33 = vload(M, mb + 15 * mxs)
+    # rows: s0 = (m0 + m1) + m2, s1 = (m1 - m2) - m3
+    s00 = vadd(vadd(m00, m10), m20); s01 = vadd(vadd(m01, m11), m21)
+    s02 = vadd(vadd(m02, m12), m22); s03 = vadd(vadd(m03, m13), m23)
+    s10 = vsub(vsub(m10, m20), m30); s11 = vsub(vsub(m11, m21), m31)
+    s12 = vsub(vsub(m12, m22), m32); s13 = vsub(vsub(m13, m23), m33)
+    b = vload(bias, co)
+    vstore(dst, db, cround(vact(vadd(vadd(vadd(s00, s01), s02), b), act, alpha)))
+    if nc > 1:
+        vstore(dst, db + cs, cround(vact(vadd(vsub(vsub(s01, s02), s03), b), act, alpha)))
+    if nr > 1:
+        vstore(dst, db + rs, cround(vact(vadd(vadd(vadd(s10, s11), s12), b), act, alpha)))
+        if nc > 1:
+            vstore(dst, db + rs + cs, cround(vact(vadd(vsub(vsub(s11, s12), s13), b), act, alpha)))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def wino2_b(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha):
+    """bf16 Winograd F(2x2, 3x3) (``_bf16_wino``): input pixel (r, c) at xf[sb + r*sp + c*Ci],
+    output (r, c) at outf[ob + r*op + c*Co] (rows of wider buffers, in place); Ci, Co multiples
+    of 16; U from ``_bf16_wino.weight_transform``; Vs, Ms, Ds per-thread scratch
+    (``_bf16_wino.scratch``). A work item is NT tiles of one tile row."""
+    Ch = Ci // 2
+    ntx = (Wo + 1) // 2
+    nch = (ntx + NT - 1) // NT
+    vxs = NT * Ch + 16
+    mxs = NT * Co + 16
+    for it in prange(((Ho + 1) // 2) * nch):
+        tid = get_thread_id()
+        V = Vs[tid]
+        M = Ms[tid]
+        D = Ds[tid]
+        ty = it // nch
+        tx0 = (it - ty * nch) * NT
+        nt = min(NT, ntx - tx0)
+        r0 = 2 * ty
+        for t in range(nt):
+            c0 = 2 * (tx0 + t)
+            if r0 + 4 <= Hi and c0 + 4 <= Wi:
+                in_transform_b(xf, sb + r0 * sp + c0 * Ci, sp, Ci, Ci, V, t * Ch, vxs)
+            else:  # the patch runs past the window: zeros there, the same transform
+                patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+                in_transform_b(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+        for xi in range(16):
+            for co0 in range(0, Co, 16):
+                for t0 in range(0, nt, 8):
+                    bg8x1(V, xi * vxs + t0 * Ch, Ch, min(8, nt - t0), Ch, U, (xi * Co + co0) * Ch,
+                          M, xi * mxs + t0 * Co + co0, Co)
+        nr = min(2, Ho - r0)
+        for t in range(nt):
+            c0 = 2 * (tx0 + t)
+            nc = min(2, Wo - c0)
+            for co in range(0, Co, 16):
+                out_transform_b(M, t * Co + co, mxs, bias, co, act, alpha, outf, ob + r0 * op + c0 * Co + co, op, Co,
+                              nr, nc)
+
+
+@njit(cache=True, nogil=True)
 def e8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -191,6 +337,49 @@ def e8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, 
     c5_0 = vround(vact(vadd(c5_0, bv0), act, alpha))
     c6_0 = vround(vact(vadd(c6_0, bv0), act, alpha))
     c7_0 = vround(vact(vadd(c7_0, bv0), act, alpha))
+    vstore(dst, db + 0 * dps + 0, c0_0)
+    if npix > 1:
+        vstore(dst, db + 1 * dps + 0, c1_0)
+    if npix > 2:
+        vstore(dst, db + 2 * dps + 0, c2_0)
+    if npix > 3:
+        vstore(dst, db + 3 * dps + 0, c3_0)
+    if npix > 4:
+        vstore(dst, db + 4 * dps + 0, c4_0)
+    if npix > 5:
+        vstore(dst, db + 5 * dps + 0, c5_0)
+    if npix > 6:
+        vstore(dst, db + 6 * dps + 0, c6_0)
+    if npix > 7:
+        vstore(dst, db + 7 * dps + 0, c7_0)
+
+@njit(cache=True, nogil=True)
+def eg8x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):
+    ab1 = ab0 + min(1, npix - 1) * aps
+    ab2 = ab0 + min(2, npix - 1) * aps
+    ab3 = ab0 + min(3, npix - 1) * aps
+    ab4 = ab0 + min(4, npix - 1) * aps
+    ab5 = ab0 + min(5, npix - 1) * aps
+    ab6 = ab0 + min(6, npix - 1) * aps
+    ab7 = ab0 + min(7, npix - 1) * aps
+    c0_0 = vzero()
+    c1_0 = vzero()
+    c2_0 = vzero()
+    c3_0 = vzero()
+    c4_0 = vzero()
+    c5_0 = vzero()
+    c6_0 = vzero()
+    c7_0 = vzero()
+    for k in range(K):
+        b0 = uload(w, wb + 16 * k)
+        c0_0 = vdpe(c0_0, b0, ubcast_at(a, ab0 + k))
+        c1_0 = vdpe(c1_0, b0, ubcast_at(a, ab1 + k))
+        c2_0 = vdpe(c2_0, b0, ubcast_at(a, ab2 + k))
+        c3_0 = vdpe(c3_0, b0, ubcast_at(a, ab3 + k))
+        c4_0 = vdpe(c4_0, b0, ubcast_at(a, ab4 + k))
+        c5_0 = vdpe(c5_0, b0, ubcast_at(a, ab5 + k))
+        c6_0 = vdpe(c6_0, b0, ubcast_at(a, ab6 + k))
+        c7_0 = vdpe(c7_0, b0, ubcast_at(a, ab7 + k))
     vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
         vstore(dst, db + 1 * dps + 0, c1_0)
@@ -276,3 +465,105 @@ def convT_e(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo,
                 base = (ix - ix0) * C2P + ((c + tx) % kw) * Co
                 for co in range(Co):
                     outf[o + c * Co + co] = tmp[base + co]
+
+
+@njit(cache=True, nogil=True)
+def in_transform_e(src, base, rs, cs, Ci, V, vb, vxs):
+    """V[vb + xi*vxs + ci/2] = cvt pairs of (B^T d B)[xi] for d[i][j] = cvt(src[base + i*rs + j*cs + ci])
+    (``_bf16_wino``; cvt: ``_bf16_simd``'s VCVTNEPS2BF16 rounding)."""
+    for c in range(0, Ci, 16):
+        o = base + c
+        d00 = eround(vload(src, o)); d01 = eround(vload(src, o + cs))
+        d02 = eround(vload(src, o + 2 * cs)); d03 = eround(vload(src, o + 3 * cs))
+        o += rs
+        d10 = eround(vload(src, o)); d11 = eround(vload(src, o + cs))
+        d12 = eround(vload(src, o + 2 * cs)); d13 = eround(vload(src, o + 3 * cs))
+        o += rs
+        d20 = eround(vload(src, o)); d21 = eround(vload(src, o + cs))
+        d22 = eround(vload(src, o + 2 * cs)); d23 = eround(vload(src, o + 3 * cs))
+        o += rs
+        d30 = eround(vload(src, o)); d31 = eround(vload(src, o + cs))
+        d32 = eround(vload(src, o + 2 * cs)); d33 = eround(vload(src, o + 3 * cs))
+        # rows: t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3
+        t00 = vsub(d00, d20); t01 = vsub(d01, d21); t02 = vsub(d02, d22); t03 = vsub(d03, d23)
+        t10 = vadd(d10, d20); t11 = vadd(d11, d21); t12 = vadd(d12, d22); t13 = vadd(d13, d23)
+        t20 = vsub(d20, d10); t21 = vsub(d21, d11); t22 = vsub(d22, d12); t23 = vsub(d23, d13)
+        t30 = vsub(d10, d30); t31 = vsub(d11, d31); t32 = vsub(d12, d32); t33 = vsub(d13, d33)
+        # columns, same formulas
+        q = vb + c // 2
+        estore(V, q + 0 * vxs, vsub(t00, t02)); estore(V, q + 1 * vxs, vadd(t01, t02))
+        estore(V, q + 2 * vxs, vsub(t02, t01)); estore(V, q + 3 * vxs, vsub(t01, t03))
+        estore(V, q + 4 * vxs, vsub(t10, t12)); estore(V, q + 5 * vxs, vadd(t11, t12))
+        estore(V, q + 6 * vxs, vsub(t12, t11)); estore(V, q + 7 * vxs, vsub(t11, t13))
+        estore(V, q + 8 * vxs, vsub(t20, t22)); estore(V, q + 9 * vxs, vadd(t21, t22))
+        estore(V, q + 10 * vxs, vsub(t22, t21)); estore(V, q + 11 * vxs, vsub(t21, t23))
+        estore(V, q + 12 * vxs, vsub(t30, t32)); estore(V, q + 13 * vxs, vadd(t31, t32))
+        estore(V, q + 14 * vxs, vsub(t32, t31)); estore(V, q + 15 * vxs, vsub(t31, t33))
+
+
+@njit(cache=True, nogil=True)
+def out_transform_e(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
+    """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
+    + bias[co:co+16])) for i < nr, j < nc."""
+    m00 = vload(M, mb); m01 = vload(M, mb + mxs)
+    m02 = vload(M, mb + 2 * mxs); m03 = vload(M, mb + 3 * mxs)
+    m10 = vload(M, mb + 4 * mxs); m11 = vload(M, mb + 5 * mxs)
+    m12 = vload(M, mb + 6 * mxs); m13 = vload(M, mb + 7 * mxs)
+    m20 = vload(M, mb + 8 * mxs); m21 = vload(M, mb + 9 * mxs)
+    m22 = vload(M, mb + 10 * mxs); m23 = vload(M, mb + 11 * mxs)
+    m30 = vload(M, mb + 12 * mxs); m31 = vload(M, mb + 13 * mxs)
+    m32 = vload(M, mb + 14 * mxs); m33 = vload(M, mb + 15 * mxs)
+    # rows: s0 = (m0 + m1) + m2, s1 = (m1 - m2) - m3
+    s00 = vadd(vadd(m00, m10), m20); s01 = vadd(vadd(m01, m11), m21)
+    s02 = vadd(vadd(m02, m12), m22); s03 = vadd(vadd(m03, m13), m23)
+    s10 = vsub(vsub(m10, m20), m30); s11 = vsub(vsub(m11, m21), m31)
+    s12 = vsub(vsub(m12, m22), m32); s13 = vsub(vsub(m13, m23), m33)
+    b = vload(bias, co)
+    vstore(dst, db, eround(vact(vadd(vadd(vadd(s00, s01), s02), b), act, alpha)))
+    if nc > 1:
+        vstore(dst, db + cs, eround(vact(vadd(vsub(vsub(s01, s02), s03), b), act, alpha)))
+    if nr > 1:
+        vstore(dst, db + rs, eround(vact(vadd(vadd(vadd(s10, s11), s12), b), act, alpha)))
+        if nc > 1:
+            vstore(dst, db + rs + cs, eround(vact(vadd(vsub(vsub(s11, s12), s13), b), act, alpha)))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def wino2_e(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha):
+    """bf16 Winograd F(2x2, 3x3) (``_bf16_wino``): input pixel (r, c) at xf[sb + r*sp + c*Ci],
+    output (r, c) at outf[ob + r*op + c*Co] (rows of wider buffers, in place); Ci, Co multiples
+    of 16; U from ``_bf16_wino.weight_transform``; Vs, Ms, Ds per-thread scratch
+    (``_bf16_wino.scratch``). A work item is NT tiles of one tile row."""
+    Ch = Ci // 2
+    ntx = (Wo + 1) // 2
+    nch = (ntx + NT - 1) // NT
+    vxs = NT * Ch + 16
+    mxs = NT * Co + 16
+    for it in prange(((Ho + 1) // 2) * nch):
+        tid = get_thread_id()
+        V = Vs[tid]
+        M = Ms[tid]
+        D = Ds[tid]
+        ty = it // nch
+        tx0 = (it - ty * nch) * NT
+        nt = min(NT, ntx - tx0)
+        r0 = 2 * ty
+        for t in range(nt):
+            c0 = 2 * (tx0 + t)
+            if r0 + 4 <= Hi and c0 + 4 <= Wi:
+                in_transform_e(xf, sb + r0 * sp + c0 * Ci, sp, Ci, Ci, V, t * Ch, vxs)
+            else:  # the patch runs past the window: zeros there, the same transform
+                patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+                in_transform_e(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+        for xi in range(16):
+            for co0 in range(0, Co, 16):
+                for t0 in range(0, nt, 8):
+                    eg8x1(V, xi * vxs + t0 * Ch, Ch, min(8, nt - t0), Ch, U, (xi * Co + co0) * Ch,
+                          M, xi * mxs + t0 * Co + co0, Co)
+        nr = min(2, Ho - r0)
+        for t in range(nt):
+            c0 = 2 * (tx0 + t)
+            nc = min(2, Wo - c0)
+            for co in range(0, Co, 16):
+                out_transform_e(M, t * Co + co, mxs, bias, co, act, alpha, outf, ob + r0 * op + c0 * Co + co, op, Co,
+                              nr, nc)

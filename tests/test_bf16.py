@@ -76,6 +76,46 @@ def ref_conv(x, w, b, stride=(1, 1), dilation=(1, 1), act=0, alpha=0.0):
     return ref_round(act_f((acc + b).astype(np.float32), act, alpha))
 
 
+def ref_cvt(a):
+    """VCVTNEPS2BF16's rounding (the Winograd route's): float32 denormals to zeros of their sign,
+    then round to nearest even (never a bf16 denormal after that)."""
+    return ref_round(flush(a))
+
+
+def ref_wino(x, w, b, act=0, alpha=0.0):
+    """bf16 Winograd F(2x2, 3x3) ("wino2" route), tiles anchored at the window origin: d the
+    rounded 4x4 patch (zeros past the window), V = B^T d B in float32 (rows, then columns) rounded
+    and flushed, U = G g G^T in float64 -> float32 -> bf16 (flushed), M = the pair sums, Y = A^T M A
+    in float32, then round(act(Y + b))."""
+    Hi, Wi, Ci = x.shape
+    Co = w.shape[3]
+    Ho, Wo = Hi - 2, Wi - 2
+    nty, ntx = (Ho + 1) // 2, (Wo + 1) // 2
+    d = np.zeros((2 * nty + 2, 2 * ntx + 2, Ci), np.float32)
+    d[:Hi, :Wi] = ref_cvt(x)
+    P = np.stack([np.stack([d[i:i + 2 * nty:2, j:j + 2 * ntx:2] for j in range(4)], 2) for i in range(4)], 2)
+    t = [P[:, :, 0] - P[:, :, 2], P[:, :, 1] + P[:, :, 2], P[:, :, 2] - P[:, :, 1], P[:, :, 1] - P[:, :, 3]]
+    V = []
+    for ti in t:                                                        # ti: (nty, ntx, 4 (j), Ci)
+        V += [ti[:, :, 0] - ti[:, :, 2], ti[:, :, 1] + ti[:, :, 2], ti[:, :, 2] - ti[:, :, 1],
+              ti[:, :, 1] - ti[:, :, 3]]
+    V = ref_cvt(np.stack(V, 2))                                # (nty, ntx, 16, Ci)
+    g = w.astype(np.float64)
+    U = []
+    for a in [g[0], (g[0] + g[1] + g[2]) * 0.5, (g[0] - g[1] + g[2]) * 0.5, g[2]]:
+        U += [a[0], (a[0] + a[1] + a[2]) * 0.5, (a[0] - a[1] + a[2]) * 0.5, a[2]]
+    U = flush(ref_round(np.stack(U).astype(np.float32)))                # (16, Ci, Co)
+    m = np.stack([_pairs_sum(V[:, :, xi], U[xi]) for xi in range(16)], 2).reshape(nty, ntx, 4, 4, Co)
+    s0 = (m[:, :, 0] + m[:, :, 1]) + m[:, :, 2]
+    s1 = (m[:, :, 1] - m[:, :, 2]) - m[:, :, 3]
+    Y = np.empty((nty, 2, ntx, 2, Co), np.float32)
+    for i, sr in enumerate((s0, s1)):
+        Y[:, i, :, 0] = (sr[:, :, 0] + sr[:, :, 1]) + sr[:, :, 2]
+        Y[:, i, :, 1] = (sr[:, :, 1] - sr[:, :, 2]) - sr[:, :, 3]
+    Y = Y.reshape(2 * nty, 2 * ntx, Co)[:Ho, :Wo]
+    return ref_cvt(act_f((Y + b).astype(np.float32), act, alpha))
+
+
 def ref_convT(x, w, b, k, offset, out_shape, act=0, alpha=0.0):
     """bf16 transposed conv, kernel == stride k: output (r, c) takes input pixel
     ((r + ty) // k, (c + tx) // k) with tap ((r + ty) % k, (c + tx) % k), or no tap past it."""
@@ -127,6 +167,36 @@ def test_round_matches_numpy_bit_twin_on_every_kind_of_float():
     assert bf16.round_bf16(out, out=out) is out and same_bits(out, got)       # in place
 
 
+def test_cvt_instruction_and_emulation_match_the_twin():
+    """The Winograd route's rounding (cvt): VCVTNEPS2BF16 where the CPU has it, its integer
+    emulation elsewhere; both equal ref_cvt on every kind of float (denormals, NaNs, overflow)."""
+    from numba import njit
+
+    from hirestile.kernels import _bf16_simd as s
+    from hirestile.kernels._conv_simd import vload, vstore
+    rng = np.random.default_rng(1)
+    bits = np.concatenate([rng.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32),
+                           rng.integers(0, 0x00800000, 4_000, dtype=np.uint64).astype(np.uint32) | 0x80000000,
+                           np.array([0, 0x7F800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x007F8000, 0x007FFFFF,
+                                     0x7F7FFFFF, 0x7F7F8000, 0x3F808000, 0x3F818000, 0x00800000] * 4, np.uint32)])
+    x = bits[:bits.size // 16 * 16].view(np.float32)
+    want = ref_cvt(x).view(np.uint32)
+    pairs = (want[0::2] >> 16) | (want[1::2] & 0xFFFF0000)
+
+    def check(rnd, store):
+        @njit
+        def run(x, r, p):
+            for i in range(0, x.shape[0], 16):
+                vstore(r, i, rnd(vload(x, i)))
+                store(p, i // 2, vload(x, i))
+        r, p = np.empty_like(x), np.empty(x.size // 2, np.uint32)
+        run(x, r, p)
+        assert np.array_equal(r.view(np.uint32), want) and np.array_equal(p, pairs)
+    check(s.eround, s.estore)
+    if bf16.HAVE_AVX512_BF16:
+        check(s.cround, s.cstore)
+
+
 @pytest.mark.parametrize("ci", [1, 2, 3, 16, 17, 32, 48])
 def test_packing_pairs_matches_rounding(ci):
     """The window packer (vector path for even Ci, scalar for odd) rounds, flushes denormals and
@@ -155,15 +225,42 @@ CONV_CASES = [  # (H, W, Ci, Co, k, stride, dilation, act)
 
 
 @pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("wino", [True, False], ids=["wino", "direct-only"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:4])))
-def test_conv2d_matches_vdpbf16ps_twin(case, fast):
+def test_conv2d_matches_vdpbf16ps_twin(case, fast, wino, monkeypatch):
+    """Each shape against the twin of the route it takes (with ``WINO = False`` every groups-1
+    conv takes the direct pairs route)."""
+    monkeypatch.setattr(bf16, "WINO", wino)
     H, W, Ci, Co, k, s, d, act = case
     kh, kw = (k, k) if isinstance(k, int) else k
     rng = np.random.default_rng(H * W + Ci)
     x, w, b = rand(rng, H, W, Ci), rand(rng, kh, kw, Ci, Co, scale=(kh * kw * Ci) ** -0.5), rand(rng, Co)
     sy, sx = (s, s) if isinstance(s, int) else s
     got = bf16.conv2d(x, w, b, stride=(sy, sx), dilation=d, act=act, alpha=0.1, fast=fast)
-    assert same_bits(got, ref_conv(x, w, b, (sy, sx), (d, d), act, 0.1))
+    if bf16.conv_route(1, False, (kh, kw), (sy, sx), (d, d), Ci, Co) == "wino2":
+        assert wino
+        assert same_bits(got, ref_wino(x, w, b, act, 0.1))
+    else:
+        assert same_bits(got, ref_conv(x, w, b, (sy, sx), (d, d), act, 0.1))
+
+
+@pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("case", [(4, 4, 32, 16, 1), (5, 5, 16, 32, 0), (9, 20, 32, 16, 2), (3, 40, 64, 48, 1),
+                                  (34, 7, 16, 32, 1), (6, 6, 128, 16, 0)], ids=str)
+def test_wino2_matches_twin_on_odd_sizes(case, fast):
+    """Winograd F(2x2) on vdpbf16ps: odd output sizes (partial tiles at the window's end), windows of
+    one tile, work items of several tiles; plus the accuracy against float64 (a few bf16 ulps)."""
+    H, W, Ci, Co, act = case
+    rng = np.random.default_rng(H + W + Ci)
+    x, w, b = rand(rng, H, W, Ci), rand(rng, 3, 3, Ci, Co, scale=(9 * Ci) ** -0.5), rand(rng, Co)
+    assert bf16.conv_route(1, ci=Ci, co=Co) == "wino2" and bf16.conv_tile(3, 3, 1, 1, 1, Ci, Co) == (2, 2)
+    got = bf16.conv2d(x, w, b, act=act, alpha=0.1, fast=fast)
+    assert same_bits(got, ref_wino(x, w, b, act, 0.1))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    exact = sum(np.einsum("hwc,cd->hwd", x64[ky:ky + H - 2, kx:kx + W - 2], w64[ky, kx])
+                for ky in range(3) for kx in range(3)) + b
+    exact = act_f(exact.astype(np.float32), act, 0.1)
+    assert np.abs(got - exact).max() <= 0.02 * np.abs(exact).max()
 
 
 @pytest.mark.parametrize("fast", PATHS)
@@ -206,12 +303,13 @@ def test_out_may_be_a_window_of_rows_of_a_wider_buffer(fast):
 def test_paths_agree_bitwise_even_on_tiny_and_huge_values():
     """vdpbf16ps and the conversion path: same bits, denormal operands and sums included."""
     rng = np.random.default_rng(7)
-    for scale in (1.0, 1e-19, 1e-38, 1e18):
-        x = rand(rng, 9, 10, 34, scale=scale)
-        x.reshape(-1)[::5] = np.float32(3e-39)
-        w = rand(rng, 3, 3, 34, 48, scale=1e-19 if scale < 1e-30 else 0.1)
-        b = rand(rng, 48, scale=1e-38)
-        assert same_bits(bf16.conv2d(x, w, b, fast=True), bf16.conv2d(x, w, b, fast=False))
+    for ci in (34, 32):                                 # the direct pairs route, Winograd F(2x2)
+        for scale in (1.0, 1e-19, 1e-38, 1e18):
+            x = rand(rng, 9, 10, ci, scale=scale)
+            x.reshape(-1)[::5] = np.float32(3e-39)
+            w = rand(rng, 3, 3, ci, 48, scale=1e-19 if scale < 1e-30 else 0.1)
+            b = rand(rng, 48, scale=1e-38)
+            assert same_bits(bf16.conv2d(x, w, b, fast=True), bf16.conv2d(x, w, b, fast=False))
 
 
 @pytest.mark.parametrize("groups", [4, 16])
@@ -236,10 +334,13 @@ def test_any_subregion_gives_the_same_bits(fast, data):
     ci, co = data.draw(st.sampled_from([(3, 16), (16, 32), (32, 64), (17, 24)]))
     x, w, b = rand(rng, 23, 29, ci), rand(rng, 3, 3, ci, co, scale=0.2), rand(rng, co)
     full = bf16.conv2d(x, w, b, act=1, fast=fast)
-    y0 = data.draw(st.integers(0, 19))
-    x0 = data.draw(st.integers(0, 25))
+    m = bf16.conv_tile(3, 3, 1, 1, 1, ci, co)[0]     # wino2: output regions on the grid of 2, or to the end
+    y0 = data.draw(st.integers(0, 19)) // m * m
+    x0 = data.draw(st.integers(0, 25)) // m * m
     y1 = data.draw(st.integers(y0 + 3, 23))
     x1 = data.draw(st.integers(x0 + 3, 29))
+    y1 = y1 if y1 == 23 else y0 + 2 + max(m, (y1 - y0 - 2) // m * m)
+    x1 = x1 if x1 == 29 else x0 + 2 + max(m, (x1 - x0 - 2) // m * m)
     part = bf16.conv2d(x[y0:y1, x0:x1], w, b, act=1, fast=fast)
     assert same_bits(part, full[y0:y1 - 2, x0:x1 - 2])
     # transposed 2x2: a window of the input and its offsets give the same bits as the full output
@@ -264,7 +365,12 @@ def small_unet():
 def test_report_carries_precision_and_rejects_others(small_unet):
     rep = hirestile.analyze(small_unet, (40, 40), precision="bf16")
     assert rep.precision == "bf16" and hirestile.analyze(small_unet, (40, 40)).precision == "fp32"
-    assert all(s == (1, 1) for s in rep.steps.values())               # bf16 convs are direct: no tile grid
+    g = rep.graph                                                     # 3x3 convs with channels in 16s on
+    for n in g.nodes:                                                 # Winograd F(2x2): a tile grid of 2
+        if n.name in rep.steps:
+            want = (2, 2) if bf16.conv_route(n.op.groups, False, n.op.kernel, n.op.stride, n.op.dilation,
+                                             n.op.cin, n.op.cout) == "wino2" else (1, 1)
+            assert rep.steps[n.name] == want
     assert executor.prepare(small_unet.runnable, "bf16") is executor.prepare(small_unet.runnable, "bf16")
     assert executor.prepare(small_unet.runnable, "bf16") is not executor.prepare(small_unet.runnable)
     assert executor.precision_label("bf16") == f"bf16 ({bf16.PATH})"
