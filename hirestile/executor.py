@@ -550,11 +550,13 @@ def regions_of(rep: Report, out_region: Region) -> tuple[dict[str, Region], dict
 
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
          band: tuple[dict, dict, dict] | None = None, lines: dict[str, Buf] | None = None,
-         arena: Arena | None = None) -> np.ndarray:
+         arena: Arena | None = None, spare: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """:func:`run_region`; with ``band`` (held, computed, keep), as planned by
     :class:`hirestile.bands.Stream`: each node holds the ``held`` rows, of which it computes
     only ``computed``, the rows above coming from its line buffer in ``lines``; once a node's
-    consumers have run, its rows from ``keep[name]`` on are kept in ``lines`` for the next band."""
+    consumers have run, its rows from ``keep[name]`` on are kept in ``lines`` for the next band.
+    ``spare`` holds, per node, the memory of its consumed line buffer, which its next line
+    buffer reuses (fresh pages cost more than the copy)."""
     g = rep.graph
     if rep.weights is None:
         raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
@@ -568,6 +570,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
     held, comp, keep = band if band is not None else (*regions_of(rep, out_region), {})
     lines = {} if lines is None else lines
+    spare = {} if spare is None else spare
     arena = Arena() if arena is None else arena
     ext = _extents(g, held, comp, rep.shapes)
     names, requests = _requests(rep, held, comp, ext)
@@ -599,19 +602,21 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         if held[n.name].rows[0] >= comp[n.name].rows[0]:
             prev = None
         bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
+        if prev is not None:
+            spare[n.name] = prev.data.base if prev.data.base is not None else prev.data
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
                 done = bufs.pop(t, None)         # its memory may now be another buffer's
                 if done is not None and t in keep:
-                    _keep(lines, t, done, held[t], keep[t])
+                    _keep(lines, t, done, held[t], keep[t], spare)
     if g.output == g.input:
         res = fetch(bufs[g.input], out_region, (oh, ow))
     else:
         res = bufs[g.output].crop(Region((oy0, oy1), (ox0, ox1))).data
     res = np.ascontiguousarray(np.moveaxis(res, -1, 0))
     if g.output != g.input and g.output in keep:
-        _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output])
+        _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output], spare)
     return res
 
 
@@ -733,12 +738,19 @@ def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
     return data
 
 
-def _keep(lines: dict[str, Buf], name: str, buf: Buf, held: Region, first: int) -> None:
+def _keep(lines: dict[str, Buf], name: str, buf: Buf, held: Region, first: int,
+          spare: dict[str, np.ndarray]) -> None:
     """Keep the rows of ``buf`` from ``first`` to the end of ``held`` (the rows the next band
-    reads again), copied out: the buffer's memory goes to other nodes."""
+    reads again), copied out (the buffer's memory goes to other nodes) into the memory of the
+    node's previous line buffer when it is large enough."""
     (_, y1), (c0, c1) = held
     if y1 > first:
-        rows = buf.data[first - buf.y0:y1 - buf.y0, c0 - buf.x0:c1 - buf.x0].copy()
+        src = buf.data[first - buf.y0:y1 - buf.y0, c0 - buf.x0:c1 - buf.x0]
+        store = spare.pop(name, None)
+        if store is None or store.size < src.size or store.dtype != src.dtype:
+            store = np.empty(src.size, src.dtype)
+        rows = store.reshape(-1)[:src.size].reshape(src.shape)
+        np.copyto(rows, src)
         lines[name] = Buf(rows, first, c0)
 
 
