@@ -18,7 +18,7 @@ from ._conv_mk import d6x4, d8x1, d8x2, g6x4, g8x1, g8x2
 FM = {"contract"}
 
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
     """Wo pixels: pixel c's k-th term reads xf[xrow + c*xps + koff[k]] (or
     xf[xrow + c*xps + k] when koff is empty) and the weights of the (K, CoP)
@@ -79,7 +79,7 @@ def conv2d_blocked(xf, Wp, Ci, wf, CoP, bias, koff, outf, Ho, Wo, Op, Co, sy, sx
     return outf
 
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def _no_tap(outf, o, bias, act, a32):
     """The output pixel at outf[o:] that no tap reaches: act(0 + bias)."""
     for co in range(bias.shape[0]):

@@ -54,7 +54,7 @@ def gen_mk(P, V, family):
     L = []
     a = L.append
     idx = "iload(koff, k)" if family == "d" else "k"
-    a("@njit(cache=True, nogil=True, fastmath=FM)")
+    a("@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)")
     a(f"def {family}{P}x{V}(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):")
     for p in range(P):
         a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")

@@ -11,7 +11,7 @@ from ._conv_simd import iload, vact, vadd, vbcast_at, vfma, vload, vstore, vzero
 FM = {"contract"}
 
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def g6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):
     ab0 = ab0 + min(0, npix - 1) * aps
     ab1 = ab0 + min(1, npix - 1) * aps
@@ -169,7 +169,7 @@ def g6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         vstore(dst, db + 5 * dps + 32, c5_2)
         vstore(dst, db + 5 * dps + 48, c5_3)
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def g8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):
     ab0 = ab0 + min(0, npix - 1) * aps
     ab1 = ab0 + min(1, npix - 1) * aps
@@ -291,7 +291,7 @@ def g8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         vstore(dst, db + 7 * dps + 0, c7_0)
         vstore(dst, db + 7 * dps + 16, c7_1)
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def g8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):
     ab0 = ab0 + min(0, npix - 1) * aps
     ab1 = ab0 + min(1, npix - 1) * aps
@@ -371,7 +371,7 @@ def g8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
     if npix > 7:
         vstore(dst, db + 7 * dps + 0, c7_0)
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def d6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):
     ab0 = ab0 + min(0, npix - 1) * aps
     ab1 = ab0 + min(1, npix - 1) * aps
@@ -529,7 +529,7 @@ def d6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         vstore(dst, db + 5 * dps + 32, c5_2)
         vstore(dst, db + 5 * dps + 48, c5_3)
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def d8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):
     ab0 = ab0 + min(0, npix - 1) * aps
     ab1 = ab0 + min(1, npix - 1) * aps
@@ -651,7 +651,7 @@ def d8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         vstore(dst, db + 7 * dps + 0, c7_0)
         vstore(dst, db + 7 * dps + 16, c7_1)
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def d8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, act, alpha):
     ab0 = ab0 + min(0, npix - 1) * aps
     ab1 = ab0 + min(1, npix - 1) * aps

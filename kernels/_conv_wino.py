@@ -71,7 +71,7 @@ def weight_transform(w):
     return pack_cols(_wt(w, U))
 
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def _in_transform(src, base, rs, cs, Ci, V, vb, vxs):
     """V[vb + xi*vxs + ci] = (B^T d B)[xi] for d[i][j] = src[base + i*rs + j*cs + ci]."""
     for c in range(0, Ci, 16):
@@ -100,7 +100,7 @@ def _in_transform(src, base, rs, cs, Ci, V, vb, vxs):
         vstore(V, q + 14 * vxs, vsub(t32, t31)); vstore(V, q + 15 * vxs, vsub(t31, t33))
 
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = act(Y[i, j] + bias)
     for i < nr, j < nc."""
@@ -130,7 +130,7 @@ def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
 KC = 128  # ci per partial sum (a constant: part of every element's summation order)
 
 
-@njit(cache=True, nogil=True, fastmath=FM)
+@njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
 def _gemm(V, vb, Ci, nt, noff, U, ub, CoP, M, mb):
     """M[mb + t*CoP + co] = sum_ci V[vb + t*Ci + ci] * U_xi[ci, co] for t < nt, with the
     (Ci, CoP) matrix U_xi packed at U[ub:] by ``pack_cols``.

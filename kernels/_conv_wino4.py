@@ -94,7 +94,7 @@ def weight_transform(w):
     return pack_cols(_wt(w, G, U))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _bt(d0, d1, d2, d3, d4, d5):
     """B^T d for one 6-vector (fixed operation order, explicit FMAs)."""
     p = vsub(d3, d1)
@@ -108,7 +108,7 @@ def _bt(d0, d1, d2, d3, d4, d5):
     return r0, r1, r2, r3, r4, r5
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _at(m0, m1, m2, m3, m4, m5):
     """A^T m for one 6-vector (fixed operation order, explicit FMAs)."""
     a = vadd(m1, m2)
@@ -120,7 +120,7 @@ def _at(m0, m1, m2, m3, m4, m5):
     return y0, y1, y2, y3
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _in_transform(src, base, rs, cs, Ci, V, vb, vxs, T):
     """V[vb + xi*vxs + ci] = (B^T d B)[xi] for d[i][j] = src[base + i*rs + j*cs + ci];
     T: 576 floats of scratch (B^T d, column by column)."""
@@ -149,7 +149,7 @@ def _in_transform(src, base, rs, cs, Ci, V, vb, vxs, T):
             vstore(V, q + 5 * vxs, v5)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, T):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = act(Y[i, j] + bias)
     for i < nr, j < nc; T: scratch (A^T m, column by column)."""
