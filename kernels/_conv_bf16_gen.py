@@ -119,35 +119,65 @@ def conv2d_{f}(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, 
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def convT_{f}(xp, Hi, Wi, Ch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo, Co, op, ty, tx, act, alpha):
-    """Transposed conv with kernel == stride: output row r is one GEMM over the input pixels
-    of row (r + ty) // kh with the kw taps side by side (wp: per ky a (Ch, C2P) packed
-    matrix, C2P >= kw*Co); output (r, c) is column ((c + tx) % kw)*Co of input pixel
-    (c + tx) // kw, or nob (no tap) past the input. koff = arange(Ch). Output as conv2d_{f}."""
+def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo, Co, op, ty, tx,
+             act, alpha):
+    """Transposed conv with kernel == stride: input row iy (pixel (iy, c) at src[sb + iy*sp + c*Ci],
+    float32 as uint32) is packed into bf16 pairs in this thread's part of scratch, then each of
+    its kh output rows r = iy*kh + ky - ty is one GEMM over its pixels with the kw taps side by side
+    (wp: per ky a (Ch, C2P) packed matrix, C2P >= kw*Co); output (r, c) is column ((c + tx) %
+    kw)*Co of input pixel (c + tx) // kw, or nob (no tap) past the input. koff = arange(Ch).
+    When C2P == kw*Co a pixel's kw*Co columns are its kw output pixels, side by side in the
+    output row: the GEMM stores them there (pixels whose outputs all lie inside the row; the
+    one or two at the row's ends go through a small buffer). Output as conv2d_{f}."""
     ix0 = tx // kw
     ix1 = min((Wo - 1 + tx) // kw, Wi - 1)
     nix = ix1 - ix0 + 1
+    iy0 = ty // kh
+    iy1 = min((Ho - 1 + ty) // kh, Hi - 1)
+    ia = max(ix0, (tx + kw - 1) // kw)
+    ib = min(ix1, (Wo - kw + tx) // kw)
+    whole = C2P == kw * Co
+    cpast = max(0, kw * (ix1 + 1) - tx)          # first output column past the input
+    per = max(nix, 0) * Ch
+    for it in prange(max(0, iy1 - iy0 + 1) if nix > 0 else 0):
+        iy = iy0 + it
+        xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
+        pack_rows(src, sb + iy * sp + ix0 * Ci, sp, 1, nix, Ci, xp)
+        for ky in range(kh):
+            r = iy * kh + ky - ty
+            if r < 0 or r >= Ho:
+                continue
+            o = ob + r * op
+            wb = ky * Ch * C2P
+            if whole:
+                if ib >= ia:
+                    row_{f}(xp, (ia - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, outf, o + (kw * ia - tx) * Co, C2P,
+                          ib - ia + 1, act, alpha)
+                tmp = np.empty(C2P, np.float32)
+                for ix in range(ix0, ix1 + 1):
+                    if ia <= ix <= ib:
+                        continue
+                    row_{f}(xp, (ix - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, 0, C2P, 1, act, alpha)
+                    for kx in range(kw):
+                        c = kw * ix + kx - tx
+                        if 0 <= c < Wo:
+                            for co in range(Co):
+                                outf[o + c * Co + co] = tmp[kx * Co + co]
+            else:
+                tmp = np.empty(nix * C2P, np.float32)
+                row_{f}(xp, 0, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, 0, C2P, nix, act, alpha)
+                for c in range(min(cpast, Wo)):
+                    base = ((c + tx) // kw - ix0) * C2P + ((c + tx) % kw) * Co
+                    for co in range(Co):
+                        outf[o + c * Co + co] = tmp[base + co]
+            for c in range(cpast, Wo):
+                for co in range(Co):
+                    outf[o + c * Co + co] = nob[co]
     for r in prange(Ho):
-        ky = (r + ty) % kh
-        iy = (r + ty) // kh
-        o = ob + r * op
-        if iy >= Hi or nix <= 0:
+        if nix <= 0 or (r + ty) // kh > iy1:
             for c in range(Wo):
                 for co in range(Co):
-                    outf[o + c * Co + co] = nob[co]
-            continue
-        tmp = np.empty(nix * C2P, np.float32)
-        row_{f}(xp, (iy * Wi + ix0) * Ch, Ch, koff, Ch, wp, ky * Ch * C2P, C2P, bias2, tmp, 0, C2P, nix,
-                act, alpha)
-        for c in range(Wo):
-            ix = (c + tx) // kw
-            if ix > ix1:
-                for co in range(Co):
-                    outf[o + c * Co + co] = nob[co]
-            else:
-                base = (ix - ix0) * C2P + ((c + tx) % kw) * Co
-                for co in range(Co):
-                    outf[o + c * Co + co] = tmp[base + co]
+                    outf[ob + r * op + c * Co + co] = nob[co]
 
 
 @njit(cache=True, nogil=True)

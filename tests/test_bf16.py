@@ -266,7 +266,9 @@ def test_wino2_matches_twin_on_odd_sizes(case, fast):
 @pytest.mark.parametrize("fast", PATHS)
 @pytest.mark.parametrize("case", [(5, 6, 32, 16, 0, 0, 10, 12, 1), (5, 6, 17, 8, 1, 3, 9, 10, 0),
                                   (4, 4, 64, 32, 1, 1, 9, 9, 2), (3, 7, 16, 24, 0, 1, 5, 13, 1),
-                                  (3, 3, 8, 16, 2, 0, 4, 4, 0)], ids=str)
+                                  (3, 3, 8, 16, 2, 0, 4, 4, 0), (3, 4, 8, 12, 1, 1, 9, 11, 1),
+                                  (3, 4, 8, 16, 1, 1, 9, 11, 2), (2, 5, 6, 5, 0, 1, 3, 2, 1),
+                                  (1, 1, 16, 16, 1, 1, 1, 1, 0)], ids=str)
 def test_conv_transpose_matches_twin(case, fast):
     H, W, Ci, Co, ty, tx, Ho, Wo, act = case
     rng = np.random.default_rng(Ci + Co)
