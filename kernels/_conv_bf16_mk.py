@@ -254,6 +254,44 @@ def in_transform_b(src, base, rs, cs, Ci, V, vb, vxs):
 
 
 @njit(cache=True, nogil=True)
+def in_strip_b(src, base, rs, cs, Ci, nt, V, vxs):
+    """:func:`in_transform_b` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
+    inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
+    row transform of an input column is computed once and used by the two tiles that share it)."""
+    for c in range(0, Ci, 16):
+        o = base + c
+        d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
+        d2 = cround(vload(src, o + 2 * rs)); d3 = cround(vload(src, o + 3 * rs))
+        p0 = vsub(d0, d2); p1 = vadd(d1, d2); p2 = vsub(d2, d1); p3 = vsub(d1, d3)
+        o += cs
+        d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
+        d2 = cround(vload(src, o + 2 * rs)); d3 = cround(vload(src, o + 3 * rs))
+        q0 = vsub(d0, d2); q1 = vadd(d1, d2); q2 = vsub(d2, d1); q3 = vsub(d1, d3)
+        q = c // 2
+        for t in range(nt):
+            o += cs
+            d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
+            d2 = cround(vload(src, o + 2 * rs)); d3 = cround(vload(src, o + 3 * rs))
+            r0 = vsub(d0, d2); r1 = vadd(d1, d2); r2 = vsub(d2, d1); r3 = vsub(d1, d3)
+            o += cs
+            d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
+            d2 = cround(vload(src, o + 2 * rs)); d3 = cround(vload(src, o + 3 * rs))
+            s0 = vsub(d0, d2); s1 = vadd(d1, d2); s2 = vsub(d2, d1); s3 = vsub(d1, d3)
+            # V[i][j] from the row transforms of columns 0..3 (p, q, r, s), as in_transform_b
+            cstore(V, q + 0 * vxs, vsub(p0, r0)); cstore(V, q + 1 * vxs, vadd(q0, r0))
+            cstore(V, q + 2 * vxs, vsub(r0, q0)); cstore(V, q + 3 * vxs, vsub(q0, s0))
+            cstore(V, q + 4 * vxs, vsub(p1, r1)); cstore(V, q + 5 * vxs, vadd(q1, r1))
+            cstore(V, q + 6 * vxs, vsub(r1, q1)); cstore(V, q + 7 * vxs, vsub(q1, s1))
+            cstore(V, q + 8 * vxs, vsub(p2, r2)); cstore(V, q + 9 * vxs, vadd(q2, r2))
+            cstore(V, q + 10 * vxs, vsub(r2, q2)); cstore(V, q + 11 * vxs, vsub(q2, s2))
+            cstore(V, q + 12 * vxs, vsub(p3, r3)); cstore(V, q + 13 * vxs, vadd(q3, r3))
+            cstore(V, q + 14 * vxs, vsub(r3, q3)); cstore(V, q + 15 * vxs, vsub(q3, s3))
+            p0 = r0; p1 = r1; p2 = r2; p3 = r3
+            q0 = s0; q1 = s1; q2 = s2; q3 = s3
+            q += Ci // 2
+
+
+@njit(cache=True, nogil=True)
 def out_transform_b(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
     + bias[co:co+16])) for i < nr, j < nc."""
@@ -300,13 +338,13 @@ def wino2_b(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, M
         tx0 = (it - ty * nch) * NT
         nt = min(NT, ntx - tx0)
         r0 = 2 * ty
-        for t in range(nt):
+        nin = min(nt, max(0, (Wi - 4) // 2 - tx0 + 1)) if r0 + 4 <= Hi else 0   # patches inside the window
+        if nin > 0:
+            in_strip_b(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, vxs)
+        for t in range(nin, nt):  # the patch runs past the window: zeros there, the same transform
             c0 = 2 * (tx0 + t)
-            if r0 + 4 <= Hi and c0 + 4 <= Wi:
-                in_transform_b(xf, sb + r0 * sp + c0 * Ci, sp, Ci, Ci, V, t * Ch, vxs)
-            else:  # the patch runs past the window: zeros there, the same transform
-                patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
-                in_transform_b(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+            patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+            in_transform_b(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
         for xi in range(16):
             for co0 in range(0, Co, 16):
                 for t0 in range(0, nt, 8):
@@ -562,6 +600,44 @@ def in_transform_e(src, base, rs, cs, Ci, V, vb, vxs):
 
 
 @njit(cache=True, nogil=True)
+def in_strip_e(src, base, rs, cs, Ci, nt, V, vxs):
+    """:func:`in_transform_e` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
+    inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
+    row transform of an input column is computed once and used by the two tiles that share it)."""
+    for c in range(0, Ci, 16):
+        o = base + c
+        d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
+        d2 = eround(vload(src, o + 2 * rs)); d3 = eround(vload(src, o + 3 * rs))
+        p0 = vsub(d0, d2); p1 = vadd(d1, d2); p2 = vsub(d2, d1); p3 = vsub(d1, d3)
+        o += cs
+        d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
+        d2 = eround(vload(src, o + 2 * rs)); d3 = eround(vload(src, o + 3 * rs))
+        q0 = vsub(d0, d2); q1 = vadd(d1, d2); q2 = vsub(d2, d1); q3 = vsub(d1, d3)
+        q = c // 2
+        for t in range(nt):
+            o += cs
+            d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
+            d2 = eround(vload(src, o + 2 * rs)); d3 = eround(vload(src, o + 3 * rs))
+            r0 = vsub(d0, d2); r1 = vadd(d1, d2); r2 = vsub(d2, d1); r3 = vsub(d1, d3)
+            o += cs
+            d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
+            d2 = eround(vload(src, o + 2 * rs)); d3 = eround(vload(src, o + 3 * rs))
+            s0 = vsub(d0, d2); s1 = vadd(d1, d2); s2 = vsub(d2, d1); s3 = vsub(d1, d3)
+            # V[i][j] from the row transforms of columns 0..3 (p, q, r, s), as in_transform_e
+            estore(V, q + 0 * vxs, vsub(p0, r0)); estore(V, q + 1 * vxs, vadd(q0, r0))
+            estore(V, q + 2 * vxs, vsub(r0, q0)); estore(V, q + 3 * vxs, vsub(q0, s0))
+            estore(V, q + 4 * vxs, vsub(p1, r1)); estore(V, q + 5 * vxs, vadd(q1, r1))
+            estore(V, q + 6 * vxs, vsub(r1, q1)); estore(V, q + 7 * vxs, vsub(q1, s1))
+            estore(V, q + 8 * vxs, vsub(p2, r2)); estore(V, q + 9 * vxs, vadd(q2, r2))
+            estore(V, q + 10 * vxs, vsub(r2, q2)); estore(V, q + 11 * vxs, vsub(q2, s2))
+            estore(V, q + 12 * vxs, vsub(p3, r3)); estore(V, q + 13 * vxs, vadd(q3, r3))
+            estore(V, q + 14 * vxs, vsub(r3, q3)); estore(V, q + 15 * vxs, vsub(q3, s3))
+            p0 = r0; p1 = r1; p2 = r2; p3 = r3
+            q0 = s0; q1 = s1; q2 = s2; q3 = s3
+            q += Ci // 2
+
+
+@njit(cache=True, nogil=True)
 def out_transform_e(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
     + bias[co:co+16])) for i < nr, j < nc."""
@@ -608,13 +684,13 @@ def wino2_e(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, M
         tx0 = (it - ty * nch) * NT
         nt = min(NT, ntx - tx0)
         r0 = 2 * ty
-        for t in range(nt):
+        nin = min(nt, max(0, (Wi - 4) // 2 - tx0 + 1)) if r0 + 4 <= Hi else 0   # patches inside the window
+        if nin > 0:
+            in_strip_e(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, vxs)
+        for t in range(nin, nt):  # the patch runs past the window: zeros there, the same transform
             c0 = 2 * (tx0 + t)
-            if r0 + 4 <= Hi and c0 + 4 <= Wi:
-                in_transform_e(xf, sb + r0 * sp + c0 * Ci, sp, Ci, Ci, V, t * Ch, vxs)
-            else:  # the patch runs past the window: zeros there, the same transform
-                patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
-                in_transform_e(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+            patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+            in_transform_e(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
         for xi in range(16):
             for co0 in range(0, Co, 16):
                 for t0 in range(0, nt, 8):
