@@ -41,18 +41,27 @@ def _pool(xf, xp, c, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, of, op, h
             div = np.float32(1.0)
             if not is_max:
                 div = np.float32(count_y[i] * count_x[j])
-            for cb in range(0, cv, 16):
-                a = vload(xf, s0 + cb)
-                for ky in range(kh):
-                    for kx in range(kw):
-                        if ky == 0 and kx == 0:
-                            continue
-                        v = vload(xf, ((y0 + ky * dy) * xp + x0 + kx * dx) * c + cb)
-                        a = vmax_nan(a, v) if is_max else vadd(a, v)
-                if is_max:
-                    vstore(of, o + cb, a)
-                else:
-                    vstore(of, o + cb, vdiv(a, vbcast(div)))
+            if is_max and kh == 2 and kw == 2:       # UNet's 2x2 max-pool: the same taps, unrolled
+                s1 = s0 + dx * c
+                s2 = s0 + dy * xp * c
+                s3 = s2 + dx * c
+                for cb in range(0, cv, 16):
+                    a = vmax_nan(vload(xf, s0 + cb), vload(xf, s1 + cb))
+                    a = vmax_nan(a, vload(xf, s2 + cb))
+                    vstore(of, o + cb, vmax_nan(a, vload(xf, s3 + cb)))
+            else:
+                for cb in range(0, cv, 16):
+                    a = vload(xf, s0 + cb)
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            if ky == 0 and kx == 0:
+                                continue
+                            v = vload(xf, ((y0 + ky * dy) * xp + x0 + kx * dx) * c + cb)
+                            a = vmax_nan(a, v) if is_max else vadd(a, v)
+                    if is_max:
+                        vstore(of, o + cb, a)
+                    else:
+                        vstore(of, o + cb, vdiv(a, vbcast(div)))
             if cv == c:
                 continue
             for ch in range(cv, c):
