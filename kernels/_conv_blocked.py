@@ -14,17 +14,20 @@ import numpy as np
 from numba import njit, prange
 
 from ._conv_mk import d6x4, d8x1, d8x2, g6x4, g8x1, g8x2
+from ._conv_simd import sfence
 
 FM = {"contract"}
 
 
 @njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
-def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
+def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha, nt=False):
     """Wo pixels: pixel c's k-th term reads xf[xrow + c*xps + koff[k]] (or
     xf[xrow + c*xps + k] when koff is empty) and the weights of the (K, CoP)
     matrix packed at wf[wb:] by :func:`pack_cols`; writes act(acc + bias) to
-    dst[rowbase + c*dps + co]."""
+    dst[rowbase + c*dps + co] (``nt``: with non-temporal stores; every pixel's CoP
+    outputs on whole 64-byte lines)."""
     direct = koff.shape[0] > 0
+    epi = 3 if nt else 1
     co0 = 0
     while co0 < CoP:
         if CoP - co0 >= 64:
@@ -32,43 +35,45 @@ def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, 
                 n = min(6, Wo - c0)
                 if direct:
                     d6x4(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 64,
-                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, epi, act, alpha)
                 else:
                     g6x4(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 64,
-                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, epi, act, alpha)
             co0 += 64
         elif CoP - co0 >= 32:
             for c0 in range(0, Wo, 8):
                 n = min(8, Wo - c0)
                 if direct:
                     d8x2(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 32,
-                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, epi, act, alpha)
                 else:
                     g8x2(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 32,
-                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, epi, act, alpha)
             co0 += 32
         else:
             for c0 in range(0, Wo, 8):
                 n = min(8, Wo - c0)
                 if direct:
                     d8x1(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 16,
-                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, epi, act, alpha)
                 else:
                     g8x1(xf, xrow + c0 * xps, xps, n, koff, K, wf, wb + co0 * K, 16,
-                         dst, rowbase + c0 * dps + co0, dps, bias, co0, 1, act, alpha)
+                         dst, rowbase + c0 * dps + co0, dps, bias, co0, epi, act, alpha)
             co0 += 16
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
-def conv2d_blocked(xf, Wp, Ci, wf, CoP, bias, koff, outf, Ho, Wo, Op, Co, sy, sx, act, alpha):
+def conv2d_blocked(xf, Wp, Ci, wf, CoP, bias, koff, outf, Ho, Wo, Op, Co, sy, sx, act, alpha, nt=False):
     """xf: flat window, rows Wp pixels apart; wf: flat (K, CoP) weights, k = (ky, kx, ci);
     bias: (CoP,); koff[k]: window offset of term k; outf: flat (Ho, Wo, Co), rows Op
-    pixels apart."""
+    pixels apart; nt: non-temporal stores (outf on 64-byte lines, Co == CoP)."""
     xps = sx * Ci
     if Co == CoP:
         for r in prange(Ho):
             _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, outf, r * Op * Co, Co,
-                 Wo, act, alpha)
+                 Wo, act, alpha, nt)
+            if nt:
+                sfence()
     else:
         for r in prange(Ho):
             tmp = np.empty(Wo * CoP, np.float32)
@@ -124,7 +129,7 @@ def conv_transpose2d_blocked(xf, Hi, Wi, Wp, Ci, wf, kh, kw, bias, outf, Ho, Wo,
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=FM)
 def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, outf, Ho, Wo, Op, Co, ty, tx,
-                            act, alpha):
+                            act, alpha, nt=False):
     """Transposed conv with kernel == stride (kh = sy, kw = sx), dilation 1, groups 1,
     Co % 16 == 0 (UNet's 2x2 stride-2 up-conv). Input pixel ix feeds the kw adjacent
     output pixels sx*ix - tx + kx, kx < kw, whose kw*Co outputs are contiguous in HWC:
@@ -133,7 +138,8 @@ def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, out
     bias2: bias repeated kw times). Wider column blocks than one tap's Co (2x2, Co = 16:
     the 8x2 micro-kernel instead of 8x1) and one pass over the input row instead of kw.
     Columns of a pair cut by the window edge, or past the input, take the per-tap route
-    (wf, as conv_transpose2d_blocked). Every element is the same sum as there
+    (wf, as conv_transpose2d_blocked; ``nt``: the paired columns with non-temporal stores, outf on
+    64-byte lines). Every element is the same sum as there
     (acc = 0; acc = fma(x, w, acc) over ci in order; act(acc + bias)): same bits. Input
     rows lie Wp pixels apart in xf, output rows Op pixels apart in outf."""
     sx = kw
@@ -151,7 +157,7 @@ def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, out
             nval = max(0, min(npair, Wi - ix0))
             if nval > 0:
                 _row(xf, (iy * Wp + ix0) * Ci, Ci, noff, Ci, wp, ky * Ci * C2, C2,
-                     bias2, outf, (r * Op + cf0) * Co, C2, nval, act, alpha)
+                     bias2, outf, (r * Op + cf0) * Co, C2, nval, act, alpha, nt)
         c = 0
         while c < Wo:
             if c == cf0 and nval > 0:
@@ -165,6 +171,8 @@ def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, out
             else:
                 _no_tap(outf, (r * Op + c) * Co, bias, act, a32)
             c += 1
+        if nt:
+            sfence()
     return outf
 
 

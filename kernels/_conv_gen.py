@@ -13,7 +13,8 @@ registers; ``ab_p = ab0 + min(p, npix - 1) * aps`` (rows past ``npix`` repeat
 the last one and are not stored), so every row's sum is the same FMA sequence
 whatever ``p`` or ``npix``. Epilogue ``epi``: 0 stores acc; 1 stores
 act(acc + bias[bofs : bofs + 16V]); 2 stores dst + acc (adds this partial sum
-over a block of k to the one already there). Row p's vector v goes to
+over a block of k to the one already there); 3 as 1 with non-temporal stores (the
+caller checked that every row's vectors lie on whole 64-byte lines). Row p's vector v goes to
 ``dst[db + p*dps + 16*v]``.
 """
 
@@ -70,7 +71,7 @@ def gen_mk(P, V, family):
         a(f"        s = vbcast_at(a, ab{p} + o)")
         for v in range(V):
             a(f"        c{p}_{v} = vfma(s, b{v}, c{p}_{v})")
-    a("    if epi == 1:")
+    a("    if epi == 1 or epi == 3:")
     for v in range(V):
         a(f"        bv{v} = vload(bias, bofs + {16 * v})")
     for p in range(P):
@@ -78,6 +79,9 @@ def gen_mk(P, V, family):
             a(f"        c{p}_{v} = vact(vadd(c{p}_{v}, bv{v}), act, alpha)")
     a("    elif epi == 2:")
     emit_pixels(a, P, V, lambda p, v: f"c{p}_{v} = vadd(vload(dst, db + {p} * dps + {16 * v}), c{p}_{v})", "        ")
+    a("    if epi == 3:")
+    emit_pixels(a, P, V, lambda p, v: f"vstore_nt(dst, db + {p} * dps + {16 * v}, c{p}_{v})", "        ")
+    a("        return")
     emit_stores(a, P, V)
     return "\n".join(L)
 
@@ -90,7 +94,7 @@ See _conv_gen.py for the contract of ``g{P}x{V}`` and ``d{P}x{V}``
 
 from numba import njit
 
-from ._conv_simd import iload, vact, vadd, vbcast_at, vfma, vload, vstore, vzero
+from ._conv_simd import iload, vact, vadd, vbcast_at, vfma, vload, vstore, vstore_nt, vzero
 
 FM = {"contract"}
 

@@ -6,7 +6,7 @@ See _conv_gen.py for the contract of ``g{P}x{V}`` and ``d{P}x{V}``
 
 from numba import njit
 
-from ._conv_simd import iload, vact, vadd, vbcast_at, vfma, vload, vstore, vzero
+from ._conv_simd import iload, vact, vadd, vbcast_at, vfma, vload, vstore, vstore_nt, vzero
 
 FM = {"contract"}
 
@@ -80,7 +80,7 @@ def g6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c5_1 = vfma(s, b1, c5_1)
         c5_2 = vfma(s, b2, c5_2)
         c5_3 = vfma(s, b3, c5_3)
-    if epi == 1:
+    if epi == 1 or epi == 3:
         bv0 = vload(bias, bofs + 0)
         bv1 = vload(bias, bofs + 16)
         bv2 = vload(bias, bofs + 32)
@@ -139,6 +139,37 @@ def g6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
             c5_1 = vadd(vload(dst, db + 5 * dps + 16), c5_1)
             c5_2 = vadd(vload(dst, db + 5 * dps + 32), c5_2)
             c5_3 = vadd(vload(dst, db + 5 * dps + 48), c5_3)
+    if epi == 3:
+        vstore_nt(dst, db + 0 * dps + 0, c0_0)
+        vstore_nt(dst, db + 0 * dps + 16, c0_1)
+        vstore_nt(dst, db + 0 * dps + 32, c0_2)
+        vstore_nt(dst, db + 0 * dps + 48, c0_3)
+        if npix > 1:
+            vstore_nt(dst, db + 1 * dps + 0, c1_0)
+            vstore_nt(dst, db + 1 * dps + 16, c1_1)
+            vstore_nt(dst, db + 1 * dps + 32, c1_2)
+            vstore_nt(dst, db + 1 * dps + 48, c1_3)
+        if npix > 2:
+            vstore_nt(dst, db + 2 * dps + 0, c2_0)
+            vstore_nt(dst, db + 2 * dps + 16, c2_1)
+            vstore_nt(dst, db + 2 * dps + 32, c2_2)
+            vstore_nt(dst, db + 2 * dps + 48, c2_3)
+        if npix > 3:
+            vstore_nt(dst, db + 3 * dps + 0, c3_0)
+            vstore_nt(dst, db + 3 * dps + 16, c3_1)
+            vstore_nt(dst, db + 3 * dps + 32, c3_2)
+            vstore_nt(dst, db + 3 * dps + 48, c3_3)
+        if npix > 4:
+            vstore_nt(dst, db + 4 * dps + 0, c4_0)
+            vstore_nt(dst, db + 4 * dps + 16, c4_1)
+            vstore_nt(dst, db + 4 * dps + 32, c4_2)
+            vstore_nt(dst, db + 4 * dps + 48, c4_3)
+        if npix > 5:
+            vstore_nt(dst, db + 5 * dps + 0, c5_0)
+            vstore_nt(dst, db + 5 * dps + 16, c5_1)
+            vstore_nt(dst, db + 5 * dps + 32, c5_2)
+            vstore_nt(dst, db + 5 * dps + 48, c5_3)
+        return
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     vstore(dst, db + 0 * dps + 32, c0_2)
@@ -224,7 +255,7 @@ def g8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         s = vbcast_at(a, ab7 + o)
         c7_0 = vfma(s, b0, c7_0)
         c7_1 = vfma(s, b1, c7_1)
-    if epi == 1:
+    if epi == 1 or epi == 3:
         bv0 = vload(bias, bofs + 0)
         bv1 = vload(bias, bofs + 16)
         c0_0 = vact(vadd(c0_0, bv0), act, alpha)
@@ -267,6 +298,31 @@ def g8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         if npix > 7:
             c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
             c7_1 = vadd(vload(dst, db + 7 * dps + 16), c7_1)
+    if epi == 3:
+        vstore_nt(dst, db + 0 * dps + 0, c0_0)
+        vstore_nt(dst, db + 0 * dps + 16, c0_1)
+        if npix > 1:
+            vstore_nt(dst, db + 1 * dps + 0, c1_0)
+            vstore_nt(dst, db + 1 * dps + 16, c1_1)
+        if npix > 2:
+            vstore_nt(dst, db + 2 * dps + 0, c2_0)
+            vstore_nt(dst, db + 2 * dps + 16, c2_1)
+        if npix > 3:
+            vstore_nt(dst, db + 3 * dps + 0, c3_0)
+            vstore_nt(dst, db + 3 * dps + 16, c3_1)
+        if npix > 4:
+            vstore_nt(dst, db + 4 * dps + 0, c4_0)
+            vstore_nt(dst, db + 4 * dps + 16, c4_1)
+        if npix > 5:
+            vstore_nt(dst, db + 5 * dps + 0, c5_0)
+            vstore_nt(dst, db + 5 * dps + 16, c5_1)
+        if npix > 6:
+            vstore_nt(dst, db + 6 * dps + 0, c6_0)
+            vstore_nt(dst, db + 6 * dps + 16, c6_1)
+        if npix > 7:
+            vstore_nt(dst, db + 7 * dps + 0, c7_0)
+            vstore_nt(dst, db + 7 * dps + 16, c7_1)
+        return
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     if npix > 1:
@@ -329,7 +385,7 @@ def g8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c6_0 = vfma(s, b0, c6_0)
         s = vbcast_at(a, ab7 + o)
         c7_0 = vfma(s, b0, c7_0)
-    if epi == 1:
+    if epi == 1 or epi == 3:
         bv0 = vload(bias, bofs + 0)
         c0_0 = vact(vadd(c0_0, bv0), act, alpha)
         c1_0 = vact(vadd(c1_0, bv0), act, alpha)
@@ -355,6 +411,23 @@ def g8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
             c6_0 = vadd(vload(dst, db + 6 * dps + 0), c6_0)
         if npix > 7:
             c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
+    if epi == 3:
+        vstore_nt(dst, db + 0 * dps + 0, c0_0)
+        if npix > 1:
+            vstore_nt(dst, db + 1 * dps + 0, c1_0)
+        if npix > 2:
+            vstore_nt(dst, db + 2 * dps + 0, c2_0)
+        if npix > 3:
+            vstore_nt(dst, db + 3 * dps + 0, c3_0)
+        if npix > 4:
+            vstore_nt(dst, db + 4 * dps + 0, c4_0)
+        if npix > 5:
+            vstore_nt(dst, db + 5 * dps + 0, c5_0)
+        if npix > 6:
+            vstore_nt(dst, db + 6 * dps + 0, c6_0)
+        if npix > 7:
+            vstore_nt(dst, db + 7 * dps + 0, c7_0)
+        return
     vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
         vstore(dst, db + 1 * dps + 0, c1_0)
@@ -440,7 +513,7 @@ def d6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c5_1 = vfma(s, b1, c5_1)
         c5_2 = vfma(s, b2, c5_2)
         c5_3 = vfma(s, b3, c5_3)
-    if epi == 1:
+    if epi == 1 or epi == 3:
         bv0 = vload(bias, bofs + 0)
         bv1 = vload(bias, bofs + 16)
         bv2 = vload(bias, bofs + 32)
@@ -499,6 +572,37 @@ def d6x4(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
             c5_1 = vadd(vload(dst, db + 5 * dps + 16), c5_1)
             c5_2 = vadd(vload(dst, db + 5 * dps + 32), c5_2)
             c5_3 = vadd(vload(dst, db + 5 * dps + 48), c5_3)
+    if epi == 3:
+        vstore_nt(dst, db + 0 * dps + 0, c0_0)
+        vstore_nt(dst, db + 0 * dps + 16, c0_1)
+        vstore_nt(dst, db + 0 * dps + 32, c0_2)
+        vstore_nt(dst, db + 0 * dps + 48, c0_3)
+        if npix > 1:
+            vstore_nt(dst, db + 1 * dps + 0, c1_0)
+            vstore_nt(dst, db + 1 * dps + 16, c1_1)
+            vstore_nt(dst, db + 1 * dps + 32, c1_2)
+            vstore_nt(dst, db + 1 * dps + 48, c1_3)
+        if npix > 2:
+            vstore_nt(dst, db + 2 * dps + 0, c2_0)
+            vstore_nt(dst, db + 2 * dps + 16, c2_1)
+            vstore_nt(dst, db + 2 * dps + 32, c2_2)
+            vstore_nt(dst, db + 2 * dps + 48, c2_3)
+        if npix > 3:
+            vstore_nt(dst, db + 3 * dps + 0, c3_0)
+            vstore_nt(dst, db + 3 * dps + 16, c3_1)
+            vstore_nt(dst, db + 3 * dps + 32, c3_2)
+            vstore_nt(dst, db + 3 * dps + 48, c3_3)
+        if npix > 4:
+            vstore_nt(dst, db + 4 * dps + 0, c4_0)
+            vstore_nt(dst, db + 4 * dps + 16, c4_1)
+            vstore_nt(dst, db + 4 * dps + 32, c4_2)
+            vstore_nt(dst, db + 4 * dps + 48, c4_3)
+        if npix > 5:
+            vstore_nt(dst, db + 5 * dps + 0, c5_0)
+            vstore_nt(dst, db + 5 * dps + 16, c5_1)
+            vstore_nt(dst, db + 5 * dps + 32, c5_2)
+            vstore_nt(dst, db + 5 * dps + 48, c5_3)
+        return
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     vstore(dst, db + 0 * dps + 32, c0_2)
@@ -584,7 +688,7 @@ def d8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         s = vbcast_at(a, ab7 + o)
         c7_0 = vfma(s, b0, c7_0)
         c7_1 = vfma(s, b1, c7_1)
-    if epi == 1:
+    if epi == 1 or epi == 3:
         bv0 = vload(bias, bofs + 0)
         bv1 = vload(bias, bofs + 16)
         c0_0 = vact(vadd(c0_0, bv0), act, alpha)
@@ -627,6 +731,31 @@ def d8x2(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         if npix > 7:
             c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
             c7_1 = vadd(vload(dst, db + 7 * dps + 16), c7_1)
+    if epi == 3:
+        vstore_nt(dst, db + 0 * dps + 0, c0_0)
+        vstore_nt(dst, db + 0 * dps + 16, c0_1)
+        if npix > 1:
+            vstore_nt(dst, db + 1 * dps + 0, c1_0)
+            vstore_nt(dst, db + 1 * dps + 16, c1_1)
+        if npix > 2:
+            vstore_nt(dst, db + 2 * dps + 0, c2_0)
+            vstore_nt(dst, db + 2 * dps + 16, c2_1)
+        if npix > 3:
+            vstore_nt(dst, db + 3 * dps + 0, c3_0)
+            vstore_nt(dst, db + 3 * dps + 16, c3_1)
+        if npix > 4:
+            vstore_nt(dst, db + 4 * dps + 0, c4_0)
+            vstore_nt(dst, db + 4 * dps + 16, c4_1)
+        if npix > 5:
+            vstore_nt(dst, db + 5 * dps + 0, c5_0)
+            vstore_nt(dst, db + 5 * dps + 16, c5_1)
+        if npix > 6:
+            vstore_nt(dst, db + 6 * dps + 0, c6_0)
+            vstore_nt(dst, db + 6 * dps + 16, c6_1)
+        if npix > 7:
+            vstore_nt(dst, db + 7 * dps + 0, c7_0)
+            vstore_nt(dst, db + 7 * dps + 16, c7_1)
+        return
     vstore(dst, db + 0 * dps + 0, c0_0)
     vstore(dst, db + 0 * dps + 16, c0_1)
     if npix > 1:
@@ -689,7 +818,7 @@ def d8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
         c6_0 = vfma(s, b0, c6_0)
         s = vbcast_at(a, ab7 + o)
         c7_0 = vfma(s, b0, c7_0)
-    if epi == 1:
+    if epi == 1 or epi == 3:
         bv0 = vload(bias, bofs + 0)
         c0_0 = vact(vadd(c0_0, bv0), act, alpha)
         c1_0 = vact(vadd(c1_0, bv0), act, alpha)
@@ -715,6 +844,23 @@ def d8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, epi, 
             c6_0 = vadd(vload(dst, db + 6 * dps + 0), c6_0)
         if npix > 7:
             c7_0 = vadd(vload(dst, db + 7 * dps + 0), c7_0)
+    if epi == 3:
+        vstore_nt(dst, db + 0 * dps + 0, c0_0)
+        if npix > 1:
+            vstore_nt(dst, db + 1 * dps + 0, c1_0)
+        if npix > 2:
+            vstore_nt(dst, db + 2 * dps + 0, c2_0)
+        if npix > 3:
+            vstore_nt(dst, db + 3 * dps + 0, c3_0)
+        if npix > 4:
+            vstore_nt(dst, db + 4 * dps + 0, c4_0)
+        if npix > 5:
+            vstore_nt(dst, db + 5 * dps + 0, c5_0)
+        if npix > 6:
+            vstore_nt(dst, db + 6 * dps + 0, c6_0)
+        if npix > 7:
+            vstore_nt(dst, db + 7 * dps + 0, c7_0)
+        return
     vstore(dst, db + 0 * dps + 0, c0_0)
     if npix > 1:
         vstore(dst, db + 1 * dps + 0, c1_0)

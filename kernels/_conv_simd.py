@@ -215,3 +215,31 @@ def vmax_nan(typingctx, m, v):
         take = builder.or_(builder.fcmp_ordered(">", b, a), builder.fcmp_unordered("uno", b, b))
         return builder.select(take, b, a)
     return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
+def vstore_nt(typingctx, arr, i, v):
+    """Store ``v`` into ``arr``'s data at flat index ``i`` .. ``i+15`` with a non-temporal hint
+    (``vmovntps``: no read for ownership, the line goes to memory, not the caches). The
+    address must be 64-byte aligned: check ``arr``'s address and ``i`` before using it."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and v == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _ptr(context, builder, sig.args[0], args[0], args[1])
+        st = builder.store(args[2], ptr, align=64)
+        st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, f32x16), codegen
+
+
+@intrinsic
+def sfence(typingctx):
+    """``sfence``: the non-temporal stores before it are globally visible before any store
+    after it (each parallel work item that used :func:`vstore_nt` ends with one)."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.none(), codegen

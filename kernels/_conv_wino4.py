@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._conv_blocked import pack_cols
-from ._conv_simd import vact, vadd, vbcast, vfma, vload, vstore, vsub
+from ._conv_simd import sfence, vact, vadd, vbcast, vfma, vload, vstore, vstore_nt, vsub
 from ._conv_wino import _gemm, grid, patch
 
 N = 6          # patch side
@@ -150,9 +150,10 @@ def _in_transform(src, base, rs, cs, Ci, V, vb, vxs, T):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, T):
+def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, T, nt):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = act(Y[i, j] + bias)
-    for i < nr, j < nc; T: scratch (A^T m, column by column)."""
+    for i < nr, j < nc (``nt``: non-temporal stores, dst on 64-byte lines); T: scratch (A^T m,
+    column by column)."""
     for j in range(N):
         o = mb + j * mxs
         s0, s1, s2, s3 = _at(vload(M, o), vload(M, o + N * mxs), vload(M, o + 2 * N * mxs),
@@ -168,13 +169,23 @@ def _out_transform(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, T)
         y0, y1, y2, y3 = _at(vload(T, o), vload(T, o + 16), vload(T, o + 32),
                              vload(T, o + 48), vload(T, o + 64), vload(T, o + 80))
         d = db + i * rs
-        vstore(dst, d, vact(vadd(y0, b), act, alpha))
+        y0 = vact(vadd(y0, b), act, alpha)
+        y1 = vact(vadd(y1, b), act, alpha)
+        y2 = vact(vadd(y2, b), act, alpha)
+        y3 = vact(vadd(y3, b), act, alpha)
+        if nt and nc == 4:
+            vstore_nt(dst, d, y0)
+            vstore_nt(dst, d + cs, y1)
+            vstore_nt(dst, d + 2 * cs, y2)
+            vstore_nt(dst, d + 3 * cs, y3)
+            continue
+        vstore(dst, d, y0)
         if nc > 1:
-            vstore(dst, d + cs, vact(vadd(y1, b), act, alpha))
+            vstore(dst, d + cs, y1)
         if nc > 2:
-            vstore(dst, d + 2 * cs, vact(vadd(y2, b), act, alpha))
+            vstore(dst, d + 2 * cs, y2)
         if nc > 3:
-            vstore(dst, d + 3 * cs, vact(vadd(y3, b), act, alpha))
+            vstore(dst, d + 3 * cs, y3)
 
 
 def pick_nt(Ci, Co, ntx, budget=256 * 1024):
@@ -190,10 +201,11 @@ def pick_nt(Ci, Co, ntx, budget=256 * 1024):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha):
+def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha, nt_store):
     """xf: flat (Hi, Wi, Ci) window whose rows lie Wp pixels apart, Ci % 16 == 0; U: flat
     (36, Ci, Co), Co % 16 == 0; outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op
-    pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...), Ds >= 36*Ci + 576."""
+    pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...), Ds >= 36*Ci + 576.
+    nt_store: write outf with non-temporal stores (it lies on 64-byte lines; large outputs)."""
     noff = np.zeros(0, np.int64)
     nty, ntx, nch, vxs, mxs = grid(Ho, Wo, 4, NT, Ci, Co)
     for it in prange(nty * nch):
@@ -219,5 +231,7 @@ def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
             nc = min(4, Wo - c0)
             for co in range(0, Co, 16):
                 _out_transform(M, t * Co + co, mxs, bias, co, act, alpha,
-                               outf, (r0 * Op + c0) * Co + co, Op * Co, Co, nr, nc, T)
+                               outf, (r0 * Op + c0) * Co + co, Op * Co, Co, nr, nc, T, nt_store)
+        if nt_store:
+            sfence()
     return outf

@@ -7,11 +7,15 @@ values, so a kernel never needs global coordinates.
 Routes (chosen by shape alone, see ``_route``)
 ----------------------------------------------
 wino4       3x3, stride 1, dilation 1, groups 1, Ci and Co multiples of 16,
-            Ci * Co >= 512: Winograd F(4x4, 3x3) (``_conv_wino4``: points 0, +-1,
+            Ci * Co >= WINO_MIN (512): Winograd F(4x4, 3x3) (``_conv_wino4``: points 0, +-1,
             1/2, -2, inf); tile step (4, 4). 1.2-1.5x F(2x2)'s speed on 16..512
             channels (Zen 4, 2 threads); per-layer error 1.6e-6..3.9e-6 of max|ref|
             vs float64 (F(2x2): 2e-7..6e-7, PyTorch: 3e-7), whole UNets 1.3e-7..1.9e-7
-            (benchmarks/README.md). (16 -> 16 goes blocked: on par there.)
+            (benchmarks/README.md). Not 16 -> 16 (``WINO_MIN``: Ci * Co >= 512) by
+            default: F(4x4) is 1.29x the blocked route there (2048^2, 1 thread; error
+            1.4e-6 of max|ref|), but its (4, 4) step widens tile halos (the tiling
+            doctest's 22 px halo becomes 30) for ~3 % of a full-frame UNet-16;
+            ``WINO_MIN = 256`` takes it.
 wino2       the same shapes with ``WINO4 = False``: Winograd F(2x2, 3x3); tile step
             (2, 2). Slightly more accurate than a direct float32 sum; the benchmarks'
             comparison route.
@@ -35,6 +39,10 @@ Weights: conv2d transforms / packs ``w`` on every call (for wino4 a 36 x Ci x Co
 transform, for wino2 16 x Ci x Co: ~20 ms at 512 x 512). Pass a **read-only** array
 (``w.setflags(write=False)``, and never modify it through another view) and
 the packed form is cached for as long as that array object lives.
+
+Large outputs (``_move.NT_BYTES``, 64 MiB, and up) lying on whole 64-byte lines are written
+with non-temporal stores by the wino4, blocked and paired transposed routes (no read for
+ownership of lines that would leave the caches anyway); the values are the same.
 
 Determinism: the float operations that produce one output element do not
 depend on the window's size or origin, nor on the thread count (see
@@ -66,6 +74,7 @@ from . import _conv_dot as _dot
 from . import _conv_wino as _w
 from . import _conv_wino4 as _w4
 from ._common import as_window, flat, packed
+from ._move import streaming
 
 __all__ = ["conv2d", "conv_transpose2d", "conv_tile"]
 
@@ -107,6 +116,9 @@ def _check_out(out, shape):
 # Winograd F(4x4, 3x3) for every shape F(2x2) would take (measured 1.2-1.5x faster on
 # 16..512 channels, Zen 4); False sends them back to F(2x2) (benchmarks compare the two).
 WINO4 = True
+# Ci * Co from which a 3x3 stride-1 conv takes Winograd (256: every multiple-of-16 shape,
+# 16 -> 16 included; 512: 16 -> 16 on the blocked route, the default)
+WINO_MIN = 512
 
 
 def _route(kh, kw, stride, dilation, groups, ci, co):
@@ -114,7 +126,7 @@ def _route(kh, kw, stride, dilation, groups, ci, co):
     conv_tile and conv2d can never disagree)."""
     if groups == 1:
         if (kh, kw, stride, dilation) == (3, 3, (1, 1), (1, 1)) and ci % 16 == 0 \
-                and co % 16 == 0 and ci * co >= 512:
+                and co % 16 == 0 and ci * co >= WINO_MIN:
             return "wino4" if WINO4 else "wino2"
         if co <= 8 and ci % 16 == 0:
             return "dot"
@@ -166,7 +178,7 @@ def conv_tile(kh, kw, stride, dilation, groups, ci, co):
     (1, 1)
     >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 32, 64)   # Winograd F(4x4, 3x3)
     (4, 4)
-    >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 16, 16)   # thin: register-blocked direct
+    >>> conv_tile(3, 3, (1, 1), (1, 1), 1, 16, 16)   # thin: register-blocked direct (WINO_MIN)
     (1, 1)
     """
     stride = _pair(stride, "stride")
@@ -245,12 +257,14 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
         U = _pack(w_in, w, route, _w4.weight_transform)
         nt = _w4.pick_nt(Ci, Co, (Wo + 3) // 4)
         Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co, _w4.NX)
-        _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha)
+        _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha,
+                         streaming(out))
     elif route == "blocked":
         wf, CoP = _pack(w_in, w, route, _b.pack_weights)
         bp = bias if CoP == Co else np.concatenate([bias, np.zeros(CoP - Co, np.float32)])
         koff = _b.tap_offsets(kh, kw, Ci, xp, dy, dx)
-        _b.conv2d_blocked(xf, xp, Ci, wf, CoP, bp, koff, of, Ho, Wo, op, Co, sy, sx, act, alpha)
+        _b.conv2d_blocked(xf, xp, Ci, wf, CoP, bp, koff, of, Ho, Wo, op, Co, sy, sx, act, alpha,
+                          CoP == Co and streaming(out))
     elif route == "dot":
         wt = _pack(w_in, w, route, _dot.pack_weights)
         toff = _dot.tap_offsets(kh, kw, Ci, xp, dy, dx)
@@ -331,7 +345,7 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
             np.ascontiguousarray(w.transpose(0, 2, 1, 3)).reshape(kh, Ci, kw * Co)))
         wf = _pack(w_in, w, "convT", lambda w: _b.pack_cols(w.reshape(kh * kw, Ci, Co)))
         _b.conv_transpose2d_paired(xf, Hi, Wi, xp, Ci, wp, wf, kh, kw, bias, np.tile(bias, kw),
-                                   of, Ho, Wo, op, Co, ty, tx, int(act), float(alpha))
+                                   of, Ho, Wo, op, Co, ty, tx, int(act), float(alpha), streaming(out))
     elif groups == 1 and (dy, dx) == (1, 1) and kh <= sy and kw <= sx and Co % 16 == 0:
         # non-overlapping taps, kernel < stride: blocked GEMM per tap
         wf = _pack(w_in, w, "convT", lambda w: _b.pack_cols(w.reshape(kh * kw, Ci, Co)))

@@ -103,3 +103,68 @@ def test_copy_channels_windows(numba_threads, cs, cd, c0):
     empty = np.empty((0, 4, cs), F32)
     dst = randx(0, 4, cd)
     copy_channels(empty, dst, c0)
+
+
+# **** non-temporal stores (large outputs on 64-byte lines) ****
+
+
+def aligned(h, w, c, seed=0):
+    """A random (h, w, c) float32 array whose data starts on a 64-byte line."""
+    raw = np.empty(h * w * c + 16, F32)
+    off = (-raw.ctypes.data % 64) // 4
+    a = raw[off:off + h * w * c].reshape(h, w, c)
+    a[...] = randx(h, w, c, seed)
+    return a
+
+
+def test_streaming_rule():
+    from hirestile.kernels import _move
+    a = aligned(520, 520, 64)                            # 69 MB
+    assert _move.streaming(a) and _move.streaming(a, 16, 32)
+    assert not _move.streaming(a, 8, 16)                 # vectors across lines
+    assert _move.streaming(a[1:, 1:])                    # a window 64 channels in: still on lines
+    assert not _move.streaming(aligned(512, 512, 72))    # pixels of 72 channels: not on lines
+    assert not _move.streaming(aligned(64, 64, 16))      # small: stays in the caches
+
+
+@pytest.mark.parametrize("case", ["wino4-16-16", "wino4-32-16", "blocked-3-16", "convT-32-16", "concat"])
+def test_non_temporal_stores_same_bits(numba_threads, monkeypatch, case):
+    """With every output streamed (NT_BYTES = 0) the kernels write the same bits into a window
+    of a wider, line-aligned buffer, and nothing around it; 1 and 2 threads."""
+    from hirestile.kernels import _move, conv
+    monkeypatch.setattr(conv, "WINO_MIN", 256)              # 16 -> 16 through Winograd too
+    rng = np.random.default_rng(7)
+    if case == "concat":
+        src = randx(21, 19, 16, seed=8)
+        make = lambda: aligned(25, 23, 48, seed=9)                        # noqa: E731
+        def run(dst):
+            return copy_channels(src, dst[2:23, 1:20], 32)
+        sl = (slice(2, 23), slice(1, 20), slice(32, 48))
+    else:
+        kind, ci, co = case.split("-")
+        ci, co = int(ci), int(co)
+        Hi, Wi = 31, 27
+        x = randx(Hi, Wi, ci, seed=10)
+        b = rng.standard_normal(co).astype(F32)
+        if kind == "convT":
+            w = rng.standard_normal((2, 2, ci, co)).astype(F32)
+            Ho, Wo = 2 * Hi - 1, 2 * Wi - 1
+            def run(dst):
+                return conv.conv_transpose2d(x, w, b, stride=2, offset=(1, 0), out_shape=(Ho, Wo), act=1,
+                                             out=dst[3:3 + Ho, 2:2 + Wo])
+        else:
+            w = rng.standard_normal((3, 3, ci, co)).astype(F32)
+            Ho, Wo = Hi - 2, Wi - 2
+            def run(dst):
+                return conv.conv2d(x, w, b, act=1, out=dst[3:3 + Ho, 2:2 + Wo])
+        make = lambda: aligned(Ho + 5, Wo + 4, co, seed=11)               # noqa: E731
+        sl = (slice(3, 3 + Ho), slice(2, 2 + Wo))
+    want_buf = make()
+    run(want_buf)                                                          # normal stores: too small
+    monkeypatch.setattr(_move, "NT_BYTES", 0)
+    for n in (1, 2):
+        numba_threads(n)
+        buf = make()
+        assert _move.streaming(buf[sl[:2]]) or case == "concat"
+        run(buf)
+        np.testing.assert_array_equal(buf, want_buf)
