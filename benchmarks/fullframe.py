@@ -3,6 +3,10 @@
 OpenVINO runs the same ONNX export twice: ``ov32`` with ``INFERENCE_PRECISION_HINT=f32``
 and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / AMX);
 ``hsf2x2`` is hirestile fp32 with its 3x3 convs on Winograd F(2x2) instead of F(4x4) (``conv.WINO4``);
+``hsalign`` is hirestile fp32 with the executor's slab on 64-byte lines (``executor.Arena`` as a
+proposed one-line change would allocate it: every 16-float vector access then stays within one
+cache line and outputs of 64 MiB and up take non-temporal stores), ``hsalign16`` the same with
+16 -> 16 3x3 convs through Winograd F(4x4) (``conv.WINO_MIN = 256``);
 ``hsbf16`` is hirestile with ``precision="bf16"`` (its line names the instruction path), compared
 with OpenVINO's default and with hirestile fp32: speed ratios, max error and the share of equal
 labels (argmax over the whole image) against hirestile fp32;
@@ -93,6 +97,22 @@ else:
     if engine == "hsf2x2":                   # 3x3 convs on Winograd F(2x2) instead of F(4x4)
         from hirestile.kernels import conv
         conv.WINO4 = False
+    if engine in ("hsalign", "hsalign16"):   # the slab on 64-byte lines (a proposed executor change)
+        from hirestile import executor as ex
+
+        def place(self, requests):
+            hit = self._layouts.get(requests)
+            if hit is None:
+                hit = self._layouts[requests] = ex.layout(requests, self.ALIGN)
+            if hit[1] > self.slab.size:
+                raw = np.empty(hit[1] + 16, np.float32)
+                off = (-raw.ctypes.data % 64) // 4
+                self.slab = raw[off:off + hit[1]]
+            return hit[0]
+        ex.Arena.place = place
+    if engine == "hsalign16":
+        from hirestile.kernels import conv
+        conv.WINO_MIN = 256
     def run(a):
         return hirestile.predict(m, a, precision=precision)
     import llvmlite.binding as ll
@@ -111,9 +131,10 @@ print(json.dumps({"wall": wall, "cpu_util": cpu / wall, "peak_mb": peak / 1024, 
                   "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsalign", "hsalign16")
 LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
-         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)"}
+         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)", "hsalign": "hs aligned",
+         "hsalign16": "hs al.+16"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:
@@ -192,6 +213,11 @@ def main(argv=None) -> list[dict]:
                     err = "" if e == "torch" else f"  max err/max|ref| vs torch {errs[e]:.1e}"
                     print(f"  {LABEL[e]:10s} {med[e]:7.3f}  {row[e + '_peak_mb']:6.0f}  "
                           f"{row[e + '_cpu']:.2f}{extra}{err}  [{row[e + '_isa']}]", flush=True)
+                if "ov32" in engines:       # every hirestile fp32 variant against OpenVINO f32, round by round
+                    for e in engines:
+                        if e == "hirestile" or e in ("hsf2x2", "hsalign", "hsalign16"):
+                            rr = " ".join(f"{h['mps'] / o['mps']:.2f}" for h, o in zip(per[e], per["ov32"]))
+                            print(f"  {LABEL[e]} / OV f32 per round: {rr}", flush=True)
                 if "hsbf16" in engines:
                     vs = ", ".join(f"{row[f'bf16_vs_{e}']:.2f}x {LABEL[e]}" for e in ("ovdef", "hirestile")
                                    if f"bf16_vs_{e}" in row)
