@@ -145,16 +145,19 @@ def conv2d_b(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, ob
         r1 = min(Ho, r0 + RB)
         xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
         pack_rows(src, sb + r0 * sy * sp, sp, (r1 - 1 - r0) * sy + (kh - 1) * dy + 1, Wi, Ci, xp)
+        tmp = np.empty(8 * CoP if Co != CoP else 0, np.float32)   # Co short of the 16-column blocks
         for r in range(r0, r1):
             xrow = (r - r0) * sy * Wi * Ch
             if Co == CoP:
                 row_b(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
-            else:
-                tmp = np.empty(Wo * CoP, np.float32)
-                row_b(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
-                for c in range(Wo):
-                    for co in range(Co):
-                        outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
+            else:  # 8 pixels at a time through an L1-sized buffer
+                for c0 in range(0, Wo, 8):
+                    n = min(8, Wo - c0)
+                    row_b(xp, xrow + c0 * sx * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, n, act, alpha)
+                    o = ob + r * op + c0 * Co
+                    for c in range(n):
+                        for co in range(Co):
+                            outf[o + c * Co + co] = tmp[c * CoP + co]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -491,16 +494,19 @@ def conv2d_e(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, ob
         r1 = min(Ho, r0 + RB)
         xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
         pack_rows(src, sb + r0 * sy * sp, sp, (r1 - 1 - r0) * sy + (kh - 1) * dy + 1, Wi, Ci, xp)
+        tmp = np.empty(8 * CoP if Co != CoP else 0, np.float32)   # Co short of the 16-column blocks
         for r in range(r0, r1):
             xrow = (r - r0) * sy * Wi * Ch
             if Co == CoP:
                 row_e(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
-            else:
-                tmp = np.empty(Wo * CoP, np.float32)
-                row_e(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
-                for c in range(Wo):
-                    for co in range(Co):
-                        outf[ob + r * op + c * Co + co] = tmp[c * CoP + co]
+            else:  # 8 pixels at a time through an L1-sized buffer
+                for c0 in range(0, Wo, 8):
+                    n = min(8, Wo - c0)
+                    row_e(xp, xrow + c0 * sx * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, n, act, alpha)
+                    o = ob + r * op + c0 * Co
+                    for c in range(n):
+                        for co in range(Co):
+                            outf[o + c * Co + co] = tmp[c * CoP + co]
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -249,6 +249,7 @@ def _scratch(n: int) -> np.ndarray:
 # Winograd F(2x2, 3x3) on vdpbf16ps for 3x3 convs with channels in multiples of 16 (_bf16_wino);
 # False: every groups-1 conv takes the direct "pairs" route (the benchmarks compare the two).
 WINO = True
+WINO_MIN = 512   # Ci * Co from which 3x3 convs take it
 
 CHUNK_BYTES = 1 << 20   # packed input rows per chunk of output rows: they stay in L2 for the GEMMs. 1 MiB:
 # a chunk of a 2048-wide 16-channel map holds 14 output rows, not 1 (each packed 3 times over at 256 KiB);
@@ -267,7 +268,7 @@ def conv_route(groups: int, transposed: bool = False, kernel=(3, 3), stride=(1, 
         if int(groups) != 1:
             return "seq"
         if WINO and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) \
-                and ci % 16 == 0 and co % 16 == 0 and ci * co >= 512:   # 16 -> 16: direct is on par
+                and ci % 16 == 0 and co % 16 == 0 and ci * co >= WINO_MIN:   # 16 -> 16: direct is on par
             return "wino2"
         return "pairs"
     ok = int(groups) == 1 and tuple(dilation) == (1, 1) and tuple(kernel) == tuple(stride)
