@@ -203,10 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None,
                    help="output tile side in pixels (band height and strip width when streamed; default: the "
                         "largest that fits --memory)")
-    s.add_argument("--stream", action=argparse.BooleanOptionalAction, default=False,
-                   help="bands down column strips, each intermediate row computed once per strip, instead of "
-                        "overlap tiles with their own halos (same bits, same memory budget; not faster here "
-                        "yet, see benchmarks/README.md)")
+    s.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="bands down column strips, each intermediate row computed once per strip (--stream), or "
+                        "overlap tiles with their own halos (--no-stream); default: the plan decides, streaming "
+                        "where overlap tiles would compute >= 1.25x its FLOPs (same bits, same memory budget)")
     s.add_argument("--memory", default=None, metavar="SIZE",
                    help="memory budget, e.g. 1.5GB or 800MiB (default: a quarter of the RAM, at most 2 GiB); "
                         "the tile is chosen to fit it")
@@ -261,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="show how a model would be tiled: halo, stride, FLOPs, memory")
     s.add_argument("--model", "-m", required=True)
     s.add_argument("--tile", type=int, default=None)
-    s.add_argument("--stream", action=argparse.BooleanOptionalAction, default=False,
-                   help="plan streamed bands down column strips instead of overlap tiles")
+    s.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="plan streamed bands down column strips (--stream) or overlap tiles (--no-stream); "
+                        "default: as segment decides")
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="arithmetic: fp32 (default) or bf16 (weights and layer inputs rounded to bfloat16, "
                         "float32 sums; tiles still equal full-frame bit for bit; vdpbf16ps where the CPU has "

@@ -19,17 +19,16 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from . import ome
     from .examples import parse_size
     from .executor import precision_label
-    from .scheduler import (PROCESS_BASELINE, choose_tile, compute_redundancy, default_memory, expected_memory,
-                            make_plan)
+    from .scheduler import PROCESS_BASELINE, choose_mode, compute_redundancy, default_memory, expected_memory, make_plan
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
     rep = model.analyze((h, w), a.precision)   # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
     budget = parse_bytes(a.memory) or default_memory()
-    tile = choose_tile(rep, a.tile, stream=a.stream, memory=budget, channels=model.contract.channels)
-    layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=tile)
-    plan = make_plan(rep, layout, tile, stream=a.stream)
+    mode = choose_mode(rep, a.tile, a.stream, kind=a.output, memory=budget, channels=model.contract.channels)
+    layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=mode.tile)
+    plan = make_plan(rep, layout, mode.tile, stream=mode.stream)
     ty, tx = plan.tile
     mem, working = expected_memory(rep, plan, model.contract.channels)
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
@@ -38,11 +37,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"precision: {precision_label(rep.precision)}")
     print(f"accepted sizes: {model.takes() or 'not found'}")
     if rep.tileable:
-        mode = ("streamed: bands down column strips, each intermediate row computed once per strip"
-                if plan.stream else "overlap tiles, each with its own halo")
-        print(f"tile {ty}x{tx} (output px): {len(plan.tiles)} tiles, {mode}; compute redundancy "
+        how = ("streamed: bands down column strips, each intermediate row computed once per strip"
+               if plan.stream else "overlap tiles, each with its own halo")
+        print(f"tile {ty}x{tx} (output px): {len(plan.tiles)} tiles, {how}; compute redundancy "
               f"{compute_redundancy(rep, plan):.2f} (computed / needed FLOPs), read redundancy "
               f"{plan.read_redundancy:.2f} (input pixels read per image pixel)")
+        if mode.chosen:
+            print(mode.describe())
     if plan.stream:
         _print_stages(rep, ((oh // 2, min(oh // 2 + ty, oh)), (0, tx)))
     print(f"output {a.output}: shape {layout.shape}, chunks {layout.chunks}, shards {layout.shards or 'none'}")

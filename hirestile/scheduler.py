@@ -200,6 +200,70 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
     return float(rep.redundancy((min(plan.tile[0], oh), min(plan.tile[1], ow))))
 
 
+# Streaming computes each row once but costs ~1.17x overlap tiles per FLOP here (its bands hand
+# the deep layers a few rows each: benchmarks/README.md, pipeline.py); measured stream / tile
+# throughput against tile / stream redundancy: 0.84-1.03x at 1.12-1.18 (UNet-16, 4096^2 to
+# 16384^2), 1.18x at 1.38 (UNet-32, 8192^2). So streaming is the default only where overlap
+# tiles would compute at least this much more.
+STREAM_GAIN = 1.25
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The execution a run takes: streamed bands or overlap tiles, and why."""
+
+    stream: bool
+    tile: int | tuple[int, int]
+    tile_redundancy: float = 0.0      # computed / needed FLOPs of each candidate
+    stream_redundancy: float = 0.0
+    chosen: bool = True               # decided here (False: the caller named the mode)
+
+    def describe(self) -> str:
+        """One line for the log and ``hirestile plan``."""
+        what = (f"streamed bands {self.tile[0]}x{self.tile[1]}" if self.stream
+                else f"overlap tiles {self.tile}x{self.tile}" if isinstance(self.tile, int)
+                else f"overlap tiles {self.tile[0]}x{self.tile[1]}")
+        if not self.chosen or not self.stream_redundancy:
+            return f"mode: {what}"
+        other = "--no-stream for overlap tiles" if self.stream else "--stream for streamed bands"
+        return (f"mode: {what} (overlap tiles would compute {self.tile_redundancy:.2f}x the FLOPs of one pass, "
+                f"streamed bands {self.stream_redundancy:.2f}x; {other})")
+
+
+def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = "probabilities",
+                memory: int | None = None, channels: int = 3, max_side: int | None = None) -> Mode:
+    """Streamed bands or overlap tiles, and the tile (:func:`choose_tile`) for it.
+
+    ``stream`` True or False is the caller's choice. None decides: streamed bands when the
+    overlap tiles that fit the budget would compute at least :data:`STREAM_GAIN` times the
+    FLOPs the streamed bands compute (large halos against small tiles: big models, small
+    budgets); overlap tiles otherwise, and whenever ``tile`` or ``max_side`` is given (a tile
+    side is an overlap tile's; a masked run's small tiles skip glass) or the network is not
+    tileable. Both give the same bits and keep the same memory budget.
+
+    Examples
+    --------
+    >>> from hirestile.models.unet import unet
+    >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((4096, 4096))
+    >>> choose_mode(rep, None, None).stream                # tiles of 2048^2 recompute little
+    False
+    >>> choose_mode(rep, None, None, memory=600 << 20).stream   # 600 MiB: small tiles, big halos
+    True
+    """
+    if stream is not None or tile is not None or max_side is not None or not rep.tileable:
+        stream = bool(stream) and rep.tileable
+        return Mode(stream, choose_tile(rep, tile, stream=stream, memory=memory, channels=channels,
+                                        max_side=max_side), chosen=False)
+    k, oh, ow = rep.output_shape
+    got = {}
+    for s in (False, True):
+        t = choose_tile(rep, None, stream=s, memory=memory, channels=channels)
+        plan = make_plan(rep, ome.choose_layout(kind, classes=k, out_hw=(oh, ow), tile=t), t, stream=s)
+        got[s] = (t, compute_redundancy(rep, plan))
+    s = got[False][1] >= STREAM_GAIN * got[True][1]
+    return Mode(s, got[s][0], tile_redundancy=got[False][1], stream_redundancy=got[True][1])
+
+
 # **** run statistics ****
 @dataclass
 class RunStats:
@@ -297,7 +361,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
                     nan_fill: float | None = None, pyramid: bool = False, allow_missing: bool = False,
                     progress: bool | None = True, memory: int | None = None,
                     log: Callable[[str], None] | None = None, run_tiles: TileRunner | None = None,
-                    stream: bool = False, mask: Any = None, precision: str = "fp32") -> RunStats:
+                    stream: bool | None = None, mask: Any = None, precision: str = "fp32") -> RunStats:
     """Segment an image stored in zarr/TIFF into an OME-Zarr output, tile by tile, resumably.
 
     Parameters
@@ -337,12 +401,15 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         What computes and writes the tiles; by default this process's reader ->
         compute -> writer stream. ``hirestile.cluster.cluster_tiles(client)``
         computes them on a dask cluster: same output, manifest and resume log.
-    stream : bool
-        In this process, run the tiles as bands moving down column strips, each
-        intermediate row computed once per strip (:class:`hirestile.bands.Stream`). By
-        default every tile runs with its own halo (overlap-tile), which measured 1.06-1.10x
-        streaming's speed here on a quiet machine (benchmarks/README.md). Same bits and the
-        same memory promise either way. Runs on a cluster (``run_tiles``) use overlap tiles.
+    stream : bool, optional
+        True: run the tiles as bands moving down column strips, each intermediate row
+        computed once per strip (:class:`hirestile.bands.Stream`); False: every tile with its
+        own halo (overlap tiles). None (default): :func:`choose_mode` decides from the plan --
+        streamed bands where overlap tiles would recompute a lot (big models, small budgets,
+        e.g. UNet-32 at 8192^2 in 2 GiB: 1.46x the FLOPs against 1.06x, streamed 1.18x faster),
+        overlap tiles elsewhere (UNet-16: tiles 1.12-1.23x, measured as fast as streaming),
+        and the summary says which and why. Same bits and the same memory promise either way. Runs
+        on a cluster (``run_tiles``) use overlap tiles.
     mask : "auto", path or array, optional
         Compute only the tiles that touch the mask's foreground; the rest hold fill 0, are
         marked done and the mask is written as ``labels/mask`` (:mod:`hirestile.masks`).
@@ -384,7 +451,7 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
 def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | None, kind: str,
              threads: int | None, overwrite: bool, nan_fill: float | None, pyramid: bool, allow_missing: bool,
              progress: bool | None, memory: int | None, say: Callable[[str], None], t_start: float,
-             run_tiles: TileRunner | None, stream: bool, mask: Any = None, precision: str = "fp32") -> RunStats:
+             run_tiles: TileRunner | None, stream: bool | None, mask: Any = None, precision: str = "fp32") -> RunStats:
     channels = model.contract.channels
     if img.channels != channels:
         raise InputError(f"{img.path}: has {img.channels} channel(s) (axes {img.axes}, shape {img.shape}) but model "
@@ -402,9 +469,9 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     if kind == "labels" and k > MAX_CLASSES:
         raise ModelError(f"model {model.name!r} has {k} output channels, too many for uint16 labels; "
                          "use --output probabilities")
-    stream = stream and run_tiles is None and rep.tileable
-    tile = choose_tile(rep, tile, stream=stream, memory=memory, channels=channels,
-                       max_side=MASKED_SIDE if mask is not None else None)
+    mode = choose_mode(rep, tile, False if run_tiles is not None else stream, kind=kind, memory=memory,
+                       channels=channels, max_side=MASKED_SIDE if mask is not None else None)
+    stream, tile = mode.stream, mode.tile
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
     classes = tuple(model.classes) or tuple(f"class{i}" for i in range(k))
@@ -432,6 +499,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
     stats.tiles_total, stats.tile, stats.stream = len(plan.tiles), plan.tile, plan.stream
     stats.read_redundancy = plan.read_redundancy
     stats.compute_redundancy = compute_redundancy(rep, plan)
+    if mode.chosen and plan.stream == mode.stream:
+        stats.notes.append(mode.describe())
     if precision != "fp32":
         stats.notes.append(f"precision: {precision_label(precision)}")
 

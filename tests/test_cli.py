@@ -84,6 +84,10 @@ def test_info_example_models_plan(work, tmp_path):
     for s in ("halo", "total stride", "receptive field", "FLOPs per output pixel", "redundancy",
               "expected peak memory", "tiles", "shards"):
         assert s in p.stdout, s
+    assert "mode:" not in p.stdout                       # --tile names an overlap tile: nothing to decide
+    for budget, mode in (("194MiB", "mode: streamed bands"), ("4GiB", "mode: overlap tiles")):
+        p = cli("plan", "--model", work / "rgb.safetensors", "--image", "1000x700", "--memory", budget)
+        assert p.returncode == 0 and mode in p.stdout, p.stdout
 
 
 def test_convert_tiff_streams_to_ome_zarr(tmp_path):
