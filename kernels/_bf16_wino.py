@@ -4,15 +4,18 @@ The route (3x3, stride 1, dilation 1, groups 1, Ci and Co multiples of 16) compu
 2x2 output tile, anchored to the window origin (the executor asks for output regions
 whose global origin and size are multiples of 2: ``bf16.conv_tile``), as:
 
-* d = round_bf16(x) on the tile's 4x4 input patch (zeros past the window);
-* V = B^T d B in float32, in the order of :func:`in_transform` (rows, then columns; adds
-  and subtracts only), then V rounded to bf16 with bf16 denormals read as zero
-  (``_bf16_simd.daz_bits``) and packed in channel pairs (2j low, 2j+1 high);
-* U = G g G^T per (ci, co) in float64 from the weights as given, rounded once to float32,
-  then to bf16 (denormals flushed), packed like V (:func:`weight_transform`);
+* d = cvt(x) on the tile's 4x4 input patch (zeros past the window), cvt being VCVTNEPS2BF16's
+  rounding (float32 denormals to zeros of their sign, then nearest even; ``_bf16_simd``'s
+  ``cround`` / ``eround``);
+* V = B^T d B in float32, in the order of ``in_transform_*`` / ``in_strip_*`` (rows, then
+  columns; adds and subtracts only), then cvt(V), packed in channel pairs (2j low, 2j+1 high:
+  ``cstore`` / ``estore``);
+* U = G g G^T per (ci, co) in float64 from the weights as given (the executor gives them
+  rounded to bf16), rounded once to float32, then to bf16 with bf16 denormals flushed,
+  packed like V (:func:`weight_transform`);
 * M[xi] = sum over channel pairs, in order, of ``vdpbf16ps`` (odd product first, then the
   even one, each add rounded to float32 and flushed), from 0;
-* Y = A^T M A in float32 (:func:`out_transform`), then round_bf16(act(Y + bias)).
+* Y = A^T M A in float32 (``out_transform_*``), then cvt(act(Y + bias)).
 
 None of it depends on where the tile sits, how many tiles a work item holds or which
 thread runs it, so tiled == full-frame bit for bit; the vdpbf16ps and conversion paths
