@@ -34,7 +34,7 @@ def gen_mk(P, V, family):
     L = []
     a = L.append
     dp = "vdp" if family == "b" else "vdpe"
-    a("@njit(cache=True, nogil=True)")
+    a("@njit(cache=True, nogil=True, _nrt=False)")
     a(f"def {family}{P}x{V}(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):")
     for p in range(1, P):
         a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")
@@ -65,7 +65,7 @@ def gen_gemm(P, family):
     L = []
     a = L.append
     dp = "vdp" if family == "b" else "vdpe"
-    a("@njit(cache=True, nogil=True)")
+    a("@njit(cache=True, nogil=True, _nrt=False)")
     a(f"def {family}g{P}x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):")
     for p in range(1, P):
         a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")
@@ -79,7 +79,7 @@ def gen_gemm(P, family):
     return "\n".join(L)
 
 
-DRIVERS = '''@njit(cache=True, nogil=True)
+DRIVERS = '''@njit(cache=True, nogil=True, _nrt=False)
 def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
     """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
     blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
@@ -183,7 +183,7 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
                     outf[ob + r * op + c * Co + co] = nob[co]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def in_transform_{f}(src, base, rs, cs, Ci, V, vb, vxs):
     """V[vb + xi*vxs + ci/2] = cvt pairs of (B^T d B)[xi] for d[i][j] = cvt(src[base + i*rs + j*cs + ci])
     (``_bf16_wino``; cvt: ``_bf16_simd``'s VCVTNEPS2BF16 rounding)."""
@@ -217,7 +217,7 @@ def in_transform_{f}(src, base, rs, cs, Ci, V, vb, vxs):
         {S}(V, q + 14 * vxs, vsub(t32, t31)); {S}(V, q + 15 * vxs, vsub(t31, t33))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def in_strip_{f}(src, base, rs, cs, Ci, nt, V, vxs):
     """:func:`in_transform_{f}` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
     inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
@@ -255,7 +255,7 @@ def in_strip_{f}(src, base, rs, cs, Ci, nt, V, vxs):
             q += Ci // 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def out_transform_{f}(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
     + bias[co:co+16])) for i < nr, j < nc."""

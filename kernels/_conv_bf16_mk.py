@@ -13,7 +13,7 @@ from ._bf16_wino import patch
 from ._conv_simd import iload, vact, vadd, vload, vstore, vsub, vzero
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def b8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -75,7 +75,7 @@ def b8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, 
     if npix > 7:
         vstore(dst, db + 7 * dps + 0, c7_0)
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def bg8x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -118,7 +118,7 @@ def bg8x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):
     if npix > 7:
         vstore(dst, db + 7 * dps + 0, c7_0)
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def row_b(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
     """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
     blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
@@ -222,7 +222,7 @@ def convT_b(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff, 
                     outf[ob + r * op + c * Co + co] = nob[co]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def in_transform_b(src, base, rs, cs, Ci, V, vb, vxs):
     """V[vb + xi*vxs + ci/2] = cvt pairs of (B^T d B)[xi] for d[i][j] = cvt(src[base + i*rs + j*cs + ci])
     (``_bf16_wino``; cvt: ``_bf16_simd``'s VCVTNEPS2BF16 rounding)."""
@@ -256,7 +256,7 @@ def in_transform_b(src, base, rs, cs, Ci, V, vb, vxs):
         cstore(V, q + 14 * vxs, vsub(t32, t31)); cstore(V, q + 15 * vxs, vsub(t31, t33))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def in_strip_b(src, base, rs, cs, Ci, nt, V, vxs):
     """:func:`in_transform_b` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
     inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
@@ -294,7 +294,7 @@ def in_strip_b(src, base, rs, cs, Ci, nt, V, vxs):
             q += Ci // 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def out_transform_b(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
     + bias[co:co+16])) for i < nr, j < nc."""
@@ -362,7 +362,7 @@ def wino2_b(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, M
                               nr, nc)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def e8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -424,7 +424,7 @@ def e8x1(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, 
     if npix > 7:
         vstore(dst, db + 7 * dps + 0, c7_0)
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def eg8x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):
     ab1 = ab0 + min(1, npix - 1) * aps
     ab2 = ab0 + min(2, npix - 1) * aps
@@ -467,7 +467,7 @@ def eg8x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):
     if npix > 7:
         vstore(dst, db + 7 * dps + 0, c7_0)
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def row_e(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
     """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
     blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
@@ -571,7 +571,7 @@ def convT_e(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff, 
                     outf[ob + r * op + c * Co + co] = nob[co]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def in_transform_e(src, base, rs, cs, Ci, V, vb, vxs):
     """V[vb + xi*vxs + ci/2] = cvt pairs of (B^T d B)[xi] for d[i][j] = cvt(src[base + i*rs + j*cs + ci])
     (``_bf16_wino``; cvt: ``_bf16_simd``'s VCVTNEPS2BF16 rounding)."""
@@ -605,7 +605,7 @@ def in_transform_e(src, base, rs, cs, Ci, V, vb, vxs):
         estore(V, q + 14 * vxs, vsub(t32, t31)); estore(V, q + 15 * vxs, vsub(t31, t33))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def in_strip_e(src, base, rs, cs, Ci, nt, V, vxs):
     """:func:`in_transform_e` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
     inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
@@ -643,7 +643,7 @@ def in_strip_e(src, base, rs, cs, Ci, nt, V, vxs):
             q += Ci // 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def out_transform_e(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
     + bias[co:co+16])) for i < nr, j < nc."""
