@@ -78,6 +78,8 @@ def test_line_buffers_hold_a_halo_not_the_image():
             assert not any(np.shares_memory(b.data, s.arena.slab) for b in s.lines.values())
             # nor of each other (each node's line buffer reuses only its own earlier memory)
             datas = [b.data for b in s.lines.values()]
+            # on 64-byte lines, like the slab (executor.aligned_empty): vectors never span two
+            assert s.arena.slab.ctypes.data % 64 == 0 and all(d.ctypes.data % 64 == 0 for d in datas)
             assert not any(np.shares_memory(a, b) for i, a in enumerate(datas) for b in datas[:i])
         assert s.nbytes == 0                    # the strip's last band keeps nothing
         held.append(peak)
