@@ -368,3 +368,23 @@ def test_cli_scheduler_survives_a_killed_worker(tmp_path, client, cli_job):
     deadline = time.time() + 60
     while len(client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
         time.sleep(0.2)                                 # the nanny restarts it for later tests
+
+
+def test_worker_threads_reuse_their_slab_within_a_job():
+    """A worker thread keeps its node buffers from task to task of one job (fresh pages cost
+    30-50% of a tile) and starts a new slab for another job; the tiles' logits are the
+    full frame's either way."""
+    m = unet(in_channels=3, classes=2, base=4, depth=2, seed=7)
+    x = np.random.default_rng(8).random((3, 90, 70), np.float32)
+    full = hirestile.predict(m, x)
+    slabs = []
+    for token in ("job-a", "job-a", "job-b"):
+        job = worker.Job(model=m, token=token, image_hw=(90, 70), layout="CYX", output="logits")
+        worker.remember(job, m, m.analyze((90, 70)))
+        rep = worker.model_for(job)[1]
+        for t in make_tiles(rep, [(0, 40), (40, 90)], [(0, 33), (33, 70)]):
+            got = worker.run_tile(job, x[(slice(None), *t.read.slices)], t)
+            assert np.array_equal(got, full[(slice(None), *t.write.slices)])
+        slabs.append(worker._LOCAL.arena)
+    assert slabs[0] is slabs[1] and slabs[2] is not slabs[0]
+    assert slabs[0].slab.ctypes.data % 64 == 0          # on a cache line (executor.aligned_empty)
