@@ -106,6 +106,8 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
     contract = model.contract
     band: Stream | None = None
     band_cols: Any = None
+    if todo:
+        executor.pack_weights(rep)    # packing's transient copies before the slab, not on top of it
     arena = executor.Arena()          # node buffers: one slab, reused tile after tile (and strip after strip)
     bar = tqdm(total=total, initial=total - len(todo), unit="tile", dynamic_ncols=True,
                disable=None if progress is None else not progress,      # None: only on a terminal

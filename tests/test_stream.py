@@ -123,3 +123,25 @@ def test_plan_shows_the_streamed_mapping_within_the_budget():
     r = cli("plan", "--model", "unet", "--image", "4096x4096")                 # overlap tiles by default
     assert r.returncode == 0 and "overlap tiles, each with its own halo" in r.stdout and "stages" not in r.stdout
     assert_one_line_error(cli("plan", "--model", "unet", "--memory", "lots"), 2, "not a memory size")
+
+
+def test_weights_are_packed_before_the_slab_and_counted():
+    """pack_weights packs every conv's weights on a small region (a run calls it before its
+    slab exists); a real region then packs nothing more; weight_bytes counts the graph's own
+    parameters, the prepared copies and the packed forms."""
+    from hirestile.kernels import conv
+
+    m = unet(in_channels=3, classes=2, base=16, depth=2, seed=9)
+    rep = m.analyze((200, 180))
+    executor.pack_weights(rep)
+    packed = {k: dict(v[1]) for k, v in conv._packed.items()}
+    kinds = {n.name: type(n.op).__name__ for n in rep.graph.nodes}
+    convs = [a["w"] for n, a in rep.weights.items() if kinds.get(n) == "Conv"]
+    assert len(convs) >= 8 and all(id(w) in packed for w in convs)
+    x = np.random.default_rng(9).random((3, 200, 180), np.float32)
+    executor.run_region(rep, x, (0, 0), ((0, 200), (0, 180)))
+    assert {k: dict(v[1]) for k, v in conv._packed.items()}.keys() == packed.keys()
+    assert all(conv._packed[k][1].keys() == v.keys() for k, v in packed.items())
+    own = sum(a.nbytes for n in rep.graph.nodes for a in n.params.values())
+    prepared = sum(a.nbytes for arrays in rep.weights.values() for a in arrays.values())
+    assert executor.weight_bytes(rep) > own + prepared > prepared
