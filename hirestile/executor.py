@@ -705,9 +705,9 @@ def weight_bytes(rep: Report) -> int:
     for name, arrays in (rep.weights or {}).items():
         total += sum(a.nbytes for a in arrays.values())
         w = arrays.get("w")
-        if w is not None:
+        if w is not None:             # bf16 routes pack 2-byte values
             m = rep.steps.get(name, (1, 1))[0]
-            total += int(w.nbytes * ((m + 2) ** 2 / 9 if m > 1 else 1))
+            total += int(w.nbytes * ((m + 2) ** 2 / 9 if m > 1 else 1) * (0.5 if rep.precision == "bf16" else 1))
     return total
 
 
