@@ -204,8 +204,11 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
 # the deep layers a few rows each: benchmarks/README.md, pipeline.py); measured stream / tile
 # throughput against tile / stream redundancy: 0.84-1.03x at 1.12-1.18 (UNet-16, 4096^2 to
 # 16384^2), 1.18x at 1.38 (UNet-32, 8192^2). So streaming is the default only where overlap
-# tiles would compute at least this much more.
+# tiles would compute at least this much more, and only in strips at least MIN_STREAM_STRIP
+# wide: narrower ones starve the deep layers further (UNet-64, 768-px strips, tiles 1.69-1.70x
+# against bands 1.27x: streamed 0.79x at 4096^2, 0.87x at 8192^2).
 STREAM_GAIN = 1.25
+MIN_STREAM_STRIP = 2048
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,8 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
 
     ``stream`` True or False is the caller's choice. None decides: streamed bands when the
     overlap tiles that fit the budget would compute at least :data:`STREAM_GAIN` times the
-    FLOPs the streamed bands compute (large halos against small tiles: big models, small
-    budgets); overlap tiles otherwise, and whenever ``tile`` or ``max_side`` is given (a tile
+    FLOPs the streamed bands compute (large halos against small tiles) and the strips are
+    at least :data:`MIN_STREAM_STRIP` wide; overlap tiles otherwise, and whenever ``tile`` or ``max_side`` is given (a tile
     side is an overlap tile's; a masked run's small tiles skip glass) or the network is not
     tileable. Both give the same bits and keep the same memory budget.
 
@@ -247,8 +250,10 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
     >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((4096, 4096))
     >>> choose_mode(rep, None, None).stream                # tiles of 2048^2 recompute little
     False
-    >>> choose_mode(rep, None, None, memory=600 << 20).stream   # 600 MiB: small tiles, big halos
-    True
+    >>> rep = unet(in_channels=3, classes=2, base=32, depth=4).analyze((8192, 8192))
+    >>> m = choose_mode(rep, None, None)                      # 2 GiB: tiles of 1024^2 recompute 46%
+    >>> m.stream, m.tile, round(m.tile_redundancy, 2), round(m.stream_redundancy, 2)
+    (True, (768, 2048), 1.46, 1.08)
     """
     if stream is not None or tile is not None or max_side is not None or not rep.tileable:
         stream = bool(stream) and rep.tileable
@@ -260,7 +265,7 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
         t = choose_tile(rep, None, stream=s, memory=memory, channels=channels)
         plan = make_plan(rep, ome.choose_layout(kind, classes=k, out_hw=(oh, ow), tile=t), t, stream=s)
         got[s] = (t, compute_redundancy(rep, plan))
-    s = got[False][1] >= STREAM_GAIN * got[True][1]
+    s = got[False][1] >= STREAM_GAIN * got[True][1] and got[True][0][1] >= MIN_STREAM_STRIP
     return Mode(s, got[s][0], tile_redundancy=got[False][1], stream_redundancy=got[True][1])
 
 
@@ -406,7 +411,8 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         computed once per strip (:class:`hirestile.bands.Stream`); False: every tile with its
         own halo (overlap tiles). None (default): :func:`choose_mode` decides from the plan --
         streamed bands where overlap tiles would recompute a lot (big models, small budgets,
-        e.g. UNet-32 at 8192^2 in 2 GiB: 1.46x the FLOPs against 1.06x, streamed 1.18x faster),
+        in strips >= 2048 px, e.g. UNet-32 at 8192^2 in 2 GiB: 1.46x the FLOPs against 1.05x,
+        streamed 1.18x faster),
         overlap tiles elsewhere (UNet-16: tiles 1.12-1.23x, measured as fast as streaming),
         and the summary says which and why. Same bits and the same memory promise either way. Runs
         on a cluster (``run_tiles``) use overlap tiles.
