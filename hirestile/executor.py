@@ -453,7 +453,8 @@ class Arena:
         hit = self._layouts.get(requests)
         if hit is None:
             hit = self._layouts[requests] = layout(requests, self.ALIGN)
-        if hit[1] > self.slab.size:
+        if hit[1] > self.slab.size:     # the old slab goes first: never two at once
+            self.slab = np.empty(0, np.float32)
             self.slab = aligned_empty(hit[1])
         return hit[0]
 
@@ -626,6 +627,8 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     else:
         res = bufs[g.output].crop(Region((oy0, oy1), (ox0, ox1))).data
     res = np.ascontiguousarray(np.moveaxis(res, -1, 0))
+    if np.may_share_memory(res, arena.slab):   # one channel, whole buffer: a view the next region overwrites
+        res = res.copy()
     if g.output != g.input and g.output in keep:
         _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output], spare)
     return res

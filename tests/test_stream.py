@@ -145,3 +145,21 @@ def test_weights_are_packed_before_the_slab_and_counted():
     own = sum(a.nbytes for n in rep.graph.nodes for a in n.params.values())
     prepared = sum(a.nbytes for arrays in rep.weights.values() for a in arrays.values())
     assert executor.weight_bytes(rep) > own + prepared > prepared
+
+
+def test_arena_grows_without_holding_two_slabs():
+    """A region needing a larger slab (an interior tile after an edge tile) frees the old one
+    before allocating the new: the plan counts one slab, never two."""
+    import tracemalloc
+
+    a = executor.Arena()
+    tracemalloc.start()
+    try:
+        a.place(((1_000_000, 0, 0),))
+        tracemalloc.reset_peak()
+        a.place(((2_000_000, 0, 0),))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert a.slab.size == 2_000_000 and a.slab.ctypes.data % 64 == 0
+    assert peak <= 4 * (2_000_000 + 16) + 65536, peak            # not 12 MB: the 4 MB slab was gone
