@@ -40,7 +40,9 @@ def child(args: argparse.Namespace) -> None:
     from hirestile.io import open_image
     from hirestile.models.unet import unet
     from hirestile.scheduler import PROCESS_BASELINE, choose_tile, expected_memory, make_plan, segment_to_zarr
+    from hirestile.stream import keep_freed_memory
 
+    keep_freed_memory()     # before the random init's temporaries, as `hirestile segment` does before its run
     model = unet(in_channels=3, classes=2, base=args.base, depth=4, seed=0, name=f"unet{args.base}")
     stream = args.mode == "stream"
     with open_image(args.input) as img:
