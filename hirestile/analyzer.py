@@ -126,6 +126,10 @@ class Report:
     precision : str
         ``"fp32"`` or ``"bf16"``: the arithmetic the executor runs the graph in (given
         by the executor with the weights; the analyzer never reads it).
+    held_bytes : int
+        Bytes of arrays kept alive beside ``graph`` while the report is used: a model's
+        own parameters, which ``graph`` (optimized: batch-norm folded) does not share. Given
+        by the model; the memory model counts them (:func:`hirestile.executor.weight_bytes`).
     """
 
     graph: Graph
@@ -136,6 +140,7 @@ class Report:
     steps: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     weights: Any = field(default=None, repr=False, compare=False)
     precision: str = "fp32"
+    held_bytes: int = field(default=0, repr=False, compare=False)
 
     @property
     def output_shape(self) -> Shape:

@@ -698,13 +698,14 @@ def tile_memory(rep: Report, tile: int | tuple[int, int]) -> int:
 
 
 def weight_bytes(rep: Report) -> int:
-    """Bytes of the network's weights as a run holds them: the graph's own parameters (the
-    model keeps them; the executor's are folded copies), the prepared arrays, and the packed
+    """Bytes of the network's weights as a run holds them: the model's own parameters
+    (``rep.held_bytes``) and its optimized graph's (batch-norm folded), the prepared arrays
+    (kernel layout), and the packed
     copy each conv route caches (a Winograd F(m x m, 3x3) route's transformed weights are
-    (m + 2)^2 / 9 times the 3x3 kernel's). A UNet-64: 118 + 118 + 442 MiB."""
+    (m + 2)^2 / 9 times the 3x3 kernel's). A UNet-64: 118 + 118 + 118 + 442 MiB."""
     prepared = [a for arrays in (rep.weights or {}).values() for a in arrays.values()]
-    total = sum(a.nbytes for n in rep.graph.nodes for a in n.params.values()
-                if isinstance(a, np.ndarray) and not any(np.shares_memory(a, b) for b in prepared))
+    total = rep.held_bytes + sum(a.nbytes for n in rep.graph.nodes for a in n.params.values()
+                                 if isinstance(a, np.ndarray) and not any(np.may_share_memory(a, b) for b in prepared))
     for name, arrays in (rep.weights or {}).items():
         total += sum(a.nbytes for a in arrays.values())
         w = arrays.get("w")

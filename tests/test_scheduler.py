@@ -330,13 +330,13 @@ def test_input_rewritten_in_place_refuses_resume(tmp_path, rgb_model, monkeypatc
     assert np.array_equal(got, _reference(rgb_model, changed))
 
 
-@pytest.mark.parametrize("extra_mib, min_strip, streamed", [(16, 128, True), (16, None, False), (64, 128, False)])
+@pytest.mark.parametrize("extra_mib, min_strip, streamed", [(8, 32, True), (8, None, False), (64, 32, False)])
 def test_default_mode_streams_where_tiles_would_recompute_much(tmp_path, monkeypatch, extra_mib, min_strip,
                                                                 streamed):
     """stream=None: the plan picks streamed bands where the overlap tiles that fit the budget would
     compute >= STREAM_GAIN x the streamed bands' FLOPs (each as its own explicit plan computes
     them) in strips >= MIN_STREAM_STRIP wide (lowered here: this small image's strips are
-    192 px), overlap tiles elsewhere; says which; the output is the full frame's either way,
+    32 px), overlap tiles elsewhere; says which; the output is the full frame's either way,
     and an explicit choice overrides."""
     from hirestile import scheduler
     from hirestile.scheduler import PROCESS_BASELINE, STREAM_GAIN, choose_mode, compute_redundancy
