@@ -200,15 +200,13 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
     return float(rep.redundancy((min(plan.tile[0], oh), min(plan.tile[1], ow))))
 
 
-# Streaming computes each row once but costs ~1.17x overlap tiles per FLOP here (its bands hand
-# the deep layers a few rows each: benchmarks/README.md, pipeline.py); measured stream / tile
-# throughput against tile / stream redundancy: 0.84-1.03x at 1.12-1.18 (UNet-16, 4096^2 to
-# 16384^2), 1.18x at 1.38 (UNet-32, 8192^2). So streaming is the default only where overlap
-# tiles would compute at least this much more, and only in strips at least MIN_STREAM_STRIP
-# wide: narrower ones starve the deep layers further (UNet-64, 768-px strips, tiles 1.69-1.70x
-# against bands 1.27x: streamed 0.79x at 4096^2, 0.87x at 8192^2).
-STREAM_GAIN = 1.25
-MIN_STREAM_STRIP = 2048
+# Streaming computes each row once but costs ~1.15-1.26x overlap tiles per FLOP here (its bands
+# hand the deep layers a few rows each: benchmarks/README.md, pipeline.py). Measured stream /
+# tile throughput against tile / stream redundancy, quiet machine: UNet-16 0.84-1.03x at
+# 1.12-1.15 (4096^2, 8192^2), UNet-32 1.04x at 1.31 (4096^2), UNet-64 1.29x at 1.49 (4096^2,
+# 512-px strips); loaded: UNet-16 16384^2 0.98x at 1.18, UNet-32 8192^2 1.18x at 1.38. So
+# streaming is the default only where overlap tiles would compute at least this much more.
+STREAM_GAIN = 1.3
 
 
 @dataclass(frozen=True)
@@ -239,8 +237,8 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
 
     ``stream`` True or False is the caller's choice. None decides: streamed bands when the
     overlap tiles that fit the budget would compute at least :data:`STREAM_GAIN` times the
-    FLOPs the streamed bands compute (large halos against small tiles) and the strips are
-    at least :data:`MIN_STREAM_STRIP` wide; overlap tiles otherwise, and whenever ``tile`` or ``max_side`` is given (a tile
+    FLOPs the streamed bands compute (large halos against small tiles: big models, small
+    budgets); overlap tiles otherwise, and whenever ``tile`` or ``max_side`` is given (a tile
     side is an overlap tile's; a masked run's small tiles skip glass) or the network is not
     tileable. Both give the same bits and keep the same memory budget.
 
@@ -265,7 +263,7 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
         t = choose_tile(rep, None, stream=s, memory=memory, channels=channels)
         plan = make_plan(rep, ome.choose_layout(kind, classes=k, out_hw=(oh, ow), tile=t), t, stream=s)
         got[s] = (t, compute_redundancy(rep, plan))
-    s = got[False][1] >= STREAM_GAIN * got[True][1] and got[True][0][1] >= MIN_STREAM_STRIP
+    s = got[False][1] >= STREAM_GAIN * got[True][1]
     return Mode(s, got[s][0], tile_redundancy=got[False][1], stream_redundancy=got[True][1])
 
 
@@ -411,8 +409,8 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         computed once per strip (:class:`hirestile.bands.Stream`); False: every tile with its
         own halo (overlap tiles). None (default): :func:`choose_mode` decides from the plan --
         streamed bands where overlap tiles would recompute a lot (big models, small budgets,
-        in strips >= 2048 px, e.g. UNet-32 at 8192^2 in 2 GiB: 1.46x the FLOPs against 1.05x,
-        streamed 1.18x faster),
+        e.g. UNet-64 at 4096^2 in 2 GiB: 2.06x the FLOPs against 1.38x, streamed 1.29x
+        faster),
         overlap tiles elsewhere (UNet-16: tiles 1.12-1.23x, measured as fast as streaming),
         and the summary says which and why. Same bits and the same memory promise either way. Runs
         on a cluster (``run_tiles``) use overlap tiles.
