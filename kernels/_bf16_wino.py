@@ -29,34 +29,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from ._conv_wino import _wt          # F(2x2)'s weight transform in float64, rounded once: fp32's own
 
 
 NX = 16          # Winograd components of F(2x2, 3x3)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _wt(w, U):
-    kh, kw, Ci, Co = w.shape
-    for ci in prange(Ci):
-        for co in range(Co):
-            # a = G g  (rows), G = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
-            a = np.empty((4, 3))
-            for j in range(3):
-                g0 = np.float64(w[0, j, ci, co])
-                g1 = np.float64(w[1, j, ci, co])
-                g2 = np.float64(w[2, j, ci, co])
-                a[0, j] = g0
-                a[1, j] = (g0 + g1 + g2) * 0.5
-                a[2, j] = (g0 - g1 + g2) * 0.5
-                a[3, j] = g2
-            for i in range(4):
-                h0, h1, h2 = a[i, 0], a[i, 1], a[i, 2]
-                U[4 * i + 0, ci, co] = np.float32(h0)
-                U[4 * i + 1, ci, co] = np.float32((h0 + h1 + h2) * 0.5)
-                U[4 * i + 2, ci, co] = np.float32((h0 - h1 + h2) * 0.5)
-                U[4 * i + 3, ci, co] = np.float32(h2)
-    return U
 
 
 def transformed_weights(w) -> np.ndarray:
