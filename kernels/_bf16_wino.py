@@ -31,8 +31,9 @@ import threading
 import numpy as np
 from numba import njit
 
-from ._conv_wino import _wt          # F(2x2)'s weight transform in float64, rounded once: fp32's own
-
+from ._conv_wino import (
+    _wt,  # F(2x2)'s weight transform in float64, rounded once: fp32's own
+)
 
 NX = 16          # Winograd components of F(2x2, 3x3)
 
