@@ -220,7 +220,7 @@ class Mode:
     chosen: bool = True               # decided here (False: the caller named the mode)
 
     def describe(self) -> str:
-        """One line for the log and ``hirestile plan``."""
+        """One line for the run summary and ``hirestile plan``."""
         what = (f"streamed bands {self.tile[0]}x{self.tile[1]}" if self.stream
                 else f"overlap tiles {self.tile}x{self.tile}" if isinstance(self.tile, int)
                 else f"overlap tiles {self.tile[0]}x{self.tile[1]}")
@@ -410,10 +410,9 @@ def segment_to_zarr(image: str | InputImage, model: Any, output: str | None = No
         own halo (overlap tiles). None (default): :func:`choose_mode` decides from the plan --
         streamed bands where overlap tiles would recompute a lot (big models, small budgets,
         e.g. UNet-64 at 4096^2 in 2 GiB: 2.06x the FLOPs against 1.38x, streamed 1.29x
-        faster),
-        overlap tiles elsewhere (UNet-16: tiles 1.12-1.23x, measured as fast as streaming),
-        and the summary says which and why. Same bits and the same memory promise either way. Runs
-        on a cluster (``run_tiles``) use overlap tiles.
+        faster), overlap tiles elsewhere (UNet-16: tiles 1.12-1.23x, measured as fast as
+        streaming), and the summary says which and why. Same bits and the same memory
+        promise either way. Runs on a cluster (``run_tiles``) use overlap tiles.
     mask : "auto", path or array, optional
         Compute only the tiles that touch the mask's foreground; the rest hold fill 0, are
         marked done and the mask is written as ``labels/mask`` (:mod:`hirestile.masks`).
