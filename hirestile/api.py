@@ -109,6 +109,13 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     ndarray, float32, (K, H', W') (or (N, K, H', W') for a batch)
         Logits on the model's output grid.
 
+    Notes
+    -----
+    The node buffers of a call (one slab, ~1 GB for a UNet-16 on 2048^2) stay with the model
+    for its next call, as inference engines keep their memory pools: fresh memory costs
+    0.5-3 s per GB of first-touch page faults on some machines, on every call. They go
+    with the model (``del model``).
+
     Examples
     --------
     >>> import numpy as np, hirestile
@@ -129,19 +136,22 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
                          for xi in x])
     img = _as_image(m, x)
     rep = m.analyze(img.shape[1:], precision)
+    _, oh, ow = rep.output_shape
     if tile is None:
-        return executor.run_full(rep, img)
+        with executor.kept_arena(rep) as arena:     # node buffers kept with the model for the next call
+            return executor.run_region(rep, img, (0, 0), ((0, oh), (0, ow)), arena=arena)
     rep.check_tileable()
     ty, tx = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if ty < 1 or tx < 1:
         raise ValueError(f"tile must be positive, got {tile}")
     out = np.empty(rep.output_shape, np.float32)
     tiles = grid_tiles(rep, (ty, tx), tile_origin)
-    arena = executor.Arena()          # node buffers reused tile after tile
-    for strip in column_strips(tiles) if stream else [tiles]:
-        run = Stream(rep, arena).run if stream else functools.partial(executor.run_region, rep, arena=arena)
-        for t in strip:
-            out[(slice(None), *t.write.slices)] = run(img[(slice(None), *t.read.slices)], t.read.origin, t.write)
+    with executor.kept_arena(rep) as arena:         # node buffers reused tile after tile, call after call
+        for strip in column_strips(tiles) if stream else [tiles]:
+            run = Stream(rep, arena).run if stream else functools.partial(executor.run_region, rep, arena=arena)
+            for t in strip:
+                out[(slice(None), *t.write.slices)] = run(img[(slice(None), *t.read.slices)], t.read.origin,
+                                                          t.write)
     return out
 
 

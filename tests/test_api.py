@@ -120,3 +120,29 @@ def test_model_paths_that_are_not_models(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ModelError, match="neither .onnx nor .safetensors"):
         hirestile.load_model("notes.txt")
+
+
+def test_predict_keeps_its_buffers_with_the_model():
+    """predict keeps its node-buffer slab with the model for the next call (no fresh pages);
+    an earlier result is never a view the next call overwrites; dropping the model frees it."""
+    import gc
+    import weakref
+
+    from hirestile import executor
+    from hirestile.models.unet import unet
+
+    m = unet(in_channels=1, classes=1, base=4, depth=2, seed=3)      # one channel out: the view case
+    x1, x2 = (np.random.default_rng(s).random((1, 60, 52), np.float32) for s in (1, 2))
+    first = hirestile.predict(m, x1)
+    kept = executor._kept[m.analyze((60, 52)).graph]
+    again = first.copy()
+    second = hirestile.predict(m, x2)
+    assert executor._kept[m.analyze((60, 52)).graph] is kept           # the same slab, reused
+    assert np.array_equal(first, again) and not np.array_equal(first, second)
+    assert not np.shares_memory(first, kept.slab) and not np.shares_memory(second, kept.slab)
+    tiled = hirestile.predict(m, x2, tile=16)
+    assert np.array_equal(tiled, second)
+    gone = weakref.ref(kept)
+    del m, kept
+    gc.collect()
+    assert gone() is None
