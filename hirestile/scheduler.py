@@ -224,8 +224,8 @@ class Mode:
         what = (f"streamed bands {self.tile[0]}x{self.tile[1]}" if self.stream
                 else f"overlap tiles {self.tile}x{self.tile}" if isinstance(self.tile, int)
                 else f"overlap tiles {self.tile[0]}x{self.tile[1]}")
-        if not self.chosen or not self.stream_redundancy:
-            return f"mode: {what}"
+        if not self.chosen or not self.stream_redundancy or self.tile_redundancy == self.stream_redundancy:
+            return f"mode: {what}"            # nothing was weighed (e.g. one tile covers the image)
         other = "--no-stream for overlap tiles" if self.stream else "--stream for streamed bands"
         return (f"mode: {what} (overlap tiles would compute {self.tile_redundancy:.2f}x the FLOPs of one pass, "
                 f"streamed bands {self.stream_redundancy:.2f}x; {other})")

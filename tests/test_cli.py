@@ -85,9 +85,10 @@ def test_info_example_models_plan(work, tmp_path):
               "expected peak memory", "tiles", "shards"):
         assert s in p.stdout, s
     assert "mode:" not in p.stdout                       # --tile names an overlap tile: nothing to decide
-    for budget in ("194MiB", "4GiB"):         # strips of this small image: narrower than streaming needs
+    for budget, why in (("194MiB", True), ("4GiB", False)):   # 4 GiB: one tile covers it, nothing weighed
         p = cli("plan", "--model", work / "rgb.safetensors", "--image", "1000x700", "--memory", budget)
-        assert p.returncode == 0 and "mode: overlap tiles" in p.stdout and "--stream for streamed bands" in p.stdout
+        assert p.returncode == 0 and "mode: overlap tiles" in p.stdout, p.stdout
+        assert ("--stream for streamed bands" in p.stdout) == why, p.stdout
     p = cli("plan", "--model", work / "rgb.safetensors", "--image", "1000x700", "--memory", "194MiB", "--stream")
     assert p.returncode == 0 and "streamed: bands down column strips" in p.stdout and "mode:" not in p.stdout
 
