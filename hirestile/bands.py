@@ -51,21 +51,21 @@ class Stream:
         self.arena = executor.Arena() if arena is None else arena   # band buffers, reused band after band
         self._at: tuple[int, tuple[int, int]] | None = None          # (next row, cols) that continues the strip
         self._done: dict[str, int] = {}                              # per node: rows computed so far
-        self._spare: dict[str, np.ndarray] = {}                      # consumed line buffers' memory, reused
+        self._stores: dict[str, np.ndarray] = {}                     # per node: its line buffers' memory
 
     def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
         """The band ``out_region`` (as :func:`run_region`), reusing the rows above."""
         (y0, y1), cols = out_region
         cols = tuple(cols)
         if self._at != (y0, cols):            # not the continuation of the last band: start afresh
-            self.lines, self._done, self._spare = {}, {}, {}
+            self.lines, self._done, self._stores = {}, {}, {}
         held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
                                                  last=y1 >= self.rep.output_shape[1])
         self._at = (y1, cols)
         out = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
-                            self._spare)
+                            self._stores)
         if not keep:
-            self.lines, self._done, self._spare, self._at = {}, {}, {}, None
+            self.lines, self._done, self._stores, self._at = {}, {}, {}, None
         return out
 
     @property

@@ -562,13 +562,14 @@ def regions_of(rep: Report, out_region: Region) -> tuple[dict[str, Region], dict
 
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
          band: tuple[dict, dict, dict] | None = None, lines: dict[str, Buf] | None = None,
-         arena: Arena | None = None, spare: dict[str, np.ndarray] | None = None) -> np.ndarray:
+         arena: Arena | None = None, stores: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """:func:`run_region`; with ``band`` (held, computed, keep), as planned by
     :class:`hirestile.bands.Stream`: each node holds the ``held`` rows, of which it computes
     only ``computed``, the rows above coming from its line buffer in ``lines``; once a node's
     consumers have run, its rows from ``keep[name]`` on are kept in ``lines`` for the next band.
-    ``spare`` holds, per node, the memory of its consumed line buffer, which its next line
-    buffer reuses (fresh pages cost more than the copy)."""
+    ``stores`` holds, per node, the memory its line buffers live in, reused band after band
+    (fresh pages cost more than the copy): a node's line buffer is consumed when the node
+    computes, before its next one is kept."""
     g = rep.graph
     if rep.weights is None:
         raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
@@ -582,7 +583,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
     held, comp, keep = band if band is not None else (*regions_of(rep, out_region), {})
     lines = {} if lines is None else lines
-    spare = {} if spare is None else spare
+    stores = {} if stores is None else stores
     arena = Arena() if arena is None else arena
     ext = _extents(g, held, comp, rep.shapes)
     names, requests = _requests(rep, held, comp, ext)
@@ -614,15 +615,12 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         if held[n.name].rows[0] >= comp[n.name].rows[0]:
             prev = None
         bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
-        if prev is not None:                     # its memory, from where its rows start (aligned)
-            base = prev.data.base if prev.data.base is not None else prev.data
-            spare[n.name] = base.reshape(-1)[(prev.data.ctypes.data - base.ctypes.data) // base.itemsize:]
         for t in n.inputs:
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
                 done = bufs.pop(t, None)         # its memory may now be another buffer's
                 if done is not None and t in keep:
-                    _keep(lines, t, done, held[t], keep[t], spare)
+                    _keep(lines, t, done, held[t], keep[t], stores)
     if g.output == g.input:
         res = fetch(bufs[g.input], out_region, (oh, ow))
     else:
@@ -631,7 +629,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     if np.may_share_memory(res, arena.slab):   # one channel, whole buffer: a view the next region overwrites
         res = res.copy()
     if g.output != g.input and g.output in keep:
-        _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output], spare)
+        _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output], stores)
     return res
 
 
@@ -774,16 +772,16 @@ def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
 
 
 def _keep(lines: dict[str, Buf], name: str, buf: Buf, held: Region, first: int,
-          spare: dict[str, np.ndarray]) -> None:
+          stores: dict[str, np.ndarray]) -> None:
     """Keep the rows of ``buf`` from ``first`` to the end of ``held`` (the rows the next band
-    reads again), copied out (the buffer's memory goes to other nodes) into the memory of the
-    node's previous line buffer when it is large enough."""
+    reads again), copied out (the buffer's memory goes to other nodes) into the node's store,
+    grown when too small."""
     (_, y1), (c0, c1) = held
     if y1 > first:
         src = buf.data[first - buf.y0:y1 - buf.y0, c0 - buf.x0:c1 - buf.x0]
-        store = spare.pop(name, None)
+        store = stores.get(name)
         if store is None or store.size < src.size:
-            store = aligned_empty(src.size)
+            store = stores[name] = aligned_empty(src.size)
         rows = store.reshape(-1)[:src.size].reshape(src.shape)
         np.copyto(rows, src)
         lines[name] = Buf(rows, first, c0)
