@@ -703,8 +703,7 @@ def weight_bytes(rep: Report) -> int:
     copy each conv route caches (a Winograd F(m x m, 3x3) route's transformed weights are
     (m + 2)^2 / 9 times the 3x3 kernel's). A UNet-64: 118 + 118 + 118 + 442 MiB."""
     prepared = [a for arrays in (rep.weights or {}).values() for a in arrays.values()]
-    total = rep.held_bytes + sum(a.nbytes for n in rep.graph.nodes for a in n.params.values()
-                                 if isinstance(a, np.ndarray) and not any(np.may_share_memory(a, b) for b in prepared))
+    total = rep.held_bytes + rep.graph.param_bytes(besides=prepared)
     for name, arrays in (rep.weights or {}).items():
         total += sum(a.nbytes for a in arrays.values())
         w = arrays.get("w")

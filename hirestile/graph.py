@@ -618,6 +618,12 @@ class Graph:
     def by_name(self) -> dict[str, Node]:
         return {n.name: n for n in self.nodes}
 
+    def param_bytes(self, besides: Sequence[np.ndarray] = ()) -> int:
+        """Bytes of the nodes' parameter arrays, leaving out those that may share memory with
+        an array in ``besides`` (memory already counted elsewhere)."""
+        return sum(a.nbytes for n in self.nodes for a in n.params.values()
+                   if isinstance(a, np.ndarray) and not any(np.may_share_memory(a, b) for b in besides))
+
     def consumers(self) -> dict[str, list[tuple[Node, int]]]:
         """For each tensor, the (node, input index) pairs that read it."""
         cons: dict[str, list[tuple[Node, int]]] = {self.input: []}

@@ -34,14 +34,6 @@ def fingerprint_arrays(arrays: Iterable[tuple[str, np.ndarray]]) -> str:
     return h.hexdigest()[:16]
 
 
-def _unshared_bytes(own: Graph, other: Graph) -> int:
-    """Bytes of ``own``'s parameters that ``other`` does not share (a model's parameters and
-    its optimized graph's, where batch-norm folding made new arrays: both stay alive)."""
-    theirs = [a for n in other.nodes for a in n.params.values() if isinstance(a, np.ndarray)]
-    return sum(a.nbytes for n in own.nodes for a in n.params.values()
-               if isinstance(a, np.ndarray) and not any(np.may_share_memory(a, b) for b in theirs))
-
-
 @dataclass(frozen=True, eq=False)
 class Model:
     """A network and how to feed it.
@@ -113,7 +105,10 @@ class Model:
             rep = executor.analyze(self.runnable, shape, precision)
         except ShapeError as e:
             raise InputError(self._size_advice(shape, e)) from None
-        return replace(rep, held_bytes=_unshared_bytes(self.graph, rep.graph))
+        # the model's own parameters stay alive beside its optimized graph's (batch-norm folding
+        # made new arrays): count the ones the optimized graph does not share
+        theirs = [a for n in rep.graph.nodes for a in n.params.values()]
+        return replace(rep, held_bytes=self.graph.param_bytes(besides=theirs))
 
     @cached_property
     def size_rule(self) -> tuple[AxisRule, AxisRule] | None:
