@@ -53,8 +53,10 @@ class Stream:
         self._done: dict[str, int] = {}                              # per node: rows computed so far
         self._stores: dict[str, np.ndarray] = {}                     # per node: its line buffers' memory
 
-    def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region) -> np.ndarray:
-        """The band ``out_region`` (as :func:`run_region`), reusing the rows above."""
+    def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region,
+            out: np.ndarray | None = None) -> np.ndarray:
+        """The band ``out_region`` (as :func:`run_region`, into ``out`` when given), reusing
+        the rows above."""
         (y0, y1), cols = out_region
         cols = tuple(cols)
         if self._at != (y0, cols):            # not the continuation of the last band: start afresh
@@ -62,11 +64,11 @@ class Stream:
         held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
                                                  last=y1 >= self.rep.output_shape[1])
         self._at = (y1, cols)
-        out = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
-                            self._stores)
+        res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
+                            self._stores, out)
         if not keep:
             self.lines, self._done, self._stores, self._at = {}, {}, {}, None
-        return out
+        return res
 
     @property
     def nbytes(self) -> int:
@@ -96,9 +98,6 @@ def plan_band(rep: Report, band: Region, done: dict[str, int], *, last: bool = F
         r = reads.get(n.name)
         if n.name not in cols or r is None or empty(r):
             continue
-        if n.name == g.input:
-            held[n.name] = comp[n.name] = Region(r, cols[n.name])
-            continue
         s = done[n.name]
         e = max(s, align(r, rep.steps.get(n.name, (1, 1))[0])[1])
         held[n.name] = Region((min(r[0], s), e), cols[n.name])
@@ -109,6 +108,9 @@ def plan_band(rep: Report, band: Region, done: dict[str, int], *, last: bool = F
                 src = _rows_read(n, k, (s, e), shapes)
                 if src is not None:
                     reads[t] = hull(reads.get(t), src)
+    r = reads.get(g.input)
+    if g.input in cols and r is not None and not empty(r):     # the input rows the band reads
+        held[g.input] = comp[g.input] = Region(r, cols[g.input])
     return held, comp, ({} if last else _keep_rows(rep, band, comp, new_done)), new_done
 
 

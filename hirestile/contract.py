@@ -106,12 +106,17 @@ class InputContract:
         parts.append("any size" if self.pad_to == 1 else f"pad to a multiple of {self.pad_to} ({self.pad_mode})")
         return "; ".join(parts)
 
-    def normalize(self, raw: np.ndarray) -> np.ndarray:
-        """Map a raw (C, h, w) block of any numeric dtype to the float32 the network takes.
+    def normalize(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Map a raw (C, h, w) block of any numeric dtype to the float32 the network takes
+        (into ``out``, a float32 array of the same shape, when given).
 
         Pointwise and position-independent, so tiles and the whole image agree.
         """
-        x = raw.astype(np.float32, copy=True)
+        if out is None:
+            x = raw.astype(np.float32, copy=True)
+        else:
+            x = out
+            np.copyto(x, raw, casting="unsafe")     # the same conversion as astype
         if self.scale == "dtype" and np.issubdtype(raw.dtype, np.integer):
             x *= np.float32(1.0 / np.iinfo(raw.dtype).max)
         if self.stretch == "asinh":
@@ -148,21 +153,23 @@ NAN_FILL_HINT = "pass --nan-fill VALUE to stand in for NaN/Inf (e.g. --nan-fill 
 
 
 def normalize_window(raw: np.ndarray, read: Region, contract: InputContract, nan_fill: float | None, *, where: str,
-                     hint: str) -> np.ndarray:
+                     hint: str, out: np.ndarray | None = None) -> np.ndarray:
     """The network's float32 window for ``raw`` (C, h, w) read at ``read``: NaN/Inf filled with
     ``nan_fill``, normalised by ``contract``, and refused (:class:`InputError` naming ``where`` and
-    the first pixel) where it is not finite after normalisation.
+    the first pixel) where it is not finite after normalisation. ``out``: where to write it (a
+    float32 array of ``raw``'s shape, reused from window to window: no fresh pages).
 
     Checking the normalised block catches both NaN/Inf stored in the input and finite values
-    that the float32 cast or the contract's arithmetic turn into Inf (a float64 1e300), in one pass.
+    that the float32 cast or the contract's arithmetic turn into Inf (a float64 1e300): NaN
+    shows in the block's minimum and maximum, Inf in one of them.
     """
     if nan_fill is not None:
         raw = check_finite(raw, read, nan_fill, where=where, hint=hint)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # refused below instead
-        x = contract.normalize(raw)
+        x = contract.normalize(raw, out)
+        if np.isfinite(x.min(initial=0.0)) and np.isfinite(x.max(initial=0.0)):   # NaN and Inf show in both
+            return x
     bad = ~np.isfinite(x)
-    if not bad.any():
-        return x
     first = tuple(np.argwhere(bad)[0])
     if not np.isfinite(raw[first]):
         _refuse_nonfinite(raw, read, first, where=where, hint=hint)

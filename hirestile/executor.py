@@ -28,6 +28,7 @@ from hirestile.kernels import norm as knorm
 from hirestile.kernels import pointwise as kpw
 from hirestile.kernels import pool as kpool
 from hirestile.kernels import resize as kresize
+from hirestile.kernels._move import copy_channels, pixels_to_planes, planes_to_pixels
 from hirestile.region import Region
 from hirestile.rewrite import optimize
 from hirestile.tiling import Tile
@@ -328,7 +329,6 @@ def _run_binary(node, bufs, comp, shapes, wts):
 def _run_concat(node, bufs, comp, shapes, wts, out=None):
     """Each input fetched straight into its channel slice of the output (one copy, not two)."""
     from hirestile.kernels._common import packed
-    from hirestile.kernels._move import copy_channels
     (a, b), (c, d) = comp
     chans = [shapes[t][0] for t in node.inputs]
     if out is None:
@@ -395,7 +395,7 @@ WRITES_INTO = frozenset({Conv, ConvTranspose, Pool, Concat})
 
 
 def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region, *,
-               arena: "Arena | None" = None) -> np.ndarray:
+               arena: "Arena | None" = None, out: np.ndarray | None = None) -> np.ndarray:
     """Compute ``out_region`` of the network's output.
 
     Parameters
@@ -412,12 +412,16 @@ def run_region(rep: Report, window: np.ndarray, origin: tuple[int, int], out_reg
     arena : Arena, optional
         Where the node buffers come from; pass the same one to every tile of a run so that
         they are reused (a fresh one by default).
+    out : ndarray, float32, (K, y1 - y0, x1 - x0), optional
+        Where to write the result (an array of the caller's, reused: no fresh pages); a new
+        array by default.
 
     Returns
     -------
     ndarray, float32, (K, y1 - y0, x1 - x0)
+        ``out`` when given.
     """
-    return _run(rep, window, origin, out_region, arena=arena)
+    return _run(rep, window, origin, out_region, arena=arena, result=out)
 
 
 class Arena:
@@ -446,6 +450,7 @@ class Arena:
 
     def __init__(self) -> None:
         self.slab = np.empty(0, np.float32)
+        self._scratch = np.empty(0, np.float32)
         self._layouts: dict[tuple, tuple[list[int], int]] = {}
 
     def place(self, requests: tuple[tuple[int, int, int], ...]) -> list[int]:
@@ -458,6 +463,16 @@ class Arena:
             self.slab = np.empty(0, np.float32)
             self.slab = aligned_empty(hit[1])
         return hit[0]
+
+    def scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of ``shape`` in memory kept from call to call (grown when too small):
+        the normalised input window of :func:`run_window`, which the region run copies into
+        its node buffer before anything else is written."""
+        n = int(np.prod(shape))
+        if self._scratch.size < n:
+            self._scratch = np.empty(0, np.float32)
+            self._scratch = aligned_empty(n)
+        return self._scratch[:n].reshape(shape)
 
     def view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         """The slab's elements from ``offset`` as a C-contiguous array of ``shape``."""
@@ -562,8 +577,9 @@ def regions_of(rep: Report, out_region: Region) -> tuple[dict[str, Region], dict
 
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
          band: tuple[dict, dict, dict] | None = None, lines: dict[str, Buf] | None = None,
-         arena: Arena | None = None, stores: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """:func:`run_region`; with ``band`` (held, computed, keep), as planned by
+         arena: Arena | None = None, stores: dict[str, np.ndarray] | None = None,
+         result: np.ndarray | None = None) -> np.ndarray:
+    """:func:`run_region` (``result``: its ``out``); with ``band`` (held, computed, keep), as planned by
     :class:`hirestile.bands.Stream`: each node holds the ``held`` rows, of which it computes
     only ``computed``, the rows above coming from its line buffer in ``lines``; once a node's
     consumers have run, its rows from ``keep[name]`` on are kept in ``lines`` for the next band.
@@ -577,8 +593,10 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     k_out, oh, ow = rep.output_shape
     if not (0 <= oy0 <= oy1 <= oh and 0 <= ox0 <= ox1 <= ow):
         raise ValueError(f"output region {out_region} lies outside the output {oh}x{ow}")
+    if result is not None and (result.shape != (k_out, oy1 - oy0, ox1 - ox0) or result.dtype != np.float32):
+        raise ValueError(f"out must be float32 {(k_out, oy1 - oy0, ox1 - ox0)}, got {result.dtype} {result.shape}")
     if oy1 == oy0 or ox1 == ox0:
-        return np.zeros((k_out, oy1 - oy0, ox1 - ox0), np.float32)
+        return np.zeros((k_out, oy1 - oy0, ox1 - ox0), np.float32) if result is None else result
     if window.ndim != 3 or window.shape[0] != g.in_channels:
         raise InputError(f"input window must be (C={g.in_channels}, h, w), got {window.shape}")
     held, comp, keep = band if band is not None else (*regions_of(rep, out_region), {})
@@ -596,8 +614,8 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         e, fill = ext[g.input]
         x = Buf(mem[g.input], e.rows[0], e.cols[0], fill)
         (a, b), (c, d) = need
-        np.copyto(x.data[a - e.rows[0]:b - e.rows[0], c - e.cols[0]:d - e.cols[0]],
-                  np.moveaxis(window[:, a - given.rows[0]:b - given.rows[0], c - given.cols[0]:d - given.cols[0]], 0, -1))
+        planes_to_pixels(window[:, a - given.rows[0]:b - given.rows[0], c - given.cols[0]:d - given.cols[0]],
+                         x.data[a - e.rows[0]:b - e.rows[0], c - e.cols[0]:d - e.cols[0]])
         if fill is not None:
             _fill_outside(x, rep.shapes[g.input][1:])
     else:
@@ -625,9 +643,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         res = fetch(bufs[g.input], out_region, (oh, ow))
     else:
         res = bufs[g.output].crop(Region((oy0, oy1), (ox0, ox1))).data
-    res = np.ascontiguousarray(np.moveaxis(res, -1, 0))
-    if np.may_share_memory(res, arena.slab):   # one channel, whole buffer: a view the next region overwrites
-        res = res.copy()
+    res = pixels_to_planes(res, result)
     if g.output != g.input and g.output in keep:
         _keep(lines, g.output, bufs[g.output], held[g.output], keep[g.output], stores)
     return res
@@ -748,7 +764,7 @@ def _compute(n: Node, bufs: dict[str, Buf], held: Region, comp: Region, ext: tup
     if start > r0:
         if prev is None or prev.region.cols != held.cols or not prev.y0 <= r0 or prev.region.rows[1] < start:
             raise AssertionError(f"internal error: node {n.name!r} has no line buffer for rows {r0}..{start}")
-        buf.data[r0 - ea:start - ea, c0 - ec:c1 - ec] = prev.data[r0 - prev.y0:start - prev.y0]
+        copy_channels(prev.data[r0 - prev.y0:start - prev.y0], buf.data[r0 - ea:start - ea, c0 - ec:c1 - ec], 0)
     if r1 > start:
         dst = buf.data[start - ea:r1 - ea, c0 - ec:c1 - ec]
         if writes:
@@ -782,16 +798,17 @@ def _keep(lines: dict[str, Buf], name: str, buf: Buf, held: Region, first: int,
         if store is None or store.size < src.size:
             store = stores[name] = aligned_empty(src.size)
         rows = store.reshape(-1)[:src.size].reshape(src.shape)
-        np.copyto(rows, src)
+        copy_channels(src, rows, 0)
         lines[name] = Buf(rows, first, c0)
 
 
 def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile, *, nan_fill: float | None = None,
                where: str = "image", hint: str = "pass nan_fill=VALUE to stand in for NaN/Inf",
-               stream: Any = None, arena: Arena | None = None) -> np.ndarray:
+               stream: Any = None, arena: Arena | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """A tile's logits from its read window as stored: normalise by the model's input
     contract (refusing NaN/Inf unless ``nan_fill``; the message names ``where`` and
-    ``hint``), run the network, return the tile's output region.
+    ``hint``), run the network, return the tile's output region (in ``out`` when given).
+    The normalised window lives in the arena's scratch (:meth:`Arena.scratch`).
 
     Parameters
     ----------
@@ -811,10 +828,12 @@ def run_window(rep: Report, contract: InputContract, raw: np.ndarray, tile: Tile
     -------
     ndarray, float32, (K, rows, cols) of ``tile.write``
     """
-    window = normalize_window(raw, tile.read, contract, nan_fill, where=where, hint=hint)
+    keep = stream.arena if stream is not None else arena
+    window = normalize_window(raw, tile.read, contract, nan_fill, where=where, hint=hint,
+                              out=None if keep is None else keep.scratch(raw.shape))
     if stream is not None:
-        return stream.run(window, tile.read.origin, tile.write)
-    return run_region(rep, window, tile.read.origin, tile.write, arena=arena)
+        return stream.run(window, tile.read.origin, tile.write, out=out)
+    return run_region(rep, window, tile.read.origin, tile.write, arena=arena, out=out)
 
 
 _kept: weakref.WeakKeyDictionary[Graph, Arena] = weakref.WeakKeyDictionary()

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from . import executor
 from .bands import Stream
 from .contract import NAN_FILL_HINT
@@ -91,6 +93,18 @@ class _Pipeline:
         return False
 
 
+def _output_memory(spare: queue.SimpleQueue[np.ndarray], n: int) -> np.ndarray:
+    """A float32 buffer of at least ``n`` values for a tile's logits: one the writer has handed
+    back (its pages already touched), else a new one. Buffers exist only while the compute
+    thread, the output queue or the writer holds them (``PIPELINE_DEPTH + 2``, as the plan
+    counts), and one too small is dropped."""
+    try:
+        mem = spare.get_nowait()
+    except queue.Empty:
+        return executor.aligned_empty(n)
+    return mem if mem.size >= n else executor.aligned_empty(n)
+
+
 def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Tile], donelog: DoneLog,
               stats: Any, *, kind: str, nan_fill: float | None, progress: bool | None, total: int,
               streaming: bool = False) -> None:
@@ -103,6 +117,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
     from tqdm import tqdm
 
     pipe = _Pipeline()
+    spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()   # output buffers the writer is done with
     contract = model.contract
     band: Stream | None = None
     band_cols: Any = None
@@ -135,9 +150,10 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
                 item = pipe.outq.get()
                 if item is _STOP:
                     return
-                t, logits = item
+                t, logits, mem = item
                 s = time.perf_counter()
                 store_tile(arr, t, logits, kind=kind, output=stats.output, mark=donelog.mark)
+                spare.put(mem)
                 stats.write += time.perf_counter() - s
                 stats.tiles_computed += 1
                 stats.out_pixels += t.write.size
@@ -188,12 +204,15 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
             del item
             if streaming and (band is None or band_cols != t.write.cols):
                 band, band_cols = Stream(rep, arena), t.write.cols       # a new column strip
+            mem = _output_memory(spare, rep.output_shape[0] * t.write.size)
+            (y0, y1), (x0, x1) = t.write
+            out = mem[:rep.output_shape[0] * t.write.size].reshape(rep.output_shape[0], y1 - y0, x1 - x0)
             logits = executor.run_window(rep, contract, raw, t, nan_fill=nan_fill, where=f"{img.path}:",
-                                         hint=NAN_FILL_HINT, stream=band, arena=arena)
+                                         hint=NAN_FILL_HINT, stream=band, arena=arena, out=out)
             del raw
             stats.compute += time.perf_counter() - s
             s = time.perf_counter()
-            if not pipe.put(pipe.outq, (t, logits)):
+            if not pipe.put(pipe.outq, (t, logits, mem)):
                 break
             stats.idle += time.perf_counter() - s
     except BaseException as e:

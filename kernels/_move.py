@@ -1,4 +1,5 @@
-"""Moving values between HWC windows (private): the executor's concat.
+"""Moving values (private): between HWC windows (the executor's concat, line buffers), and
+between HWC buffers and the (C, h, w) planes images and outputs come in.
 
 Copies are exact, so nothing here touches the exactness contract; what matters is speed
 (2 threads, 16-lane vectors) on the large full-resolution skips of a UNet, which NumPy's
@@ -7,6 +8,7 @@ strided copy moves one 64-byte pixel slice at a time on one thread.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from ._common import flat
@@ -37,6 +39,13 @@ def _copy_channels(sf, sp, cs, df, dp, cd, c0, h, w, nt):
             sfence()
 
 
+# the same loop on the calling thread alone: small copies (a line buffer's few rows) finish
+# before a parallel region's threads would start, and on a loaded machine a parallel call
+# waits for a descheduled thread (measured: 17x slower line-buffer copies beside a compiler)
+_copy_channels_here = njit(cache=True, nogil=True)(_copy_channels.py_func)
+PARALLEL_BYTES = 1 << 20
+
+
 # outputs from this size on are written with non-temporal stores: they would not stay in the
 # caches anyway (L3 is 32 MiB per Zen 4 CCD), and a normal store first reads the line it
 # overwrites (read for ownership). 64 MiB measured better than 16 MiB (whole UNet-16 at
@@ -62,5 +71,76 @@ def copy_channels(src, dst, c0):
         return dst
     sf, sp = flat(src)
     df, dp = flat(dst)
-    _copy_channels(sf, sp, cs, df, dp, dst.shape[2], c0, h, w, streaming(dst, c0, cs))
+    run = _copy_channels if h * w * cs * 4 >= PARALLEL_BYTES else _copy_channels_here
+    run(sf, sp, cs, df, dp, dst.shape[2], c0, h, w, streaming(dst, c0, cs))
+    return dst
+
+
+# ---- between the engine's HWC buffers and the (C, h, w) planes of images and outputs
+# NumPy's moveaxis copies move one value at a time on one thread (a 768 x 4096 band's
+# 2-channel output: 6 ms, 23 ms with fresh pages); these run on all threads, the side
+# with channels innermost read or written in runs.
+
+@njit(parallel=True, cache=True, nogil=True)
+def _planes_to_pixels(sf, sk, sr, df, dp, c, h, w):
+    """df[r * dp * c + j * c + k] = sf[k * sk + r * sr + j] for k < c, r < h, j < w."""
+    for r in prange(h):
+        d0 = r * dp * c
+        for j in range(w):
+            for k in range(c):
+                df[d0 + j * c + k] = sf[k * sk + r * sr + j]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pixels_to_planes(sf, sp, c, df, dk, dr, h, w):
+    """df[k * dk + r * dr + j] = sf[r * sp * c + j * c + k] for k < c, r < h, j < w."""
+    for r in prange(h):
+        s0 = r * sp * c
+        for k in range(c):
+            d0 = k * dk + r * dr
+            for j in range(w):
+                df[d0 + j] = sf[s0 + j * c + k]
+
+
+def _planes(a):
+    """(flat view from a's first element, plane stride, row stride) of a float32 (C, h, w)
+    array whose columns are adjacent (``a.strides[2] == 4``) and other strides non-negative."""
+    c, h, w = a.shape
+    sk, sr = a.strides[0] // 4, a.strides[1] // 4
+    n = (c - 1) * sk + (h - 1) * sr + w
+    return np.lib.stride_tricks.as_strided(a, (n,), (4,)), sk, sr
+
+
+def _plane_strides_ok(a):
+    return a.dtype == np.float32 and a.strides[2] == 4 and min(a.strides) >= 0 and all(
+        s % 4 == 0 for s in a.strides)
+
+
+def planes_to_pixels(src, dst):
+    """``dst[r, j, k] = src[k, r, j]``: a float32 (C, h, w) array (any strides) into a packed
+    (h, w, C) window (``_common.packed``); exact. Returns ``dst``."""
+    c, h, w = src.shape
+    if c == 0 or h == 0 or w == 0:
+        return dst
+    if not _plane_strides_ok(src):
+        src = np.ascontiguousarray(src, np.float32)
+    sf, sk, sr = _planes(src)
+    df, dp = flat(dst)
+    _planes_to_pixels(sf, sk, sr, df, dp, c, h, w)
+    return dst
+
+
+def pixels_to_planes(src, dst=None):
+    """``dst[k, r, j] = src[r, j, k]``: a packed float32 (h, w, C) window into a (C, h, w)
+    array (given, with adjacent columns, or a new C-contiguous one); exact. Returns ``dst``."""
+    h, w, c = src.shape
+    if dst is None:
+        dst = np.empty((c, h, w), np.float32)
+    if c == 0 or h == 0 or w == 0:
+        return dst
+    if not _plane_strides_ok(dst):
+        raise ValueError(f"dst must be a float32 (C, h, w) array with adjacent columns, got {dst.dtype} {dst.strides}")
+    sf, sp = flat(src)
+    df, dk, dr = _planes(dst)
+    _pixels_to_planes(sf, sp, c, df, dk, dr, h, w)
     return dst

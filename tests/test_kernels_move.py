@@ -89,8 +89,12 @@ def test_pools_windows_subwindows_and_threads(numba_threads, c):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("cs,cd,c0", [(16, 32, 0), (16, 32, 16), (3, 8, 5), (35, 70, 35), (64, 64, 0)])
-def test_copy_channels_windows(numba_threads, cs, cd, c0):
+def test_copy_channels_windows(numba_threads, monkeypatch, cs, cd, c0, parallel):
+    """Both the parallel loop (large copies) and the calling thread's (small ones)."""
+    from hirestile.kernels import _move
+    monkeypatch.setattr(_move, "PARALLEL_BYTES", 0 if parallel else 1 << 40)
     src_big = randx(23, 29, cs, seed=5)
     src = src_big[2:19, 3:25]
     for n in (1, 2):
@@ -168,3 +172,51 @@ def test_non_temporal_stores_same_bits(numba_threads, monkeypatch, case):
         assert _move.streaming(buf[sl[:2]]) or case == "concat"
         run(buf)
         np.testing.assert_array_equal(buf, want_buf)
+
+
+# ---- HWC buffers <-> (C, h, w) planes (the executor's input and output copies)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from hirestile.kernels._move import pixels_to_planes, planes_to_pixels  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 19), h=st.integers(1, 23), w=st.integers(1, 29), pad=st.integers(0, 7), top=st.integers(0, 3))
+def test_planes_to_pixels_into_windows_of_wider_buffers(c, h, w, pad, top):
+    rng = np.random.default_rng(c * 1000 + h * 31 + w)
+    img = rng.standard_normal((c + 2, h + top + 3, w + pad + 5)).astype(F32)
+    src = img[1:c + 1, top:top + h, 2:2 + w]            # planes with gaps between rows and planes
+    big = np.full((h + 4, w + pad + 3, c), -7.0, F32)
+    dst = big[2:2 + h, 1:1 + w]                         # a packed window of a wider HWC buffer
+    before = big.copy()
+    assert planes_to_pixels(src, dst) is dst
+    np.testing.assert_array_equal(dst, np.moveaxis(src, 0, -1))
+    mask = np.ones(big.shape, bool)
+    mask[2:2 + h, 1:1 + w] = False
+    np.testing.assert_array_equal(big[mask], before[mask])   # nothing outside the window written
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 19), h=st.integers(1, 23), w=st.integers(1, 29), pad=st.integers(0, 7))
+def test_pixels_to_planes_from_windows(c, h, w, pad):
+    big = np.random.default_rng(h * 7 + w).standard_normal((h + 3, w + pad + 2, c)).astype(F32)
+    src = big[1:1 + h, 2:2 + w]
+    np.testing.assert_array_equal(pixels_to_planes(src), np.moveaxis(src, -1, 0))
+    out = np.full((c + 1, h, w + 4), 5.0, F32)[:c, :, 1:1 + w]    # given planes with gaps
+    assert pixels_to_planes(src, out) is out
+    np.testing.assert_array_equal(out, np.moveaxis(src, -1, 0))
+
+
+def test_planes_to_pixels_takes_any_strides():
+    x = np.random.default_rng(3).standard_normal((3, 12, 10)).astype(F32)
+    for src in (x[:, ::2, ::-1], x[::-1], np.asfortranarray(x)):
+        dst = np.empty((src.shape[1], src.shape[2], 3), F32)
+        np.testing.assert_array_equal(planes_to_pixels(src, dst), np.moveaxis(src, 0, -1))
+
+
+def test_pixels_to_planes_refuses_scattered_output():
+    src = np.zeros((4, 5, 2), F32)
+    with pytest.raises(ValueError, match="adjacent columns"):
+        pixels_to_planes(src, np.zeros((2, 4, 10), F32)[:, :, ::2])

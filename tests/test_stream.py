@@ -163,3 +163,50 @@ def test_arena_grows_without_holding_two_slabs():
         tracemalloc.stop()
     assert a.slab.size == 2_000_000 and a.slab.ctypes.data % 64 == 0
     assert peak <= 4 * (2_000_000 + 16) + 65536, peak            # not 12 MB: the 4 MB slab was gone
+
+
+def test_results_written_into_given_arrays_and_windows_into_the_arena():
+    """run_window / run_region / Stream.run write into a caller's ``out`` (reused: no fresh
+    pages) and normalise into the arena's scratch: the same bits as fresh arrays."""
+    from hirestile.contract import InputContract
+
+    m = unet(in_channels=3, classes=3, base=4, depth=2, seed=2)
+    rep = m.analyze((97, 83))
+    raw = (np.random.default_rng(4).random((3, 97, 83)) * 65535).astype(np.uint16)
+    contract = InputContract(channels=3, scale="dtype", mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    want = executor.run_full(rep, contract.normalize(raw))
+    arena, bands = executor.Arena(), Stream(rep)
+    mem = np.full(3 * 97 * 83, np.nan, np.float32)          # one buffer, tile after tile
+    for t in grid_tiles(rep, (31, 83)):
+        (y0, y1), (x0, x1) = t.write
+        out = mem[:3 * t.write.size].reshape(3, y1 - y0, x1 - x0)
+        window = raw[(slice(None), *t.read.slices)]
+        got = executor.run_window(rep, contract, window, t, arena=arena, out=out)
+        assert got is out and np.array_equal(out, want[:, y0:y1, x0:x1])
+        got = executor.run_window(rep, contract, window, t, stream=bands, out=out)
+        assert got is out and np.array_equal(out, want[:, y0:y1, x0:x1])
+    assert arena._scratch.size >= raw[:, :40].size
+    with pytest.raises(ValueError, match="out must be float32"):
+        executor.run_region(rep, contract.normalize(raw), (0, 0), ((0, 10), (0, 10)), out=np.empty((3, 10, 9), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_normalize_into_a_buffer_gives_astype_bits(dtype):
+    from hirestile.contract import InputContract
+
+    rng = np.random.default_rng(5)
+    raw = (rng.random((2, 13, 17)) * 200 - (50 if dtype in (np.int16, np.float32, np.float64) else 0)).astype(dtype)
+    for c in (InputContract(channels=2, scale="dtype", mean=(0.1, 0.2), std=(0.3, 0.7)),
+              InputContract(channels=2, stretch="asinh", softening=3.0)):
+        expect = c.normalize(raw)
+        out = np.full(raw.shape, np.nan, np.float32)
+        assert c.normalize(raw, out) is out
+        np.testing.assert_array_equal(out, expect)
+        ref = raw.astype(np.float64)                  # independent: float64 arithmetic, then compared loosely
+        if np.issubdtype(dtype, np.integer):          # scale="dtype" (the default)
+            ref = ref / np.iinfo(dtype).max
+        if c.stretch == "asinh":
+            ref = np.arcsinh(ref / 3.0)
+        else:
+            ref = (ref - np.array([0.1, 0.2])[:, None, None]) / np.array([0.3, 0.7])[:, None, None]
+        np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
