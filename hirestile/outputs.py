@@ -46,19 +46,51 @@ def output_shape(kind: str, logits_shape: tuple[int, int, int]) -> tuple[int, ..
     return tuple(logits_shape[1:]) if kind == "labels" else tuple(logits_shape)
 
 
-def postprocess(logits: np.ndarray, kind: str) -> np.ndarray:
-    """Map (K, h, w) float32 logits to ``kind`` (see the module table), pointwise per pixel."""
+def postprocess(logits: np.ndarray, kind: str, work: dict | None = None) -> np.ndarray:
+    """Map (K, h, w) float32 logits to ``kind`` (see the module table), pointwise per pixel.
+
+    ``work``: a dict the caller keeps from call to call (one per thread); the temporaries and
+    the result then live in its arrays, whose pages are already touched (a fresh 25 MB array
+    costs thousands of page faults), and the result is overwritten by the next call. The same
+    NumPy operations in the same order either way: the same bits.
+    """
     dtype = output_dtype(kind, logits.shape[0])
+    k, h, w = logits.shape
     if kind == "logits":
         return np.ascontiguousarray(logits, np.float32)
+    res = _scratch(work, "result", (h, w) if kind == "labels" else (k, h, w), dtype)
     if kind == "labels":
-        lab = logits[0] > 0 if logits.shape[0] == 1 else np.argmax(logits, axis=0)
-        return lab.astype(dtype)
-    if logits.shape[0] == 1:
-        return (np.float32(1) / (np.float32(1) + np.exp(-logits))).astype(dtype)
-    e = np.exp(logits - logits.max(axis=0, keepdims=True))
-    e /= e.sum(axis=0, keepdims=True)
-    return e.astype(dtype)
+        if k == 1:
+            lab = np.greater(logits[0], 0, out=_scratch(work, "bool", (h, w), np.bool_))
+        else:
+            lab = np.argmax(logits, axis=0, out=_scratch(work, "index", (h, w), np.intp))
+        np.copyto(res, lab, casting="unsafe")          # astype's conversion
+        return res
+    e = _scratch(work, "e", (k, h, w), np.float32)
+    if k == 1:
+        np.negative(logits, out=e)
+        np.exp(e, out=e)
+        np.add(np.float32(1), e, out=e)
+        np.divide(np.float32(1), e, out=e)
+    else:
+        m = np.max(logits, axis=0, keepdims=True, out=_scratch(work, "max", (1, h, w), np.float32))
+        np.subtract(logits, m, out=e)
+        np.exp(e, out=e)
+        np.divide(e, np.sum(e, axis=0, keepdims=True, out=_scratch(work, "sum", (1, h, w), np.float32)), out=e)
+    np.copyto(res, e, casting="same_kind")             # float32 -> float16 as astype rounds
+    return res
+
+
+def _scratch(work: dict | None, key: str, shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
+    """An array of ``shape`` from ``work[key]`` (grown when too small), or a new one without ``work``."""
+    if work is None:
+        return np.empty(shape, dtype)
+    n = int(np.prod(shape))
+    a = work.get(key)
+    if a is None or a.dtype != np.dtype(dtype) or a.size < n:
+        a = work[key] = np.empty(0, dtype)        # the old one goes first
+        a = work[key] = np.empty(n, dtype)
+    return a[:n].reshape(shape)
 
 
 __all__ = ["OUTPUT_KINDS", "MAX_CLASSES", "output_dtype", "output_shape", "postprocess"]

@@ -268,13 +268,14 @@ def job_status(path: str) -> dict[str, Any]:
 
 # **** storing a tile durably ****
 def store_tile(arr: Any, tile: Tile, logits: np.ndarray, *, kind: str, output: str,
-               mark: Callable[[tuple[int, int, int, int]], None] | None = None) -> None:
+               mark: Callable[[tuple[int, int, int, int]], None] | None = None, work: dict | None = None) -> None:
     """Write a tile's logits into ``arr`` (its ``write`` region: whole blocks) as ``kind``
-    (:func:`hirestile.outputs.postprocess`), fsync the blocks, then ``mark`` them done.
+    (:func:`hirestile.outputs.postprocess`, in the caller's ``work`` arrays when given), fsync
+    the blocks, then ``mark`` them done.
 
     An OSError becomes an :class:`OutputError` naming ``output`` (the output's path).
     """
-    store_region(arr, tile.write, postprocess(logits, kind), output=output, mark=mark, where=f"tile {tile.index}")
+    store_region(arr, tile.write, postprocess(logits, kind, work), output=output, mark=mark, where=f"tile {tile.index}")
 
 
 def store_region(arr: Any, region: Any, data: np.ndarray, *, output: str,

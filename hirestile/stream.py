@@ -145,6 +145,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
             pipe.fail(e)
 
     def writer() -> None:
+        work: dict = {}                     # postprocessing's arrays, reused tile after tile
         try:
             while True:
                 item = pipe.outq.get()
@@ -152,7 +153,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
                     return
                 t, logits, mem = item
                 s = time.perf_counter()
-                store_tile(arr, t, logits, kind=kind, output=stats.output, mark=donelog.mark)
+                store_tile(arr, t, logits, kind=kind, output=stats.output, mark=donelog.mark, work=work)
                 spare.put(mem)
                 stats.write += time.perf_counter() - s
                 stats.tiles_computed += 1

@@ -232,6 +232,23 @@ def test_postprocess_kinds():
     assert lab.dtype == np.uint16 and np.array_equal(lab, many.argmax(0))
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 300])
+def test_postprocess_into_kept_arrays_gives_the_same_bits(k):
+    """The writer's reused arrays (``work``) give fresh arrays' bits, NaN and Inf included,
+    whatever the sizes before (larger, smaller, another kind)."""
+    work: dict = {}
+    for kind, (h, w) in [("probabilities", (9, 11)), ("labels", (4, 5)), ("probabilities", (3, 2)),
+                         ("labels", (12, 13)), ("logits", (2, 2))]:
+        logits = RNG.normal(0, 4, (k, h, w)).astype(np.float32)
+        logits[0, 0, 0], logits[-1, 1, 1], logits[:, 1, 0] = np.nan, np.inf, -np.inf
+        with np.errstate(invalid="ignore"):
+            fresh, kept = postprocess(logits, kind), postprocess(logits, kind, work)
+        assert fresh.dtype == kept.dtype and fresh.shape == kept.shape
+        assert fresh.tobytes() == kept.tobytes()
+        if kind == "labels":                            # against NumPy's own argmax / threshold
+            np.testing.assert_array_equal(kept, logits.argmax(0) if k > 1 else logits[0] > 0)
+
+
 # A transcription of the OME-Zarr 0.5 JSON schemas (image.schema + label.schema) as far as they
 # constrain what hirestile writes; prose rules of the spec are checked in check_ome below.
 _VECTOR = {"type": "array", "minItems": 2, "items": {"type": "number"}}
