@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import executor
-from .bands import Stream
+from .bands import Stream, stream_reads
 from .contract import NAN_FILL_HINT
 from .io import InputImage
 from .resume import DoneLog, store_tile
@@ -131,7 +131,7 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
 
     def reader() -> None:
         try:
-            for t in todo:
+            for t in (stream_reads(rep, todo) if streaming else todo):
                 if pipe.stop.is_set():
                     return
                 s = time.perf_counter()
