@@ -82,7 +82,9 @@ def gen_gemm(P, family):
 DRIVERS = '''@njit(cache=True, nogil=True, _nrt=False)
 def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
     """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
-    blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]."""
+    blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]. Callers pass
+    int64 values, never literal constants (np.int64(0), not 0): Numba compiles a kernel once per
+    argument type, and a literal is a type of its own (``_conv_blocked``)."""
     for co0 in range(0, CoP, 16):
         for c0 in range(0, Wo, 8):
             {f}8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
@@ -98,6 +100,7 @@ def conv2d_{f}(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, 
     k = (ky, kx, channel pair); koff[k]: offset of term k in the packed rows; bias: (CoP,);
     output (r, c, co) at outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a
     wider buffer). The packing is a function of each value alone: no bit depends on RB."""
+    z = np.int64(0)                 # not a literal 0: see row_{f}
     K = koff.shape[0]
     nrin = (RB - 1) * sy + (kh - 1) * dy + 1
     per = nrin * Wi * Ch
@@ -110,11 +113,11 @@ def conv2d_{f}(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, 
         for r in range(r0, r1):
             xrow = (r - r0) * sy * Wi * Ch
             if Co == CoP:
-                row_{f}(xp, xrow, sx * Ch, koff, K, wp, 0, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
+                row_{f}(xp, xrow, sx * Ch, koff, K, wp, z, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
             else:  # 8 pixels at a time through an L1-sized buffer
                 for c0 in range(0, Wo, 8):
                     n = min(8, Wo - c0)
-                    row_{f}(xp, xrow + c0 * sx * Ch, sx * Ch, koff, K, wp, 0, CoP, bias, tmp, 0, CoP, n, act, alpha)
+                    row_{f}(xp, xrow + c0 * sx * Ch, sx * Ch, koff, K, wp, z, CoP, bias, tmp, z, CoP, n, act, alpha)
                     o = ob + r * op + c0 * Co
                     for c in range(n):
                         for co in range(Co):
@@ -132,6 +135,7 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
     When C2P == kw*Co a pixel's kw*Co columns are its kw output pixels, side by side in the
     output row: the GEMM stores them there (pixels whose outputs all lie inside the row; the
     one or two at the row's ends go through a small buffer). Output as conv2d_{f}."""
+    z, one = np.int64(0), np.int64(1)   # not literals: see row_{f}
     ix0 = tx // kw
     ix1 = min((Wo - 1 + tx) // kw, Wi - 1)
     nix = ix1 - ix0 + 1
@@ -145,7 +149,7 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
     for it in prange(max(0, iy1 - iy0 + 1) if nix > 0 else 0):
         iy = iy0 + it
         xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
-        pack_rows(src, sb + iy * sp + ix0 * Ci, sp, 1, nix, Ci, xp)
+        pack_rows(src, sb + iy * sp + ix0 * Ci, sp, one, nix, Ci, xp)
         for ky in range(kh):
             r = iy * kh + ky - ty
             if r < 0 or r >= Ho:
@@ -160,7 +164,7 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
                 for ix in range(ix0, ix1 + 1):
                     if ia <= ix <= ib:
                         continue
-                    row_{f}(xp, (ix - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, 0, C2P, 1, act, alpha)
+                    row_{f}(xp, (ix - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, z, C2P, one, act, alpha)
                     for kx in range(kw):
                         c = kw * ix + kx - tx
                         if 0 <= c < Wo:
@@ -168,7 +172,7 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
                                 outf[o + c * Co + co] = tmp[kx * Co + co]
             else:
                 tmp = np.empty(nix * C2P, np.float32)
-                row_{f}(xp, 0, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, 0, C2P, nix, act, alpha)
+                row_{f}(xp, z, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, z, C2P, nix, act, alpha)
                 for c in range(min(cpast, Wo)):
                     base = ((c + tx) // kw - ix0) * C2P + ((c + tx) % kw) * Co
                     for co in range(Co):

@@ -18,17 +18,21 @@ from ._conv_simd import sfence
 
 FM = {"contract"}
 
+# Constants handed to another kernel are typed int64, not literals: Numba compiles a
+# kernel once per argument *type*, and a literal 0 (or a loop counter starting at 0,
+# whose first type Numba infers as Literal[int](0)) is a type of its own, so the
+# micro-kernels below would be compiled (seconds each) once per call site.
+
 
 @njit(cache=True, nogil=True, fastmath=FM, _nrt=False)
-def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha, nt=False):
+def _row(xf, xrow, xps, koff, K, wf, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha, epi):
     """Wo pixels: pixel c's k-th term reads xf[xrow + c*xps + koff[k]] (or
     xf[xrow + c*xps + k] when koff is empty) and the weights of the (K, CoP)
     matrix packed at wf[wb:] by :func:`pack_cols`; writes act(acc + bias) to
-    dst[rowbase + c*dps + co] (``nt``: with non-temporal stores; every pixel's CoP
-    outputs on whole 64-byte lines)."""
+    dst[rowbase + c*dps + co] (``epi`` 1; 3: with non-temporal stores, every pixel's
+    CoP outputs on whole 64-byte lines)."""
     direct = koff.shape[0] > 0
-    epi = 3 if nt else 1
-    co0 = 0
+    co0 = np.int64(0)
     while co0 < CoP:
         if CoP - co0 >= 64:
             for c0 in range(0, Wo, 6):
@@ -68,16 +72,18 @@ def conv2d_blocked(xf, Wp, Ci, wf, CoP, bias, koff, outf, Ho, Wo, Op, Co, sy, sx
     bias: (CoP,); koff[k]: window offset of term k; outf: flat (Ho, Wo, Co), rows Op
     pixels apart; nt: non-temporal stores (outf on 64-byte lines, Co == CoP)."""
     xps = sx * Ci
+    epi = np.int64(3) if nt else np.int64(1)
     if Co == CoP:
         for r in prange(Ho):
-            _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, outf, r * Op * Co, Co,
-                 Wo, act, alpha, nt)
+            _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, np.int64(0), CoP, bias, outf, r * Op * Co,
+                 Co, Wo, act, alpha, epi)
             if nt:
                 sfence()
     else:
         for r in prange(Ho):
             tmp = np.empty(Wo * CoP, np.float32)
-            _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, 0, CoP, bias, tmp, 0, CoP, Wo, act, alpha)
+            _row(xf, r * sy * Wp * Ci, xps, koff, koff.shape[0], wf, np.int64(0), CoP, bias, tmp, np.int64(0),
+                 CoP, Wo, act, alpha, np.int64(1))
             for c in range(Wo):
                 for co in range(Co):
                     outf[r * Op * Co + c * Co + co] = tmp[c * CoP + co]
@@ -121,7 +127,7 @@ def conv_transpose2d_blocked(xf, Hi, Wi, Wp, Ci, wf, kh, kw, bias, outf, Ho, Wo,
                 nval = max(0, min(ncol, Wi - ix0))
             if nval > 0:
                 _row(xf, (iy * Wp + ix0) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
-                     bias, outf, (r * Op + cf) * Co, sx * Co, nval, act, alpha)
+                     bias, outf, (r * Op + cf) * Co, sx * Co, nval, act, alpha, np.int64(1))
             for j in range(nval, ncol):
                 _no_tap(outf, (r * Op + cf + j * sx) * Co, bias, act, a32)
     return outf
@@ -143,6 +149,7 @@ def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, out
     (acc = 0; acc = fma(x, w, acc) over ci in order; act(acc + bias)): same bits. Input
     rows lie Wp pixels apart in xf, output rows Op pixels apart in outf."""
     sx = kw
+    epi = np.int64(3) if nt else np.int64(1)
     noff = np.zeros(0, np.int64)
     a32 = np.float32(alpha)
     C2 = kw * Co
@@ -157,7 +164,7 @@ def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, out
             nval = max(0, min(npair, Wi - ix0))
             if nval > 0:
                 _row(xf, (iy * Wp + ix0) * Ci, Ci, noff, Ci, wp, ky * Ci * C2, C2,
-                     bias2, outf, (r * Op + cf0) * Co, C2, nval, act, alpha, nt)
+                     bias2, outf, (r * Op + cf0) * Co, C2, nval, act, alpha, epi)
         c = 0
         while c < Wo:
             if c == cf0 and nval > 0:
@@ -167,7 +174,7 @@ def conv_transpose2d_paired(xf, Hi, Wi, Wp, Ci, wp, wf, kh, kw, bias, bias2, out
             ix = (c + tx) // sx
             if iy < Hi and ix < Wi:
                 _row(xf, (iy * Wp + ix) * Ci, Ci, noff, Ci, wf, (ky * kw + kx) * Ci * Co, Co,
-                     bias, outf, (r * Op + c) * Co, Co, 1, act, alpha)
+                     bias, outf, (r * Op + c) * Co, Co, np.int64(1), act, alpha, np.int64(1))
             else:
                 _no_tap(outf, (r * Op + c) * Co, bias, act, a32)
             c += 1

@@ -222,9 +222,9 @@ def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
                 _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ci, vxs, T)
             else:  # patch runs past the window: copy with zeros, same transform
                 patch(xf, Wp, Ci, r0, c0, min(N, Hi - r0), min(N, Wi - c0), N, D)
-                _in_transform(D, 0, N * Ci, Ci, Ci, V, t * Ci, vxs, T)
+                _in_transform(D, np.int64(0), N * Ci, Ci, Ci, V, t * Ci, vxs, T)
         for xi in range(NX):
-            _gemm(V, xi * vxs, Ci, nt, noff, U, xi * Ci * Co, Co, M, xi * mxs)
+            _gemm(V, xi * vxs, Ci, nt, noff, U, xi * Ci * Co, Co, M, xi * mxs, bias)
         nr = min(4, Ho - r0)
         for t in range(nt):
             c0 = 4 * (tx0 + t)

@@ -120,20 +120,20 @@ def round_bf16(x, out=None) -> np.ndarray:
     if out.dtype != np.float32 or out.shape != x.shape:
         raise ValueError(f"out must be float32 of shape {x.shape}, got {out.dtype} {out.shape}")
     src = np.ascontiguousarray(x).reshape(-1).view(np.uint32)
-    _s.round_flat(src, out.reshape(-1).view(np.uint32))
+    _s.round_flat(_conv._ro(src), out.reshape(-1).view(np.uint32))    # one compiled version (conv._ro)
     return out
 
 
 def _operands(x, w, bias, stride, dilation):
     """x (as given when it is a float32 window of rows, :func:`_rows_of`, else a contiguous
-    copy), x's rows or None, contiguous float32 w and bias, and the int pairs."""
+    copy), x's rows or None, contiguous float32 w and bias (a read-only view: ``conv._ro``), and the int pairs."""
     f = _conv._as_f32c
     x = np.asarray(x)
     rows = _rows_of(x, x.shape) if x.ndim == 3 else None
     if rows is None:
         x = f(x, "x")
         rows = _rows_of(x, x.shape) if x.ndim == 3 else None
-    return x, rows, f(w, "w"), f(bias, "bias"), pair(stride, "stride"), pair(dilation, "dilation")
+    return x, rows, f(w, "w"), _conv._ro(f(bias, "bias")), pair(stride, "stride"), pair(dilation, "dilation")
 
 
 def _out(out, shape):
@@ -335,7 +335,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
         run(flat, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act), float(alpha))
         return _done(buf, dest)
     wp, CoP = _conv._pack(w_in, w, "bf16pairs", _pack_conv)
-    bp = _pad_cols(bias, CoP)
+    bp = _conv._ro(_pad_cols(bias, CoP))
     Ch = (Ci + 1) // 2
     koff = tap_offsets(kh, kw, Ch, Wi, dy, dx)
     run = _mk.conv2d_b if fast else _mk.conv2d_e
@@ -391,6 +391,6 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, of
     flat, sb, sp = rows
     nix = max(0, min((Wo - 1 + tx) // kw, Wi - 1) - tx // kw + 1)
     run(flat.view(np.uint32), sb, sp, Hi, Wi, Ci, Ch, _scratch(nix * Ch * numba.config.NUMBA_NUM_THREADS), wp, kh, kw,
-        C2P, _pad_cols(np.tile(bias, kw), C2P), np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)),
+        C2P, _conv._ro(_pad_cols(np.tile(bias, kw), C2P)), np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)),
         outf, ob, Ho, Wo, Co, op, ty, tx, int(act), float(alpha))
     return _done(buf, dest)

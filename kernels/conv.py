@@ -97,9 +97,19 @@ def _as_f32c(a, name):
     return np.ascontiguousarray(a)
 
 
+def _ro(a):
+    """``a``, or a read-only view of it: the kernels always see weights and biases as
+    read-only arrays (a Numba argument type of its own), so that each compiles one
+    version whether the caller's arrays are writable or not."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _operands(x, w, bias, stride, dilation):
     """The checks and conversions conv2d and conv_transpose2d share."""
-    return (as_window(x, "x"), _as_f32c(w, "w"), _as_f32c(bias, "bias"),
+    return (as_window(x, "x"), _ro(_as_f32c(w, "w")), _ro(_as_f32c(bias, "bias")),
             _pair(stride, "stride"), _pair(dilation, "dilation"))
 
 
@@ -261,7 +271,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
                          streaming(out))
     elif route == "blocked":
         wf, CoP = _pack(w_in, w, route, _b.pack_weights)
-        bp = bias if CoP == Co else np.concatenate([bias, np.zeros(CoP - Co, np.float32)])
+        bp = bias if CoP == Co else _ro(np.concatenate([bias, np.zeros(CoP - Co, np.float32)]))
         koff = _b.tap_offsets(kh, kw, Ci, xp, dy, dx)
         _b.conv2d_blocked(xf, xp, Ci, wf, CoP, bp, koff, of, Ho, Wo, op, Co, sy, sx, act, alpha,
                           CoP == Co and streaming(out))
@@ -344,7 +354,7 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
         wp = _pack(w_in, w, "convT2", lambda w: _b.pack_cols(
             np.ascontiguousarray(w.transpose(0, 2, 1, 3)).reshape(kh, Ci, kw * Co)))
         wf = _pack(w_in, w, "convT", lambda w: _b.pack_cols(w.reshape(kh * kw, Ci, Co)))
-        _b.conv_transpose2d_paired(xf, Hi, Wi, xp, Ci, wp, wf, kh, kw, bias, np.tile(bias, kw),
+        _b.conv_transpose2d_paired(xf, Hi, Wi, xp, Ci, wp, wf, kh, kw, bias, _ro(np.tile(bias, kw)),
                                    of, Ho, Wo, op, Co, ty, tx, int(act), float(alpha), streaming(out))
     elif groups == 1 and (dy, dx) == (1, 1) and kh <= sy and kw <= sx and Co % 16 == 0:
         # non-overlapping taps, kernel < stride: blocked GEMM per tap
