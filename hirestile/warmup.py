@@ -12,7 +12,8 @@ What a run compiles: Numba compiles one machine-code version per argument
 executor calls each kernel with C-contiguous float32 windows, the read-only
 weights and Python scalars whatever the tile's size or position; the route a
 convolution takes depends on its channels and kernel shape only. So a small
-image, run tiled, calls every kernel a real run calls, with the same types:
+image, run tiled, calls every kernel a real run calls, with the same types
+(and the parallel twins of kernels that pick a serial version for small work):
 after it, segment runs of 1500 to 2048 px images (tiles of 512 to 2048 px,
 streamed and overlap-tile, every output kind, uint8 / uint16 / float32 inputs,
 both built-in models) compiled and loaded nothing more (tests/test_warmup.py
@@ -92,6 +93,17 @@ def _cache_dir() -> str | None:
     return getattr(pool._pool._cache, "cache_path", None)
 
 
+def _twins() -> None:
+    """Compile (or load) the parallel twin of each serial kernel the sample run called: kernels
+    that pick one of two compiled versions by the size of their work (``kernels._move``'s channel
+    copy runs on the calling thread under ``PARALLEL_BYTES``, on all threads above) only ever
+    call the serial one on the small sample image; a real run calls both, with the same types."""
+    from .kernels import _move
+
+    for sig in _move._copy_channels_here.signatures:
+        _move._copy_channels.compile(sig)
+
+
 def _sample(model: Any) -> tuple[np.ndarray, int | None]:
     """A small image the model takes and an output tile that cuts it into 3 x 3 tiles
     (None: the model is not tileable, run it full-frame as the scheduler does)."""
@@ -169,6 +181,7 @@ def warmup(model: Any, *, say: Callable[[str], None] | None = None, precision: s
     before = worker_info()
     with event.install_listener("numba:compile", _Listener()):
         predict(m, x, tile=tile, precision=precision)
+        _twins()
     after = worker_info()
     compiled, loaded = after["compiled"] - before["compiled"], after["loaded"] - before["loaded"]
     return Warmup(seconds=time.perf_counter() - t0, compiled=compiled, loaded=loaded,
