@@ -49,23 +49,46 @@ def output_shape(kind: str, logits_shape: tuple[int, int, int]) -> tuple[int, ..
 def postprocess(logits: np.ndarray, kind: str, work: dict | None = None) -> np.ndarray:
     """Map (K, h, w) float32 logits to ``kind`` (see the module table), pointwise per pixel.
 
-    ``work``: a dict the caller keeps from call to call (one per thread); the temporaries and
-    the result then live in its arrays, whose pages are already touched (a fresh 25 MB array
-    costs thousands of page faults), and the result is overwritten by the next call. The same
-    NumPy operations in the same order either way: the same bits.
+    ``work``: a dict the caller keeps from call to call (one per thread); the result then lives
+    in its arrays, whose pages are already touched (a fresh 25 MB array costs thousands of page
+    faults), and is overwritten by the next call, and the temporaries cover
+    :data:`CHUNK_PIXELS` pixels at a time (:func:`postprocess_bytes` is what it holds). The same
+    NumPy operations on each pixel either way: the same bits.
     """
     dtype = output_dtype(kind, logits.shape[0])
     k, h, w = logits.shape
     if kind == "logits":
         return np.ascontiguousarray(logits, np.float32)
     res = _scratch(work, "result", (h, w) if kind == "labels" else (k, h, w), dtype)
+    step = h if work is None else max(1, CHUNK_PIXELS // max(w, 1))
+    for y in range(0, h, step):
+        _rows(logits[:, y:y + step], kind, res[..., y:y + step, :], work)
+    return res
+
+
+CHUNK_PIXELS = 1 << 18           # postprocess's temporaries with ``work``: 256 Ki pixels at a time
+
+
+def postprocess_bytes(kind: str, classes: int, pixels: int) -> int:
+    """Bytes :func:`postprocess` holds in ``work`` for ``pixels`` output pixels: the result and
+    the temporaries of one chunk."""
+    if kind == "logits":
+        return 0                 # the logits as they are
+    chunk = min(pixels, CHUNK_PIXELS)
+    temps = chunk * 8 if kind == "labels" else chunk * 4 * (classes + 2)
+    return output_dtype(kind, classes).itemsize * pixels * (1 if kind == "labels" else classes) + temps
+
+
+def _rows(logits: np.ndarray, kind: str, res: np.ndarray, work: dict | None) -> None:
+    """:func:`postprocess` of a block of rows into ``res``."""
+    k, h, w = logits.shape
     if kind == "labels":
         if k == 1:
             lab = np.greater(logits[0], 0, out=_scratch(work, "bool", (h, w), np.bool_))
         else:
             lab = np.argmax(logits, axis=0, out=_scratch(work, "index", (h, w), np.intp))
         np.copyto(res, lab, casting="unsafe")          # astype's conversion
-        return res
+        return
     e = _scratch(work, "e", (k, h, w), np.float32)
     if k == 1:
         np.negative(logits, out=e)
@@ -78,7 +101,6 @@ def postprocess(logits: np.ndarray, kind: str, work: dict | None = None) -> np.n
         np.exp(e, out=e)
         np.divide(e, np.sum(e, axis=0, keepdims=True, out=_scratch(work, "sum", (1, h, w), np.float32)), out=e)
     np.copyto(res, e, casting="same_kind")             # float32 -> float16 as astype rounds
-    return res
 
 
 def _scratch(work: dict | None, key: str, shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
@@ -93,4 +115,5 @@ def _scratch(work: dict | None, key: str, shape: tuple[int, ...], dtype: type | 
     return a[:n].reshape(shape)
 
 
-__all__ = ["OUTPUT_KINDS", "MAX_CLASSES", "output_dtype", "output_shape", "postprocess"]
+__all__ = ["OUTPUT_KINDS", "MAX_CLASSES", "CHUNK_PIXELS", "output_dtype", "output_shape", "postprocess",
+           "postprocess_bytes"]

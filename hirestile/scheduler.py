@@ -39,10 +39,10 @@ from .errors import InputError, ModelError, OutputError
 from .executor import precision_label
 from .io import InputImage, open_image
 from .loading import as_model
-from .outputs import MAX_CLASSES, OUTPUT_KINDS
+from .outputs import MAX_CLASSES, OUTPUT_KINDS, postprocess_bytes
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
-from .bands import band_memory
+from .bands import band_memory, steady_band
 from .tiling import Tile, column_strips, cuts, make_tiles
 from .version import __version__
 
@@ -108,7 +108,9 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
 # above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
 TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
 STRIP_CANDIDATES = (16384, 12288, 8192, 6144, 4096, 3072) + TILE_CANDIDATES
-MIN_BAND = 512                    # shorter bands are slower (measured: 256-row bands 0.77x overlap tiles at 8192^2)
+# shorter bands are slower: a band gives a 1/16-resolution layer band/16 rows per call (measured,
+# UNet-16 16384^2 zarr -> zarr: 512 x 6144 bands 0.96x 768 x 4096; 256-row bands 0.77x overlap tiles)
+MIN_BAND = 768
 
 
 def default_memory() -> int:
@@ -140,8 +142,14 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
         window = 4 * channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
     if read_pixels is not None:
         window = 4 * channels * read_pixels
+    windows = window * (PIPELINE_DEPTH + 2)
+    if stream and rep.tileable:   # only a strip's first band reads its whole window (bands.stream_reads)
+        steady = steady_band(rep, region)[0].get(rep.graph.input)
+        if steady is not None:
+            windows = window + 4 * channels * steady.size * (PIPELINE_DEPTH + 1)
     output = 4 * rep.output_shape[0] * band * strip
-    return mem, mem + window * (PIPELINE_DEPTH + 1) + output * (PIPELINE_DEPTH + 2)
+    post = postprocess_bytes("probabilities", rep.output_shape[0], band * strip)    # the most any kind holds
+    return mem, mem + windows + output * (PIPELINE_DEPTH + 2) + post
 
 
 MASKED_SIDE = 1024               # a masked run's tiles: small enough that glass fills whole ones
@@ -154,9 +162,9 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     (default :func:`default_memory`).
 
     Streamed: the widest strip (the whole output width when it fits), then the tallest band
-    of at least 256 rows (or the whole output): wider strips recompute less at their edges,
-    and no band recomputes anything above it; shorter bands only when no strip fits with
-    256 rows. Overlap tiles: the largest square. ``max_side`` caps both sides (a masked run
+    of at least :data:`MIN_BAND` rows (or the whole output): wider strips recompute less at
+    their edges, and no band recomputes anything above it; shorter bands only when no strip
+    fits with that many rows. Overlap tiles: the largest square. ``max_side`` caps both sides (a masked run
     uses :data:`MASKED_SIDE`, so that tiles off the mask can be skipped).
     """
     if tile is not None:
@@ -200,13 +208,14 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
     return float(rep.redundancy((min(plan.tile[0], oh), min(plan.tile[1], ow))))
 
 
-# Streaming computes each row once but costs ~1.15-1.26x overlap tiles per FLOP here (its bands
-# hand the deep layers a few rows each: benchmarks/README.md, pipeline.py). Measured stream /
-# tile throughput against tile / stream redundancy, quiet machine: UNet-16 0.84-1.03x at
-# 1.12-1.15 (4096^2, 8192^2), UNet-32 1.04x at 1.31 (4096^2), UNet-64 1.29x at 1.49 (4096^2,
-# 512-px strips); loaded: UNet-16 16384^2 0.98x at 1.18, UNet-32 8192^2 1.18x at 1.38. So
-# streaming is the default only where overlap tiles would compute at least this much more.
-STREAM_GAIN = 1.3
+# Streaming computes each row once, at a small cost per FLOP (its bands hand the deep layers a
+# few rows each: benchmarks/README.md, pipeline.py). Measured stream / tile throughput against
+# tile / stream redundancy, zarr -> zarr, quiet Zen 4, after the executor's copies went
+# parallel and streamed reads lost their halo (session 12): UNet-16 8192^2 0.85x / 1.05x at
+# 1.148, 16384^2 1.10x / 1.14x at 1.164; before (session 11): UNet-32 4096^2 1.04x at 1.31,
+# UNet-64 4096^2 1.29x at 1.49. So streaming is the default where overlap tiles would compute
+# at least this much more.
+STREAM_GAIN = 1.15
 
 
 @dataclass(frozen=True)
@@ -337,9 +346,12 @@ def _halo_text(h: tuple[int, ...]) -> str:
 def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     """(executor bytes, working bytes) for running ``plan``'s tiles in this process. Working
     memory is the executor's memory for one tile plus what the pipeline holds at once. That is
-    the windows queued and the one being read, and the outputs queued, the one being written and
-    the one being computed. Windows count at 4 bytes a value (any dtype up to float32); the
-    largest window is an interior tile's. Executor memory is the slab of node buffers laid out
+    the windows queued, the one being read and the one being computed, normalised (the arena's
+    scratch), and the outputs queued, the one being written and the one being computed, and
+    the writer's postprocessing arrays (:func:`hirestile.outputs.postprocess_bytes`, at the
+    most any output kind holds). Windows count at 4 bytes a value (any dtype up to float32); the
+    largest window is an interior tile's (a streamed plan's: a strip's first band's, the others
+    reading only their new rows). Executor memory is the slab of node buffers laid out
     for an interior tile (:func:`hirestile.executor.region_memory`), or for a streaming plan an
     interior band's slab plus the line buffers (:func:`hirestile.bands.band_memory`), and the
     weights as the kernels hold them (:func:`hirestile.executor.weight_bytes`).

@@ -232,10 +232,13 @@ def test_postprocess_kinds():
     assert lab.dtype == np.uint16 and np.array_equal(lab, many.argmax(0))
 
 
+@pytest.mark.parametrize("chunk", [7, 1 << 18])
 @pytest.mark.parametrize("k", [1, 2, 3, 300])
-def test_postprocess_into_kept_arrays_gives_the_same_bits(k):
-    """The writer's reused arrays (``work``) give fresh arrays' bits, NaN and Inf included,
-    whatever the sizes before (larger, smaller, another kind)."""
+def test_postprocess_into_kept_arrays_gives_the_same_bits(monkeypatch, k, chunk):
+    """The writer's reused arrays (``work``, rows a chunk at a time) give fresh arrays' bits,
+    NaN and Inf included, whatever the sizes before (larger, smaller, another kind)."""
+    from hirestile import outputs
+    monkeypatch.setattr(outputs, "CHUNK_PIXELS", chunk)        # 7: a row per chunk, or a part of one
     work: dict = {}
     for kind, (h, w) in [("probabilities", (9, 11)), ("labels", (4, 5)), ("probabilities", (3, 2)),
                          ("labels", (12, 13)), ("logits", (2, 2))]:
