@@ -39,22 +39,22 @@ def child(args: argparse.Namespace) -> None:
     from hirestile import ome
     from hirestile.io import open_image
     from hirestile.models.unet import unet
-    from hirestile.scheduler import PROCESS_BASELINE, choose_tile, expected_memory, make_plan, segment_to_zarr
+    from hirestile.scheduler import PROCESS_BASELINE, choose_mode, expected_memory, make_plan, segment_to_zarr
     from hirestile.stream import keep_freed_memory
 
     keep_freed_memory()     # before the random init's temporaries, as `hirestile segment` does before its run
     model = unet(in_channels=3, classes=2, base=args.base, depth=4, seed=0, name=f"unet{args.base}")
-    stream = args.mode == "stream"
+    stream = {"stream": True, "tile": False, "default": None}[args.mode]
     with open_image(args.input) as img:
         rep = model.analyze((img.height, img.width))
     k, oh, ow = rep.output_shape
-    tile = choose_tile(rep, None, stream=stream)
-    plan = make_plan(rep, ome.choose_layout("probabilities", classes=k, out_hw=(oh, ow), tile=tile), tile,
-                     stream=stream)
+    mode = choose_mode(rep, None, stream)
+    plan = make_plan(rep, ome.choose_layout("probabilities", classes=k, out_hw=(oh, ow), tile=mode.tile), mode.tile,
+                     stream=mode.stream)
     _, working = expected_memory(rep, plan, 3)
     stats = segment_to_zarr(args.input, model, args.output, overwrite=True, progress=False, stream=stream)
-    res = {k: getattr(stats, k) for k in ("wall", "compute", "peak_rss", "out_pixels", "compute_redundancy",
-                                          "read_redundancy", "tile")}
+    res = {k: getattr(stats, k) for k in ("wall", "compute", "read", "write", "peak_rss", "out_pixels",
+                                          "compute_redundancy", "read_redundancy", "tile", "stream")}
     res["planned"] = working + PROCESS_BASELINE
     print(json.dumps(res))
 
@@ -130,10 +130,11 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/hirestile-bench")
     p.add_argument("--peers", action="store_true",
                    help="also OpenVINO f32 / ONNX Runtime full-frame (2048^2 in RAM) and MONAI + ORT over the slide")
-    p.add_argument("--modes", default="stream,tile", help="which executions to run: stream, tile or both")
+    p.add_argument("--modes", default="stream,tile",
+                   help="which executions to run: stream, tile, default (the plan's choice), comma-separated")
     p.add_argument("--huge", action="store_true",
-                   help="(d) only: 40960 x 40960 x 3 through UNet-16 in the default mode (overlap tiles), "
-                        "wall time and peak RSS (writes a 4.7 GB input once, ~5 min)")
+                   help="(d) only: 40960 x 40960 x 3 through UNet-16 in the default mode (the plan's choice: "
+                        "streamed bands), wall time and peak RSS (writes a 4.7 GB input once, ~2-5 min)")
     p.add_argument("--child", nargs=4, metavar=("IN", "OUT", "MODE", "BASE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -146,8 +147,8 @@ def main() -> None:
 
     print(cpu_name(), flush=True)
     if args.huge:
-        args.sizes, args.bases, args.modes, args.rounds = "40960", "16", "tile", 1
-    modes = [m for m in ("stream", "tile") if m in args.modes.split(",")]
+        args.sizes, args.bases, args.modes, args.rounds = "40960", "16", "default", 1
+    modes = [m for m in ("stream", "tile", "default") if m in args.modes.split(",")]
     os.makedirs(args.workdir, exist_ok=True)
     ratios: dict[tuple[int, int], list[float]] = {}
     for n in [int(s) for s in args.sizes.split(",") if s]:
@@ -168,15 +169,18 @@ def main() -> None:
                     s = json.loads(res.stdout.strip().splitlines()[-1])
                     got[mode] = s
                     ome.remove_output(out)
+                    if mode == "default":
+                        mode = "stream" if s["stream"] else "tile"
                     print(f"{n:>6}^2 UNet-{base:<3} {mode:>6}  tile {s['tile'][0]}x{s['tile'][1]:<6} redundancy "
                           f"{s['compute_redundancy']:.3f}  {s['wall']:7.1f} s  {s['out_pixels'] / 1e6 / s['wall']:5.2f} "
-                          f"MP/s  peak RSS {s['peak_rss'] / 2**20:6.0f} MiB (plan {s['planned'] / 2**20:6.0f})",
+                          f"MP/s  peak RSS {s['peak_rss'] / 2**20:6.0f} MiB (plan {s['planned'] / 2**20:6.0f})  "
+                          f"[compute {s['compute']:.1f} s, reader {s['read']:.1f} s, writer {s['write']:.1f} s]",
                           flush=True)
-                if len(got) == 2:
+                if "tile" in got and "stream" in got:
                     ratios.setdefault((n, base), []).append(got["tile"]["wall"] / got["stream"]["wall"])
                     print(f"          streaming / overlap-tile throughput {ratios[(n, base)][-1]:.2f}x", flush=True)
                 if args.peers:
-                    best = got.get("tile", got.get("stream"))   # the default mode when it ran
+                    best = got.get("default", got.get("tile", got.get("stream")))   # the default mode when it ran
                     hs = best["out_pixels"] / 1e6 / best["wall"]
                     pr = peers(src, n, base, args.workdir)
                     for e in ("ov32", "onnxruntime"):
