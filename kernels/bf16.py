@@ -126,14 +126,14 @@ def round_bf16(x, out=None) -> np.ndarray:
 
 def _operands(x, w, bias, stride, dilation):
     """x (as given when it is a float32 window of rows, :func:`_rows_of`, else a contiguous
-    copy), x's rows or None, contiguous float32 w and bias (a read-only view: ``conv._ro``), and the int pairs."""
+    copy), x's rows or None, contiguous float32 w and bias (read-only views: ``conv._ro``), and the int pairs."""
     f = _conv._as_f32c
     x = np.asarray(x)
     rows = _rows_of(x, x.shape) if x.ndim == 3 else None
     if rows is None:
         x = f(x, "x")
         rows = _rows_of(x, x.shape) if x.ndim == 3 else None
-    return x, rows, f(w, "w"), _conv._ro(f(bias, "bias")), pair(stride, "stride"), pair(dilation, "dilation")
+    return x, rows, _conv._ro(f(w, "w")), _conv._ro(f(bias, "bias")), pair(stride, "stride"), pair(dilation, "dilation")
 
 
 def _out(out, shape):
@@ -390,7 +390,8 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, of
     run = _mk.convT_b if fast else _mk.convT_e
     flat, sb, sp = rows
     nix = max(0, min((Wo - 1 + tx) // kw, Wi - 1) - tx // kw + 1)
+    bias2 = _conv._ro(_pad_cols(np.tile(bias, kw), C2P))
     run(flat.view(np.uint32), sb, sp, Hi, Wi, Ci, Ch, _scratch(nix * Ch * numba.config.NUMBA_NUM_THREADS), wp, kh, kw,
-        C2P, _conv._ro(_pad_cols(np.tile(bias, kw), C2P)), np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)),
+        C2P, bias2, np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)),
         outf, ob, Ho, Wo, Co, op, ty, tx, int(act), float(alpha))
     return _done(buf, dest)
