@@ -131,11 +131,14 @@ def stream_reads(rep: Report, tiles: Iterable[Tile]) -> Iterator[Tile]:
         cols = tuple(cols)
         if at != (y0, cols):
             done = {}
+        first = not done
         held, _, keep, done = plan_band(rep, Region((y0, y1), cols), done, last=y1 >= rep.output_shape[1])
         at = (y1, cols)
         if not keep:
             at, done = None, {}
         need = held.get(rep.graph.input)
+        if need is None and not first:        # the bands above computed every row it reads
+            need = Region((t.read.rows[0], t.read.rows[0]), t.read.cols)
         yield t if need is None else replace(t, read=need)
 
 

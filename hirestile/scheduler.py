@@ -42,7 +42,7 @@ from .loading import as_model
 from .outputs import MAX_CLASSES, OUTPUT_KINDS, postprocess_bytes
 from .resume import all_done, default_output, lock_output, open_output
 from .stream import PIPELINE_DEPTH, keep_freed_memory, peak_rss, run_local
-from .bands import band_memory, steady_band
+from .bands import band_memory, steady_band, stream_reads
 from .tiling import Tile, column_strips, cuts, make_tiles
 from .version import __version__
 
@@ -92,7 +92,8 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
 
     The tile is rounded up to whole blocks. Tiles run row-major, or with ``stream`` column
     strip by column strip, each top to bottom: the order in which a
-    :class:`hirestile.bands.Stream` reuses the rows of the band above.
+    :class:`hirestile.bands.Stream` reuses the rows of the band above; their ``read`` is then
+    the input rows each band computes from (:func:`hirestile.bands.stream_reads`).
     """
     ty, tx = (tile, tile) if isinstance(tile, int) else tile
     (h, w), (bh, bw) = layout.shape[-2:], layout.block
@@ -100,7 +101,7 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
     tiles = make_tiles(rep, cuts(h, sy), cuts(w, sx))
     stream = stream and rep.tileable and len(tiles) > 1
     if stream:
-        tiles = tuple(t for strip in column_strips(tiles) for t in strip)
+        tiles = tuple(stream_reads(rep, [t for strip in column_strips(tiles) for t in strip]))
     return Plan(layout=layout, tile=(min(sy, h), min(sx, w)), tiles=tiles, image_hw=tuple(rep.image_shape),
                 stream=stream)
 

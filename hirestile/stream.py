@@ -131,6 +131,8 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
 
     def reader() -> None:
         try:
+            # narrowed again for this todo: after a band a resumed or masked run skips, the
+            # next starts its strip afresh and reads its whole window
             for t in (stream_reads(rep, todo) if streaming else todo):
                 if pipe.stop.is_set():
                     return
