@@ -1,7 +1,7 @@
 """Compile, or load from Numba's on-disk cache, the kernels a model runs: :func:`warmup`.
 
 hirestile's kernels are Numba functions compiled on first use (``cache=True``):
-the first run on a machine compiles them (about a minute on 2 cores) and writes
+the first run on a machine compiles them (about half a minute on 2 cores) and writes
 them to Numba's cache; later runs load them in about a second. :func:`warmup`
 does that on a small image before a timed run, so that the run's throughput is
 not the compiler's, and says when it compiles (``hirestile segment`` calls it;
@@ -32,7 +32,7 @@ import numpy as np
 __all__ = ["COMPILING", "Warmup", "warmup"]
 
 #: what :func:`warmup` says (through ``say``) when a kernel starts compiling
-COMPILING = ("compiling kernels on first use (about a minute on 2 cores; later runs load them from "
+COMPILING = ("compiling kernels on first use (about half a minute on 2 cores; later runs load them from "
              "the cache)...")
 
 # square sample sizes tried in turn: the first the model takes is used
