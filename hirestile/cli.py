@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("warmup", help="compile the kernels ahead of time (else the first segment run does, "
-                       "about a minute)")
+                       "about half a minute on 2 cores)")
     s.add_argument("--model", "-m", nargs="+", default=None, metavar="NAME",
                    help="built-in model names or model files (default: every built-in model)")
     s.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"], metavar="P",
