@@ -59,18 +59,28 @@ class Stream:
             out: np.ndarray | None = None) -> np.ndarray:
         """The band ``out_region`` (as :func:`run_region`, into ``out`` when given), reusing
         the rows above."""
+        held, comp, keep, _ = self.advance(out_region)
+        res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
+                            self._stores, out)
+        if not keep:                          # the strip's last band: nothing to carry on
+            self.lines, self._stores = {}, {}
+        return res
+
+    def advance(self, out_region: Region) -> tuple[dict[str, Region], dict[str, Region], dict[str, int], bool]:
+        """Plan the band ``out_region`` (:func:`plan_band`) and move the frontier past it:
+        (held, computed, keep, fresh). A band that does not continue the one above starts the
+        strip afresh (``fresh``; its line buffers dropped); after a band that keeps nothing
+        (the strip's last) the next starts afresh too. :meth:`run` and :func:`stream_reads`
+        both go through here, so the reader's windows and the bands' needs follow one rule."""
         (y0, y1), cols = out_region
         cols = tuple(cols)
-        if self._at != (y0, cols):            # not the continuation of the last band: start afresh
+        fresh = self._at != (y0, cols)
+        if fresh:
             self.lines, self._done, self._stores = {}, {}, {}
         held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
                                                  last=y1 >= self.rep.output_shape[1])
-        self._at = (y1, cols)
-        res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
-                            self._stores, out)
-        if not keep:
-            self.lines, self._done, self._stores, self._at = {}, {}, {}, None
-        return res
+        self._at = (y1, cols) if keep else None
+        return held, comp, keep, fresh
 
     @property
     def nbytes(self) -> int:
@@ -121,23 +131,14 @@ def stream_reads(rep: Report, tiles: Iterable[Tile]) -> Iterator[Tile]:
     input rows a :class:`Stream` running them in that order holds for the band: the rows its
     first layers compute from, not the network's halo above, which the band above already
     carried through every layer. The reader of a streamed run reads these (a 768-row band of
-    UNet-16 reads 768 rows instead of about 1130). Follows :meth:`Stream.run`'s rule for what
-    continues a strip, so a window given this way always covers what the band needs (the
+    UNet-16 reads 768 rows instead of about 1130). Planned by a :class:`Stream`'s own
+    :meth:`Stream.advance`, so a window given this way always covers what the band needs (the
     executor checks it)."""
-    at: tuple[int, tuple[int, int]] | None = None
-    done: dict[str, int] = {}
+    planner = Stream(rep)                     # planning only: its arena stays empty
     for t in tiles:
-        (y0, y1), cols = t.write
-        cols = tuple(cols)
-        if at != (y0, cols):
-            done = {}
-        first = not done
-        held, _, keep, done = plan_band(rep, Region((y0, y1), cols), done, last=y1 >= rep.output_shape[1])
-        at = (y1, cols)
-        if not keep:
-            at, done = None, {}
+        held, _, _, fresh = planner.advance(t.write)
         need = held.get(rep.graph.input)
-        if need is None and not first:        # the bands above computed every row it reads
+        if need is None and not fresh:        # the bands above computed every row it reads
             need = Region((t.read.rows[0], t.read.rows[0]), t.read.cols)
         yield t if need is None else replace(t, read=need)
 

@@ -459,9 +459,7 @@ class Arena:
         hit = self._layouts.get(requests)
         if hit is None:
             hit = self._layouts[requests] = layout(requests, self.ALIGN)
-        if hit[1] > self.slab.size:     # the old slab goes first: never two at once
-            self.slab = np.empty(0, np.float32)
-            self.slab = aligned_empty(hit[1])
+        self._grow("slab", hit[1])
         return hit[0]
 
     def scratch(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -469,10 +467,15 @@ class Arena:
         the normalised input window of :func:`run_window`, which the region run copies into
         its node buffer before anything else is written."""
         n = int(np.prod(shape))
-        if self._scratch.size < n:
-            self._scratch = np.empty(0, np.float32)
-            self._scratch = aligned_empty(n)
-        return self._scratch[:n].reshape(shape)
+        return self._grow("_scratch", n)[:n].reshape(shape)
+
+    def _grow(self, name: str, n: int) -> np.ndarray:
+        """The array attribute ``name``, replaced by an aligned one of ``n`` values when it
+        holds fewer; the old one goes first, so that the two never exist at once."""
+        if getattr(self, name).size < n:
+            setattr(self, name, np.empty(0, np.float32))
+            setattr(self, name, aligned_empty(n))
+        return getattr(self, name)
 
     def view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         """The slab's elements from ``offset`` as a C-contiguous array of ``shape``."""
