@@ -7,6 +7,8 @@ and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / A
 proposed one-line change would allocate it: every 16-float vector access then stays within one
 cache line and outputs of 64 MiB and up take non-temporal stores), ``hsalign16`` the same with
 16 -> 16 3x3 convs through Winograd F(4x4) (``conv.WINO_MIN = 256``);
+``hsregion`` is hirestile fp32 with the whole frame as one region whatever its memory (``memory=``
+1 TiB; before predict streamed bands past its budget: UNet-32 2048^2 and UNet-16 4096^2 and up);
 ``hsbf16`` is hirestile with ``precision="bf16"`` (its line names the instruction path), compared
 with OpenVINO's default and with hirestile fp32: speed ratios, max error and the share of equal
 labels (argmax over the whole image) against hirestile fp32;
@@ -115,13 +117,17 @@ else:
     if engine == "hsalign16":
         from hirestile.kernels import conv
         conv.WINO_MIN = 256
+    memory = 1 << 40 if engine == "hsregion" else None     # one region, or predict's default budget
     def run(a):
-        return hirestile.predict(m, a, precision=precision)
+        return hirestile.predict(m, a, precision=precision, memory=memory)
     import llvmlite.binding as ll
     from hirestile.executor import precision_label
     f = ll.get_host_cpu_features()
     isa = "numba LLVM " + ll.get_host_cpu_name() + " " + " ".join(
         k for k in ("avx512f", "avx512bf16", "avx2") if f.get(k, False)) + ", " + precision_label(precision)
+    from hirestile.api import predict_bands
+    bands = predict_bands(m.analyze((size, size), precision), memory)
+    isa += ", one region" if bands is None else f", streamed bands {bands[0]}x{bands[1]}"
 run(x[:, :64, :64])  # warm-up: compile / load
 t0 = time.perf_counter(); c0 = time.process_time()
 y = run(x)
@@ -136,10 +142,10 @@ print(json.dumps({"wall": wall, "wall2": wall2, "cpu_util": cpu / wall, "peak_mb
                   "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsalign", "hsalign16")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsalign", "hsalign16", "hsregion")
 LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
          "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)", "hsalign": "hs aligned",
-         "hsalign16": "hs al.+16"}
+         "hsalign16": "hs al.+16", "hsregion": "hs 1 region"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:

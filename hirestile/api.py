@@ -4,14 +4,13 @@ A front end (docs/architecture.md): arrays in memory in, logits out.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import numpy as np
 
 from hirestile import executor
 from hirestile.analyzer import Report
-from hirestile.bands import Stream
+from hirestile.bands import Stream, stream_reads
 from hirestile.contract import normalize_window
 from hirestile.errors import InputError
 from hirestile.executor import tile_memory
@@ -61,6 +60,7 @@ def analyze(model: Model | Graph | str, image_shape: Sequence[int] | None = None
 
 
 def _as_image(m: Model, x: np.ndarray) -> np.ndarray:
+    """``x`` as a (C, H, W) image the model takes, as stored (normalised window by window)."""
     x = np.asarray(x)
     if x.ndim == 2:
         x = x[None]
@@ -72,12 +72,67 @@ def _as_image(m: Model, x: np.ndarray) -> np.ndarray:
         raise InputError(f"image is empty: shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise InputError(f"unsupported image dtype {x.dtype}")
-    return normalize_window(x, ((0, x.shape[1]), (0, x.shape[2])), m.contract, None, where="image",
-                            hint="replace them first (np.nan_to_num), or use hirestile.segment(..., nan_fill=VALUE)")
+    return x
+
+
+_NAN_HINT = "replace them first (np.nan_to_num), or use hirestile.segment(..., nan_fill=VALUE)"
+# The band predict runs when no band fits its budget (the weights alone may not): a band
+# costs a fixed ~40 ms on 2048-wide UNet-16 maps (line-buffer copies, one call per layer).
+MIN_PREDICT_BAND = 128
+
+
+def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | None:
+    """How :func:`predict` runs a full-frame call within ``memory`` bytes (default
+    :func:`hirestile.scheduler.default_memory`) of working memory -- node buffers, weights,
+    the normalised input and the output band, beside the caller's image and the returned
+    logits: ``None`` when the whole frame fits (one region), else the (rows, cols) of the
+    streamed bands (:class:`hirestile.bands.Stream`): the whole width and the tallest band
+    that fits (a narrow strip recomputes its halo on both sides; a short band costs only its
+    fixed per-band work), narrower strips only when no band of the whole width fits, and
+    :data:`MIN_PREDICT_BAND` rows of the whole width when nothing fits.
+    Same bits either way.
+
+    Examples
+    --------
+    >>> from hirestile.models.unet import unet
+    >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((2048, 2048))
+    >>> predict_bands(rep) is None             # 1.2 GB: the whole frame at once
+    True
+    >>> predict_bands(rep, memory=512 << 20)  # 256-row bands of the whole width
+    (256, 2048)
+    """
+    from hirestile.scheduler import STRIP_CANDIDATES, TILE_CANDIDATES, default_memory
+
+    budget = memory or default_memory()
+    _, oh, ow = rep.output_shape
+    ih, iw = rep.image_shape
+    if not rep.tileable or executor.tile_memory(rep, (oh, ow)) + 4 * rep.graph.in_channels * ih * iw <= budget:
+        return None
+    heights = sorted({oh, *(h for h in TILE_CANDIDATES if h < oh)}, reverse=True)
+    shapes = [(h, w) for w in [ow] + [w for w in STRIP_CANDIDATES if w < ow] for h in heights]
+    for h, w in shapes:
+        if band_bytes(rep, (h, w)) <= budget:
+            return h, w
+    return min(MIN_PREDICT_BAND, oh), ow     # nothing fits (the weights alone?): the least band worth running
+
+
+def band_bytes(rep: Report, band: tuple[int, int]) -> int:
+    """Working bytes of a :func:`predict` call in streamed bands of ``band`` (rows, cols): the
+    stream's slab and line buffers (:func:`hirestile.bands.band_memory`), the weights, the
+    largest normalised input window and one band of logits."""
+    from hirestile.bands import band_memory
+
+    h, w = band
+    region = executor.interior_region(rep, (h, w))
+    (a, b), (c, d) = rep.input_window(region, aligned=True)
+    (ih, iw) = rep.image_shape
+    window = 4 * rep.graph.in_channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
+    return band_memory(rep, region) + executor.weight_bytes(rep) + window + 4 * rep.output_shape[0] * h * w
 
 
 def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[int] | None = None,
-            tile_origin: Sequence[int] = (0, 0), stream: bool = False, precision: str = "fp32") -> np.ndarray:
+            tile_origin: Sequence[int] = (0, 0), stream: bool = False, precision: str = "fp32",
+            memory: int | None = None) -> np.ndarray:
     """Run a model on an in-memory image.
 
     Parameters
@@ -88,8 +143,9 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         by image (models exported with a fixed batch N load when no op mixes the
         batch, see :func:`load_model`).
     tile : int or (int, int), optional
-        Output tile size. ``None`` runs full-frame. Tiled output equals
-        full-frame output bit for bit.
+        Output tile size. ``None``: the whole frame, in one region when its working memory
+        fits ``memory``, else in full-width streamed bands (:func:`predict_bands`). Tiled
+        output equals full-frame output bit for bit.
     tile_origin : (int, int)
         Where the tile grid is anchored (tests use it to move seams around).
     stream : bool
@@ -103,6 +159,12 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         ``vdpbf16ps`` where the CPU has AVX512_BF16, else a float32 conversion path giving
         the same bits; :mod:`hirestile.kernels.bf16`). Logits differ from fp32 by about
         1 % of their range; labels agree on >= 99.5 % of pixels on the built-in models.
+    memory : int, optional
+        Bytes of working memory a full-frame call may take (node buffers, weights, the
+        normalised input, the output band), beside ``x`` and the returned logits; default
+        :func:`hirestile.scheduler.default_memory` (a quarter of RAM, at most 2 GiB). A
+        UNet-16 on 2048^2 takes 1.2 GB at once; on 8192^2 it would take 19 GB, and runs in
+        512-row bands of the whole width instead (in 2 GiB).
 
     Returns
     -------
@@ -111,9 +173,10 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
 
     Notes
     -----
-    The node buffers of a call (one slab, ~1 GB for a UNet-16 on 2048^2) stay with the model
-    for its next call, as inference engines keep their memory pools: fresh memory costs
-    0.5-3 s per GB of first-touch page faults on some machines, on every call. They go
+    The input is normalised (the model's contract) region by region, in memory the call
+    keeps. The node buffers of a call (one slab, ~1 GB for a UNet-16 on 2048^2) stay with
+    the model for its next call, as inference engines keep their memory pools: fresh memory
+    costs 0.5-3 s per GB of first-touch page faults on some machines, on every call. They go
     with the model (``del model``).
 
     Examples
@@ -132,14 +195,19 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     if np.ndim(x) == 4:  # a batch: one image at a time (what a batch-N export computes per element)
         if not len(x):
             raise InputError(f"empty batch: shape {np.shape(x)}")
-        return np.stack([predict(m, xi, tile=tile, tile_origin=tile_origin, stream=stream, precision=precision)
-                         for xi in x])
+        return np.stack([predict(m, xi, tile=tile, tile_origin=tile_origin, stream=stream, precision=precision,
+                                 memory=memory) for xi in x])
     img = _as_image(m, x)
     rep = m.analyze(img.shape[1:], precision)
     _, oh, ow = rep.output_shape
     if tile is None:
-        with executor.kept_arena(rep) as arena:     # node buffers kept with the model for the next call
-            return executor.run_region(rep, img, (0, 0), ((0, oh), (0, ow)), arena=arena)
+        bands = predict_bands(rep, memory)
+        if bands is None:
+            window = normalize_window(img, ((0, img.shape[1]), (0, img.shape[2])), m.contract, None,
+                                      where="image", hint=_NAN_HINT)
+            with executor.kept_arena(rep) as arena:     # node buffers kept with the model for the next call
+                return executor.run_region(rep, window, (0, 0), ((0, oh), (0, ow)), arena=arena)
+        tile, tile_origin, stream = bands, (0, 0), True
     rep.check_tileable()
     ty, tx = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if ty < 1 or tx < 1:
@@ -148,10 +216,11 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     tiles = grid_tiles(rep, (ty, tx), tile_origin)
     with executor.kept_arena(rep) as arena:         # node buffers reused tile after tile, call after call
         for strip in column_strips(tiles) if stream else [tiles]:
-            run = Stream(rep, arena).run if stream else functools.partial(executor.run_region, rep, arena=arena)
-            for t in strip:
-                out[(slice(None), *t.write.slices)] = run(img[(slice(None), *t.read.slices)], t.read.origin,
-                                                          t.write)
+            band = Stream(rep, arena) if stream else None
+            for t in stream_reads(rep, strip) if stream else strip:    # a band reads the rows it computes from
+                out[(slice(None), *t.write.slices)] = executor.run_window(
+                    rep, m.contract, img[(slice(None), *t.read.slices)], t, where="image", hint=_NAN_HINT,
+                    stream=band, arena=arena)
     return out
 
 
@@ -175,4 +244,4 @@ def from_torch(module, example_input, *, contract: dict | None = None) -> Model:
     return with_contract(m, contract) if contract else m
 
 
-__all__ = ["analyze", "predict", "from_torch", "load_model", "with_contract", "tile_memory"]
+__all__ = ["analyze", "predict", "from_torch", "load_model", "with_contract", "tile_memory", "predict_bands"]

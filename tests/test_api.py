@@ -146,3 +146,58 @@ def test_predict_keeps_its_buffers_with_the_model():
     del m, kept
     gc.collect()
     assert gone() is None
+
+
+BANDED = dict(in_channels=3, classes=3, base=4, depth=3)
+
+
+def _working_bytes(m, x, **kw):
+    """Peak bytes NumPy holds during ``predict(m, x, **kw)`` beyond the returned logits (after
+    a warm-up call, so that compiling and first imports do not count), and the logits."""
+    import tracemalloc
+
+    hirestile.predict(unet(**BANDED), x[:, :40, :40], **kw)
+    tracemalloc.start()
+    try:
+        y = hirestile.predict(m, x, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - y.nbytes, y
+
+
+@pytest.mark.parametrize("h, w", [(601, 131), (457, 263), (389, 389)])
+def test_predict_streams_full_frame_within_memory(h, w):
+    """A full-frame call whose one region would not fit ``memory`` runs in streamed bands
+    (predict_bands), takes at most ``memory`` bytes beyond its result, and returns the bits of
+    the one-region run (executor.run_full on the normalised image, the exactness reference)."""
+    from hirestile import executor
+    from hirestile.api import band_bytes, predict_bands
+
+    m = unet(**BANDED, seed=5)
+    x = np.random.default_rng(h).integers(0, 255, (3, h, w), dtype=np.uint8)
+    rep = m.analyze((h, w))
+    full = executor.tile_memory(rep, rep.output_shape[1:]) + 4 * 3 * h * w
+    budget = int(full * 0.5)
+    bands = predict_bands(rep, budget)
+    assert bands is not None and band_bytes(rep, bands) <= budget      # the plan fits (not the fallback)
+    assert predict_bands(rep, full) is None
+    used, y = _working_bytes(m, x, memory=budget)
+    assert used <= budget
+    norm = m.contract.normalize(x, None)
+    assert np.array_equal(y, executor.run_full(rep, norm))
+    assert np.array_equal(y, hirestile.predict(m, x, memory=full))    # one region: same bits
+
+
+def test_predict_in_bands_reports_nan_where_it_is():
+    from hirestile import executor
+    from hirestile.api import predict_bands
+
+    m = unet(**BANDED)
+    x = np.zeros((3, 150, 90), np.float32)
+    x[1, 140, 7] = np.nan
+    rep = m.analyze((150, 90))
+    budget = int(0.6 * (executor.tile_memory(rep, (150, 90)) + 4 * 3 * 150 * 90))
+    assert predict_bands(rep, budget) is not None
+    with pytest.raises(InputError, match="NaN at channel 1, row 140, column 7"):
+        hirestile.predict(m, x, memory=budget)
