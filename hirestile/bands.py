@@ -106,6 +106,7 @@ def plan_band(rep: Report, band: Region, done: dict[str, int], *, last: bool = F
     cols = {name: r.cols for name, r in held.items()}
     reads: dict[str, tuple[int, int]] = {g.output: tuple(band.rows)}
     held, comp, new_done = {}, {}, dict(done)
+    fused = executor.fused_concats(rep)
     for n in reversed(g.nodes):
         r = reads.get(n.name)
         if n.name not in cols or r is None or empty(r):
@@ -115,9 +116,11 @@ def plan_band(rep: Report, band: Region, done: dict[str, int], *, last: bool = F
         held[n.name] = Region((min(r[0], s), e), cols[n.name])
         comp[n.name] = Region((s, e), cols[n.name])
         new_done[n.name] = e
-        if e > s:
+        # an unbuilt concat (executor.fused_concats) holds nothing: its inputs hold all its rows
+        rows = (min(r[0], s), e) if n.name in fused else (s, e)
+        if rows[1] > rows[0]:
             for k, t in enumerate(n.inputs):
-                src = _rows_read(n, k, (s, e), shapes)
+                src = _rows_read(n, k, rows, shapes)
                 if src is not None:
                     reads[t] = hull(reads.get(t), src)
     r = reads.get(g.input)
@@ -166,6 +169,11 @@ def _keep_rows(rep: Report, band: Region, comp: dict[str, Region], done: dict[st
                 src = _rows_read(n, k, (done[n.name], done[n.name] + 1), rep.shapes)
                 if src is not None:
                     keep[t] = min(keep.get(t, src[0]), src[0])
+    for n in g.nodes:             # an unbuilt concat's rows are kept by its inputs
+        if n.name in keep and n.name in executor.fused_concats(rep):
+            for t in n.inputs:
+                if t in comp:
+                    keep[t] = min(keep.get(t, keep[n.name]), keep[n.name])
     return keep
 
 
@@ -200,12 +208,13 @@ def stream_stages(rep: Report, band: Region) -> list[Stage]:
     (:func:`steady_band`): rows held (kept from above plus computed), rows it keeps for the
     band below, FLOPs of the rows it computes."""
     held, comp, keep = steady_band(rep, band)
+    fused = executor.fused_concats(rep)
     stages = []
     for n in rep.graph.nodes:
         if n.name not in held:
             continue
         (a, b), (c, d) = held[n.name]
-        line = max(0, b - keep[n.name]) if n.name in keep else 0
+        line = max(0, b - keep[n.name]) if n.name in keep and n.name not in fused else 0   # unbuilt: nothing kept
         ch = rep.shapes[n.name][0]
         (p, q), _ = comp[n.name]
         stages.append(Stage(n.name, op_label(n.op), ch, b - a, d - c, line, 4 * ch * line * (d - c),
@@ -226,8 +235,9 @@ def band_memory(rep: Report, band: Region) -> int:
     (y0, y1), cols = band
     held, comp, keep = steady_band(rep, band)
     first = executor.region_memory(rep, *executor.regions_of(rep, Region((0, y1 - y0), tuple(cols))))
+    fused = executor.fused_concats(rep)
     lines_in = sum(4 * rep.shapes[n][0] * (comp[n].rows[0] - held[n].rows[0]) * (held[n].cols[1] - held[n].cols[0])
-                   for n in held)
+                   for n in held if n not in fused)
     lines_out = sum(s.line_bytes for s in stream_stages(rep, band))
     return max(first, executor.region_memory(rep, held, comp)) + lines_in + lines_out
 

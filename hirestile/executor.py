@@ -59,6 +59,62 @@ class Buf:
         return Buf(self.data[a - self.y0:b - self.y0, c - self.x0:d - self.x0], a, c, self.fill)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """A concatenation left unbuilt (:func:`fused_concats`): its inputs' buffers (None where an
+    input has no pixel in the region), which the one conv reading it reads where they are."""
+
+    bufs: tuple[Buf | None, ...]
+    channels: tuple[int, ...]
+
+
+_fused: weakref.WeakKeyDictionary[Graph, tuple[tuple, frozenset[str]]] = weakref.WeakKeyDictionary()
+
+
+def fused_concats(rep: Report) -> frozenset[str]:
+    """The concat nodes a run leaves unbuilt: read by one conv only, which reads the two
+    inputs in place (:func:`hirestile.kernels.conv.conv2d_concat`, float32 Winograd F(4x4):
+    a UNet decoder's first convs). The concat's copy and buffer go (5-6 % of a UNet-16 run),
+    and its inputs' buffers live until the conv has run, covering the rows and padding it
+    reads. Same bits: each input channel's Winograd transform is its own.
+
+    Examples
+    --------
+    >>> from hirestile.models.unet import unet
+    >>> sorted(fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64))))
+    ['cat.0', 'cat.1']
+    >>> fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64), precision="bf16"))
+    frozenset()
+    """
+    g = rep.graph
+    if rep.weights is None or rep.precision != "fp32":
+        return frozenset()
+    key = (kconv.WINO4, kconv.WINO_MIN)           # the routes (benchmarks switch them)
+    hit = _fused.get(g)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    cons = g.consumers()
+    fused = set()
+    for n in g.nodes:
+        users = cons.get(n.name, [])
+        if (not isinstance(n.op, Concat) or n.name == g.output or g.input in n.inputs or len(set(n.inputs)) != 2
+                or len(n.inputs) != 2 or len(users) != 1):
+            continue
+        c = users[0][0].op
+        w = rep.weights.get(users[0][0].name, {}).get("w")
+        if (isinstance(c, Conv) and tuple(c.stride) == (1, 1) and tuple(c.dilation) == (1, 1) and c.groups == 1
+                and w is not None and kconv.concat_fusable(w.shape, tuple(rep.shapes[t][0] for t in n.inputs))):
+            fused.add(n.name)
+    _fused[g] = (key, frozenset(fused))
+    return _fused[g][1]
+
+
+def reads(n: Node, fused: frozenset[str], inputs: dict[str, tuple[str, ...]]) -> list[str]:
+    """The buffers node ``n`` reads: its inputs, and for an unbuilt concat among them, that
+    concat's inputs (``inputs``: node -> its inputs)."""
+    return list(n.inputs) + [p for t in n.inputs if t in fused for p in inputs[t]]
+
+
 def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
     """Global source index of positions [lo, hi) of an axis of length n; -1 = fill."""
     i = np.arange(lo, hi)
@@ -244,6 +300,13 @@ def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
 
 def _run_conv(node, bufs, comp, shapes, wts, out=None):
     op = node.op
+    src = bufs.get(node.inputs[0])
+    if isinstance(src, Parts):   # an unbuilt concat: each input's window where its producer wrote it
+        mode, fill = padding_mode(op, 0)
+        win, size = _window(node, 0, comp, shapes), shapes[node.inputs[0]][1:]
+        xs = [fetch(b if b is not None else Buf(np.empty((0, 0, c), np.float32), 0, 0), win, size, mode, fill)
+              for b, c in zip(src.bufs, src.channels)]
+        return kconv.conv2d_concat(xs, wts["w"], wts["b"], act=ACT[op.act], alpha=op.alpha, out=out)
     x = _fetch_input(node, 0, bufs, comp, shapes)
     return _kernels(wts).conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
                         act=ACT[op.act], alpha=op.alpha, out=out)
@@ -517,8 +580,7 @@ def layout(requests, align: int = 16) -> tuple[list[int], int]:
     return offsets, total
 
 
-def _extents(g: Graph, held: dict[str, Region], comp: dict[str, Region],
-             shapes) -> dict[str, tuple[Region, float | None]]:
+def _extents(rep: Report, held: dict[str, Region], comp: dict[str, Region]) -> dict[str, tuple[Region, float | None]]:
     """Per node, the region its buffer covers and the value it holds outside the feature map.
 
     The buffer covers the rows and columns the node holds (``held``: what it computes, and in
@@ -527,7 +589,10 @@ def _extents(g: Graph, held: dict[str, Region], comp: dict[str, Region],
     padding: zeros for a conv, -inf for a max-pool); the first such constant is the
     buffer's, a consumer wanting another (or reflect / replicate) gets a copy from
     :func:`fetch`."""
+    g, shapes = rep.graph, rep.shapes
     wins: dict[str, list] = {}
+    fused = fused_concats(rep)
+    inputs = {n.name: n.inputs for n in g.nodes}
     for n in g.nodes:
         if n.name not in comp:
             continue
@@ -535,7 +600,8 @@ def _extents(g: Graph, held: dict[str, Region], comp: dict[str, Region],
             if t in held:
                 w = _window(n, k, comp[n.name], shapes)
                 if w[0] is not None and w[1] is not None:
-                    wins.setdefault(t, []).append((w, *padding_mode(n.op, k)))
+                    for u in (t, *inputs[t]) if t in fused else (t,):   # an unbuilt concat's inputs hold what it would
+                        wins.setdefault(u, []).append((w, *padding_mode(n.op, k)))
     out = {}
     for t, reg in held.items():
         (a, b), (c, d) = reg
@@ -606,7 +672,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     lines = {} if lines is None else lines
     stores = {} if stores is None else stores
     arena = Arena() if arena is None else arena
-    ext = _extents(g, held, comp, rep.shapes)
+    ext = _extents(rep, held, comp)
     names, requests = _requests(rep, held, comp, ext)
     mem = {name: arena.view(off, _ext_shape(rep, ext, name)) for name, off in zip(names, arena.place(requests))}
     given = Region((int(origin[0]), int(origin[0]) + window.shape[1]), (int(origin[1]), int(origin[1]) + window.shape[2]))
@@ -623,11 +689,13 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
             _fill_outside(x, rep.shapes[g.input][1:])
     else:
         x = Buf(np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32), *given.origin)
-    bufs: dict[str, Buf] = {g.input: x}
+    bufs: dict[str, Buf | Parts] = {g.input: x}
+    fused = fused_concats(rep)
+    inputs = {n.name: n.inputs for n in g.nodes}
     remaining: dict[str, int] = {}
     for n in g.nodes:
         if n.name in comp:
-            for t in n.inputs:
+            for t in reads(n, fused, inputs):
                 remaining[t] = remaining.get(t, 0) + 1
     for n in g.nodes:
         if n.name not in comp:
@@ -635,12 +703,15 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         prev = lines.pop(n.name, None)           # the node's rows from the band above, consumed here
         if held[n.name].rows[0] >= comp[n.name].rows[0]:
             prev = None
-        bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
-        for t in n.inputs:
+        if n.name in fused:                      # left unbuilt: its conv reads the inputs' buffers
+            bufs[n.name] = Parts(tuple(bufs.get(t) for t in n.inputs), tuple(rep.shapes[t][0] for t in n.inputs))
+        else:
+            bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
+        for t in reads(n, fused, inputs):
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
                 done = bufs.pop(t, None)         # its memory may now be another buffer's
-                if done is not None and t in keep:
+                if isinstance(done, Buf) and t in keep:
                     _keep(lines, t, done, held[t], keep[t], stores)
     if g.output == g.input:
         res = fetch(bufs[g.input], out_region, (oh, ow))
@@ -662,20 +733,24 @@ def _requests(rep: Report, held: dict[str, Region], comp: dict[str, Region],
     """The buffers a region's nodes take from the arena, as :meth:`Arena.place` requests
     (elements, step taken, last step read), and their nodes. The input is taken at step -1,
     node i of the run at step i; a buffer is read until its last consumer's step, the
-    output's until the end. A node takes one unless it returns an array of its own that
-    needs nothing around it (no padding, no rows from the band above)."""
+    output's until the end (an unbuilt concat's inputs: until its conv's). A node takes one
+    unless it returns an array of its own that needs nothing around it (no padding, no rows
+    from the band above), or is an unbuilt concat (:func:`fused_concats`)."""
     g = rep.graph
+    fused = fused_concats(rep)
+    inputs = {n.name: n.inputs for n in g.nodes}
     order = [n for n in g.nodes if n.name in comp]
     last: dict[str, int] = {}
     for i, n in enumerate(order):
-        for t in n.inputs:
+        for t in reads(n, fused, inputs):
             last[t] = i
     names, reqs = [], []
     steps = ([(-1, g.input)] if g.input in held else []) + [(i, n.name) for i, n in enumerate(order)]
     for i, name in steps:
         if i >= 0:
             e, fill = ext[name]
-            if e == held[name] == comp[name] and fill is None and type(order[i].op) not in WRITES_INTO:
+            if name in fused or (e == held[name] == comp[name] and fill is None
+                                 and type(order[i].op) not in WRITES_INTO):
                 continue
         h, w, c = _ext_shape(rep, ext, name)
         names.append(name)
@@ -687,7 +762,7 @@ def region_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region])
     """Bytes of the arena slab the executor lays out for a region whose nodes hold ``held``
     and compute ``comp`` (:func:`regions_of`, or a band's plan; see :class:`Arena`), found
     without running: what a run of such regions holds in node buffers."""
-    ext = _extents(rep.graph, held, comp, rep.shapes)
+    ext = _extents(rep, held, comp)
     return 4 * layout(_requests(rep, held, comp, ext)[1], Arena.ALIGN)[1]
 
 

@@ -201,17 +201,23 @@ def pick_nt(Ci, Co, ntx, budget=256 * 1024):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha, nt_store):
-    """xf: flat (Hi, Wi, Ci) window whose rows lie Wp pixels apart, Ci % 16 == 0; U: flat
-    (36, Ci, Co), Co % 16 == 0; outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op
-    pixels apart. Vs, Ms, Ds: per-thread scratch (nthreads, ...), Ds >= 36*Ci + 576.
+def conv2d_wino4(xf, Hi, Wi, Wp, Ci, xf2, Wp2, Ci2, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, Ds, act, alpha,
+                 nt_store):
+    """xf: flat (Hi, Wi, Ci) window whose rows lie Wp pixels apart, Ci % 16 == 0; xf2 (rows
+    Wp2 pixels apart, Ci2 % 16 == 0 channels; Ci2 == 0: none): the same window's channels
+    Ci.. Ci + Ci2, kept in a buffer of their own -- the convolution reads the concatenation
+    of the two without it being built (each channel's input transform is its own, so the
+    values are those of the concatenated window); U: flat (36, Ci + Ci2, Co), Co % 16 == 0;
+    outf: flat (Ho, Wo, Co) = (Hi-2, Wi-2, Co) output, rows Op pixels apart. Vs, Ms, Ds:
+    per-thread scratch (nthreads, ...), Ds >= 36*(Ci + Ci2) + 576.
     nt_store: write outf with non-temporal stores (it lies on 64-byte lines; large outputs)."""
     noff = np.zeros(0, np.int64)
-    nty, ntx, nch, vxs, mxs = grid(Ho, Wo, 4, NT, Ci, Co)
+    Ct = Ci + Ci2
+    nty, ntx, nch, vxs, mxs = grid(Ho, Wo, 4, NT, Ct, Co)
     for it in prange(nty * nch):
         tid = numba.get_thread_id()
         V, M, D = Vs[tid], Ms[tid], Ds[tid]
-        T = D[NX * Ci:NX * Ci + NX * 16]     # transform scratch, past the padded patch
+        T = D[NX * Ct:NX * Ct + NX * 16]     # transform scratch, past the padded patch
         ty = it // nch
         tx0 = (it - ty * nch) * NT
         nt = min(NT, ntx - tx0)
@@ -219,12 +225,17 @@ def conv2d_wino4(xf, Hi, Wi, Wp, Ci, U, bias, outf, Ho, Wo, Op, Co, NT, Vs, Ms, 
         for t in range(nt):
             c0 = 4 * (tx0 + t)
             if r0 + N <= Hi and c0 + N <= Wi:
-                _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ci, vxs, T)
+                _in_transform(xf, (r0 * Wp + c0) * Ci, Wp * Ci, Ci, Ci, V, t * Ct, vxs, T)
+                if Ci2 > 0:
+                    _in_transform(xf2, (r0 * Wp2 + c0) * Ci2, Wp2 * Ci2, Ci2, Ci2, V, t * Ct + Ci, vxs, T)
             else:  # patch runs past the window: copy with zeros, same transform
                 patch(xf, Wp, Ci, r0, c0, min(N, Hi - r0), min(N, Wi - c0), N, D)
-                _in_transform(D, np.int64(0), N * Ci, Ci, Ci, V, t * Ci, vxs, T)
+                _in_transform(D, np.int64(0), N * Ci, Ci, Ci, V, t * Ct, vxs, T)
+                if Ci2 > 0:
+                    patch(xf2, Wp2, Ci2, r0, c0, min(N, Hi - r0), min(N, Wi - c0), N, D)
+                    _in_transform(D, np.int64(0), N * Ci2, Ci2, Ci2, V, t * Ct + Ci, vxs, T)
         for xi in range(NX):
-            _gemm(V, xi * vxs, Ci, nt, noff, U, xi * Ci * Co, Co, M, xi * mxs, bias)
+            _gemm(V, xi * vxs, Ct, nt, noff, U, xi * Ct * Co, Co, M, xi * mxs, bias)
         nr = min(4, Ho - r0)
         for t in range(nt):
             c0 = 4 * (tx0 + t)

@@ -1,4 +1,4 @@
-"""Convolution kernels: :func:`conv2d`, :func:`conv_transpose2d`, :func:`conv_tile`.
+"""Convolution kernels: :func:`conv2d`, :func:`conv2d_concat`, :func:`conv_transpose2d`, :func:`conv_tile`.
 
 All arrays are float32 in HWC layout ``(h, w, C)``. The kernels are *valid*
 kernels: the caller hands in an input window that already holds the padding
@@ -16,6 +16,9 @@ wino4       3x3, stride 1, dilation 1, groups 1, Ci and Co multiples of 16,
             1.4e-6 of max|ref|), but its (4, 4) step widens tile halos (the tiling
             doctest's 22 px halo becomes 30) for ~3 % of a full-frame UNet-16;
             ``WINO_MIN = 256`` takes it.
+            :func:`conv2d_concat` runs it on two windows whose channels it reads as
+            one concatenated window (a UNet decoder's skip and up-sampled map, left
+            where their producers wrote them): the same bits, no concat copy.
 wino2       the same shapes with ``WINO4 = False``: Winograd F(2x2, 3x3); tile step
             (2, 2). Slightly more accurate than a direct float32 sum; the benchmarks'
             comparison route.
@@ -76,7 +79,7 @@ from . import _conv_wino4 as _w4
 from ._common import as_window, flat, packed
 from ._move import streaming
 
-__all__ = ["conv2d", "conv_transpose2d", "conv_tile"]
+__all__ = ["conv2d", "conv2d_concat", "concat_fusable", "conv_transpose2d", "conv_tile"]
 
 ACT_NONE, ACT_RELU, ACT_LEAKY = 0, 1, 2
 
@@ -267,7 +270,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
         U = _pack(w_in, w, route, _w4.weight_transform)
         nt = _w4.pick_nt(Ci, Co, (Wo + 3) // 4)
         Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co, _w4.NX)
-        _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha,
+        _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, xf, 0, 0, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha,
                          streaming(out))
     elif route == "blocked":
         wf, CoP = _pack(w_in, w, route, _b.pack_weights)
@@ -287,6 +290,55 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
             _d.conv2d_direct(np.ascontiguousarray(x), w, bias, y, sy, sx, dy, dx, groups, act, alpha)
         if y is not out:
             out[...] = y
+    return out
+
+
+def concat_fusable(w_shape, parts):
+    """True when :func:`conv2d_concat` reads ``parts`` (their channel counts) in place for a
+    conv of weights ``w_shape`` (kh, kw, Ci, Co), stride 1, dilation 1, groups 1: two parts of
+    multiples of 16 channels, on the Winograd F(4x4) route."""
+    kh, kw, ci, co = w_shape
+    return (len(parts) == 2 and all(c % 16 == 0 for c in parts) and sum(parts) == ci
+            and _route(kh, kw, (1, 1), (1, 1), 1, ci, co) == "wino4")
+
+
+def conv2d_concat(parts, w, bias, *, act=0, alpha=0.0, out=None):
+    """:func:`conv2d` (stride 1, dilation 1, groups 1) of the channel concatenation of the two
+    windows ``parts`` without building it: a UNet decoder's skip and up-sampled maps, read
+    where their producers wrote them. Only where :func:`concat_fusable` holds; the values
+    (bits) are those of ``conv2d(np.concatenate(parts, axis=2), ...)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.random((9, 10, 16), np.float32), rng.random((9, 10, 32), np.float32)
+    >>> w, bias = rng.random((3, 3, 48, 16), np.float32) - 0.5, np.zeros(16, np.float32)
+    >>> y = conv2d_concat((a, b), w, bias, act=1)
+    >>> np.array_equal(y, conv2d(np.concatenate((a, b), axis=2), w, bias, act=1))
+    True
+    """
+    w_in = w
+    x, w, bias, _, _ = _operands(parts[0], w, bias, 1, 1)
+    x2 = as_window(parts[1], "parts[1]")
+    if x2.shape[:2] != x.shape[:2] or not concat_fusable(w.shape, (x.shape[2], x2.shape[2])):
+        raise ValueError(f"conv2d_concat takes two windows of one size with multiples of 16 channels for a "
+                         f"Winograd-route conv; got {x.shape}, {x2.shape} and w {w.shape}")
+    if bias.shape != (w.shape[3],) or act not in (0, 1, 2):
+        raise ValueError(f"bias must have shape ({w.shape[3]},) and act be 0, 1 or 2")
+    Hi, Wi, Ci = x.shape
+    Ci2, Co = x2.shape[2], w.shape[3]
+    out = _check_out(out, (max(0, Hi - 2), max(0, Wi - 2), Co))
+    if out.size == 0:
+        return out
+    xf, xp = flat(x)
+    xf2, xp2 = flat(x2)
+    of, op = flat(out)
+    U = _pack(w_in, w, "wino4", _w4.weight_transform)
+    nt = _w4.pick_nt(Ci + Ci2, Co, (out.shape[1] + 3) // 4)
+    Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci + Ci2, Co, _w4.NX)
+    _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, xf2, xp2, Ci2, U, bias, of, out.shape[0], out.shape[1], op, Co, nt,
+                     Vs, Ms, Ds, int(act), float(alpha), streaming(out))
     return out
 
 

@@ -119,8 +119,11 @@ NETS = {
     "resnet_fcn": resnet_fcn,
     "depthwise": depthwise_net,
     "reflect": reflect_net,
+    # 16-channel multiples: the decoders' concats are left unbuilt (executor.fused_concats)
+    "unet16_fused_concat": lambda: unet(in_channels=3, classes=2, base=16, depth=2),
+    "unet16_valid_fused": lambda: unet(in_channels=1, classes=2, base=16, depth=2, padding="valid", bn=False),
 }
-MIN_SIZE = {"unet_valid": 92}
+MIN_SIZE = {"unet_valid": 92, "unet16_valid_fused": 44}
 _built: dict = {}
 
 

@@ -630,3 +630,41 @@ def test_wino4_weight_transform_is_float64_rounded_once():
     y = w4.AT @ ((w4.G @ g @ w4.G.T) * (w4.BT @ d @ w4.BT.T)) @ w4.AT.T
     want = np.array([[(d[i:i + 3, j:j + 3] * g).sum() for j in range(4)] for i in range(4)])
     np.testing.assert_allclose(y, want, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- conv of an unbuilt concat
+
+@SETTINGS
+@given(st.data())
+def test_conv2d_concat_reads_two_windows_as_their_concatenation(data):
+    """conv2d_concat((a, b)) gives the bits of conv2d(concatenate((a, b))) -- which the executor's
+    unfused path computes -- for any window size (odd, prime, smaller than a 6x6 patch), any
+    channel split of multiples of 16, parts that are windows of wider buffers; and is within
+    float32 rounding of the float64 reference."""
+    Hi = data.draw(st.integers(3, 23), label="Hi")
+    Wi = data.draw(st.integers(3, 29), label="Wi")
+    ca, cb = data.draw(st.sampled_from([(16, 16), (16, 32), (32, 16), (64, 64), (32, 96)]), label="parts")
+    co = data.draw(st.sampled_from([16, 32, 48]), label="Co")
+    act = data.draw(st.sampled_from([0, 1, 2]), label="act")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    a, b = _rand(rng, Hi, Wi, ca), _rand(rng, Hi, Wi, cb)
+    w, bias = _rand(rng, 3, 3, ca + cb, co), _rand(rng, co)
+    assert conv.concat_fusable(w.shape, (ca, cb))
+    want = conv.conv2d(np.concatenate((a, b), axis=2), w, bias, act=act, alpha=0.1)
+    av, _ = _embed(rng, a, (data.draw(st.integers(0, 3)), 1, data.draw(st.integers(0, 5)), 2))
+    bv, _ = _embed(rng, b, (2, 0, 1, data.draw(st.integers(0, 4))))
+    got = conv.conv2d_concat((av, bv), w, bias, act=act, alpha=0.1)
+    assert np.array_equal(got, want)
+    _close(got, ref_conv2d(np.concatenate((a, b), axis=2), w, bias, act=act, alpha=0.1), rtol=2e-5)
+
+
+def test_conv2d_concat_only_where_fusable():
+    rng = np.random.default_rng(0)
+    a = _rand(rng, 8, 8, 16)
+    assert not conv.concat_fusable((3, 3, 24, 16), (16, 8))        # 8 channels: not 16-lane blocks
+    assert not conv.concat_fusable((1, 1, 32, 16), (16, 16))       # 1x1: not the Winograd route
+    assert not conv.concat_fusable((3, 3, 48, 16), (16, 16, 16))   # three parts
+    with pytest.raises(ValueError, match="conv2d_concat"):
+        conv.conv2d_concat((a, _rand(rng, 8, 8, 8)), _rand(rng, 3, 3, 24, 16), np.zeros(16, np.float32))
+    with pytest.raises(ValueError, match="conv2d_concat"):
+        conv.conv2d_concat((a, _rand(rng, 7, 8, 16)), _rand(rng, 3, 3, 32, 16), np.zeros(16, np.float32))

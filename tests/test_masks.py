@@ -90,6 +90,8 @@ class _Counter:
         monkeypatch.setattr(executor, "run_window", self)
 
     def __call__(self, rep, contract, raw, tile, **kw):
+        if tuple(rep.image_shape) != (H, W):   # the CLI's kernel warm-up (a small sample image), not the run
+            return self.real(rep, contract, raw, tile, **kw)
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise _Stop
         self.calls.append(tuple(tile.write))

@@ -1,0 +1,74 @@
+"""Concats left unbuilt (executor.fused_concats): a UNet decoder's first conv reads the skip
+and the up-sampled map where their producers wrote them. The same bits as building the concat
+(the executor with fusion switched off is the reference), in one region, overlap tiles and
+streamed bands; less memory in the plan and the run."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import hirestile
+from hirestile import executor
+from hirestile.api import band_bytes
+from hirestile.models.unet import unet
+
+NETS = {
+    "same": lambda: unet(in_channels=3, classes=2, base=16, depth=3, seed=2),
+    "valid": lambda: unet(in_channels=1, classes=3, base=16, depth=2, padding="valid", bn=False, seed=3),
+    "bilinear": lambda: unet(in_channels=2, classes=2, base=16, depth=2, up="bilinear", seed=4),
+}
+_built = {name: make() for name, make in NETS.items()}
+
+
+def _unfused(monkeypatch):
+    monkeypatch.setattr(executor, "fused_concats", lambda rep: frozenset())
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_unbuilt_concat_gives_the_built_concats_bits(name, data):
+    m = _built[name]
+    lo = 44 if name == "valid" else 1
+    h = data.draw(st.integers(lo, lo + 60), label="h")
+    w = data.draw(st.integers(lo, lo + 60), label="w")
+    x = np.random.default_rng(h * 1000 + w).standard_normal((m.graph.in_channels, h, w)).astype(np.float32)
+    rep = m.analyze((h, w))
+    assert len(executor.fused_concats(rep)) == (3 if name == "same" else 2)
+    oh, ow = rep.output_shape[1:]
+    tile = (data.draw(st.integers(1, oh), label="ty"), data.draw(st.integers(1, ow), label="tx"))
+    with pytest.MonkeyPatch.context() as mp:
+        _unfused(mp)
+        want = executor.run_full(rep, x)
+    assert np.array_equal(executor.run_full(rep, x), want)
+    assert np.array_equal(hirestile.predict(m, x, tile=tile), want)
+    assert np.array_equal(hirestile.predict(m, x, tile=tile, stream=True), want)
+
+
+def test_bf16_builds_its_concats():
+    rep = _built["same"].analyze((64, 64), precision="bf16")
+    assert executor.fused_concats(rep) == frozenset()
+
+
+def test_unbuilt_concats_shrink_the_plan(monkeypatch):
+    """The one-region slab and a streamed band's bytes without the decoders' concat buffers, and
+    what a run allocates follows (tracemalloc, after a warm-up)."""
+    import tracemalloc
+
+    m = _built["same"]
+    x = np.random.default_rng(0).standard_normal((3, 300, 257)).astype(np.float32)
+    rep = m.analyze(x.shape[1:])
+    fused = executor.tile_memory(rep, (300, 257)), band_bytes(rep, (64, 257))
+    peaks = []
+    for unfuse in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            if unfuse:
+                _unfused(mp)
+                built = executor.tile_memory(rep, (300, 257)), band_bytes(rep, (64, 257))
+            model = unet(in_channels=3, classes=2, base=16, depth=3, seed=2)
+            hirestile.predict(model, x[:, :50, :50], memory=1 << 40)
+            tracemalloc.start()
+            hirestile.predict(model, x, memory=1 << 40)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+    assert fused[0] < 0.9 * built[0] and fused[1] < built[1]
+    assert peaks[1] < peaks[0] - 0.5 * (built[0] - fused[0])
