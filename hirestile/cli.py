@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="bands down column strips, each intermediate row computed once per strip (--stream), or "
                         "overlap tiles with their own halos (--no-stream); default: the plan decides, streaming "
-                        "where overlap tiles would compute >= 1.15x its FLOPs (same bits, same memory budget)")
+                        "where overlap tiles would compute >= 1.13x its FLOPs (same bits, same memory budget)")
     s.add_argument("--memory", default=None, metavar="SIZE",
                    help="memory budget, e.g. 1.5GB or 800MiB (default: a quarter of the RAM, at most 2 GiB); "
                         "the tile is chosen to fit it")

@@ -214,9 +214,10 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
 # tile / stream redundancy, zarr -> zarr, quiet Zen 4, after the executor's copies went
 # parallel and streamed reads lost their halo (session 12): UNet-16 8192^2 0.85x / 1.05x at
 # 1.148, 16384^2 1.10x / 1.14x at 1.164; before (session 11): UNet-32 4096^2 1.04x at 1.31,
-# UNet-64 4096^2 1.29x at 1.49. So streaming is the default where overlap tiles would compute
-# at least this much more.
-STREAM_GAIN = 1.15
+# UNet-64 4096^2 1.29x at 1.49. Session 13 (unbuilt concats, quiet): UNet-16 8192^2 1.09x /
+# 1.12x at 1.148, 4096^2 0.82x / 1.00x at 1.117. So streaming is the default where overlap
+# tiles would compute at least this much more.
+STREAM_GAIN = 1.13
 
 
 @dataclass(frozen=True)

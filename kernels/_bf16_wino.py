@@ -19,7 +19,7 @@ whose global origin and size are multiples of 2: ``bf16.conv_tile``), as:
 
 None of it depends on where the tile sits, how many tiles a work item holds or which
 thread runs it, so tiled == full-frame bit for bit; the vdpbf16ps and conversion paths
-give the same bits (the micro-kernels ``bg8x1`` / ``eg8x1`` of ``_conv_bf16_mk``).
+give the same bits (``wgemm_b`` / ``wgemm_e`` of ``_conv_bf16_mk``).
 2.25x fewer products than the direct route, at the price of rounding V and U (sums of
 up to 4 inputs, 9 weights) instead of the pixels and weights themselves.
 """

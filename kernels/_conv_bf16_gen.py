@@ -3,103 +3,131 @@
 Run ``python kernels/_conv_bf16_gen.py`` to rewrite ``_conv_bf16_mk.py``; the generated
 module is committed so that Numba's ``cache=True`` works (no ``exec``).
 
-``b{P}x{V}`` computes P output pixels x V*16 output channels with ``vdpbf16ps``:
+The micro-kernel, P output pixels x 16 output channels (P = 8 zmm accumulators), is written
+inline in the loops that use it -- ``row_{f}`` (a row of pixels x all column blocks: the
+direct "pairs" route and the transposed conv) and ``wgemm_{f}`` (one of the Winograd route's
+GEMMs: all the tiles of a work item x 16 columns) -- not called per tile (a Numba call passes
+its arrays through the stack: at 16..32 channels, where a tile has only 16..18 terms, the
+Winograd route ran 1.06-1.15x faster without, Zen 4, 1 thread, session 13). Per tile, family
+``b`` (``vdpbf16ps``):
 
-    acc[p, :] = 0;  for k < K:  acc[p, :] = vdp(acc[p, :], w[wb + k*wrs : +16*V], a[ab_p + koff[k]])
+    acc[p, :] = 0;  for k < K:  acc[p, :] = vdp(acc[p, :], w[wc + 16*k : +16], a[ab_p + koff[k]])
 
 ``a`` and ``w`` are uint32 arrays of bf16 pairs (``a[i]`` is one input pixel's channels
 2j, 2j+1; ``w`` 16 dwords per vector: output channels x the same channel pair), so term
 k adds the odd channel's product, then the even one's, to every accumulator lane.
-``e{P}x{V}`` is the same with ``vdpe`` (two float32 FMAs in the same order, flushing as
+Family ``e`` is the same with ``vdpe`` (two float32 FMAs in the same order, flushing as
 ``vdpbf16ps`` does), for CPUs without AVX512_BF16: the same bits.
-``ab_p = ab0 + min(p, npix - 1) * aps`` (rows past ``npix`` repeat the last one and are not
+``ab_p = ab0 + min(p, npix - 1) * aps`` (pixels past ``npix`` repeat the last one and are not
 stored), so every pixel's sum is the same instruction sequence whatever ``p`` or ``npix``.
-The store (rows < npix) is ``round_bf16(act(acc + bias[bofs : bofs + 16V]))`` into the
-float32 ``dst[db + p*dps + 16*v]``.
+``row_{f}`` stores ``round_bf16(act(acc + bias[co0 : co0 + 16]))`` into float32 ``dst``,
+``wgemm_{f}`` the float32 sums as they are.
 """
 
 from __future__ import annotations
 
 try:
-    from ._conv_gen import emit_stores, write_module
+    from ._conv_gen import write_module
 except ImportError:                  # run as a script: python kernels/_conv_bf16_gen.py
-    from _conv_gen import emit_stores, write_module
+    from _conv_gen import write_module
 
-SHAPES = [(8, 1)]  # 8 zmm accumulators. Zen 4, 1 thread, 3x3: 8x1 203-227 GF/s at 16..256 channels;
-# 4x2 .. 6x4 and 12x1 / 14x1 measured slower (LLVM unrolls the k loop and spills); blocking the
-# terms so a block of weights stays in L1 (carrying the accumulators through dst) cost 8 %
+P = 8  # pixels per register tile (8 zmm accumulators x 16 columns). Zen 4, 1 thread, 3x3: 8x1 203-227 GF/s at
+# 16..256 channels; 4x2 .. 6x4 and 12x1 / 14x1 measured slower (LLVM unrolls the k loop and spills); blocking
+# the terms so a block of weights stays in L1 (carrying the accumulators through dst) cost 8 %; two column
+# blocks per tile (8x2) for the transposed conv: 0.8-0.9x at 64..256 channels (session 13)
 
 
-def gen_mk(P, V, family):
+def _stores(a, P, ind, store):
+    for p in range(P):
+        if p == 0:
+            a(f"{ind}{store}(dst, db, c0)")
+        else:
+            a(f"{ind}if npix > {p}:")
+            a(f"{ind}    {store}(dst, db + {p} * dps, c{p})")
+
+
+def gen_row(family):
+    """``row_{family}``: a row of output pixels x all column blocks, the P x 16 micro-kernel
+    written inline in its loops."""
     L = []
     a = L.append
     dp = "vdp" if family == "b" else "vdpe"
     a("@njit(cache=True, nogil=True, _nrt=False)")
-    a(f"def {family}{P}x{V}(a, ab0, aps, npix, koff, K, w, wb, wrs, dst, db, dps, bias, bofs, act, alpha):")
+    a(f"def row_{family}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha, nts):")
+    a('''    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
+    blocks of the (K, CoP) weights packed at w[wb:]; pixel c's block co0 written at
+    dst[rowbase + c*dps + co0]: round_bf16(act(acc + bias[co0:co0+16])), acc the module's sum.
+    Callers pass int64 values, never literal constants (np.int64(0), not 0): Numba compiles a
+    kernel once per argument type, and a literal is a type of its own (``_conv_blocked``).
+    nts != 0: non-temporal stores (every vector on a whole 64-byte line of dst; the caller ends
+    its work item with sfence)."""''')
+    a("    for co0 in range(0, CoP, 16):")
+    a("        wc = wb + co0 * K")
+    a("        bv = vload(bias, co0)")
+    a(f"        for px in range(0, Wo, {P}):")
+    a(f"            npix = min({P}, Wo - px)")
+    a("            ab0 = xrow + px * xps")
+    ind = "            "
     for p in range(1, P):
-        a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")
+        a(f"{ind}ab{p} = ab0 + min({p}, npix - 1) * xps")
     for p in range(P):
-        for v in range(V):
-            a(f"    c{p}_{v} = vzero()")
-    a("    for k in range(K):")
-    a("        o = iload(koff, k)")
-    a("        wk = wb + k * wrs")
-    for v in range(V):
-        a(f"        b{v} = uload(w, wk + {16 * v})")
+        a(f"{ind}c{p} = vzero()")
+    a(f"{ind}for k in range(K):")
+    a(f"{ind}    o = iload(koff, k)")
+    a(f"{ind}    b0 = uload(w, wc + k * 16)")
     for p in range(P):
-        a(f"        s = ubcast_at(a, ab{p} + o)")
-        for v in range(V):
-            a(f"        c{p}_{v} = {dp}(c{p}_{v}, b{v}, s)")
-    for v in range(V):
-        a(f"    bv{v} = vload(bias, bofs + {16 * v})")
+        a(f"{ind}    c{p} = {dp}(c{p}, b0, ubcast_at(a, ab{p} + o))")
     for p in range(P):
-        for v in range(V):
-            a(f"    c{p}_{v} = vround(vact(vadd(c{p}_{v}, bv{v}), act, alpha))")
-    emit_stores(a, P, V)
+        a(f"{ind}c{p} = vround(vact(vadd(c{p}, bv), act, alpha))")
+    a(f"{ind}db = rowbase + px * dps + co0")
+    a(f"{ind}if nts:")
+    _stores(a, P, ind + "    ", "vstore_nt")
+    a(f"{ind}else:")
+    _stores(a, P, ind + "    ", "vstore")
+    a("")
+    a("")
     return "\n".join(L)
 
 
-def gen_gemm(P, family):
-    """``{family}g{P}x1``: the Winograd route's GEMM, P tiles x 16 columns, terms contiguous
-    (term k of tile p at a[ab_p + k]), the float32 sums stored as they are."""
+def gen_wgemm(family):
+    """``wgemm_{family}``: one of the Winograd route's GEMMs for the nt tiles of a work item, the
+    P x 16 micro-kernel inline (float32 sums stored as they are)."""
     L = []
     a = L.append
     dp = "vdp" if family == "b" else "vdpe"
     a("@njit(cache=True, nogil=True, _nrt=False)")
-    a(f"def {family}g{P}x1(a, ab0, aps, npix, K, w, wb, dst, db, dps):")
+    a(f"def wgemm_{family}(a, ab, K, nt, w, wc, dst, dbase, dps):")
+    a('''    """dst[dbase + t*dps : +16] = sum over the K channel pairs k, in order, of vdp with a[ab + t*K + k] and
+    the pair-k row of 16 columns at w[wc + 16*k:], for tiles t < nt."""''')
+    a(f"    for t0 in range(0, nt, {P}):")
+    a(f"        npix = min({P}, nt - t0)")
+    a("        ab0 = ab + t0 * K")
+    ind = "        "
     for p in range(1, P):
-        a(f"    ab{p} = ab0 + min({p}, npix - 1) * aps")
+        a(f"{ind}ab{p} = ab0 + min({p}, npix - 1) * K")
     for p in range(P):
-        a(f"    c{p}_0 = vzero()")
-    a("    for k in range(K):")
-    a("        b0 = uload(w, wb + 16 * k)")
+        a(f"{ind}c{p} = vzero()")
+    a(f"{ind}for k in range(K):")
+    a(f"{ind}    b0 = uload(w, wc + 16 * k)")
     for p in range(P):
-        a(f"        c{p}_0 = {dp}(c{p}_0, b0, ubcast_at(a, ab{p} + k))")
-    emit_stores(a, P, 1)
+        a(f"{ind}    c{p} = {dp}(c{p}, b0, ubcast_at(a, ab{p} + k))")
+    a(f"{ind}db = dbase + t0 * dps")
+    _stores(a, P, ind, "vstore")
+    a("")
+    a("")
     return "\n".join(L)
 
 
-DRIVERS = '''@njit(cache=True, nogil=True, _nrt=False)
-def row_{f}(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha):
-    """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
-    blocks of the (K, CoP) weights packed at w[wb:]; written at dst[rowbase + c*dps]. Callers pass
-    int64 values, never literal constants (np.int64(0), not 0): Numba compiles a kernel once per
-    argument type, and a literal is a type of its own (``_conv_blocked``)."""
-    for co0 in range(0, CoP, 16):
-        for c0 in range(0, Wo, 8):
-            {f}8x1(a, xrow + c0 * xps, xps, min(8, Wo - c0), koff, K, w, wb + co0 * K, 16,
-                  dst, rowbase + c0 * dps + co0, dps, bias, co0, act, alpha)
-
-
-@njit(parallel=True, cache=True, nogil=True)
+DRIVERS = '''@njit(parallel=True, cache=True, nogil=True)
 def conv2d_{f}(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh,
-              act, alpha):
+              act, alpha, nts):
     """src: the float32 window as uint32, pixel (r, c) at src[sb + r*sp + c*Ci]; it is packed
     into bf16 pairs RB output rows at a time (their input rows, in this thread's part of
     scratch: they stay in cache for the GEMMs that read them); wp: (K, CoP) packed pair weights,
     k = (ky, kx, channel pair); koff[k]: offset of term k in the packed rows; bias: (CoP,);
     output (r, c, co) at outf[ob + r*op + c*Co + co] (rows op apart: a window of rows of a
-    wider buffer). The packing is a function of each value alone: no bit depends on RB."""
+    wider buffer). The packing is a function of each value alone: no bit depends on RB. nts != 0:
+    the output is written with non-temporal stores (Co == CoP, outf[ob] and op on 64-byte lines)."""
     z = np.int64(0)                 # not a literal 0: see row_{f}
     K = koff.shape[0]
     nrin = (RB - 1) * sy + (kh - 1) * dy + 1
@@ -113,20 +141,64 @@ def conv2d_{f}(src, sb, sp, Wi, Ci, Ch, RB, scratch, wp, CoP, bias, koff, outf, 
         for r in range(r0, r1):
             xrow = (r - r0) * sy * Wi * Ch
             if Co == CoP:
-                row_{f}(xp, xrow, sx * Ch, koff, K, wp, z, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha)
+                row_{f}(xp, xrow, sx * Ch, koff, K, wp, z, CoP, bias, outf, ob + r * op, Co, Wo, act, alpha, nts)
             else:  # 8 pixels at a time through an L1-sized buffer
                 for c0 in range(0, Wo, 8):
                     n = min(8, Wo - c0)
-                    row_{f}(xp, xrow + c0 * sx * Ch, sx * Ch, koff, K, wp, z, CoP, bias, tmp, z, CoP, n, act, alpha)
+                    row_{f}(xp, xrow + c0 * sx * Ch, sx * Ch, koff, K, wp, z, CoP, bias, tmp, z, CoP, n, act, alpha, z)
                     o = ob + r * op + c0 * Co
                     for c in range(n):
                         for co in range(Co):
                             outf[o + c * Co + co] = tmp[c * CoP + co]
+        if nts:
+            sfence()
+
+
+@njit(cache=True, nogil=True)
+def convT_row_{f}(src, sb, sp, iy, ix0, ix1, nix, Ci, Ch, xp, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo, Co, op,
+                 ty, tx, ia, ib, cpast, act, alpha, nts):
+    """Input row iy of :func:`convT_{f}` and its kh output rows (``xp``: this thread's scratch; out of
+    the parallel loop's body, which Numba compiles at a cost that grows with it)."""
+    z, one = np.int64(0), np.int64(1)   # not literals: see row_{f}
+    whole = C2P == kw * Co
+    pack_rows(src, sb + iy * sp + ix0 * Ci, sp, one, nix, Ci, xp)
+    for ky in range(kh):
+        r = iy * kh + ky - ty
+        if r < 0 or r >= Ho:
+            continue
+        o = ob + r * op
+        wb = ky * Ch * C2P
+        if whole:
+            if ib >= ia:
+                row_{f}(xp, (ia - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, outf, o + (kw * ia - tx) * Co, C2P,
+                      ib - ia + 1, act, alpha, nts)
+            tmp = np.empty(C2P, np.float32)
+            for ix in range(ix0, ix1 + 1):
+                if ia <= ix <= ib:
+                    continue
+                row_{f}(xp, (ix - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, z, C2P, one, act, alpha, z)
+                for kx in range(kw):
+                    c = kw * ix + kx - tx
+                    if 0 <= c < Wo:
+                        for co in range(Co):
+                            outf[o + c * Co + co] = tmp[kx * Co + co]
+        else:
+            tmp = np.empty(nix * C2P, np.float32)
+            row_{f}(xp, z, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, z, C2P, nix, act, alpha, z)
+            for c in range(min(cpast, Wo)):
+                base = ((c + tx) // kw - ix0) * C2P + ((c + tx) % kw) * Co
+                for co in range(Co):
+                    outf[o + c * Co + co] = tmp[base + co]
+        for c in range(cpast, Wo):
+            for co in range(Co):
+                outf[o + c * Co + co] = nob[co]
+    if nts:
+        sfence()
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff, nob, outf, ob, Ho, Wo, Co, op, ty, tx,
-             act, alpha):
+             act, alpha, nts):
     """Transposed conv with kernel == stride: input row iy (pixel (iy, c) at src[sb + iy*sp + c*Ci],
     float32 as uint32) is packed into bf16 pairs in this thread's part of scratch, then each of
     its kh output rows r = iy*kh + ky - ty is one GEMM over its pixels with the kw taps side by side
@@ -134,8 +206,8 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
     kw)*Co of input pixel (c + tx) // kw, or nob (no tap) past the input. koff = arange(Ch).
     When C2P == kw*Co a pixel's kw*Co columns are its kw output pixels, side by side in the
     output row: the GEMM stores them there (pixels whose outputs all lie inside the row; the
-    one or two at the row's ends go through a small buffer). Output as conv2d_{f}."""
-    z, one = np.int64(0), np.int64(1)   # not literals: see row_{f}
+    one or two at the row's ends go through a small buffer). Output as conv2d_{f}; nts != 0: those
+    in-row GEMM stores are non-temporal (Co a multiple of 16, outf[ob] and op on 64-byte lines)."""
     ix0 = tx // kw
     ix1 = min((Wo - 1 + tx) // kw, Wi - 1)
     nix = ix1 - ix0 + 1
@@ -143,43 +215,13 @@ def convT_{f}(src, sb, sp, Hi, Wi, Ci, Ch, scratch, wp, kh, kw, C2P, bias2, koff
     iy1 = min((Ho - 1 + ty) // kh, Hi - 1)
     ia = max(ix0, (tx + kw - 1) // kw)
     ib = min(ix1, (Wo - kw + tx) // kw)
-    whole = C2P == kw * Co
     cpast = max(0, kw * (ix1 + 1) - tx)          # first output column past the input
     per = max(nix, 0) * Ch
-    for it in prange(max(0, iy1 - iy0 + 1) if nix > 0 else 0):
-        iy = iy0 + it
+    nrow = max(0, iy1 - iy0 + 1) if nix > 0 else 0   # not inside prange(): Numba then runs the loop serially
+    for it in prange(nrow):
         xp = scratch[get_thread_id() * per:(get_thread_id() + 1) * per]
-        pack_rows(src, sb + iy * sp + ix0 * Ci, sp, one, nix, Ci, xp)
-        for ky in range(kh):
-            r = iy * kh + ky - ty
-            if r < 0 or r >= Ho:
-                continue
-            o = ob + r * op
-            wb = ky * Ch * C2P
-            if whole:
-                if ib >= ia:
-                    row_{f}(xp, (ia - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, outf, o + (kw * ia - tx) * Co, C2P,
-                          ib - ia + 1, act, alpha)
-                tmp = np.empty(C2P, np.float32)
-                for ix in range(ix0, ix1 + 1):
-                    if ia <= ix <= ib:
-                        continue
-                    row_{f}(xp, (ix - ix0) * Ch, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, z, C2P, one, act, alpha)
-                    for kx in range(kw):
-                        c = kw * ix + kx - tx
-                        if 0 <= c < Wo:
-                            for co in range(Co):
-                                outf[o + c * Co + co] = tmp[kx * Co + co]
-            else:
-                tmp = np.empty(nix * C2P, np.float32)
-                row_{f}(xp, z, Ch, koff, Ch, wp, wb, C2P, bias2, tmp, z, C2P, nix, act, alpha)
-                for c in range(min(cpast, Wo)):
-                    base = ((c + tx) // kw - ix0) * C2P + ((c + tx) % kw) * Co
-                    for co in range(Co):
-                        outf[o + c * Co + co] = tmp[base + co]
-            for c in range(cpast, Wo):
-                for co in range(Co):
-                    outf[o + c * Co + co] = nob[co]
+        convT_row_{f}(src, sb, sp, iy0 + it, ix0, ix1, nix, Ci, Ch, xp, wp, kh, kw, C2P, bias2, koff, nob, outf, ob,
+                     Ho, Wo, Co, op, ty, tx, ia, ib, cpast, act, alpha, nts)
     for r in prange(Ho):
         if nix <= 0 or (r + ty) // kh > iy1:
             for c in range(Wo):
@@ -260,9 +302,9 @@ def in_strip_{f}(src, base, rs, cs, Ci, nt, V, vxs):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def out_transform_{f}(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc):
+def out_transform_{f}(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, nts):
     """Y = A^T m A on m[xi] = M[mb + xi*mxs : +16]; dst[db + i*rs + j*cs] = cvt(act(Y[i, j]
-    + bias[co:co+16])) for i < nr, j < nc."""
+    + bias[co:co+16])) for i < nr, j < nc; nts != 0: non-temporal stores (dst[db], rs, cs on 64-byte lines)."""
     m00 = vload(M, mb); m01 = vload(M, mb + mxs)
     m02 = vload(M, mb + 2 * mxs); m03 = vload(M, mb + 3 * mxs)
     m10 = vload(M, mb + 4 * mxs); m11 = vload(M, mb + 5 * mxs)
@@ -277,21 +319,35 @@ def out_transform_{f}(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc)
     s10 = vsub(vsub(m10, m20), m30); s11 = vsub(vsub(m11, m21), m31)
     s12 = vsub(vsub(m12, m22), m32); s13 = vsub(vsub(m13, m23), m33)
     b = vload(bias, co)
-    vstore(dst, db, {R}(vact(vadd(vadd(vadd(s00, s01), s02), b), act, alpha)))
-    if nc > 1:
-        vstore(dst, db + cs, {R}(vact(vadd(vsub(vsub(s01, s02), s03), b), act, alpha)))
-    if nr > 1:
-        vstore(dst, db + rs, {R}(vact(vadd(vadd(vadd(s10, s11), s12), b), act, alpha)))
+    y00 = {R}(vact(vadd(vadd(vadd(s00, s01), s02), b), act, alpha))
+    y01 = {R}(vact(vadd(vsub(vsub(s01, s02), s03), b), act, alpha))
+    y10 = {R}(vact(vadd(vadd(vadd(s10, s11), s12), b), act, alpha))
+    y11 = {R}(vact(vadd(vsub(vsub(s11, s12), s13), b), act, alpha))
+    if nts:
+        vstore_nt(dst, db, y00)
         if nc > 1:
-            vstore(dst, db + rs + cs, {R}(vact(vadd(vsub(vsub(s11, s12), s13), b), act, alpha)))
+            vstore_nt(dst, db + cs, y01)
+        if nr > 1:
+            vstore_nt(dst, db + rs, y10)
+            if nc > 1:
+                vstore_nt(dst, db + rs + cs, y11)
+        return
+    vstore(dst, db, y00)
+    if nc > 1:
+        vstore(dst, db + cs, y01)
+    if nr > 1:
+        vstore(dst, db + rs, y10)
+        if nc > 1:
+            vstore(dst, db + rs + cs, y11)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def wino2_{f}(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha):
+def wino2_{f}(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha, nts):
     """bf16 Winograd F(2x2, 3x3) (``_bf16_wino``): input pixel (r, c) at xf[sb + r*sp + c*Ci],
     output (r, c) at outf[ob + r*op + c*Co] (rows of wider buffers, in place); Ci, Co multiples
     of 16; U from ``_bf16_wino.weight_transform``; Vs, Ms, Ds per-thread scratch
-    (``_bf16_wino.scratch``). A work item is NT tiles of one tile row."""
+    (``_bf16_wino.scratch``). A work item is NT tiles of one tile row. nts != 0: the output is written
+    with non-temporal stores (outf[ob] and op on 64-byte lines)."""
     Ch = Ci // 2
     ntx = (Wo + 1) // 2
     nch = (ntx + NT - 1) // NT
@@ -315,24 +371,24 @@ def wino2_{f}(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs,
             in_transform_{f}(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
         for xi in range(16):
             for co0 in range(0, Co, 16):
-                for t0 in range(0, nt, 8):
-                    {f}g8x1(V, xi * vxs + t0 * Ch, Ch, min(8, nt - t0), Ch, U, (xi * Co + co0) * Ch,
-                          M, xi * mxs + t0 * Co + co0, Co)
+                wgemm_{f}(V, xi * vxs, Ch, nt, U, (xi * Co + co0) * Ch, M, xi * mxs + co0, Co)
         nr = min(2, Ho - r0)
         for t in range(nt):
             c0 = 2 * (tx0 + t)
             nc = min(2, Wo - c0)
             for co in range(0, Co, 16):
                 out_transform_{f}(M, t * Co + co, mxs, bias, co, act, alpha, outf, ob + r0 * op + c0 * Co + co, op, Co,
-                              nr, nc)
+                              nr, nc, nts)
+        if nts:
+            sfence()
 
 
 '''
 
 HEADER = '''"""bf16 micro-kernels and their drivers (GENERATED by _conv_bf16_gen.py; do not edit).
 
-See _conv_bf16_gen.py for the contract of ``b{P}x{V}`` (vdpbf16ps) and ``e{P}x{V}``
-(the same sequence emulated with float32 FMAs); ``row_*``, ``conv2d_*`` and ``convT_*``
+See _conv_bf16_gen.py for the register tile of ``row_*`` / ``wgemm_*``: family b (vdpbf16ps) and
+family e (the same sequence emulated with float32 FMAs); ``conv2d_*``, ``convT_*`` and ``wino2_*``
 drive one family each, so a CPU without AVX512_BF16 never compiles the b family.
 """
 
@@ -341,7 +397,7 @@ from numba import get_thread_id, njit, prange
 
 from ._bf16_simd import cround, cstore, eround, estore, pack_rows, ubcast_at, uload, vdp, vdpe, vround
 from ._bf16_wino import patch
-from ._conv_simd import iload, vact, vadd, vload, vstore, vsub, vzero
+from ._conv_simd import iload, sfence, vact, vadd, vload, vstore, vstore_nt, vsub, vzero
 
 
 '''
@@ -352,7 +408,7 @@ def source() -> str:
     def drivers(f):                  # b: VCVTNEPS2BF16 (cround / cstore); e: its emulation (eround / estore)
         c = "c" if f == "b" else "e"
         return DRIVERS.replace("{f}", f).replace("{R}", c + "round").replace("{S}", c + "store")
-    src = HEADER + "".join("".join(gen_mk(P, V, f) for P, V in SHAPES) + gen_gemm(8, f) + drivers(f) for f in "be")
+    src = HEADER + "".join(gen_row(f) + gen_wgemm(f) + drivers(f) for f in "be")
     return src.rstrip("\n") + "\n"
 
 

@@ -67,6 +67,7 @@ from . import _conv_bf16_mk as _mk
 from . import conv as _conv
 from ._common import pair
 from ._conv_blocked import tap_offsets
+from ._move import streaming
 
 __all__ = ["HAVE_AVX512_BF16", "PATH", "round_bf16", "conv2d", "conv_transpose2d", "conv_route", "conv_tile"]
 
@@ -175,6 +176,13 @@ def _flat_out(out, shape):
         return (*rows, out, None)
     buf, dest = _out(out, shape)
     return buf.reshape(-1), 0, shape[1] * shape[2], buf, dest
+
+
+def _nt(buf) -> int:
+    """1 when the kernels write ``buf`` (the output they compute into) with non-temporal stores:
+    at least ``_move.NT_BYTES`` on whole 64-byte lines (:func:`hirestile.kernels._move.streaming`,
+    as the float32 kernels decide), else 0. The values are the same either way."""
+    return int(streaming(buf))
 
 
 def _done(buf, dest):
@@ -332,7 +340,8 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
         nth = numba.config.NUMBA_NUM_THREADS
         Vs, Ms, Ds = _wino.scratch(nth, nt, Ci, Co)
         run = _mk.wino2_b if fast else _mk.wino2_e
-        run(flat, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act), float(alpha))
+        run(flat, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act), float(alpha),
+            _nt(buf))
         return _done(buf, dest)
     wp, CoP = _conv._pack(w_in, w, "bf16pairs", _pack_conv)
     bp = _conv._ro(_pad_cols(bias, CoP))
@@ -344,7 +353,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
     rb = min(rb, -(-Ho // max(1, numba.get_num_threads())))
     per = ((rb - 1) * sy + halo) * Wi * Ch
     run(flat.view(np.uint32), sb, sp, Wi, Ci, Ch, rb, _scratch(per * numba.config.NUMBA_NUM_THREADS), wp, CoP, bp,
-        koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh, int(act), float(alpha))
+        koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh, int(act), float(alpha), _nt(buf))
     return _done(buf, dest)
 
 
@@ -393,5 +402,5 @@ def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, of
     bias2 = _conv._ro(_pad_cols(np.tile(bias, kw), C2P))
     run(flat.view(np.uint32), sb, sp, Hi, Wi, Ci, Ch, _scratch(nix * Ch * numba.config.NUMBA_NUM_THREADS), wp, kh, kw,
         C2P, bias2, np.arange(Ch, dtype=np.int64), round_bf16(nob.astype(np.float32)),
-        outf, ob, Ho, Wo, Co, op, ty, tx, int(act), float(alpha))
+        outf, ob, Ho, Wo, Co, op, ty, tx, int(act), float(alpha), _nt(buf))
     return _done(buf, dest)
