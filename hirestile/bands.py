@@ -217,7 +217,8 @@ def stream_stages(rep: Report, band: Region) -> list[Stage]:
         line = max(0, b - keep[n.name]) if n.name in keep and n.name not in fused else 0   # unbuilt: nothing kept
         ch = rep.shapes[n.name][0]
         (p, q), _ = comp[n.name]
-        stages.append(Stage(n.name, op_label(n.op), ch, b - a, d - c, line, 4 * ch * line * (d - c),
+        stages.append(Stage(n.name, op_label(n.op) + (" (unbuilt: read in place)" if n.name in fused else ""),
+                            ch, b - a, d - c, line, 4 * ch * line * (d - c),
                             rep.node_flops(n) * (q - p) * (d - c)))
     return stages
 
