@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable
 
 import numpy as np
@@ -68,12 +70,12 @@ class Parts:
     channels: tuple[int, ...]
 
 
-_fused: weakref.WeakKeyDictionary[Graph, tuple[tuple, frozenset[str]]] = weakref.WeakKeyDictionary()
+_fused: weakref.WeakKeyDictionary[Graph, tuple[tuple, Mapping[str, tuple[str, ...]]]] = weakref.WeakKeyDictionary()
 
 
-def fused_concats(rep: Report) -> frozenset[str]:
-    """The concat nodes a run leaves unbuilt: read by one conv only, which reads the two
-    inputs in place (:func:`hirestile.kernels.conv.conv2d_concat`, float32 Winograd F(4x4):
+def fused_concats(rep: Report) -> Mapping[str, tuple[str, ...]]:
+    """The concat nodes a run leaves unbuilt, with their inputs: read by one conv only, which
+    reads the two inputs in place (:func:`hirestile.kernels.conv.conv2d_concat`, float32 Winograd F(4x4):
     a UNet decoder's first convs). The concat's copy and buffer go (5-6 % of a UNet-16 run),
     and its inputs' buffers live until the conv has run, covering the rows and padding it
     reads. Same bits: each input channel's Winograd transform is its own.
@@ -81,38 +83,38 @@ def fused_concats(rep: Report) -> frozenset[str]:
     Examples
     --------
     >>> from hirestile.models.unet import unet
-    >>> sorted(fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64))))
-    ['cat.0', 'cat.1']
-    >>> fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64), precision="bf16"))
-    frozenset()
+    >>> dict(fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64))))
+    {'cat.1': ('enc.1.conv2', 'up.1'), 'cat.0': ('enc.0.conv2', 'up.0')}
+    >>> len(fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64), precision="bf16")))
+    0
     """
     g = rep.graph
     if rep.weights is None or rep.precision != "fp32":
-        return frozenset()
+        return MappingProxyType({})
     key = (kconv.WINO4, kconv.WINO_MIN)           # the routes (benchmarks switch them)
     hit = _fused.get(g)
     if hit is not None and hit[0] == key:
         return hit[1]
     cons = g.consumers()
-    fused = set()
+    fused = {}
     for n in g.nodes:
         users = cons.get(n.name, [])
-        if (not isinstance(n.op, Concat) or n.name == g.output or g.input in n.inputs or len(set(n.inputs)) != 2
-                or len(n.inputs) != 2 or len(users) != 1):
+        if (not isinstance(n.op, Concat) or n.name == g.output or g.input in n.inputs or len(n.inputs) != 2
+                or len(set(n.inputs)) != 2 or len(users) != 1):
             continue
         c = users[0][0].op
         w = rep.weights.get(users[0][0].name, {}).get("w")
         if (isinstance(c, Conv) and tuple(c.stride) == (1, 1) and tuple(c.dilation) == (1, 1) and c.groups == 1
                 and w is not None and kconv.concat_fusable(w.shape, tuple(rep.shapes[t][0] for t in n.inputs))):
-            fused.add(n.name)
-    _fused[g] = (key, frozenset(fused))
+            fused[n.name] = tuple(n.inputs)
+    _fused[g] = (key, MappingProxyType(fused))
     return _fused[g][1]
 
 
-def reads(n: Node, fused: frozenset[str], inputs: dict[str, tuple[str, ...]]) -> list[str]:
-    """The buffers node ``n`` reads: its inputs, and for an unbuilt concat among them, that
-    concat's inputs (``inputs``: node -> its inputs)."""
-    return list(n.inputs) + [p for t in n.inputs if t in fused for p in inputs[t]]
+def reads(n: Node, fused: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """The buffers node ``n`` reads: its inputs, and for an unbuilt concat among them
+    (``fused``: :func:`fused_concats`), that concat's inputs."""
+    return list(n.inputs) + [p for t in n.inputs for p in fused.get(t, ())]
 
 
 def _index(lo: int, hi: int, n: int, mode: str) -> np.ndarray:
@@ -592,7 +594,6 @@ def _extents(rep: Report, held: dict[str, Region], comp: dict[str, Region]) -> d
     g, shapes = rep.graph, rep.shapes
     wins: dict[str, list] = {}
     fused = fused_concats(rep)
-    inputs = {n.name: n.inputs for n in g.nodes}
     for n in g.nodes:
         if n.name not in comp:
             continue
@@ -600,7 +601,7 @@ def _extents(rep: Report, held: dict[str, Region], comp: dict[str, Region]) -> d
             if t in held:
                 w = _window(n, k, comp[n.name], shapes)
                 if w[0] is not None and w[1] is not None:
-                    for u in (t, *inputs[t]) if t in fused else (t,):   # an unbuilt concat's inputs hold what it would
+                    for u in (t, *fused.get(t, ())):     # an unbuilt concat's inputs hold what it would
                         wins.setdefault(u, []).append((w, *padding_mode(n.op, k)))
     out = {}
     for t, reg in held.items():
@@ -691,11 +692,10 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
         x = Buf(np.ascontiguousarray(np.moveaxis(window, 0, -1), np.float32), *given.origin)
     bufs: dict[str, Buf | Parts] = {g.input: x}
     fused = fused_concats(rep)
-    inputs = {n.name: n.inputs for n in g.nodes}
     remaining: dict[str, int] = {}
     for n in g.nodes:
         if n.name in comp:
-            for t in reads(n, fused, inputs):
+            for t in reads(n, fused):
                 remaining[t] = remaining.get(t, 0) + 1
     for n in g.nodes:
         if n.name not in comp:
@@ -707,7 +707,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
             bufs[n.name] = Parts(tuple(bufs.get(t) for t in n.inputs), tuple(rep.shapes[t][0] for t in n.inputs))
         else:
             bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
-        for t in reads(n, fused, inputs):
+        for t in reads(n, fused):
             remaining[t] -= 1
             if remaining[t] == 0 and t != g.output:
                 done = bufs.pop(t, None)         # its memory may now be another buffer's
@@ -738,11 +738,10 @@ def _requests(rep: Report, held: dict[str, Region], comp: dict[str, Region],
     from the band above), or is an unbuilt concat (:func:`fused_concats`)."""
     g = rep.graph
     fused = fused_concats(rep)
-    inputs = {n.name: n.inputs for n in g.nodes}
     order = [n for n in g.nodes if n.name in comp]
     last: dict[str, int] = {}
     for i, n in enumerate(order):
-        for t in reads(n, fused, inputs):
+        for t in reads(n, fused):
             last[t] = i
     names, reqs = [], []
     steps = ([(-1, g.input)] if g.input in held else []) + [(i, n.name) for i, n in enumerate(order)]
