@@ -291,10 +291,11 @@ def in_transform_b(src, base, rs, cs, Ci, V, vb, vxs):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def in_strip_b(src, base, rs, cs, Ci, nt, V, vxs):
+def in_strip_b(src, base, rs, cs, Ci, nt, V, vb, vts, vxs):
     """:func:`in_transform_b` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
-    inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
-    row transform of an input column is computed once and used by the two tiles that share it)."""
+    inside the window), the pairs of its channels c at V[vb + t*vts + xi*vxs + c/2]: the same operations on
+    the same values (the row transform of an input column is computed once and used by the two tiles
+    that share it)."""
     for c in range(0, Ci, 16):
         o = base + c
         d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
@@ -304,7 +305,7 @@ def in_strip_b(src, base, rs, cs, Ci, nt, V, vxs):
         d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
         d2 = cround(vload(src, o + 2 * rs)); d3 = cround(vload(src, o + 3 * rs))
         q0 = vsub(d0, d2); q1 = vadd(d1, d2); q2 = vsub(d2, d1); q3 = vsub(d1, d3)
-        q = c // 2
+        q = vb + c // 2
         for t in range(nt):
             o += cs
             d0 = cround(vload(src, o)); d1 = cround(vload(src, o + rs))
@@ -325,7 +326,7 @@ def in_strip_b(src, base, rs, cs, Ci, nt, V, vxs):
             cstore(V, q + 14 * vxs, vsub(r3, q3)); cstore(V, q + 15 * vxs, vsub(q3, s3))
             p0 = r0; p1 = r1; p2 = r2; p3 = r3
             q0 = s0; q1 = s1; q2 = s2; q3 = s3
-            q += Ci // 2
+            q += vts
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -369,13 +370,19 @@ def out_transform_b(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, n
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def wino2_b(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha, nts):
+def wino2_b(xf, sb, sp, Hi, Wi, Ci, xf2, sb2, sp2, Ci2, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act,
+             alpha, nts):
     """bf16 Winograd F(2x2, 3x3) (``_bf16_wino``): input pixel (r, c) at xf[sb + r*sp + c*Ci],
     output (r, c) at outf[ob + r*op + c*Co] (rows of wider buffers, in place); Ci, Co multiples
     of 16; U from ``_bf16_wino.weight_transform``; Vs, Ms, Ds per-thread scratch
     (``_bf16_wino.scratch``). A work item is NT tiles of one tile row. nts != 0: the output is written
-    with non-temporal stores (outf[ob] and op on 64-byte lines)."""
-    Ch = Ci // 2
+    with non-temporal stores (outf[ob] and op on 64-byte lines). Ci2 > 0: the input is the channel
+    concatenation of that window and a second one of Ci2 channels (a multiple of 16), pixel (r, c)
+    at xf2[sb2 + r*sp2 + c*Ci2], read where it lies: each channel's transform is its own and the
+    GEMMs take the pairs in the concatenation's order, so the bits are the concatenation's."""
+    z = np.int64(0)                 # not a literal 0: see row_b
+    Ct = Ci + Ci2
+    Ch = Ct // 2
     ntx = (Wo + 1) // 2
     nch = (ntx + NT - 1) // NT
     vxs = NT * Ch + 16
@@ -391,11 +398,16 @@ def wino2_b(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, M
         r0 = 2 * ty
         nin = min(nt, max(0, (Wi - 4) // 2 - tx0 + 1)) if r0 + 4 <= Hi else 0   # patches inside the window
         if nin > 0:
-            in_strip_b(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, vxs)
+            in_strip_b(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, z, Ch, vxs)
+            if Ci2 > 0:
+                in_strip_b(xf2, sb2 + r0 * sp2 + 2 * tx0 * Ci2, sp2, Ci2, Ci2, nin, V, Ci // 2, Ch, vxs)
         for t in range(nin, nt):  # the patch runs past the window: zeros there, the same transform
             c0 = 2 * (tx0 + t)
             patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
             in_transform_b(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+            if Ci2 > 0:
+                patch(xf2, sb2, sp2, Ci2, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+                in_transform_b(D, 0, 4 * Ci2, Ci2, Ci2, V, t * Ch + Ci // 2, vxs)
         for xi in range(16):
             for co0 in range(0, Co, 16):
                 wgemm_b(V, xi * vxs, Ch, nt, U, (xi * Co + co0) * Ch, M, xi * mxs + co0, Co)
@@ -688,10 +700,11 @@ def in_transform_e(src, base, rs, cs, Ci, V, vb, vxs):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def in_strip_e(src, base, rs, cs, Ci, nt, V, vxs):
+def in_strip_e(src, base, rs, cs, Ci, nt, V, vb, vts, vxs):
     """:func:`in_transform_e` for nt tiles side by side, tile t's patch at src[base + 2t*cs] (all
-    inside the window), its V at V[t*Ci/2 + xi*vxs]: the same operations on the same values (the
-    row transform of an input column is computed once and used by the two tiles that share it)."""
+    inside the window), the pairs of its channels c at V[vb + t*vts + xi*vxs + c/2]: the same operations on
+    the same values (the row transform of an input column is computed once and used by the two tiles
+    that share it)."""
     for c in range(0, Ci, 16):
         o = base + c
         d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
@@ -701,7 +714,7 @@ def in_strip_e(src, base, rs, cs, Ci, nt, V, vxs):
         d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
         d2 = eround(vload(src, o + 2 * rs)); d3 = eround(vload(src, o + 3 * rs))
         q0 = vsub(d0, d2); q1 = vadd(d1, d2); q2 = vsub(d2, d1); q3 = vsub(d1, d3)
-        q = c // 2
+        q = vb + c // 2
         for t in range(nt):
             o += cs
             d0 = eround(vload(src, o)); d1 = eround(vload(src, o + rs))
@@ -722,7 +735,7 @@ def in_strip_e(src, base, rs, cs, Ci, nt, V, vxs):
             estore(V, q + 14 * vxs, vsub(r3, q3)); estore(V, q + 15 * vxs, vsub(q3, s3))
             p0 = r0; p1 = r1; p2 = r2; p3 = r3
             q0 = s0; q1 = s1; q2 = s2; q3 = s3
-            q += Ci // 2
+            q += vts
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -766,13 +779,19 @@ def out_transform_e(M, mb, mxs, bias, co, act, alpha, dst, db, rs, cs, nr, nc, n
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def wino2_e(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act, alpha, nts):
+def wino2_e(xf, sb, sp, Hi, Wi, Ci, xf2, sb2, sp2, Ci2, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, Ms, Ds, act,
+             alpha, nts):
     """bf16 Winograd F(2x2, 3x3) (``_bf16_wino``): input pixel (r, c) at xf[sb + r*sp + c*Ci],
     output (r, c) at outf[ob + r*op + c*Co] (rows of wider buffers, in place); Ci, Co multiples
     of 16; U from ``_bf16_wino.weight_transform``; Vs, Ms, Ds per-thread scratch
     (``_bf16_wino.scratch``). A work item is NT tiles of one tile row. nts != 0: the output is written
-    with non-temporal stores (outf[ob] and op on 64-byte lines)."""
-    Ch = Ci // 2
+    with non-temporal stores (outf[ob] and op on 64-byte lines). Ci2 > 0: the input is the channel
+    concatenation of that window and a second one of Ci2 channels (a multiple of 16), pixel (r, c)
+    at xf2[sb2 + r*sp2 + c*Ci2], read where it lies: each channel's transform is its own and the
+    GEMMs take the pairs in the concatenation's order, so the bits are the concatenation's."""
+    z = np.int64(0)                 # not a literal 0: see row_e
+    Ct = Ci + Ci2
+    Ch = Ct // 2
     ntx = (Wo + 1) // 2
     nch = (ntx + NT - 1) // NT
     vxs = NT * Ch + 16
@@ -788,11 +807,16 @@ def wino2_e(xf, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, NT, Vs, M
         r0 = 2 * ty
         nin = min(nt, max(0, (Wi - 4) // 2 - tx0 + 1)) if r0 + 4 <= Hi else 0   # patches inside the window
         if nin > 0:
-            in_strip_e(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, vxs)
+            in_strip_e(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, z, Ch, vxs)
+            if Ci2 > 0:
+                in_strip_e(xf2, sb2 + r0 * sp2 + 2 * tx0 * Ci2, sp2, Ci2, Ci2, nin, V, Ci // 2, Ch, vxs)
         for t in range(nin, nt):  # the patch runs past the window: zeros there, the same transform
             c0 = 2 * (tx0 + t)
             patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
             in_transform_e(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
+            if Ci2 > 0:
+                patch(xf2, sb2, sp2, Ci2, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+                in_transform_e(D, 0, 4 * Ci2, Ci2, Ci2, V, t * Ch + Ci // 2, vxs)
         for xi in range(16):
             for co0 in range(0, Co, 16):
                 wgemm_e(V, xi * vxs, Ch, nt, U, (xi * Co + co0) * Ch, M, xi * mxs + co0, Co)

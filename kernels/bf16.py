@@ -69,7 +69,8 @@ from ._common import pair
 from ._conv_blocked import tap_offsets
 from ._move import streaming
 
-__all__ = ["HAVE_AVX512_BF16", "PATH", "round_bf16", "conv2d", "conv_transpose2d", "conv_route", "conv_tile"]
+__all__ = ["HAVE_AVX512_BF16", "PATH", "round_bf16", "conv2d", "conv2d_concat", "concat_fusable", "conv_transpose2d",
+           "conv_route", "conv_tile"]
 
 
 def _detect() -> bool:
@@ -340,8 +341,8 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
         nth = numba.config.NUMBA_NUM_THREADS
         Vs, Ms, Ds = _wino.scratch(nth, nt, Ci, Co)
         run = _mk.wino2_b if fast else _mk.wino2_e
-        run(flat, sb, sp, Hi, Wi, Ci, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act), float(alpha),
-            _nt(buf))
+        run(flat, sb, sp, Hi, Wi, Ci, flat, 0, 0, 0, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act),
+            float(alpha), _nt(buf))
         return _done(buf, dest)
     wp, CoP = _conv._pack(w_in, w, "bf16pairs", _pack_conv)
     bp = _conv._ro(_pad_cols(bias, CoP))
@@ -354,6 +355,65 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
     per = ((rb - 1) * sy + halo) * Wi * Ch
     run(flat.view(np.uint32), sb, sp, Wi, Ci, Ch, rb, _scratch(per * numba.config.NUMBA_NUM_THREADS), wp, CoP, bp,
         koff, outf, ob, Ho, Wo, Co, op, sy, sx, dy, kh, int(act), float(alpha), _nt(buf))
+    return _done(buf, dest)
+
+
+def concat_fusable(w_shape, parts) -> bool:
+    """True when :func:`conv2d_concat` reads ``parts`` (their channel counts) in place for a bf16
+    conv of weights ``w_shape`` (kh, kw, Ci, Co), stride 1, dilation 1, groups 1: two parts of
+    multiples of 16 channels, on the ``wino2`` route (as :func:`hirestile.kernels.conv.concat_fusable`
+    for float32).
+
+    >>> concat_fusable((3, 3, 32, 16), (16, 16)), concat_fusable((3, 3, 24, 16), (16, 8))
+    (True, False)
+    """
+    kh, kw, ci, co = w_shape
+    return (len(parts) == 2 and all(c % 16 == 0 for c in parts) and sum(parts) == ci
+            and conv_route(1, False, (kh, kw), (1, 1), (1, 1), ci, co) == "wino2")
+
+
+def conv2d_concat(parts, w, bias, *, act=0, alpha=0.0, out=None, fast=None):
+    """bf16-mode :func:`conv2d` (stride 1, dilation 1, groups 1) of the channel concatenation of
+    the two windows ``parts`` without building it (a UNet decoder's skip and up-sampled maps,
+    read where their producers wrote them). Only where :func:`concat_fusable` holds; the bits are
+    those of ``conv2d(np.concatenate(parts, axis=2), ...)``: each input channel's Winograd
+    transform is its own, and the sums take the channel pairs in the concatenation's order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.random((9, 10, 16), np.float32), rng.random((9, 10, 32), np.float32)
+    >>> w, bias = rng.random((3, 3, 48, 16), np.float32) - 0.5, np.zeros(16, np.float32)
+    >>> y = conv2d_concat((a, b), w, bias, act=1)
+    >>> np.array_equal(y, conv2d(np.concatenate((a, b), axis=2), w, bias, act=1))
+    True
+    """
+    fast = _fast(fast)
+    if len(parts) != 2:
+        raise ValueError(f"conv2d_concat takes two windows, got {len(parts)}")
+    w_in = w
+    x, rows, w, bias, _, _ = _operands(parts[0], w, bias, 1, 1)
+    x2, rows2, _, _, _, _ = _operands(parts[1], w, bias, 1, 1)
+    if (x.ndim != 3 or x2.ndim != 3 or x2.shape[:2] != x.shape[:2] or w.ndim != 4
+            or not concat_fusable(w.shape, (x.shape[2], x2.shape[2]))):
+        raise ValueError(f"conv2d_concat takes two windows of one size with multiples of 16 channels for a "
+                         f"wino2-route conv; got {x.shape}, {x2.shape} and w {w.shape}")
+    if bias.shape != (w.shape[3],) or act not in (0, 1, 2):
+        raise ValueError(f"bias must have shape ({w.shape[3]},) and act be 0, 1 or 2")
+    Hi, Wi, Ci = x.shape
+    Ci2, Co = x2.shape[2], w.shape[3]
+    Ho, Wo = max(0, Hi - 2), max(0, Wi - 2)
+    outf, ob, op, buf, dest = _flat_out(out, (Ho, Wo, Co))
+    if buf.size == 0:
+        return _done(buf, dest)
+    (flat, sb, sp), (flat2, sb2, sp2) = rows, rows2
+    U = _conv._pack(w_in, w, "bf16wino2", _wino.weight_transform)
+    nt = _wino.pick_nt(Ci + Ci2, Co, (Wo + 1) // 2)
+    Vs, Ms, Ds = _wino.scratch(numba.config.NUMBA_NUM_THREADS, nt, Ci + Ci2, Co)
+    run = _mk.wino2_b if fast else _mk.wino2_e
+    run(flat, sb, sp, Hi, Wi, Ci, flat2, sb2, sp2, Ci2, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act),
+        float(alpha), _nt(buf))
     return _done(buf, dest)
 
 

@@ -300,6 +300,59 @@ def test_out_may_be_a_window_of_rows_of_a_wider_buffer(fast):
     assert same_bits(view, bf16.conv_transpose2d(x, wt, b, stride=2, offset=(1, 1), out_shape=(9, 11), fast=fast))
 
 
+def test_large_outputs_on_whole_lines_take_non_temporal_stores_with_the_same_bits():
+    """Outputs of 64 MiB and up on 64-byte lines are written with non-temporal stores (every route:
+    pairs, wino2, the transposed conv): the bits of the same output computed in halves (normal stores)."""
+    from hirestile.executor import aligned_empty
+    from hirestile.kernels._move import NT_BYTES
+    rng = np.random.default_rng(11)
+    n, co = 1024, 16
+    out = aligned_empty(n * n * co).reshape(n, n, co)
+    assert out.nbytes >= NT_BYTES and bf16._nt(out) == 1 and bf16._nt(out[: n // 2]) == 0
+    for ci, k in ((16, 3), (32, 3), (32, 2)):            # pairs (16 * 16 < 512), wino2, transposed
+        w, b = rand(rng, k, k, ci, co, scale=(k * k * ci) ** -0.5), rand(rng, co)
+        if k == 3:
+            x = rand(rng, n + 2, n + 2, ci)
+            bf16.conv2d(x, w, b, act=1, out=out)
+            halves = np.concatenate([bf16.conv2d(x[:n // 2 + 2], w, b, act=1),
+                                     bf16.conv2d(x[n // 2:], w, b, act=1)])
+        else:
+            x = rand(rng, n // 2, n // 2, ci)
+            bf16.conv_transpose2d(x, w, b, stride=2, out_shape=(n, n), out=out)
+            halves = np.concatenate([bf16.conv_transpose2d(x[:n // 4], w, b, stride=2, out_shape=(n // 2, n)),
+                                     bf16.conv_transpose2d(x[n // 4:], w, b, stride=2, out_shape=(n // 2, n))])
+        assert same_bits(out, halves)
+
+
+@pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("case", [(16, 16, 16, 5, 7), (32, 16, 32, 12, 9), (16, 48, 16, 31, 40), (64, 64, 64, 4, 4),
+                                  (16, 16, 16, 3, 3), (16, 16, 16, 2, 6)], ids=str)
+def test_conv2d_concat_equals_the_built_concat(case, fast):
+    """conv2d_concat reads two windows (of wider buffers, as the executor's) in place: the bits of
+    conv2d on their concatenation, odd sizes and partial tiles included, into out= windows too."""
+    c1, c2, co, h, w = case
+    rng = np.random.default_rng(c1 + c2 + h)
+    a = bf16.round_bf16(rand(rng, h + 3, w + 5, c1))[2:2 + h, 3:3 + w]
+    b = bf16.round_bf16(rand(rng, h + 1, w + 2, c2))[1:1 + h, 1:1 + w]
+    wt, bias = rand(rng, 3, 3, c1 + c2, co, scale=0.1), rand(rng, co)
+    assert bf16.concat_fusable(wt.shape, (c1, c2)) and not bf16.concat_fusable(wt.shape, (c1 + c2,))
+    ref = bf16.conv2d(np.concatenate((a, b), axis=2), wt, bias, act=1, fast=fast)
+    assert same_bits(bf16.conv2d_concat((a, b), wt, bias, act=1, fast=fast), ref)
+    big = np.full((h + 2, w + 4, co), 7.0, np.float32)
+    view = big[1:1 + ref.shape[0], 2:2 + ref.shape[1]]
+    assert bf16.conv2d_concat((a, b), wt, bias, act=1, out=view, fast=fast) is view and same_bits(view, ref)
+    with pytest.raises(ValueError):
+        bf16.conv2d_concat((a, b[:, :-1]), wt, bias, fast=fast)
+
+
+def test_concat_fusable_only_on_the_winograd_route():
+    assert bf16.concat_fusable((3, 3, 32, 16), (16, 16))
+    assert not bf16.concat_fusable((3, 3, 32, 16), (8, 24))            # parts of multiples of 16 only
+    assert not bf16.concat_fusable((3, 3, 32, 8), (16, 16))             # Co not in 16s: the direct route
+    assert not bf16.concat_fusable((1, 1, 32, 16), (16, 16))            # 1x1: pairs
+    assert not bf16.concat_fusable((3, 3, 48, 16), (16, 16, 16))        # two parts only
+
+
 @pytest.mark.skipif(not bf16.HAVE_AVX512_BF16, reason="one path only on this CPU (the conversion path is "
                     "tested against the twin above)")
 def test_paths_agree_bitwise_even_on_tiny_and_huge_values():
