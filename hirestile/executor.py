@@ -75,10 +75,11 @@ _fused: weakref.WeakKeyDictionary[Graph, tuple[tuple, Mapping[str, tuple[str, ..
 
 def fused_concats(rep: Report) -> Mapping[str, tuple[str, ...]]:
     """The concat nodes a run leaves unbuilt, with their inputs: read by one conv only, which
-    reads the two inputs in place (:func:`hirestile.kernels.conv.conv2d_concat`, float32 Winograd F(4x4):
-    a UNet decoder's first convs). The concat's copy and buffer go (5-6 % of a UNet-16 run),
-    and its inputs' buffers live until the conv has run, covering the rows and padding it
-    reads. Same bits: each input channel's Winograd transform is its own.
+    reads the two inputs in place (``conv2d_concat`` of :mod:`hirestile.kernels.conv`, float32
+    Winograd F(4x4), or of :mod:`hirestile.kernels.bf16`, its Winograd F(2x2): a UNet
+    decoder's first convs). The concat's copy and buffer go (5-6 % of a UNet-16 run), and its
+    inputs' buffers live until the conv has run, covering the rows and padding it reads. Same
+    bits: each input channel's Winograd transform is its own.
 
     Examples
     --------
@@ -86,12 +87,13 @@ def fused_concats(rep: Report) -> Mapping[str, tuple[str, ...]]:
     >>> dict(fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64))))
     {'cat.1': ('enc.1.conv2', 'up.1'), 'cat.0': ('enc.0.conv2', 'up.0')}
     >>> len(fused_concats(analyze(unet(base=16, depth=2).graph, (64, 64), precision="bf16")))
-    0
+    2
     """
     g = rep.graph
-    if rep.weights is None or rep.precision != "fp32":
+    if rep.weights is None:
         return MappingProxyType({})
-    key = (kconv.WINO4, kconv.WINO_MIN)           # the routes (benchmarks switch them)
+    kernels = kbf16 if rep.precision == "bf16" else kconv
+    key = (rep.precision, kconv.WINO4, kconv.WINO_MIN)     # the routes (benchmarks switch them)
     hit = _fused.get(g)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -105,7 +107,7 @@ def fused_concats(rep: Report) -> Mapping[str, tuple[str, ...]]:
         c = users[0][0].op
         w = rep.weights.get(users[0][0].name, {}).get("w")
         if (isinstance(c, Conv) and tuple(c.stride) == (1, 1) and tuple(c.dilation) == (1, 1) and c.groups == 1
-                and w is not None and kconv.concat_fusable(w.shape, tuple(rep.shapes[t][0] for t in n.inputs))):
+                and w is not None and kernels.concat_fusable(w.shape, tuple(rep.shapes[t][0] for t in n.inputs))):
             fused[n.name] = tuple(n.inputs)
     _fused[g] = (key, MappingProxyType(fused))
     return _fused[g][1]
@@ -308,7 +310,7 @@ def _run_conv(node, bufs, comp, shapes, wts, out=None):
         win, size = _window(node, 0, comp, shapes), shapes[node.inputs[0]][1:]
         xs = [fetch(b if b is not None else Buf(np.empty((0, 0, c), np.float32), 0, 0), win, size, mode, fill)
               for b, c in zip(src.bufs, src.channels)]
-        return kconv.conv2d_concat(xs, wts["w"], wts["b"], act=ACT[op.act], alpha=op.alpha, out=out)
+        return _kernels(wts).conv2d_concat(xs, wts["w"], wts["b"], act=ACT[op.act], alpha=op.alpha, out=out)
     x = _fetch_input(node, 0, bufs, comp, shapes)
     return _kernels(wts).conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
                         act=ACT[op.act], alpha=op.alpha, out=out)

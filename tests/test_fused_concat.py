@@ -1,7 +1,7 @@
 """Concats left unbuilt (executor.fused_concats): a UNet decoder's first conv reads the skip
 and the up-sampled map where their producers wrote them. The same bits as building the concat
 (the executor with fusion switched off is the reference), in one region, overlap tiles and
-streamed bands; less memory in the plan and the run."""
+streamed bands, float32 and bf16; less memory in the plan and the run."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -44,9 +44,21 @@ def test_unbuilt_concat_gives_the_built_concats_bits(name, data):
     assert np.array_equal(hirestile.predict(m, x, tile=tile, stream=True), want)
 
 
-def test_bf16_builds_its_concats():
-    rep = _built["same"].analyze((64, 64), precision="bf16")
-    assert len(executor.fused_concats(rep)) == 0
+@pytest.mark.parametrize("name", ["same", "bilinear"])
+def test_bf16_unbuilt_concat_gives_the_built_concats_bits(name):
+    """bf16 mode leaves its concats unbuilt too (kernels.bf16.conv2d_concat on its Winograd
+    F(2x2) route): the same bits as building them, in one region, tiles and streamed bands."""
+    m = _built[name]
+    x = np.random.default_rng(7).standard_normal((m.graph.in_channels, 83, 61)).astype(np.float32)
+    rep = m.analyze((83, 61), precision="bf16")
+    assert len(executor.fused_concats(rep)) == (3 if name == "same" else 2)
+    with pytest.MonkeyPatch.context() as mp:
+        _unfused(mp)
+        want = executor.run_full(rep, x)
+    assert np.array_equal(executor.run_full(rep, x), want)
+    for tile in ((16, 24), (37, 61)):
+        assert np.array_equal(hirestile.predict(m, x, tile=tile, precision="bf16"), want)
+        assert np.array_equal(hirestile.predict(m, x, tile=tile, stream=True, precision="bf16"), want)
 
 
 def test_unbuilt_concats_shrink_the_plan(monkeypatch):
