@@ -370,17 +370,16 @@ def wino2_{f}(xf, sb, sp, Hi, Wi, Ci, xf2, sb2, sp2, Ci2, U, bias, outf, ob, op,
         nt = min(NT, ntx - tx0)
         r0 = 2 * ty
         nin = min(nt, max(0, (Wi - 4) // 2 - tx0 + 1)) if r0 + 4 <= Hi else 0   # patches inside the window
-        if nin > 0:
-            in_strip_{f}(xf, sb + r0 * sp + 2 * tx0 * Ci, sp, Ci, Ci, nin, V, z, Ch, vxs)
-            if Ci2 > 0:
-                in_strip_{f}(xf2, sb2 + r0 * sp2 + 2 * tx0 * Ci2, sp2, Ci2, Ci2, nin, V, Ci // 2, Ch, vxs)
-        for t in range(nin, nt):  # the patch runs past the window: zeros there, the same transform
-            c0 = 2 * (tx0 + t)
-            patch(xf, sb, sp, Ci, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
-            in_transform_{f}(D, 0, 4 * Ci, Ci, Ci, V, t * Ch, vxs)
-            if Ci2 > 0:
-                patch(xf2, sb2, sp2, Ci2, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
-                in_transform_{f}(D, 0, 4 * Ci2, Ci2, Ci2, V, t * Ch + Ci // 2, vxs)
+        for k in range(1 if Ci2 == 0 else 2):    # the sources: one call site each (compile time)
+            src = xf if k == 0 else xf2
+            b0, p0, C = (sb, sp, Ci) if k == 0 else (sb2, sp2, Ci2)
+            vo = z if k == 0 else Ci // 2
+            if nin > 0:
+                in_strip_{f}(src, b0 + r0 * p0 + 2 * tx0 * C, p0, C, C, nin, V, vo, Ch, vxs)
+            for t in range(nin, nt):  # the patch runs past the window: zeros there, the same transform
+                c0 = 2 * (tx0 + t)
+                patch(src, b0, p0, C, r0, c0, min(4, Hi - r0), min(4, Wi - c0), D)
+                in_transform_{f}(D, 0, 4 * C, C, C, V, t * Ch + vo, vxs)
         for xi in range(16):
             for co0 in range(0, Co, 16):
                 wgemm_{f}(V, xi * vxs, Ch, nt, U, (xi * Co + co0) * Ch, M, xi * mxs + co0, Co)
