@@ -93,7 +93,7 @@ def fused_concats(rep: Report) -> Mapping[str, tuple[str, ...]]:
     if rep.weights is None:
         return MappingProxyType({})
     kernels = kbf16 if rep.precision == "bf16" else kconv
-    key = (rep.precision, kconv.WINO4, kconv.WINO_MIN)     # the routes (benchmarks switch them)
+    key = (rep.precision, kconv.WINO4, kconv.WINO_MIN, kbf16.WINO, kbf16.WINO_MIN)   # the routes (benchmarks switch them)
     hit = _fused.get(g)
     if hit is not None and hit[0] == key:
         return hit[1]
