@@ -96,7 +96,7 @@ def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | N
     --------
     >>> from hirestile.models.unet import unet
     >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((2048, 2048))
-    >>> predict_bands(rep) is None             # 1.2 GB: the whole frame at once
+    >>> predict_bands(rep) is None             # 0.96 GB: the whole frame at once
     True
     >>> predict_bands(rep, memory=512 << 20)  # 256-row bands of the whole width
     (256, 2048)
@@ -163,7 +163,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         Bytes of working memory a full-frame call may take (node buffers, weights, the
         normalised input, the output band), beside ``x`` and the returned logits; default
         :func:`hirestile.scheduler.default_memory` (a quarter of RAM, at most 2 GiB). A
-        UNet-16 on 2048^2 takes 1.2 GB at once; on 8192^2 it would take 19 GB, and runs in
+        UNet-16 on 2048^2 takes 0.96 GB at once; on 8192^2 it would take 15 GB, and runs in
         512-row bands of the whole width instead (in 2 GiB).
 
     Returns
@@ -173,9 +173,9 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
 
     Notes
     -----
-    The input is normalised (the model's contract) region by region, in memory the call
-    keeps. The node buffers of a call (one slab, ~1 GB for a UNet-16 on 2048^2) stay with
-    the model for its next call, as inference engines keep their memory pools: fresh memory
+    The input is normalised (the model's contract) region by region. The node buffers and the
+    normalised input of a call (~0.9 GB for a UNet-16 on 2048^2) stay with the model for its
+    next call, as inference engines keep their memory pools: fresh memory
     costs 0.5-3 s per GB of first-touch page faults on some machines, on every call. They go
     with the model (``del model``).
 
@@ -203,9 +203,9 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     if tile is None:
         bands = predict_bands(rep, memory)
         if bands is None:
-            window = normalize_window(img, ((0, img.shape[1]), (0, img.shape[2])), m.contract, None,
-                                      where="image", hint=_NAN_HINT)
             with executor.kept_arena(rep) as arena:     # node buffers kept with the model for the next call
+                window = normalize_window(img, ((0, img.shape[1]), (0, img.shape[2])), m.contract, None,
+                                          where="image", hint=_NAN_HINT, out=arena.scratch(img.shape))
                 return executor.run_region(rep, window, (0, 0), ((0, oh), (0, ow)), arena=arena)
         tile, tile_origin, stream = bands, (0, 0), True
     rep.check_tileable()
