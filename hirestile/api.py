@@ -124,9 +124,7 @@ def band_bytes(rep: Report, band: tuple[int, int]) -> int:
 
     h, w = band
     region = executor.interior_region(rep, (h, w))
-    (a, b), (c, d) = rep.input_window(region, aligned=True)
-    (ih, iw) = rep.image_shape
-    window = 4 * rep.graph.in_channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
+    window = 4 * rep.graph.in_channels * executor.image_window(rep, region).size
     return band_memory(rep, region) + executor.weight_bytes(rep) + window + 4 * rep.output_shape[0] * h * w
 
 

@@ -169,11 +169,11 @@ def _keep_rows(rep: Report, band: Region, comp: dict[str, Region], done: dict[st
                 src = _rows_read(n, k, (done[n.name], done[n.name] + 1), rep.shapes)
                 if src is not None:
                     keep[t] = min(keep.get(t, src[0]), src[0])
-    for n in g.nodes:             # an unbuilt concat's rows are kept by its inputs
-        if n.name in keep and n.name in executor.fused_concats(rep):
-            for t in n.inputs:
+    for name, inputs in executor.fused_concats(rep).items():    # an unbuilt concat's rows are kept by its inputs
+        if name in keep:
+            for t in inputs:
                 if t in comp:
-                    keep[t] = min(keep.get(t, keep[n.name]), keep[n.name])
+                    keep[t] = min(keep.get(t, keep[name]), keep[name])
     return keep
 
 

@@ -74,15 +74,13 @@ def _measure_gflops(model: Any, rep: Any) -> float:
 
     import numpy as np
 
-    from .executor import run_region
+    from .executor import image_window, run_region
 
     _warmup(model, rep.precision)
     _, oh, ow = rep.output_shape
     y0, x0 = max(0, oh // 2 - ESTIMATE_SIDE // 2), max(0, ow // 2 - ESTIMATE_SIDE // 2)
     region = ((y0, min(oh, y0 + ESTIMATE_SIDE)), (x0, min(ow, x0 + ESTIMATE_SIDE)))
-    (a, b), (c, d) = rep.input_window(region, aligned=True)
-    (ih, iw) = rep.image_shape
-    a, b, c, d = max(a, 0), min(b, ih), max(c, 0), min(d, iw)
+    (a, b), (c, d) = image_window(rep, region)
     window = np.random.default_rng(0).random((rep.graph.in_channels, b - a, d - c), np.float32)
     best = float("inf")
     for _ in range(2):

@@ -296,10 +296,13 @@ def _window(node: Node, k: int, comp: Region, shapes) -> Region:
 def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
     t = node.inputs[k]
     mode, fill = padding_mode(node.op, k)
-    buf = bufs.get(t)
-    if buf is None:  # the window lies wholly in padding: no pixel of t was needed
-        buf = Buf(np.empty((0, 0, shapes[t][0]), np.float32), 0, 0)
-    return fetch(buf, _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
+    return fetch(_or_empty(bufs.get(t), shapes[t][0]), _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
+
+
+def _or_empty(buf: Buf | None, channels: int) -> Buf:
+    """``buf``, or an empty one where the producer has no pixel in the region (the window lies
+    wholly in padding)."""
+    return buf if buf is not None else Buf(np.empty((0, 0, channels), np.float32), 0, 0)
 
 
 def _run_conv(node, bufs, comp, shapes, wts, out=None):
@@ -308,8 +311,7 @@ def _run_conv(node, bufs, comp, shapes, wts, out=None):
     if isinstance(src, Parts):   # an unbuilt concat: each input's window where its producer wrote it
         mode, fill = padding_mode(op, 0)
         win, size = _window(node, 0, comp, shapes), shapes[node.inputs[0]][1:]
-        xs = [fetch(b if b is not None else Buf(np.empty((0, 0, c), np.float32), 0, 0), win, size, mode, fill)
-              for b, c in zip(src.bufs, src.channels)]
+        xs = [fetch(_or_empty(b, c), win, size, mode, fill) for b, c in zip(src.bufs, src.channels)]
         return _kernels(wts).conv2d_concat(xs, wts["w"], wts["b"], act=ACT[op.act], alpha=op.alpha, out=out)
     x = _fetch_input(node, 0, bufs, comp, shapes)
     return _kernels(wts).conv2d(x, wts["w"], wts["b"], stride=op.stride, dilation=op.dilation, groups=op.groups,
@@ -776,6 +778,14 @@ def interior_region(rep: Report, tile: int | tuple[int, int]) -> Region:
     return Region((y0, min(y0 + ty, oh)), (x0, min(x0 + tx, ow)))
 
 
+def image_window(rep: Report, region: Region) -> Region:
+    """The image rows and columns output ``region`` reads (its aligned input window clipped
+    to the image: what a reader reads for it)."""
+    (a, b), (c, d) = rep.input_window(region, aligned=True)
+    (ih, iw) = rep.image_shape
+    return Region((max(a, 0), min(b, ih)), (max(c, 0), min(d, iw)))
+
+
 def tile_memory(rep: Report, tile: int | tuple[int, int]) -> int:
     """Bytes the executor holds running tiles of ``tile`` output pixels: the node-buffer slab
     laid out for an interior tile (:func:`region_memory`) and the weights as the kernels hold
@@ -818,9 +828,7 @@ def pack_weights(rep: Report) -> None:
         return
     _, oh, ow = rep.output_shape
     region = interior_region(rep, (min(oh, 16), min(ow, 16)))
-    (a, b), (c, d) = rep.input_window(region, aligned=True)
-    (ih, iw) = rep.image_shape
-    a, b, c, d = max(a, 0), min(b, ih), max(c, 0), min(d, iw)
+    (a, b), (c, d) = image_window(rep, region)
     run_region(rep, np.zeros((rep.graph.in_channels, b - a, d - c), np.float32), (a, c), region)
 
 

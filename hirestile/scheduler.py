@@ -138,9 +138,7 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
             mem = band_memory(rep, region) + executor.weight_bytes(rep)
         else:                     # the slab laid out for an interior tile (the largest), and the weights
             mem = executor.tile_memory(rep, (band, strip))
-        (a, b), (c, d) = rep.input_window(region, aligned=True)
-        (ih, iw) = rep.image_shape
-        window = 4 * channels * (min(b, ih) - max(a, 0)) * (min(d, iw) - max(c, 0))
+        window = 4 * channels * executor.image_window(rep, region).size
     if read_pixels is not None:
         window = 4 * channels * read_pixels
     windows = window * (PIPELINE_DEPTH + 2)

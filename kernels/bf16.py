@@ -336,13 +336,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
         return _done(buf, dest)
     flat, sb, sp = rows
     if conv_route(1, False, (kh, kw), (sy, sx), (dy, dx), Ci, Co) == "wino2":
-        U = _conv._pack(w_in, w, "bf16wino2", _wino.weight_transform)
-        nt = _wino.pick_nt(Ci, Co, (Wo + 1) // 2)
-        nth = numba.config.NUMBA_NUM_THREADS
-        Vs, Ms, Ds = _wino.scratch(nth, nt, Ci, Co)
-        run = _mk.wino2_b if fast else _mk.wino2_e
-        run(flat, sb, sp, Hi, Wi, Ci, flat, 0, 0, 0, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act),
-            float(alpha), _nt(buf))
+        _wino2(w_in, w, bias, (Hi, Wi, Ci), rows, ((flat, 0, 0), 0), (outf, ob, op, buf), act, alpha, fast)
         return _done(buf, dest)
     wp, CoP = _conv._pack(w_in, w, "bf16pairs", _pack_conv)
     bp = _conv._ro(_pad_cols(bias, CoP))
@@ -407,14 +401,23 @@ def conv2d_concat(parts, w, bias, *, act=0, alpha=0.0, out=None, fast=None):
     outf, ob, op, buf, dest = _flat_out(out, (Ho, Wo, Co))
     if buf.size == 0:
         return _done(buf, dest)
-    (flat, sb, sp), (flat2, sb2, sp2) = rows, rows2
+    _wino2(w_in, w, bias, (Hi, Wi, Ci), rows, (rows2, Ci2), (outf, ob, op, buf), act, alpha, fast)
+    return _done(buf, dest)
+
+
+def _wino2(w_in, w, bias, shape, rows, second, outs, act, alpha, fast):
+    """The Winograd F(2x2) route of :func:`conv2d` and :func:`conv2d_concat`: input ``shape``
+    (Hi, Wi, Ci) in ``rows`` (flat, start, pitch), ``second`` ((flat, start, pitch), Ci2) the
+    concatenation's second window (Ci2 0: none), into ``outs`` (flat, start, pitch, buffer)."""
+    (Hi, Wi, Ci), (flat, sb, sp), ((flat2, sb2, sp2), Ci2) = shape, rows, second
+    outf, ob, op, buf = outs
+    Ho, Wo, Co = buf.shape
     U = _conv._pack(w_in, w, "bf16wino2", _wino.weight_transform)
     nt = _wino.pick_nt(Ci + Ci2, Co, (Wo + 1) // 2)
     Vs, Ms, Ds = _wino.scratch(numba.config.NUMBA_NUM_THREADS, nt, Ci + Ci2, Co)
     run = _mk.wino2_b if fast else _mk.wino2_e
     run(flat, sb, sp, Hi, Wi, Ci, flat2, sb2, sp2, Ci2, U, bias, outf, ob, op, Ho, Wo, Co, nt, Vs, Ms, Ds, int(act),
         float(alpha), _nt(buf))
-    return _done(buf, dest)
 
 
 def conv_transpose2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, offset=(0, 0), out_shape=(0, 0),

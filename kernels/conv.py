@@ -267,11 +267,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1,
         _w.conv2d_wino2(xf, Hi, Wi, xp, Ci, U.reshape(-1), bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds,
                         act, alpha)
     elif route == "wino4":
-        U = _pack(w_in, w, route, _w4.weight_transform)
-        nt = _w4.pick_nt(Ci, Co, (Wo + 3) // 4)
-        Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci, Co, _w4.NX)
-        _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, xf, 0, 0, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha,
-                         streaming(out))
+        _wino4(w_in, w, bias, x, None, out, act, alpha)
     elif route == "blocked":
         wf, CoP = _pack(w_in, w, route, _b.pack_weights)
         bp = bias if CoP == Co else _ro(np.concatenate([bias, np.zeros(CoP - Co, np.float32)]))
@@ -326,19 +322,25 @@ def conv2d_concat(parts, w, bias, *, act=0, alpha=0.0, out=None):
                          f"Winograd-route conv; got {x.shape}, {x2.shape} and w {w.shape}")
     if bias.shape != (w.shape[3],) or act not in (0, 1, 2):
         raise ValueError(f"bias must have shape ({w.shape[3]},) and act be 0, 1 or 2")
-    Hi, Wi, Ci = x.shape
-    Ci2, Co = x2.shape[2], w.shape[3]
-    out = _check_out(out, (max(0, Hi - 2), max(0, Wi - 2), Co))
+    Hi, Wi, _ = x.shape
+    out = _check_out(out, (max(0, Hi - 2), max(0, Wi - 2), w.shape[3]))
     if out.size == 0:
         return out
+    return _wino4(w_in, w, bias, x, x2, out, int(act), float(alpha))
+
+
+def _wino4(w_in, w, bias, x, x2, out, act, alpha):
+    """The Winograd F(4x4) route of :func:`conv2d` (``x2`` None) and :func:`conv2d_concat`
+    (``x2`` the concatenation's second window) into ``out``."""
+    (Hi, Wi, Ci), (Ho, Wo, Co) = x.shape, out.shape
     xf, xp = flat(x)
-    xf2, xp2 = flat(x2)
+    xf2, xp2, Ci2 = (xf, 0, 0) if x2 is None else (*flat(x2), x2.shape[2])
     of, op = flat(out)
     U = _pack(w_in, w, "wino4", _w4.weight_transform)
-    nt = _w4.pick_nt(Ci + Ci2, Co, (out.shape[1] + 3) // 4)
+    nt = _w4.pick_nt(Ci + Ci2, Co, (Wo + 3) // 4)
     Vs, Ms, Ds = _w.scratch(numba.get_num_threads(), nt, Ci + Ci2, Co, _w4.NX)
-    _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, xf2, xp2, Ci2, U, bias, of, out.shape[0], out.shape[1], op, Co, nt,
-                     Vs, Ms, Ds, int(act), float(alpha), streaming(out))
+    _w4.conv2d_wino4(xf, Hi, Wi, xp, Ci, xf2, xp2, Ci2, U, bias, of, Ho, Wo, op, Co, nt, Vs, Ms, Ds, act, alpha,
+                     streaming(out))
     return out
 
 
