@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import InputImage, open_image
+from .ome import compressor
 
 AUTO_CELLS = 1024          # the auto mask's long side, at most (cells)
 BAND_BYTES = 64 << 20      # read the image in row bands of about this many bytes
@@ -280,8 +281,6 @@ def write_labels(group: Any, mask: Mask, out_hw: tuple[int, int], *, skipped: in
     1 = foreground (computed), 0 = skipped, one pixel per mask cell. Its scale is in output pixels
     times ``pixel`` = (the output's pixel size, its unit or None), the output's own scale
     (``ome.output_scale``)."""
-    import zarr
-
     labels = group.require_group("labels")
     names = list(dict(labels.attrs).get("ome", {}).get("labels", []))
     if LABEL_NAME not in names:
@@ -293,7 +292,7 @@ def write_labels(group: Any, mask: Mask, out_hw: tuple[int, int], *, skipped: in
                                                                    pixel[0])]
     unit = {"unit": pixel[1]} if pixel[1] else {}
     g.create_array("0", data=mask.data.astype(np.uint8), chunks=(min(mh, 1024), min(mw, 1024)),
-                   dimension_names=["y", "x"], overwrite=True, compressors=zarr.codecs.ZstdCodec(level=3))
+                   dimension_names=["y", "x"], overwrite=True, compressors=compressor())
     g.attrs.put({"ome": {
         "version": "0.5",
         "multiscales": [{"name": LABEL_NAME, "axes": [{"name": "y", "type": "space", **unit},

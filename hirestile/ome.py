@@ -214,14 +214,23 @@ def remove_output(path: str) -> None:
                           "choose another output path")
 
 
+def compressor() -> zarr.codecs.BloscCodec:
+    """The codec of every array hirestile writes: Blosc's zstd at level 1 over bit-shuffled
+    values. Against plain zstd level 3 (before 2026-12), on a 768 x 4096 band of a UNet's
+    float16 probabilities it encodes 2-4x faster inside zarr, and it stores the built-in
+    model's probabilities in 0.69 of their bytes (0.74) and labels in 0.13 (0.19)."""
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+
+
 def create_array(group: zarr.Group, name: str, layout: Layout, dtype: np.dtype, *,
                  dimension_names: list[str], write_empty: bool = False) -> zarr.Array:
-    """A zstd-compressed array with ``layout`` in ``group`` (replacing one of that name)."""
+    """An array with ``layout`` in ``group`` (replacing one of that name), compressed by
+    :func:`compressor`. Without ``write_empty``, chunks equal to the fill value (0) are not
+    stored."""
     return group.create_array(
         name, shape=layout.shape, chunks=layout.chunks, shards=layout.shards, dtype=dtype,
         fill_value=0, dimension_names=dimension_names, overwrite=True,
-        compressors=zarr.codecs.ZstdCodec(level=3),
-        config={"write_empty_chunks": write_empty})
+        compressors=compressor(), config={"write_empty_chunks": write_empty})
 
 
 def new_group(path: str, attrs: dict[str, Any]) -> zarr.Group:
@@ -244,8 +253,10 @@ def create_output(path: str, *, kind: str, layout: Layout, attrs: dict[str, Any]
     k = classes if classes is not None else (layout.shape[0] if kind != "labels" else 2)
     try:
         group = new_group(path, attrs)
+        # every chunk stored: zarr's test of each chunk against the fill value cost ~10 ms of a
+        # 768 x 4096 band's ~45 ms write, and a uniform chunk compresses to a few bytes anyway
         create_array(group, "0", layout, output_dtype(kind, k),
-                     dimension_names=[a["name"] for a in _axes(kind)])
+                     dimension_names=[a["name"] for a in _axes(kind)], write_empty=True)
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e.strerror or e}; choose a writable output path") from None
     return group
@@ -345,6 +356,6 @@ def output_scale(in_hw: tuple[int, int], out_hw: tuple[int, int], pixel_size: tu
 
 
 __all__ = ["Layout", "choose_layout", "level_layout", "pyramid_levels", "blocks",
-           "downsample", "ome_metadata", "image_metadata", "create_output", "create_array",
+           "downsample", "ome_metadata", "image_metadata", "create_output", "create_array", "compressor",
            "build_pyramid", "new_group", "finalize", "write_image", "status", "remove_output", "scale_of",
            "output_scale"]

@@ -23,6 +23,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import zarr
 
 from . import executor
 from .bands import Stream, stream_reads
@@ -31,6 +32,7 @@ from .io import InputImage
 from .resume import DoneLog, store_tile
 from .tiling import Tile
 
+CODEC_BATCH = 256                 # chunks zarr encodes or decodes per worker call
 PIPELINE_DEPTH = 2                # windows queued for compute, and outputs queued for the writer
 _STOP = object()
 
@@ -186,55 +188,59 @@ def run_local(img: InputImage, model: Any, rep: Any, arr: Any, todo: Sequence[Ti
         handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     rt = threading.Thread(target=reader, name="hirestile-reader", daemon=True)
     wt = threading.Thread(target=writer, name="hirestile-writer", daemon=True)
-    rt.start()
-    wt.start()
-    try:
-        while True:
-            s = time.perf_counter()
-            item = None
-            while item is None and not pipe.stop.is_set() and not interrupted.is_set():
+    # zarr encodes a shard's chunks in one worker call instead of one each (thread hand-offs
+    # and asyncio tasks per 256 x 256 chunk were a third of the writer's CPU); entered here,
+    # in the main thread, before the reader and the writer start and left after both stop
+    with zarr.config.set({"codec_pipeline.batch_size": CODEC_BATCH}):
+        rt.start()
+        wt.start()
+        try:
+            while True:
+                s = time.perf_counter()
+                item = None
+                while item is None and not pipe.stop.is_set() and not interrupted.is_set():
+                    try:
+                        item = pipe.inq.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                stats.idle += time.perf_counter() - s
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                if item is None or item is _STOP:
+                    break
+                t, raw = item
+                s = time.perf_counter()
+                del item
+                if streaming and (band is None or band_cols != t.write.cols):
+                    band, band_cols = Stream(rep, arena), t.write.cols       # a new column strip
+                mem = _output_memory(spare, rep.output_shape[0] * t.write.size)
+                (y0, y1), (x0, x1) = t.write
+                out = mem[:rep.output_shape[0] * t.write.size].reshape(rep.output_shape[0], y1 - y0, x1 - x0)
+                logits = executor.run_window(rep, contract, raw, t, nan_fill=nan_fill, where=f"{img.path}:",
+                                             hint=NAN_FILL_HINT, stream=band, arena=arena, out=out)
+                del raw
+                stats.compute += time.perf_counter() - s
+                s = time.perf_counter()
+                if not pipe.put(pipe.outq, (t, logits, mem)):
+                    break
+                stats.idle += time.perf_counter() - s
+        except BaseException as e:
+            pipe.fail(e)
+            raise
+        finally:
+            # let the writer finish what was computed (those tiles are then durably done)
+            while wt.is_alive():
                 try:
-                    item = pipe.inq.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            stats.idle += time.perf_counter() - s
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            if item is None or item is _STOP:
-                break
-            t, raw = item
-            s = time.perf_counter()
-            del item
-            if streaming and (band is None or band_cols != t.write.cols):
-                band, band_cols = Stream(rep, arena), t.write.cols       # a new column strip
-            mem = _output_memory(spare, rep.output_shape[0] * t.write.size)
-            (y0, y1), (x0, x1) = t.write
-            out = mem[:rep.output_shape[0] * t.write.size].reshape(rep.output_shape[0], y1 - y0, x1 - x0)
-            logits = executor.run_window(rep, contract, raw, t, nan_fill=nan_fill, where=f"{img.path}:",
-                                         hint=NAN_FILL_HINT, stream=band, arena=arena, out=out)
-            del raw
-            stats.compute += time.perf_counter() - s
-            s = time.perf_counter()
-            if not pipe.put(pipe.outq, (t, logits, mem)):
-                break
-            stats.idle += time.perf_counter() - s
-    except BaseException as e:
-        pipe.fail(e)
-        raise
-    finally:
-        # let the writer finish what was computed (those tiles are then durably done)
-        while wt.is_alive():
-            try:
-                pipe.outq.put(_STOP, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        wt.join()
-        pipe.stop.set()
-        rt.join()
-        bar.close()
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
+                    pipe.outq.put(_STOP, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            wt.join()
+            pipe.stop.set()
+            rt.join()
+            bar.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
     if pipe.error is not None:
         raise pipe.error
 
