@@ -337,3 +337,80 @@ def eround(typingctx, v):
     def codegen(context, builder, sig, args):
         return builder.bitcast(_cvt_emu(builder, args[0]), _VT)
     return f32x16(f32x16), codegen
+
+
+# ---- the "dot" route (conv2d with few output channels): 16 pixels in the 16 lanes
+
+def _perm(builder, a, ca, b, cb, want):
+    """Two-source shuffle of ``a`` / ``b`` (lane contents ``ca`` / ``cb``: labels) giving the
+    lanes labelled ``want``."""
+    src = list(ca) + list(cb)
+    return builder.shuffle_vector(a, b, ir.Constant(_VI, [src.index(x) for x in want]))
+
+
+@intrinsic
+def tpairs(typingctx, arr, i, ps, n):
+    """16 pixels' 16 channels as 8 vectors of bf16 pairs, one pixel per lane: pixel p's
+    channels are the 16 float32 (bits, uint32 array) at ``i + min(p, n - 1) * ps``; vector j,
+    lane p = pixel p's channel 2j rounded (:func:`daz_bits`) in the low half, 2j+1 in the
+    high half -- the dword :func:`pack_rows` makes of them. Pixels past ``n`` repeat pixel
+    ``n - 1`` (only memory of the first ``n`` is read)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint32):
+        return None
+    tup = types.UniTuple(f32x16, 8)
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        i64 = ir.IntType(64)
+        base, step = args[1], args[2]
+        last = builder.sub(args[3], ir.Constant(i64, 1))
+        hi = _splat_i32(-(1 << 16))
+        r = []
+        for p in range(W):
+            q = builder.select(builder.icmp_signed("<", ir.Constant(i64, p), args[3]), ir.Constant(i64, p), last)
+            ptr = builder.gep(a.data, [builder.add(base, builder.mul(q, step))], inbounds=True)
+            v = builder.load(builder.bitcast(ptr, _VT.as_pointer()), align=4)
+            r.append(_daz(builder, builder.bitcast(_round_vec(builder, v), _VI)))
+        # V[k]: pixels 2k (lanes 0..7) and 2k+1 (lanes 8..15), pair d in lane d % 8
+        V = []
+        for k in range(W // 2):
+            even = builder.shuffle_vector(r[2 * k], r[2 * k + 1], ir.Constant(_VI, list(range(0, 32, 2))))
+            odd = builder.shuffle_vector(r[2 * k], r[2 * k + 1], ir.Constant(_VI, list(range(1, 32, 2))))
+            V.append((builder.or_(builder.and_(odd, hi), builder.lshr(even, _splat_i32(16))),
+                      [(2 * k + l // 8, l % 8) for l in range(W)]))
+        Wm = []                    # pixels 4m..4m+3 x pairs 4h..4h+3
+        for m in range(4):
+            for h in range(2):
+                want = [(4 * m + q, 4 * h + d) for d in range(4) for q in range(4)]
+                Wm.append((_perm(builder, *V[2 * m], *V[2 * m + 1], want), want))
+        X = {}                     # pixels 8n..8n+7 x pairs 4h+2e, +1
+        for n_ in range(2):
+            for h in range(2):
+                for e in range(2):
+                    want = [(8 * n_ + q, 4 * h + 2 * e + d) for d in range(2) for q in range(8)]
+                    X[n_, h, e] = (_perm(builder, *Wm[2 * (2 * n_) + h], *Wm[2 * (2 * n_ + 1) + h], want), want)
+        out = []
+        for j in range(8):
+            h, e = j // 4, (j // 2) % 2
+            want = [(p, j) for p in range(W)]
+            out.append(builder.bitcast(_perm(builder, *X[0, h, e], *X[1, h, e], want), _VT))
+        return context.make_tuple(builder, sig.return_type, out)
+    return tup(arr, types.intp, types.intp, types.intp), codegen
+
+
+def _zip(hi):
+    @intrinsic
+    def z(typingctx, a, b):
+        if a != f32x16 or b != f32x16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            o = 8 if hi else 0
+            mask = [x for l in range(8) for x in (o + l, W + o + l)]
+            return builder.shuffle_vector(args[0], args[1], ir.Constant(_VI, mask))
+        return f32x16(f32x16, f32x16), codegen
+    return z
+
+
+vzip_lo = _zip(False)      # a0 b0 a1 b1 .. a7 b7
+vzip_hi = _zip(True)       # a8 b8 .. a15 b15

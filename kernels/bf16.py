@@ -25,6 +25,11 @@ of 2x2 anchored to the window origin (tile step (2, 2), :func:`conv_tile`); its 
 are VCVTNEPS2BF16's (float32 denormals to zero, then nearest even). 2.25x fewer products:
 1.3-1.9x the direct route's speed at 32..256 channels (Zen 4, 1 thread), about its accuracy.
 
+``dot`` (conv2d with groups == 1, Co <= 8, Ci a multiple of 16, not ``wino2``: a segmentation
+head): the ``pairs`` route's sum below, element for element (the same bits), with 16 output
+pixels in the vector lanes instead of 16 output channels (:mod:`._bf16_dot`): the 16 -> 2 head
+no longer computes 16 columns for 2.
+
 ``pairs`` (other conv2d with groups == 1, any kernel / stride / dilation; conv_transpose2d
 with kernel == stride, groups 1, dilation 1 -- UNet's 2x2 up-conv): channels are
 taken in pairs (2j, 2j+1; an odd count gets a zero partner), terms in the order
@@ -61,6 +66,7 @@ import threading
 import numba
 import numpy as np
 
+from . import _bf16_dot as _dot
 from . import _bf16_simd as _s
 from . import _bf16_wino as _wino
 from . import _conv_bf16_mk as _mk
@@ -259,6 +265,9 @@ def _scratch(n: int) -> np.ndarray:
 # False: every groups-1 conv takes the direct "pairs" route (the benchmarks compare the two).
 WINO = True
 WINO_MIN = 512   # Ci * Co from which 3x3 convs take it
+# the "dot" route for groups-1 convs with Co <= DOT_MAX output channels (Ci in 16s); False: "pairs"
+DOT = True
+DOT_MAX = 8
 
 CHUNK_BYTES = 1 << 20   # packed input rows per chunk of output rows: they stay in L2 for the GEMMs. 1 MiB:
 # a chunk of a 2048-wide 16-channel map holds 14 output rows, not 1 (each packed 3 times over at 256 KiB);
@@ -267,11 +276,13 @@ CHUNK_BYTES = 1 << 20   # packed input rows per chunk of output rows: they stay 
 
 def conv_route(groups: int, transposed: bool = False, kernel=(3, 3), stride=(1, 1), dilation=(1, 1),
                ci: int = 0, co: int = 0) -> str:
-    """``"wino2"``, ``"pairs"`` or ``"seq"``: the route (module docstring) a convolution takes in
-    bf16 mode.
+    """``"wino2"``, ``"dot"``, ``"pairs"`` or ``"seq"``: the route (module docstring) a convolution
+    takes in bf16 mode.
 
     >>> conv_route(1), conv_route(8), conv_route(1, True, (2, 2), (2, 2)), conv_route(1, ci=32, co=64)
     ('pairs', 'seq', 'pairs', 'wino2')
+    >>> conv_route(1, False, (1, 1), ci=16, co=2)
+    'dot'
     """
     if not transposed:
         if int(groups) != 1:
@@ -279,6 +290,8 @@ def conv_route(groups: int, transposed: bool = False, kernel=(3, 3), stride=(1, 
         if WINO and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) \
                 and ci % 16 == 0 and co % 16 == 0 and ci * co >= WINO_MIN:   # 16 -> 16: direct is on par
             return "wino2"
+        if DOT and 0 < co <= DOT_MAX and ci >= 16 and ci % 16 == 0:
+            return "dot"
         return "pairs"
     ok = int(groups) == 1 and tuple(dilation) == (1, 1) and tuple(kernel) == tuple(stride)
     return "pairs" if ok else "seq"
@@ -335,8 +348,15 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
     if buf.size == 0:
         return _done(buf, dest)
     flat, sb, sp = rows
-    if conv_route(1, False, (kh, kw), (sy, sx), (dy, dx), Ci, Co) == "wino2":
+    route = conv_route(1, False, (kh, kw), (sy, sx), (dy, dx), Ci, Co)
+    if route == "wino2":
         _wino2(w_in, w, bias, (Hi, Wi, Ci), rows, ((flat, 0, 0), 0), (outf, ob, op, buf), act, alpha, fast)
+        return _done(buf, dest)
+    if route == "dot":
+        wp = _conv._pack(w_in, w, "bf16dot", lambda a: _dot.pack_weights(_half_bits(a)))
+        run = _dot.dot_b if fast else _dot.dot_e
+        run(flat.view(np.uint32), sb, sp, Ci, wp, _dot.tap_offsets(kh, kw, Ci, sp, dy, dx), bias, outf, ob, op,
+            Ho, Wo, Co, sy, sx, int(act), float(alpha))
         return _done(buf, dest)
     wp, CoP = _conv._pack(w_in, w, "bf16pairs", _pack_conv)
     bp = _conv._ro(_pad_cols(bias, CoP))

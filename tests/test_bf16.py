@@ -264,6 +264,56 @@ def test_wino2_matches_twin_on_odd_sizes(case, fast):
 
 
 @pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("case", [  # (H, W, Ci, Co, k, stride, dilation, act): widths around the 16-pixel blocks
+    (3, 1, 16, 2, 1, 1, 1, 0), (4, 15, 16, 2, 1, 1, 1, 1), (2, 16, 16, 2, 1, 1, 1, 2), (5, 17, 16, 2, 1, 1, 1, 0),
+    (3, 33, 32, 2, 1, 1, 1, 1), (6, 47, 48, 1, 1, 1, 1, 0), (7, 35, 16, 8, 3, 1, 1, 1), (9, 38, 32, 5, 3, 2, 1, 2),
+    (8, 41, 16, 3, (1, 3), (1, 2), 2, 0), (5, 19, 16, 7, 2, 1, 2, 1), (2, 64, 64, 4, 1, 1, 1, 0)], ids=str)
+def test_dot_route_matches_twin_and_float64(case, fast):
+    """The "dot" route (Co <= 8, Ci in 16s; 16 output pixels in the lanes) computes each element's
+    pairs-route sum: the same bits as the NumPy twin (every width modulo 16, strides, dilations,
+    inputs with denormals, infinities and signed zeros), the same bits read from / written into
+    windows of wider buffers, and a few bf16 ulps from float64."""
+    H, W, Ci, Co, k, s, d, act = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    sy, sx = (s, s) if isinstance(s, int) else s
+    assert bf16.conv_route(1, False, (kh, kw), (sy, sx), (d, d), Ci, Co) == "dot"
+    rng = np.random.default_rng(H * W + Ci + Co)
+    x, w, b = rand(rng, H, W, Ci, scale=4.0), rand(rng, kh, kw, Ci, Co, scale=(kh * kw * Ci) ** -0.5), rand(rng, Co)
+    x[0, 0, :4] = [1e-39, -1e-39, -0.0, 0.0]
+    got = bf16.conv2d(x, w, b, stride=(sy, sx), dilation=d, act=act, alpha=0.1, fast=fast)
+    assert same_bits(got, ref_conv(x, w, b, (sy, sx), (d, d), act, 0.1))
+    big = np.full((H + 3, W + 21, Ci), np.nan, np.float32)
+    big[1:1 + H, 5:5 + W] = x
+    out = np.full((got.shape[0] + 2, got.shape[1] + 19, Co), 7.0, np.float32)
+    view = out[1:-1, 3:3 + got.shape[1]]
+    y = bf16.conv2d(big[1:1 + H, 5:5 + W], w, b, stride=(sy, sx), dilation=d, act=act, alpha=0.1, out=view, fast=fast)
+    assert y is view and same_bits(view, got)
+    assert (out[0] == 7).all() and (out[-1] == 7).all() and (out[:, :3] == 7).all() and (out[:, 3 + got.shape[1]:] == 7).all()
+    x64, w64 = flush(ref_round(x)).astype(np.float64), flush(ref_round(w)).astype(np.float64)
+    Ho, Wo = got.shape[:2]
+    exact = sum(np.einsum("hwc,cd->hwd", x64[ky * d: ky * d + sy * (Ho - 1) + 1: sy,
+                                             kx * d: kx * d + sx * (Wo - 1) + 1: sx], w64[ky, kx])
+                for ky in range(kh) for kx in range(kw)) + b
+    exact = act_f(exact.astype(np.float32), act, 0.1)
+    assert np.abs(got - exact).max() <= 0.02 * np.abs(exact).max()
+
+
+@pytest.mark.skipif(not bf16.HAVE_AVX512_BF16, reason="one path only on this CPU")
+def test_dot_route_paths_and_pairs_route_agree_bitwise(monkeypatch):
+    """vdpbf16ps, the conversion path and the pairs route (``DOT = False``) give the dot route's
+    shapes the same bits, tiny and huge values included."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((6, 37, 32)) * np.float32(2.0) ** rng.integers(-140, 120, (6, 37, 32))).astype(np.float32)
+    w = (rng.standard_normal((3, 3, 32, 6)) * np.float32(2.0) ** rng.integers(-20, 4, (3, 3, 32, 6))).astype(np.float32)
+    b = rand(rng, 6)
+    got = [bf16.conv2d(x, w, b, act=a, alpha=0.1, fast=f) for a in (0, 2) for f in (True, False)]
+    monkeypatch.setattr(bf16, "DOT", False)
+    pairs = [bf16.conv2d(x, w, b, act=a, alpha=0.1, fast=True) for a in (0, 2)]
+    assert same_bits(got[0], got[1]) and same_bits(got[2], got[3])
+    assert same_bits(got[0], pairs[0]) and same_bits(got[2], pairs[1])
+
+
+@pytest.mark.parametrize("fast", PATHS)
 @pytest.mark.parametrize("case", [(5, 6, 32, 16, 0, 0, 10, 12, 1), (5, 6, 17, 8, 1, 3, 9, 10, 0),
                                   (4, 4, 64, 32, 1, 1, 9, 9, 2), (3, 7, 16, 24, 0, 1, 5, 13, 1),
                                   (3, 3, 8, 16, 2, 0, 4, 4, 0), (3, 4, 8, 12, 1, 1, 9, 11, 1),
@@ -386,7 +436,7 @@ def test_grouped_conv_seq_route(groups):
 @given(data=st.data())
 def test_any_subregion_gives_the_same_bits(fast, data):
     rng = np.random.default_rng(1)
-    ci, co = data.draw(st.sampled_from([(3, 16), (16, 32), (32, 64), (17, 24)]))
+    ci, co = data.draw(st.sampled_from([(3, 16), (16, 32), (32, 64), (17, 24), (16, 2), (32, 5)]))
     x, w, b = rand(rng, 23, 29, ci), rand(rng, 3, 3, ci, co, scale=0.2), rand(rng, co)
     full = bf16.conv2d(x, w, b, act=1, fast=fast)
     m = bf16.conv_tile(3, 3, 1, 1, 1, ci, co)[0]     # wino2: output regions on the grid of 2, or to the end
