@@ -177,7 +177,16 @@ def _pack_row(src, s0, Wi, Ci, dst, d0):
             dst[d0 + i] = (daz_bits(src[s0 + 2 * i + 1]) & np.uint32(0xFFFF0000)) \
                 | (daz_bits(src[s0 + 2 * i]) >> np.uint32(16))
     else:
-        for c in range(Wi):
+        c0 = 0
+        if Ci == 3:                  # an RGB input: 16 pixels a vector step
+            for v in range(Wi // 16):
+                opack3(src, s0 + 48 * v, dst, d0 + 32 * v)
+            c0 = Wi // 16 * 16
+        elif Ci == 1:
+            for v in range(Wi // 16):
+                opack1(src, s0 + 16 * v, dst, d0 + 16 * v)
+            c0 = Wi // 16 * 16
+        for c in range(c0, Wi):
             s = s0 + c * Ci
             d = d0 + c * Ch
             for j in range(Ci // 2):
@@ -414,3 +423,44 @@ def _zip(hi):
 
 vzip_lo = _zip(False)      # a0 b0 a1 b1 .. a7 b7
 vzip_hi = _zip(True)       # a8 b8 .. a15 b15
+
+
+def _opack(ci):
+    """:func:`pack_rows`'s pairs of 16 pixels of an odd channel count ``ci`` (1: grey, 3: RGB): the
+    16 * ci float32 (bits) at ``src[i]`` rounded (:func:`daz_bits`), pixel p's dword j = channel
+    2j low, 2j+1 (0 past ci) high, stored as 16 * (ci + 1) / 2 dwords at ``dst[d]``: the scalar
+    loop's values, a vector step at a time."""
+    ch = (ci + 1) // 2
+
+    @intrinsic
+    def opack(typingctx, src, i, dst, d):
+        if not all(isinstance(a, types.Array) and a.dtype == types.uint32 for a in (src, dst)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            p = builder.bitcast(_u32_ptr(context, builder, sig.args[0], args[0], args[1]), _VT.as_pointer())
+            r = [_daz(builder, builder.bitcast(_round_vec(builder, builder.load(
+                builder.gep(p, [ir.Constant(ir.IntType(64), k)]), align=4)), _VI)) for k in range(ci)]
+            zero = _splat_i32(0)
+            q = builder.bitcast(_u32_ptr(context, builder, sig.args[2], args[2], args[3]), _VI.as_pointer())
+
+            def lanes(idx):            # lane l <- float idx[l] of the 16 * ci (None: 0)
+                out = zero
+                for k in range(ci):
+                    m = [idx[l] - 16 * k if idx[l] is not None and idx[l] // 16 == k else W for l in range(W)]
+                    if any(x != W for x in m):
+                        out = builder.or_(out, builder.shuffle_vector(r[k], zero, ir.Constant(_VI, m)))
+                return out
+            for v in range(ch):
+                g = [v * W + l for l in range(W)]                    # dword g: pixel g // ch, pair g % ch
+                lo = lanes([(x // ch) * ci + 2 * (x % ch) for x in g])
+                hi = lanes([(x // ch) * ci + 2 * (x % ch) + 1 if 2 * (x % ch) + 1 < ci else None for x in g])
+                res = builder.or_(builder.and_(hi, _splat_i32(-(1 << 16))), builder.lshr(lo, _splat_i32(16)))
+                builder.store(res, builder.gep(q, [ir.Constant(ir.IntType(64), v)]), align=4)
+            return context.get_dummy_value()
+        return types.none(src, types.intp, dst, types.intp), codegen
+    return opack
+
+
+opack1 = _opack(1)
+opack3 = _opack(3)

@@ -197,20 +197,25 @@ def test_cvt_instruction_and_emulation_match_the_twin():
         check(s.cround, s.cstore)
 
 
-@pytest.mark.parametrize("ci", [1, 2, 3, 16, 17, 32, 48])
-def test_packing_pairs_matches_rounding(ci):
-    """The window packer (vector path for even Ci, scalar for odd) rounds, flushes denormals and
-    pairs channels (2j low, 2j+1 high) like the twin."""
+@pytest.mark.parametrize("width", [7, 16, 37, 64])
+@pytest.mark.parametrize("ci", [1, 2, 3, 5, 16, 17, 32, 48])
+def test_packing_pairs_matches_rounding(ci, width):
+    """The window packer (vector path for even Ci and for Ci 1 and 3 in 16-pixel steps, scalar for the
+    rest) rounds, flushes denormals and pairs channels (2j low, 2j+1 high) like the twin; rows
+    read from a wider buffer (pitch past the row's end)."""
     from hirestile.kernels import _bf16_simd
-    rng = np.random.default_rng(ci)
-    x = rand(rng, 5, 7, ci, scale=10.0)
-    x.reshape(-1)[::7] = np.float32(1e-39)                                      # denormals
-    x.reshape(-1)[::11] = np.float32(-np.inf)
-    got = np.empty(5 * 7 * ((ci + 1) // 2), np.uint32)
-    _bf16_simd.pack_pairs(x.reshape(-1).view(np.uint32), 0, 7 * ci, 5, 7, ci, got)
+    rng = np.random.default_rng(ci + width)
+    big = rand(rng, 5, width + 3, ci, scale=10.0)
+    big.reshape(-1)[::7] = np.float32(1e-39)                                    # denormals
+    big.reshape(-1)[::11] = np.float32(-np.inf)
+    big.reshape(-1)[::13] = np.float32(-0.0)
+    big.reshape(-1)[::17] = np.float32(np.nan)
+    x = big[:, 1:1 + width]
+    got = np.empty(5 * width * ((ci + 1) // 2), np.uint32)
+    _bf16_simd.pack_pairs(big.reshape(-1).view(np.uint32), ci, (width + 3) * ci, 5, width, ci, got)
     h = flush(ref_round(x)).view(np.uint32) >> 16
     if ci % 2:
-        h = np.concatenate([h, np.zeros((5, 7, 1), np.uint32)], -1)
+        h = np.concatenate([h, np.zeros((5, width, 1), np.uint32)], -1)
     assert np.array_equal(got, (h[..., 0::2] | (h[..., 1::2] << 16)).reshape(-1))
 
 
