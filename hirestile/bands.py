@@ -53,7 +53,6 @@ class Stream:
         self.arena = executor.Arena() if arena is None else arena   # band buffers, reused band after band
         self._at: tuple[int, tuple[int, int]] | None = None          # (next row, cols) that continues the strip
         self._done: dict[str, int] = {}                              # per node: rows computed so far
-        self._stores: dict[str, np.ndarray] = {}                     # per node: its line buffers' memory
 
     def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region,
             out: np.ndarray | None = None) -> np.ndarray:
@@ -61,9 +60,9 @@ class Stream:
         the rows above."""
         held, comp, keep, _ = self.advance(out_region)
         res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
-                            self._stores, out)
+                            self.arena.lines, out)
         if not keep:                          # the strip's last band: nothing to carry on
-            self.lines, self._stores = {}, {}
+            self.lines = {}
         return res
 
     def advance(self, out_region: Region) -> tuple[dict[str, Region], dict[str, Region], dict[str, int], bool]:
@@ -76,7 +75,7 @@ class Stream:
         cols = tuple(cols)
         fresh = self._at != (y0, cols)
         if fresh:
-            self.lines, self._done, self._stores = {}, {}, {}
+            self.lines, self._done = {}, {}
         held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
                                                  last=y1 >= self.rep.output_shape[1])
         self._at = (y1, cols) if keep else None

@@ -427,8 +427,13 @@ def _run_slice(node, bufs, comp, shapes, wts):
     return np.ascontiguousarray(x[:, :, c0:c1]) if (c0, c1) != (0, x.shape[2]) else _own(x)
 
 
-def _run_crop(node, bufs, comp, shapes, wts):  # crop and pad: the fetch does it all
-    return _same(node, bufs, comp, shapes)
+def _run_crop(node, bufs, comp, shapes, wts, out=None):  # crop and pad: the fetch does it all
+    if out is None:
+        return _same(node, bufs, comp, shapes)
+    t = node.inputs[0]
+    _fetch_into(out, _or_empty(bufs.get(t), shapes[t][0]), _window(node, 0, comp, shapes), shapes[t][1:],
+                *padding_mode(node.op, 0))
+    return out
 
 
 def _run_softmax(node, bufs, comp, shapes, wts):
@@ -456,8 +461,9 @@ RUNNERS: dict[type, Callable] = {
 }
 # Runners that write into a buffer they are given (``out=``, a window of the node's buffer):
 # the others return a new array, copied into the buffer only when the buffer must be larger
-# (padding for a consumer, rows kept from the band above).
-WRITES_INTO = frozenset({Conv, ConvTranspose, Pool, Concat})
+# (padding for a consumer, rows kept from the band above). Crops and pads copy anyway (a view
+# of the producer's buffer would outlive it): into the buffer, not into fresh pages each band.
+WRITES_INTO = frozenset({Conv, ConvTranspose, Pool, Concat, CropLike, Pad})
 
 
 # ---------------------------------------------------------------- region execution
@@ -521,6 +527,10 @@ class Arena:
         self.slab = np.empty(0, np.float32)
         self._scratch = np.empty(0, np.float32)
         self._layouts: dict[tuple, tuple[list[int], int]] = {}
+        # per node, the memory its line buffers live in between bands (a stream's, see
+        # :func:`_keep`), kept from one column strip to the next: fresh pages cost more than
+        # the copy
+        self.lines: dict[str, np.ndarray] = {}
 
     def place(self, requests: tuple[tuple[int, int, int], ...]) -> list[int]:
         """Offsets (in float32 elements) for ``requests`` of (elements, first step, last step),
