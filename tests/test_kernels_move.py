@@ -209,6 +209,20 @@ def test_pixels_to_planes_from_windows(c, h, w, pad):
     np.testing.assert_array_equal(out, np.moveaxis(src, -1, 0))
 
 
+@pytest.mark.parametrize("w", [1, 15, 16, 17, 33, 64])
+def test_pixels_to_planes_two_channels_bitwise(w):
+    """Two channels (a two-class output) go 16 pixels a vector step: the same bits as moving them
+    one by one (NaN payloads, signed zeros), from a window of a wider buffer into planes with gaps."""
+    big = np.random.default_rng(w).standard_normal((5, w + 3, 2)).astype(F32)
+    u = big.reshape(-1).view(np.uint32)
+    u[::5], u[::7] = 0x7FC01234, 0x80000000
+    src = big[1:4, 2:2 + w]
+    out = np.full((3, 3, w + 4), 5.0, F32)[:2, :, 1:1 + w]
+    assert pixels_to_planes(src, out) is out
+    assert np.array_equal(out.view(np.uint32), np.moveaxis(src, -1, 0).view(np.uint32))
+    assert np.array_equal(pixels_to_planes(src).view(np.uint32), np.moveaxis(src, -1, 0).view(np.uint32))
+
+
 def test_planes_to_pixels_takes_any_strides():
     x = np.random.default_rng(3).standard_normal((3, 12, 10)).astype(F32)
     for src in (x[:, ::2, ::-1], x[::-1], np.asfortranarray(x)):
