@@ -98,8 +98,8 @@ def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | N
     >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((2048, 2048))
     >>> predict_bands(rep) is None             # 0.96 GB: the whole frame at once
     True
-    >>> predict_bands(rep, memory=512 << 20)  # 256-row bands of the whole width
-    (256, 2048)
+    >>> predict_bands(rep, memory=512 << 20)  # 512-row bands of the whole width
+    (512, 2048)
     """
     from hirestile.scheduler import STRIP_CANDIDATES, TILE_CANDIDATES, default_memory
 

@@ -230,16 +230,18 @@ def line_buffer_bytes(rep: Report, band: Region) -> int:
 def band_memory(rep: Report, band: Region) -> int:
     """Bytes a :class:`Stream` holds running bands like ``band``: its arena slab, laid out
     for the largest of a strip's first band (computed whole) and a steady-state band
-    (:func:`hirestile.executor.region_memory`), and the line buffers, the ones a band reads
-    and the ones it keeps for the band below."""
+    (:func:`hirestile.executor.region_memory`), and per node one line buffer's memory
+    (``Arena.lines``): the rows a band reads from it are copied into the node's buffer before
+    the node's new rows are kept in the same memory, so it holds the larger of the two."""
     (y0, y1), cols = band
     held, comp, keep = steady_band(rep, band)
     first = executor.region_memory(rep, *executor.regions_of(rep, Region((0, y1 - y0), tuple(cols))))
     fused = executor.fused_concats(rep)
-    lines_in = sum(4 * rep.shapes[n][0] * (comp[n].rows[0] - held[n].rows[0]) * (held[n].cols[1] - held[n].cols[0])
-                   for n in held if n not in fused)
-    lines_out = sum(s.line_bytes for s in stream_stages(rep, band))
-    return max(first, executor.region_memory(rep, held, comp)) + lines_in + lines_out
+    kept = {s.name: s.line_bytes for s in stream_stages(rep, band)}
+    lines = sum(max(4 * rep.shapes[n][0] * (comp[n].rows[0] - held[n].rows[0]) * (held[n].cols[1] - held[n].cols[0]),
+                    kept.get(n, 0))
+                for n in held if n not in fused)
+    return max(first, executor.region_memory(rep, held, comp)) + lines
 
 
 __all__ = ["Stream", "Stage", "plan_band", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]

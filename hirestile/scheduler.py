@@ -260,7 +260,7 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
     >>> rep = unet(in_channels=3, classes=2, base=32, depth=4).analyze((8192, 8192))
     >>> m = choose_mode(rep, None, None)                      # 2 GiB: tiles of 1024^2 recompute 46%
     >>> m.stream, m.tile, round(m.tile_redundancy, 2), round(m.stream_redundancy, 2)
-    (True, (768, 2048), 1.46, 1.08)
+    (True, (1024, 2048), 1.46, 1.08)
     """
     if stream is not None or tile is not None or max_side is not None or not rep.tileable:
         stream = bool(stream) and rep.tileable
