@@ -3,10 +3,8 @@
 OpenVINO runs the same ONNX export twice: ``ov32`` with ``INFERENCE_PRECISION_HINT=f32``
 and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / AMX);
 ``hsf2x2`` is hirestile fp32 with its 3x3 convs on Winograd F(2x2) instead of F(4x4) (``conv.WINO4``);
-``hsalign`` is hirestile fp32 with the executor's slab on 64-byte lines (``executor.Arena`` as a
-proposed one-line change would allocate it: every 16-float vector access then stays within one
-cache line and outputs of 64 MiB and up take non-temporal stores), ``hsalign16`` the same with
-16 -> 16 3x3 convs through Winograd F(4x4) (``conv.WINO_MIN = 256``);
+``hsblk16`` is hirestile fp32 with its 16 -> 16 3x3 convs on the register-blocked direct route
+(``conv.WINO_MIN = 512``, the default before session 14; now they take Winograd F(4x4));
 ``hsregion`` is hirestile fp32 with the whole frame as one region whatever its memory (``memory=``
 1 TiB; before predict streamed bands past its budget: UNet-32 2048^2 and UNet-16 4096^2 and up);
 ``hsbf16`` is hirestile with ``precision="bf16"`` (its line names the instruction path), compared
@@ -101,22 +99,9 @@ else:
     if engine == "hsf2x2":                   # 3x3 convs on Winograd F(2x2) instead of F(4x4)
         from hirestile.kernels import conv
         conv.WINO4 = False
-    if engine in ("hsalign", "hsalign16"):   # the slab on 64-byte lines (a proposed executor change)
-        from hirestile import executor as ex
-
-        def place(self, requests):
-            hit = self._layouts.get(requests)
-            if hit is None:
-                hit = self._layouts[requests] = ex.layout(requests, self.ALIGN)
-            if hit[1] > self.slab.size:
-                raw = np.empty(hit[1] + 16, np.float32)
-                off = (-raw.ctypes.data % 64) // 4
-                self.slab = raw[off:off + hit[1]]
-            return hit[0]
-        ex.Arena.place = place
-    if engine == "hsalign16":
+    if engine == "hsblk16":                  # 16 -> 16 3x3 convs on the blocked direct route
         from hirestile.kernels import conv
-        conv.WINO_MIN = 256
+        conv.WINO_MIN = 512
     memory = 1 << 40 if engine == "hsregion" else None     # one region, or predict's default budget
     def run(a):
         return hirestile.predict(m, a, precision=precision, memory=memory)
@@ -142,10 +127,9 @@ print(json.dumps({"wall": wall, "wall2": wall2, "cpu_util": cpu / wall, "peak_mb
                   "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsalign", "hsalign16", "hsregion")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsblk16", "hsregion")
 LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
-         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)", "hsalign": "hs aligned",
-         "hsalign16": "hs al.+16", "hsregion": "hs 1 region"}
+         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)", "hsblk16": "hs blk16", "hsregion": "hs 1 region"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:
@@ -227,7 +211,7 @@ def main(argv=None) -> list[dict]:
                           f"{row[e + '_cpu']:.2f}{extra}{err}  [{row[e + '_isa']}]", flush=True)
                 if "ov32" in engines:       # every hirestile fp32 variant against OpenVINO f32, round by round
                     for e in engines:
-                        if e == "hirestile" or e in ("hsf2x2", "hsalign", "hsalign16"):
+                        if e == "hirestile" or e in ("hsf2x2", "hsblk16"):
                             rr = " ".join(f"{h['mps'] / o['mps']:.2f}" for h, o in zip(per[e], per["ov32"]))
                             r2 = " ".join(f"{h['mps2'] / o['mps2']:.2f}" for h, o in zip(per[e], per["ov32"]))
                             print(f"  {LABEL[e]} / OV f32 per round: {rr} (first call); {r2} (second call)",

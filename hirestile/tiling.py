@@ -12,8 +12,8 @@ Examples
 >>> from hirestile.models.unet import unet
 >>> rep = unet(in_channels=1, classes=2, base=4, depth=2).analyze((100, 120))
 >>> tiles = make_tiles(rep, cuts(100, 32), cuts(120, 32))
->>> len(tiles), tiles[5].write, tiles[5].read          # an interior tile reads a 22 px halo
-(16, Region(rows=(32, 64), cols=(32, 64)), Region(rows=(10, 86), cols=(10, 86)))
+>>> len(tiles), tiles[5].write, tiles[5].read          # an interior tile reads a 30 px halo
+(16, Region(rows=(32, 64), cols=(32, 64)), Region(rows=(2, 94), cols=(2, 94)))
 """
 from __future__ import annotations
 

@@ -105,8 +105,9 @@ CASES = [
     (12, 14, 4, 12, 3, 3, (2, 1), (1, 1), 4),     # depthwise, multiplier 3
     (11, 13, 6, 6, 4, 4, (3, 2), (1, 2), 2),
     (12, 12, 32, 32, 3, 3, (1, 1), (1, 1), 1),
-    (13, 11, 16, 16, 3, 3, (1, 1), (1, 1), 1),   # thin 3x3: blocked (conv.WINO_MIN), not Winograd
+    (13, 11, 16, 16, 3, 3, (1, 1), (1, 1), 1),   # thin 3x3: Winograd F(4x4) (conv.WINO_MIN)
     (13, 11, 16, 24, 3, 3, (1, 1), (1, 1), 1),   # Co not in 16s: blocked
+    (15, 13, 16, 16, 3, 3, (2, 1), (1, 1), 1),   # strided, Co in 16s: blocked
     (11, 14, 16, 32, 3, 3, (1, 1), (1, 1), 1),   # smallest Winograd shape
     (10, 10, 64, 64, 3, 3, (1, 1), (1, 1), 1),
     (9, 9, 32, 2, 1, 1, (1, 1), (1, 1), 1),       # segmentation head (dot route)
@@ -528,7 +529,7 @@ def test_conv2d_refuses_an_out_whose_pixels_are_not_packed():
 # The default route of 3x3 stride-1 convs with Ci, Co multiples of 16 (Ci * Co >= 512); tile
 # step (4, 4). Each check also runs F(2x2) (conv.WINO4 = False), which is no longer reached
 # by default but stays as the comparison route of the benchmarks. The checks run with
-# conv.WINO_MIN = 256, so 16 -> 16 (blocked by default) goes through Winograd too.
+# conv.WINO_MIN = 256 (the default), so 16 -> 16 goes through Winograd too.
 
 W4_SHAPES = [(16, 16), (16, 32), (32, 32), (32, 48), (64, 16), (48, 80), (128, 64)]
 
@@ -540,10 +541,12 @@ def wino(request, monkeypatch):
     return "wino4" if request.param else "wino2"
 
 
-def test_thin_3x3_route_by_default():
-    assert conv.WINO_MIN == 512
-    assert conv.conv_tile(3, 3, 1, 1, 1, 16, 16) == (1, 1)          # 16 -> 16: blocked
+def test_thin_3x3_route_by_default(monkeypatch):
+    assert conv.WINO_MIN == 256
+    assert conv.conv_tile(3, 3, 1, 1, 1, 16, 16) == (4, 4)          # 16 -> 16: Winograd F(4x4)
     assert conv.conv_tile(3, 3, 1, 1, 1, 16, 32) == (4, 4)
+    monkeypatch.setattr(conv, "WINO_MIN", 512)
+    assert conv.conv_tile(3, 3, 1, 1, 1, 16, 16) == (1, 1)          # the benchmarks' switch: blocked
 
 
 def test_wino4_route_and_tile_step(wino):
