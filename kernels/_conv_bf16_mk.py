@@ -2,13 +2,15 @@
 
 See _conv_bf16_gen.py for the register tile of ``row_*`` / ``wgemm_*``: family b (vdpbf16ps) and
 family e (the same sequence emulated with float32 FMAs); ``conv2d_*``, ``convT_*`` and ``wino2_*``
-drive one family each, so a CPU without AVX512_BF16 never compiles the b family.
+drive one family each, so a CPU without AVX512_BF16 never compiles the b family; ``dot_*`` is the
+dot route's loop (``_bf16_dot``), one template for both families.
 """
 
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from ._bf16_simd import cround, cstore, eround, estore, pack_rows, ubcast_at, uload, vdp, vdpe, vround
+from ._bf16_dot import dot_store
+from ._bf16_simd import cround, cstore, eround, estore, pack_rows, tpairs, ubcast_at, uload, vdp, vdpe, vround
 from ._bf16_wino import patch
 from ._conv_simd import iload, sfence, vact, vadd, vload, vstore, vstore_nt, vsub, vzero
 
@@ -421,6 +423,41 @@ def wino2_b(xf, sb, sp, Hi, Wi, Ci, xf2, sb2, sp2, Ci2, U, bias, outf, ob, op, H
             sfence()
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def dot_b(src, sb, sp, Ci, wp, toff, bias, outf, ob, op, Ho, Wo, Co, sy, sx, act, alpha):
+    """src: the float32 window as uint32, pixel (r, c) at src[sb + r*sp + c*Ci]; wp: pair
+    weights (:func:`._bf16_dot.pack_weights`); toff[t]: offset of tap t from a pixel's first channel;
+    output (r, c, co) at outf[ob + r*op + c*Co + co]. Family b on vdpbf16ps, e on vdpe
+    (the conversion path): the same bits."""
+    ntap = toff.shape[0]
+    Ch = Ci // 2
+    K = ntap * Ch
+    ps = sx * Ci
+    for r in prange(Ho):
+        acc = np.empty(Co * 16, np.float32)
+        for c0 in range(0, Wo, 16):
+            n = min(16, Wo - c0)
+            pb = sb + r * sy * sp + c0 * ps
+            for co in range(Co):
+                vstore(acc, co * 16, vzero())
+            for t in range(ntap):
+                for cb in range(0, Ci, 16):
+                    p0, p1, p2, p3, p4, p5, p6, p7 = tpairs(src, pb + toff[t] + cb, ps, n)
+                    for co in range(Co):
+                        k = co * K + t * Ch + cb // 2
+                        a = vload(acc, co * 16)
+                        a = vdp(a, p0, ubcast_at(wp, k))
+                        a = vdp(a, p1, ubcast_at(wp, k + 1))
+                        a = vdp(a, p2, ubcast_at(wp, k + 2))
+                        a = vdp(a, p3, ubcast_at(wp, k + 3))
+                        a = vdp(a, p4, ubcast_at(wp, k + 4))
+                        a = vdp(a, p5, ubcast_at(wp, k + 5))
+                        a = vdp(a, p6, ubcast_at(wp, k + 6))
+                        a = vdp(a, p7, ubcast_at(wp, k + 7))
+                        vstore(acc, co * 16, a)
+            dot_store(acc, Co, bias, act, alpha, outf, ob + r * op + c0 * Co, n)
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def row_e(a, xrow, xps, koff, K, w, wb, CoP, bias, dst, rowbase, dps, Wo, act, alpha, nts):
     """Wo pixels (pixel c's term k at a[xrow + c*xps + koff[k]]) x CoP columns, the 16-column
@@ -827,3 +864,38 @@ def wino2_e(xf, sb, sp, Hi, Wi, Ci, xf2, sb2, sp2, Ci2, U, bias, outf, ob, op, H
                               nr, nc, nts)
         if nts:
             sfence()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def dot_e(src, sb, sp, Ci, wp, toff, bias, outf, ob, op, Ho, Wo, Co, sy, sx, act, alpha):
+    """src: the float32 window as uint32, pixel (r, c) at src[sb + r*sp + c*Ci]; wp: pair
+    weights (:func:`._bf16_dot.pack_weights`); toff[t]: offset of tap t from a pixel's first channel;
+    output (r, c, co) at outf[ob + r*op + c*Co + co]. Family b on vdpbf16ps, e on vdpe
+    (the conversion path): the same bits."""
+    ntap = toff.shape[0]
+    Ch = Ci // 2
+    K = ntap * Ch
+    ps = sx * Ci
+    for r in prange(Ho):
+        acc = np.empty(Co * 16, np.float32)
+        for c0 in range(0, Wo, 16):
+            n = min(16, Wo - c0)
+            pb = sb + r * sy * sp + c0 * ps
+            for co in range(Co):
+                vstore(acc, co * 16, vzero())
+            for t in range(ntap):
+                for cb in range(0, Ci, 16):
+                    p0, p1, p2, p3, p4, p5, p6, p7 = tpairs(src, pb + toff[t] + cb, ps, n)
+                    for co in range(Co):
+                        k = co * K + t * Ch + cb // 2
+                        a = vload(acc, co * 16)
+                        a = vdpe(a, p0, ubcast_at(wp, k))
+                        a = vdpe(a, p1, ubcast_at(wp, k + 1))
+                        a = vdpe(a, p2, ubcast_at(wp, k + 2))
+                        a = vdpe(a, p3, ubcast_at(wp, k + 3))
+                        a = vdpe(a, p4, ubcast_at(wp, k + 4))
+                        a = vdpe(a, p5, ubcast_at(wp, k + 5))
+                        a = vdpe(a, p6, ubcast_at(wp, k + 6))
+                        a = vdpe(a, p7, ubcast_at(wp, k + 7))
+                        vstore(acc, co * 16, a)
+            dot_store(acc, Co, bias, act, alpha, outf, ob + r * op + c0 * Co, n)

@@ -354,7 +354,7 @@ def conv2d(x, w, bias, *, stride=(1, 1), dilation=(1, 1), groups=1, act=0, alpha
         return _done(buf, dest)
     if route == "dot":
         wp = _conv._pack(w_in, w, "bf16dot", lambda a: _dot.pack_weights(_half_bits(a)))
-        run = _dot.dot_b if fast else _dot.dot_e
+        run = _mk.dot_b if fast else _mk.dot_e
         run(flat.view(np.uint32), sb, sp, Ci, wp, _dot.tap_offsets(kh, kw, Ci, sp, dy, dx), bias, outf, ob, op,
             Ho, Wo, Co, sy, sx, int(act), float(alpha))
         return _done(buf, dest)
