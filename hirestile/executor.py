@@ -293,10 +293,16 @@ def _window(node: Node, k: int, comp: Region, shapes) -> Region:
     return (iv[0], iv[1])
 
 
-def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes) -> np.ndarray:
+def _fetch_input(node: Node, k: int, bufs, comp: Region, shapes, out: np.ndarray | None = None) -> np.ndarray:
+    """Input ``k``'s window for ``comp`` (:func:`fetch`: a view where the producer's buffer holds
+    it), or copied into ``out`` when given."""
     t = node.inputs[k]
     mode, fill = padding_mode(node.op, k)
-    return fetch(_or_empty(bufs.get(t), shapes[t][0]), _window(node, k, comp, shapes), shapes[t][1:], mode, fill)
+    buf, win, size = _or_empty(bufs.get(t), shapes[t][0]), _window(node, k, comp, shapes), shapes[t][1:]
+    if out is None:
+        return fetch(buf, win, size, mode, fill)
+    _fetch_into(out, buf, win, size, mode, fill)
+    return out
 
 
 def _or_empty(buf: Buf | None, channels: int) -> Buf:
@@ -428,12 +434,7 @@ def _run_slice(node, bufs, comp, shapes, wts):
 
 
 def _run_crop(node, bufs, comp, shapes, wts, out=None):  # crop and pad: the fetch does it all
-    if out is None:
-        return _same(node, bufs, comp, shapes)
-    t = node.inputs[0]
-    _fetch_into(out, _or_empty(bufs.get(t), shapes[t][0]), _window(node, 0, comp, shapes), shapes[t][1:],
-                *padding_mode(node.op, 0))
-    return out
+    return _same(node, bufs, comp, shapes) if out is None else _fetch_input(node, 0, bufs, comp, shapes, out)
 
 
 def _run_softmax(node, bufs, comp, shapes, wts):
