@@ -74,12 +74,10 @@ def _measure_gflops(model: Any, rep: Any) -> float:
 
     import numpy as np
 
-    from .executor import image_window, run_region
+    from .executor import image_window, interior_region, run_region
 
     _warmup(model, rep.precision)
-    _, oh, ow = rep.output_shape
-    y0, x0 = max(0, oh // 2 - ESTIMATE_SIDE // 2), max(0, ow // 2 - ESTIMATE_SIDE // 2)
-    region = ((y0, min(oh, y0 + ESTIMATE_SIDE)), (x0, min(ow, x0 + ESTIMATE_SIDE)))
+    region = interior_region(rep, ESTIMATE_SIDE)
     (a, b), (c, d) = image_window(rep, region)
     window = np.random.default_rng(0).random((rep.graph.in_channels, b - a, d - c), np.float32)
     best = float("inf")
