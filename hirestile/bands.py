@@ -10,7 +10,7 @@ overlap-tile and full-frame runs bit for bit.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,6 +53,7 @@ class Stream:
         self.arena = executor.Arena() if arena is None else arena   # band buffers, reused band after band
         self._at: tuple[int, tuple[int, int]] | None = None          # (next row, cols) that continues the strip
         self._done: dict[str, int] = {}                              # per node: rows computed so far
+        self.resident: dict[str, int] = {}                            # buffers kept in place between bands (room)
 
     def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region,
             out: np.ndarray | None = None) -> np.ndarray:
@@ -60,7 +61,7 @@ class Stream:
         the rows above."""
         held, comp, keep, _ = self.advance(out_region)
         res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
-                            self.arena.lines, out)
+                            self.arena.lines, out, self.resident)
         if not keep:                          # the strip's last band: nothing to carry on
             self.lines = {}
         return res
@@ -76,6 +77,7 @@ class Stream:
         fresh = self._at != (y0, cols)
         if fresh:
             self.lines, self._done = {}, {}
+            self.resident = resident_room(self.rep, Region((y0, y1), cols))
         held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
                                                  last=y1 >= self.rep.output_shape[1])
         self._at = (y1, cols) if keep else None
@@ -189,6 +191,7 @@ class Stage:
     line_rows: int         # of those, rows kept for the next band (the line buffer)
     line_bytes: int
     flops: float           # FLOPs the band computes: only the rows not kept from the band above
+    resident: bool = False  # its buffer kept in memory of its own, the line buffer in place (resident_nodes)
 
 
 def steady_band(rep: Report, band: Region) -> tuple[dict[str, Region], dict[str, Region], dict[str, int]]:
@@ -208,18 +211,24 @@ def stream_stages(rep: Report, band: Region) -> list[Stage]:
     band below, FLOPs of the rows it computes."""
     held, comp, keep = steady_band(rep, band)
     fused = executor.fused_concats(rep)
+    res = resident_nodes(rep, band)
     stages = []
     for n in rep.graph.nodes:
         if n.name not in held:
             continue
         (a, b), (c, d) = held[n.name]
-        line = max(0, b - keep[n.name]) if n.name in keep and n.name not in fused else 0   # unbuilt: nothing kept
+        line = _line_rows(n.name, held, keep, fused)
         ch = rep.shapes[n.name][0]
         (p, q), _ = comp[n.name]
-        stages.append(Stage(n.name, op_label(n.op) + (" (unbuilt: read in place)" if n.name in fused else ""),
-                            ch, b - a, d - c, line, 4 * ch * line * (d - c),
-                            rep.node_flops(n) * (q - p) * (d - c)))
+        note = " (unbuilt: read in place)" if n.name in fused else " (resident: kept in place)" if n.name in res else ""
+        stages.append(Stage(n.name, op_label(n.op) + note, ch, b - a, d - c, line, 4 * ch * line * (d - c),
+                            rep.node_flops(n) * (q - p) * (d - c), n.name in res))
     return stages
+
+
+def _line_rows(name: str, held: dict[str, Region], keep: dict[str, int], fused: Mapping) -> int:
+    """Rows node ``name`` keeps for the next band (an unbuilt concat: none, its inputs keep them)."""
+    return max(0, held[name].rows[1] - keep[name]) if name in keep and name not in fused else 0
 
 
 def line_buffer_bytes(rep: Report, band: Region) -> int:
@@ -227,21 +236,99 @@ def line_buffer_bytes(rep: Report, band: Region) -> int:
     return sum(s.line_bytes for s in stream_stages(rep, band))
 
 
+def resident_room(rep: Report, band: Region) -> dict[str, int]:
+    """Per node of :func:`resident_nodes`, the values its buffer holds for bands like ``band``
+    (the largest of a strip's first band and steady ones): what a :class:`Stream` allocates
+    for it at a strip's first band, so that it never grows while holding a line buffer."""
+    parts = _BandParts.of(rep, band)
+    return {n: b // 4 for n, b in parts.resident_bytes(parts.residents()).items()}
+
+
 def band_memory(rep: Report, band: Region) -> int:
-    """Bytes a :class:`Stream` holds running bands like ``band``: its arena slab, laid out
-    for the largest of a strip's first band (computed whole) and a steady-state band
-    (:func:`hirestile.executor.region_memory`), and per node one line buffer's memory
-    (``Arena.lines``): the rows a band reads from it are copied into the node's buffer before
-    the node's new rows are kept in the same memory, so it holds the larger of the two."""
-    (y0, y1), cols = band
-    held, comp, keep = steady_band(rep, band)
-    first = executor.region_memory(rep, *executor.regions_of(rep, Region((0, y1 - y0), tuple(cols))))
-    fused = executor.fused_concats(rep)
-    kept = {s.name: s.line_bytes for s in stream_stages(rep, band)}
-    lines = sum(max(4 * rep.shapes[n][0] * (comp[n].rows[0] - held[n].rows[0]) * (held[n].cols[1] - held[n].cols[0]),
-                    kept.get(n, 0))
-                for n in held if n not in fused)
-    return max(first, executor.region_memory(rep, held, comp)) + lines
+    """Bytes a :class:`Stream` holds running bands like ``band`` (its height and columns, on
+    the grid of its height, where a strip's bands lie): its arena slab, laid out for the
+    largest of a strip's first band (computed whole) and two consecutive steady bands (the
+    kernels' row steps can make them differ) (:func:`hirestile.executor.region_memory`);
+    the resident nodes' own buffers (:func:`resident_nodes`), each as large as the largest
+    of those bands needs; and per other node one line buffer's memory (``Arena.lines``):
+    the rows a band reads from it are copied into the node's buffer before the node's new
+    rows are kept in the same memory, so it holds the larger of the two."""
+    parts = _BandParts.of(rep, band)
+    return parts.memory(parts.residents())
 
 
-__all__ = ["Stream", "Stage", "plan_band", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]
+def resident_nodes(rep: Report, band: Region) -> frozenset[str]:
+    """The nodes whose band buffers a :class:`Stream` running bands like ``band`` keeps in
+    memory of their own from band to band (:meth:`hirestile.executor.Arena.resident`).
+
+    Candidates are the nodes read after the next node runs (a UNet's skips, which the
+    decoder reads about a network's halo of rows behind the encoder: the largest line
+    buffers); each, largest line buffer first, is made resident when that does not raise
+    :func:`band_memory`. A resident buffer's line buffer stays in place (one copy per band
+    instead of two), and the slab no longer holds it: for the full-resolution skip, alive
+    through the whole band, that saves about its line buffer's bytes (UNet-16, 512 x 8192
+    bands: 1537 -> 1242 MiB); a deeper skip, dead while the full-resolution layers peak,
+    would cost more than it saves."""
+    return _BandParts.of(rep, band).residents()
+
+
+@dataclass(frozen=True)
+class _BandParts:
+    """What :func:`band_memory` sums, before the resident nodes are chosen: (held, computed)
+    of a strip's first band and of two steady ones, and per node the bytes of its line
+    buffer (the most either steady band keeps or reads)."""
+
+    rep: Report
+    regions: tuple[tuple[dict[str, Region], dict[str, Region]], ...]
+    lines: dict[str, int]
+
+    @classmethod
+    def of(cls, rep: Report, band: Region) -> "_BandParts":
+        (y0, y1), cols = band
+        h, oh = max(y1 - y0, 1), rep.output_shape[1]
+        k = min(max(2, round(y0 / h)), max(2, oh // h - 2))      # on the band grid, two bands below the first
+        regions, lines = [executor.regions_of(rep, Region((0, h), tuple(cols)))], {}
+        fused = executor.fused_concats(rep)
+        grid = [a for a in (k * h, (k + 1) * h) if a + h <= oh] or [a for a in (h,) if a + h <= oh]
+        for a in grid:
+            steady = Region((a, a + h), tuple(cols))
+            held, comp, keep = steady_band(rep, steady)
+            regions.append((held, comp))
+            for n in held:
+                if n not in fused:
+                    rows = max(comp[n].rows[0] - held[n].rows[0], _line_rows(n, held, keep, fused))
+                    lines[n] = max(lines.get(n, 0), 4 * rep.shapes[n][0] * rows * (held[n].cols[1] - held[n].cols[0]))
+        return cls(rep, tuple(regions), lines)
+
+    def resident_bytes(self, res: frozenset[str]) -> dict[str, int]:
+        own: dict[str, int] = {}
+        for held, comp in self.regions:
+            for n, b in executor.resident_memory(self.rep, held, comp, res).items():
+                own[n] = max(own.get(n, 0), b)
+        return own
+
+    def memory(self, res: frozenset[str]) -> int:
+        slab = max(executor.region_memory(self.rep, held, comp, res) for held, comp in self.regions)
+        return slab + sum(self.resident_bytes(res).values()) + sum(b for n, b in self.lines.items() if n not in res)
+
+    def residents(self) -> frozenset[str]:
+        g = self.rep.graph
+        fused = executor.fused_concats(self.rep)
+        order = [n for n in g.nodes if n.name not in fused]     # an unbuilt concat runs no step
+        step = {n.name: i for i, n in enumerate(order)}
+        last: dict[str, int] = {}
+        for i, n in enumerate(order):
+            for t in executor.reads(n, fused):
+                last[t] = i
+        cands = sorted((t for t, i in last.items() if t in step and t not in (g.input, g.output)
+                        and i - step[t] >= 2 and self.lines.get(t, 0) > 0), key=lambda t: -self.lines[t])
+        res: frozenset[str] = frozenset()
+        best = self.memory(res)
+        for t in cands:
+            m = self.memory(res | {t})
+            if m <= best:
+                res, best = res | {t}, m
+        return res
+
+
+__all__ = ["Stream", "Stage", "plan_band", "resident_nodes", "resident_room", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable
 
 import numpy as np
 
-from hirestile.analyzer import Report, analyze_graph, reflect_index
+from hirestile.analyzer import Report, analyze_graph, empty, reflect_index
 from hirestile.contract import InputContract, normalize_window
 from hirestile.errors import InputError
 from hirestile.graph import (Affine, Binary, Concat, Conv, ConvTranspose, CropLike, GlobalPool, Graph, Node, Norm,
@@ -532,6 +532,10 @@ class Arena:
         # :func:`_keep`), kept from one column strip to the next: fresh pages cost more than
         # the copy
         self.lines: dict[str, np.ndarray] = {}
+        # per resident node (a stream's long-lived buffers, see :meth:`resident`): its band
+        # buffer, kept out of the slab from band to band, and the map row its row 0 holds
+        self.residents: dict[str, np.ndarray] = {}
+        self._top: dict[str, tuple[int, tuple[int, int]]] = {}
 
     def place(self, requests: tuple[tuple[int, int, int], ...]) -> list[int]:
         """Offsets (in float32 elements) for ``requests`` of (elements, first step, last step),
@@ -541,6 +545,37 @@ class Arena:
             hit = self._layouts[requests] = layout(requests, self.ALIGN)
         self._grow("slab", hit[1])
         return hit[0]
+
+    def resident(self, name: str, ext: Region, channels: int, kept: Region | None, room: int = 0) -> np.ndarray:
+        """Node ``name``'s buffer for a band, covering ``ext`` (rows, cols of the map), in memory
+        of its own kept from band to band: the region ``kept`` of the band above, which it
+        kept in place (:func:`_keep`), is moved to its rows in it, the only copy it takes (a
+        buffer in the slab copies it out and back in). ``kept`` None: nothing to carry (a
+        strip's first band). New memory holds at least ``room`` values (the largest band of
+        the strip), so that it need not grow while it holds kept rows."""
+        (ea, eb), cols = ext
+        row = (cols[1] - cols[0]) * channels
+        need = (eb - ea) * row
+        rows = None
+        if kept is not None and not empty(kept.rows):
+            top, had = self._top[name]
+            (k0, k1), (c0, c1) = kept
+            src, dst, n = k0 - top, k0 - ea, k1 - k0
+            if had == tuple(cols) and self.residents[name].size >= need:
+                _move_rows(self.residents[name], src, dst, n, row)
+            else:                             # another layout (columns padded otherwise) or grown: via a copy
+                was = (had[1] - had[0]) * channels
+                old = self.residents[name][src * was:(src + n) * was].reshape(n, had[1] - had[0], channels)
+                rows = np.array(old[:, c0 - had[0]:c1 - had[0]])
+                del old
+        if name not in self.residents or self.residents[name].size < need:
+            self.residents[name] = np.empty(0, np.float32)           # the old one goes first
+            self.residents[name] = aligned_empty(max(need, room))
+        buf = self.residents[name][:need].reshape(eb - ea, cols[1] - cols[0], channels)
+        if rows is not None:
+            buf[dst:dst + n, c0 - cols[0]:c1 - cols[0]] = rows
+        self._top[name] = (ea, tuple(cols))
+        return buf
 
     def scratch(self, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 array of ``shape`` in memory kept from call to call (grown when too small):
@@ -574,6 +609,20 @@ def aligned_empty(n: int) -> np.ndarray:
     raw = np.empty(n + 16, np.float32)
     off = (-raw.ctypes.data % 64) // 4
     return raw[off:off + n]
+
+
+def _move_rows(mem: np.ndarray, src: int, dst: int, n: int, row: int) -> None:
+    """Move ``n`` rows of ``row`` values within ``mem`` from row ``src`` to row ``dst``, in
+    chunks no taller than the shift, so that no chunk reads what it writes (the copy runs
+    on all threads)."""
+    shift = abs(src - dst)
+    if n <= 0 or shift == 0:
+        return
+    starts = range(0, n, shift) if dst < src else reversed(range(0, n, shift))
+    for k in starts:
+        m = min(shift, n - k)
+        copy_channels(mem[(src + k) * row:(src + k + m) * row].reshape(m, 1, row),
+                      mem[(dst + k) * row:(dst + k + m) * row].reshape(m, 1, row), 0)
 
 
 def layout(requests, align: int = 16) -> tuple[list[int], int]:
@@ -663,14 +712,16 @@ def regions_of(rep: Report, out_region: Region) -> tuple[dict[str, Region], dict
 def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: Region,
          band: tuple[dict, dict, dict] | None = None, lines: dict[str, Buf] | None = None,
          arena: Arena | None = None, stores: dict[str, np.ndarray] | None = None,
-         result: np.ndarray | None = None) -> np.ndarray:
+         result: np.ndarray | None = None, resident: Mapping[str, int] = MappingProxyType({})) -> np.ndarray:
     """:func:`run_region` (``result``: its ``out``); with ``band`` (held, computed, keep), as planned by
     :class:`hirestile.bands.Stream`: each node holds the ``held`` rows, of which it computes
     only ``computed``, the rows above coming from its line buffer in ``lines``; once a node's
     consumers have run, its rows from ``keep[name]`` on are kept in ``lines`` for the next band.
     ``stores`` holds, per node, the memory its line buffers live in, reused band after band
     (fresh pages cost more than the copy): a node's line buffer is consumed when the node
-    computes, before its next one is kept."""
+    computes, before its next one is kept. A ``resident`` node's buffer is its own memory
+    from band to band (:meth:`Arena.resident`; the values: the room it takes), where its line
+    buffer stays in place."""
     g = rep.graph
     if rep.weights is None:
         raise ValueError("this report was not made by hirestile.analyze / hirestile.executor.analyze")
@@ -689,7 +740,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
     stores = {} if stores is None else stores
     arena = Arena() if arena is None else arena
     ext = _extents(rep, held, comp)
-    names, requests = _requests(rep, held, comp, ext)
+    names, requests = _requests(rep, held, comp, ext, resident)
     mem = {name: arena.view(off, _ext_shape(rep, ext, name)) for name, off in zip(names, arena.place(requests))}
     given = Region((int(origin[0]), int(origin[0]) + window.shape[1]), (int(origin[1]), int(origin[1]) + window.shape[2]))
     if g.input in held:
@@ -720,6 +771,14 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
             prev = None
         if n.name in fused:                      # left unbuilt: its conv reads the inputs' buffers
             bufs[n.name] = Parts(tuple(bufs.get(t) for t in n.inputs), tuple(rep.shapes[t][0] for t in n.inputs))
+        elif n.name in resident:                 # the rows above are in place in its own memory
+            r0, start, cols = held[n.name].rows[0], comp[n.name].rows[0], held[n.name].cols
+            kept = Region((r0, start), cols) if start > r0 else None
+            if kept is not None:
+                _check_line(n, prev, r0, start, cols)
+            prev = None                          # a view of that memory: it may be replaced (grown)
+            data = arena.resident(n.name, ext[n.name][0], rep.shapes[n.name][0], kept, resident[n.name])
+            bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, None, data, True)
         else:
             bufs[n.name] = _compute(n, bufs, held[n.name], comp[n.name], ext[n.name], rep, prev, mem.get(n.name))
         for t in reads(n, fused):
@@ -727,7 +786,7 @@ def _run(rep: Report, window: np.ndarray, origin: tuple[int, int], out_region: R
             if remaining[t] == 0 and t != g.output:
                 done = bufs.pop(t, None)         # its memory may now be another buffer's
                 if isinstance(done, Buf) and t in keep:
-                    _keep(lines, t, done, held[t], keep[t], stores)
+                    _keep(lines, t, done, held[t], keep[t], None if t in resident else stores)
     if g.output == g.input:
         res = fetch(bufs[g.input], out_region, (oh, ow))
     else:
@@ -744,13 +803,15 @@ def _ext_shape(rep: Report, ext: dict[str, tuple[Region, float | None]], name: s
 
 
 def _requests(rep: Report, held: dict[str, Region], comp: dict[str, Region],
-              ext: dict[str, tuple[Region, float | None]]) -> tuple[list[str], tuple[tuple[int, int, int], ...]]:
+              ext: dict[str, tuple[Region, float | None]], resident: Collection[str] = frozenset()
+              ) -> tuple[list[str], tuple[tuple[int, int, int], ...]]:
     """The buffers a region's nodes take from the arena, as :meth:`Arena.place` requests
     (elements, step taken, last step read), and their nodes. The input is taken at step -1,
     node i of the run at step i; a buffer is read until its last consumer's step, the
     output's until the end (an unbuilt concat's inputs: until its conv's). A node takes one
     unless it returns an array of its own that needs nothing around it (no padding, no rows
-    from the band above), or is an unbuilt concat (:func:`fused_concats`)."""
+    from the band above), is an unbuilt concat (:func:`fused_concats`), or is ``resident``
+    (its buffer lives outside the slab: :meth:`Arena.resident`)."""
     g = rep.graph
     fused = fused_concats(rep)
     order = [n for n in g.nodes if n.name in comp]
@@ -763,8 +824,8 @@ def _requests(rep: Report, held: dict[str, Region], comp: dict[str, Region],
     for i, name in steps:
         if i >= 0:
             e, fill = ext[name]
-            if name in fused or (e == held[name] == comp[name] and fill is None
-                                 and type(order[i].op) not in WRITES_INTO):
+            if name in fused or name in resident or (e == held[name] == comp[name] and fill is None
+                                                     and type(order[i].op) not in WRITES_INTO):
                 continue
         h, w, c = _ext_shape(rep, ext, name)
         names.append(name)
@@ -772,12 +833,22 @@ def _requests(rep: Report, held: dict[str, Region], comp: dict[str, Region],
     return names, tuple(reqs)
 
 
-def region_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region]) -> int:
+def region_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region],
+                  resident: Collection[str] = frozenset()) -> int:
     """Bytes of the arena slab the executor lays out for a region whose nodes hold ``held``
     and compute ``comp`` (:func:`regions_of`, or a band's plan; see :class:`Arena`), found
-    without running: what a run of such regions holds in node buffers."""
+    without running: what a run of such regions holds in node buffers, less the
+    ``resident`` nodes' (:func:`resident_memory`)."""
     ext = _extents(rep, held, comp)
-    return 4 * layout(_requests(rep, held, comp, ext)[1], Arena.ALIGN)[1]
+    return 4 * layout(_requests(rep, held, comp, ext, resident)[1], Arena.ALIGN)[1]
+
+
+def resident_memory(rep: Report, held: dict[str, Region], comp: dict[str, Region],
+                    resident: Collection[str]) -> dict[str, int]:
+    """Per ``resident`` node that holds rows, the bytes of its buffer for such a region
+    (:meth:`Arena.resident`)."""
+    ext = _extents(rep, held, comp)
+    return {n: 4 * int(np.prod(_ext_shape(rep, ext, n))) for n in resident if n in held}
 
 
 def interior_region(rep: Report, tile: int | tuple[int, int]) -> Region:
@@ -844,11 +915,11 @@ def pack_weights(rep: Report) -> None:
 
 
 def _compute(n: Node, bufs: dict[str, Buf], held: Region, comp: Region, ext: tuple[Region, float | None],
-             rep: Report, prev: Buf | None, data: np.ndarray | None) -> Buf:
+             rep: Report, prev: Buf | None, data: np.ndarray | None, in_place: bool = False) -> Buf:
     """Node ``n``'s values on ``held``, in ``data`` (its arena buffer, covering ``ext``: the
     padding its consumers read outside the map included). Rows of ``held`` above ``comp``
-    come from ``prev`` (the node's line buffer from the band above); only ``comp`` is
-    computed. The kernels give every row the same bits whatever region it is computed in
+    come from ``prev`` (the node's line buffer from the band above; ``in_place``: already in
+    ``data``, a resident buffer's); only ``comp`` is computed. The kernels give every row the same bits whatever region it is computed in
     (the exactness contract), so this changes no value. Without ``data`` the runner's own
     array is the buffer."""
     run, writes = _runner(n, rep), type(n.op) in WRITES_INTO
@@ -859,9 +930,8 @@ def _compute(n: Node, bufs: dict[str, Buf], held: Region, comp: Region, ext: tup
     buf = Buf(data, ea, ec, fill)
     r0, (c0, c1) = held.rows[0], held.cols
     start, r1 = comp.rows
-    if start > r0:
-        if prev is None or prev.region.cols != held.cols or not prev.y0 <= r0 or prev.region.rows[1] < start:
-            raise AssertionError(f"internal error: node {n.name!r} has no line buffer for rows {r0}..{start}")
+    if start > r0 and not in_place:
+        _check_line(n, prev, r0, start, held.cols)
         copy_channels(prev.data[r0 - prev.y0:start - prev.y0], buf.data[r0 - ea:start - ea, c0 - ec:c1 - ec], 0)
     if r1 > start:
         dst = buf.data[start - ea:r1 - ea, c0 - ec:c1 - ec]
@@ -877,6 +947,12 @@ def _compute(n: Node, bufs: dict[str, Buf], held: Region, comp: Region, ext: tup
     return buf
 
 
+def _check_line(n: Node, prev: Buf | None, r0: int, start: int, cols: tuple[int, int]) -> None:
+    """Node ``n``'s line buffer ``prev`` holds its rows ``r0 .. start`` of columns ``cols``."""
+    if prev is None or prev.region.cols != cols or not prev.y0 <= r0 or prev.region.rows[1] < start:
+        raise AssertionError(f"internal error: node {n.name!r} has no line buffer for rows {r0}..{start}")
+
+
 def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
     expect = (comp[0][1] - comp[0][0], comp[1][1] - comp[1][0])
     if data.shape[:2] != expect:
@@ -885,13 +961,17 @@ def _checked(n: Node, data: np.ndarray, comp: Region) -> np.ndarray:
 
 
 def _keep(lines: dict[str, Buf], name: str, buf: Buf, held: Region, first: int,
-          stores: dict[str, np.ndarray]) -> None:
+          stores: dict[str, np.ndarray] | None) -> None:
     """Keep the rows of ``buf`` from ``first`` to the end of ``held`` (the rows the next band
     reads again), copied out (the buffer's memory goes to other nodes) into the node's store,
-    grown when too small."""
+    grown when too small; with ``stores`` None (a resident buffer, whose memory stays the
+    node's) kept where they are."""
     (_, y1), (c0, c1) = held
     if y1 > first:
         src = buf.data[first - buf.y0:y1 - buf.y0, c0 - buf.x0:c1 - buf.x0]
+        if stores is None:
+            lines[name] = Buf(src, first, c0)
+            return
         store = stores.get(name)
         if store is None or store.size < src.size:
             store = stores[name] = aligned_empty(src.size)
