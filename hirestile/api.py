@@ -101,7 +101,7 @@ def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | N
     >>> predict_bands(rep, memory=512 << 20)  # 512-row bands of the whole width
     (512, 2048)
     """
-    from hirestile.scheduler import STRIP_CANDIDATES, TILE_CANDIDATES, default_memory
+    from hirestile.scheduler import TILE_CANDIDATES, default_memory, strip_widths
 
     budget = memory or default_memory()
     _, oh, ow = rep.output_shape
@@ -109,7 +109,7 @@ def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | N
     if not rep.tileable or executor.tile_memory(rep, (oh, ow)) + 4 * rep.graph.in_channels * ih * iw <= budget:
         return None
     heights = sorted({oh, *(h for h in TILE_CANDIDATES if h < oh)}, reverse=True)
-    shapes = [(h, w) for w in [ow] + [w for w in STRIP_CANDIDATES if w < ow] for h in heights]
+    shapes = [(h, w) for w in strip_widths(ow) for h in heights]
     for h, w in shapes:
         if band_bytes(rep, (h, w)) <= budget:
             return h, w

@@ -108,10 +108,35 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
 
 # above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
 TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
-STRIP_CANDIDATES = (16384, 12288, 8192, 6144, 4096, 3072) + TILE_CANDIDATES
-# shorter bands are slower: a band gives a 1/16-resolution layer band/16 rows per call (measured,
-# UNet-16 16384^2 zarr -> zarr: 512 x 6144 bands 0.96x 768 x 4096; 256-row bands 0.77x overlap tiles)
-MIN_BAND = 768
+# strips above 1024 wide are multiples of 1024 (whole shards at every pyramid level)
+STRIP_STEP = 1024
+# bands shorter than this only when no strip fits it: a band gives a 1/16-resolution layer band/16
+# rows per call. Since line buffers stay in place (session 15), 256-row bands run as fast as
+# 512- and 1024-row ones (UNet-16, 4096 x 8192 in RAM, same process: 8.97 / 9.13 s at 8192 wide,
+# 9.39 s for 1024 x 4096, which recomputes a strip edge); session 12 measured 256-row bands at
+# 0.77x, when every band copied its skips out and back in
+MIN_BAND = 256
+
+
+def strip_widths(width: int) -> list[int]:
+    """Strip widths to try for an output ``width``, widest first: for each count of strips the
+    narrowest width (a multiple of :data:`STRIP_STEP`) that covers the output in that many, so
+    that, of two widths needing as many strips (as much recomputed at their edges), the one
+    leaving memory for taller bands is tried; then the tile candidates below 1024.
+
+    Examples
+    --------
+    >>> strip_widths(40960)[:5]
+    [40960, 20480, 14336, 10240, 8192]
+    >>> strip_widths(3000)[:4]
+    [3000, 2048, 1024, 768]
+    """
+    out = [width]
+    for n in range(2, -(-width // STRIP_STEP) + 1):
+        w = -(-(-(-width // n)) // STRIP_STEP) * STRIP_STEP
+        if w < out[-1]:
+            out.append(w)
+    return out + [t for t in TILE_CANDIDATES if t < min(out[-1], STRIP_STEP)]
 
 
 def default_memory() -> int:
@@ -160,11 +185,13 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     (:data:`PROCESS_BASELINE` plus :func:`expected_memory`'s working bytes) fits ``memory``
     (default :func:`default_memory`).
 
-    Streamed: the widest strip (the whole output width when it fits), then the tallest band
-    of at least :data:`MIN_BAND` rows (or the whole output): wider strips recompute less at
-    their edges, and no band recomputes anything above it; shorter bands only when no strip
-    fits with that many rows. Overlap tiles: the largest square. ``max_side`` caps both sides (a masked run
-    uses :data:`MASKED_SIDE`, so that tiles off the mask can be skipped).
+    Streamed: the fewest strips (:func:`strip_widths`: the whole output width when it fits),
+    then the tallest band of at least :data:`MIN_BAND` rows (or the whole output): fewer
+    strips recompute less at their edges, and no band recomputes anything above it; shorter
+    bands only when no strip fits with that many rows. Memory grows with the strip width, so
+    the widest that fits is found by bisection. Overlap tiles: the largest square.
+    ``max_side`` caps both sides (a masked run uses :data:`MASKED_SIDE`, so that tiles off
+    the mask can be skipped).
     """
     if tile is not None:
         if tile < 1:
@@ -174,10 +201,23 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     budget = (memory or default_memory()) - PROCESS_BASELINE
     _, oh, ow = rep.output_shape
     if stream and rep.tileable:
-        widths = [ow] + [t for t in STRIP_CANDIDATES if t < ow]
-        bands = sorted({min(b, oh) for b in TILE_CANDIDATES}, reverse=True)
-        shapes = ([(b, w) for w in widths for b in bands if b >= min(MIN_BAND, oh)]
-                  + [(b, w) for w in widths for b in bands if b < min(MIN_BAND, oh)])
+        widths = [w for w in strip_widths(ow) if not max_side or w <= max_side] or [min(max_side, ow)]
+        bands = [b for b in sorted({min(b, oh) for b in TILE_CANDIDATES}, reverse=True)
+                 if not max_side or b <= max_side] or [min(max_side, oh)]
+
+        def fits(b: int, w: int) -> bool:
+            return _memory(rep, b, w, stream=True, channels=channels)[1] <= budget
+
+        least = min(MIN_BAND, bands[0])
+        for b in [least] + [b for b in bands if b < least]:
+            lo, hi = 0, len(widths)          # the first (widest) width that fits b rows
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if fits(b, widths[mid]) else (mid + 1, hi)
+            if lo < len(widths):
+                w = widths[lo]
+                return next((t for t in bands if t > b and fits(t, w)), b), w
+        return bands[-1], widths[-1]
     else:
         shapes = [(min(t, oh), min(t, ow)) for t in TILE_CANDIDATES]
     if max_side:
@@ -261,7 +301,7 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
     >>> rep = unet(in_channels=3, classes=2, base=32, depth=4).analyze((8192, 8192))
     >>> m = choose_mode(rep, None, None)                      # 2 GiB: tiles of 1024^2 recompute 46%
     >>> m.stream, m.tile, round(m.tile_redundancy, 2), round(m.stream_redundancy, 2)
-    (True, (1024, 2048), 1.46, 1.08)
+    (True, (512, 4096), 1.46, 1.03)
     """
     if stream is not None or tile is not None or max_side is not None or not rep.tileable:
         stream = bool(stream) and rep.tileable

@@ -85,7 +85,7 @@ def test_info_example_models_plan(work, tmp_path):
               "expected peak memory", "tiles", "shards"):
         assert s in p.stdout, s
     assert "mode:" not in p.stdout                       # --tile names an overlap tile: nothing to decide
-    for budget, why in (("230MiB", True), ("4GiB", False)):   # 4 GiB: one tile covers it, nothing weighed
+    for budget, why in (("260MiB", True), ("4GiB", False)):   # 4 GiB: one tile covers it, nothing weighed
         p = cli("plan", "--model", work / "rgb.safetensors", "--image", "1000x700", "--memory", budget)
         assert p.returncode == 0 and "mode: overlap tiles" in p.stdout, p.stdout
         assert ("--stream for streamed bands" in p.stdout) == why, p.stdout
