@@ -511,7 +511,8 @@ class Arena:
     static memory planning of dataflow compilers). Later tiles and bands of the same shape
     get the same layout (cached) in the same slab, which grows only when a layout needs
     more. Its size is the run's executor memory, and :func:`region_memory` computes it the
-    same way without running anything.
+    same way without running anything. A stream's line buffers (``lines``) and its resident
+    nodes' buffers (:meth:`resident`) live beside the slab, each node's in memory of its own.
 
     Examples
     --------

@@ -254,8 +254,10 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
 # 1.148, 16384^2 1.10x / 1.14x at 1.164; before (session 11): UNet-32 4096^2 1.04x at 1.31,
 # UNet-64 4096^2 1.29x at 1.49. Session 13 (unbuilt concats, quiet): UNet-16 8192^2 1.09x /
 # 1.12x at 1.148, 4096^2 0.82x / 1.00x at 1.117. Session 14 (no fresh pages per band in either
-# mode, 1024-row bands): 8192^2 1.07x / 1.15x at 1.148, 16384^2 1.05x at 1.164. So streaming is
-# the default where overlap tiles would compute at least this much more.
+# mode, 1024-row bands): 8192^2 1.07x / 1.15x at 1.148, 16384^2 1.05x at 1.164. Session 15
+# (resident skip, fewest strips; 512 x 8192 bands): 8192^2 0.88x / 1.23x / 1.01x / 1.23x / 1.10x /
+# 1.20x at 1.180, 16384^2 1.09x / 1.25x at 1.195, UNet-32 8192^2 1.47x / 1.34x at 1.42. So
+# streaming is the default where overlap tiles would compute at least this much more.
 STREAM_GAIN = 1.13
 
 
