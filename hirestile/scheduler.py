@@ -110,12 +110,14 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
 TILE_CANDIDATES = (2048, 1536, 1024, 768, 512, 256, 192, 128, 96, 64, 48, 32)
 # strips above 1024 wide are multiples of 1024 (whole shards at every pyramid level)
 STRIP_STEP = 1024
-# bands shorter than this only when no strip fits it: a band gives a 1/16-resolution layer band/16
-# rows per call. Since line buffers stay in place (session 15), 256-row bands run as fast as
-# 512- and 1024-row ones (UNet-16, 4096 x 8192 in RAM, same process: 8.97 / 9.13 s at 8192 wide,
-# 9.39 s for 1024 x 4096, which recomputes a strip edge); session 12 measured 256-row bands at
-# 0.77x, when every band copied its skips out and back in
-MIN_BAND = 256
+# a band of h rows costs about 1 + BAND_COST / h times its FLOPs' time: per band, every layer
+# runs its kernels on few rows (a 1/16-resolution layer gets h/16) and copies its line buffer.
+# With the skip resident (session 15), UNet-16 on 4096 x 8192 in RAM, same process, 4 interleaved
+# rounds, medians: 512 x 8192 bands 9.71 s, 256 x 8192 10.00 s (16 rows: 3.0 %); one pass each:
+# 512-row 9.97 s, 256 11.13, 128 12.02, 64 14.24 (16 rows puts 64-row bands 21 % behind 512-row
+# ones: short bands cost somewhat more than this). Session 12 measured 256-row bands at 0.77x,
+# when every band copied its skips out and back in
+BAND_COST = 16
 
 
 def strip_widths(width: int) -> list[int]:
@@ -185,11 +187,11 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     (:data:`PROCESS_BASELINE` plus :func:`expected_memory`'s working bytes) fits ``memory``
     (default :func:`default_memory`).
 
-    Streamed: the fewest strips (:func:`strip_widths`: the whole output width when it fits),
-    then the tallest band of at least :data:`MIN_BAND` rows (or the whole output): fewer
-    strips recompute less at their edges, and no band recomputes anything above it; shorter
-    bands only when no strip fits with that many rows. Memory grows with the strip width, so
-    the widest that fits is found by bisection. Overlap tiles: the largest square.
+    Streamed: of the band heights that fit, each with the widest strip (:func:`strip_widths`)
+    that fits it, the one whose time per output pixel is least by the estimate
+    redundancy x (1 + :data:`BAND_COST` / band): wider strips recompute less at their edges,
+    taller bands cost less per band, and no band recomputes anything above it. Memory grows
+    with the strip width, so the widest that fits is found by stepping from the last.
     ``max_side`` caps both sides (a masked run uses :data:`MASKED_SIDE`, so that tiles off
     the mask can be skipped).
     """
@@ -208,16 +210,21 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
         def fits(b: int, w: int) -> bool:
             return _memory(rep, b, w, stream=True, channels=channels)[1] <= budget
 
-        least = min(MIN_BAND, bands[0])
-        for b in [least] + [b for b in bands if b < least]:
-            lo, hi = 0, len(widths)          # the first (widest) width that fits b rows
-            while lo < hi:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if fits(b, widths[mid]) else (mid + 1, hi)
-            if lo < len(widths):
-                w = widths[lo]
-                return next((t for t in bands if t > b and fits(t, w)), b), w
-        return bands[-1], widths[-1]
+        def redundancy(w: int) -> float:
+            return sum(rep.region_flops(((0, oh), c)) for c in cuts(ow, w)) / max(rep.region_flops(((0, oh), (0, ow))), 1.0)
+
+        least = redundancy(widths[0])
+        best, i = None, len(widths)          # widths[i:]: those that fit the last band tried
+        for b in bands:                      # tallest first: each fits a strip at least as wide
+            if best is not None and least * (1 + BAND_COST / b) >= best[0]:
+                break                        # shorter bands cannot do better
+            while i > 0 and fits(b, widths[i - 1]):
+                i -= 1
+            if i < len(widths):
+                cost = redundancy(widths[i]) * (1 + BAND_COST / b)
+                if best is None or cost < best[0]:
+                    best = (cost, b, widths[i])
+        return (best[1], best[2]) if best else (bands[-1], widths[-1])
     else:
         shapes = [(min(t, oh), min(t, ow)) for t in TILE_CANDIDATES]
     if max_side:
