@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -211,7 +212,7 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
             return _memory(rep, b, w, stream=True, channels=channels)[1] <= budget
 
         def redundancy(w: int) -> float:
-            return sum(rep.region_flops(((0, oh), c)) for c in cuts(ow, w)) / max(rep.region_flops(((0, oh), (0, ow))), 1.0)
+            return strips_redundancy(rep, cuts(ow, w))
 
         least = redundancy(widths[0])
         best, i = None, len(widths)          # widths[i:]: those that fit the last band tried
@@ -247,11 +248,17 @@ def compute_redundancy(rep: Any, plan: Plan, exact_up_to: int = 400) -> float:
     _, oh, ow = rep.output_shape
     full = rep.flops_per_pixel * oh * ow
     if plan.stream:               # each row of every node once per strip: one strip-high region each
-        strips = {tuple(t.write.cols) for t in plan.tiles}
-        return sum(rep.region_flops(((0, oh), c)) for c in strips) / max(full, 1.0)
+        return strips_redundancy(rep, {tuple(t.write.cols) for t in plan.tiles})
     if len(plan.tiles) <= exact_up_to:
         return sum(rep.region_flops(t.write) for t in plan.tiles) / max(full, 1.0)
     return float(rep.redundancy((min(plan.tile[0], oh), min(plan.tile[1], ow))))
+
+
+def strips_redundancy(rep: Any, strips: Iterable[tuple[int, int]]) -> float:
+    """FLOPs of streaming the output's column ``strips`` (each row of every node once per strip)
+    / FLOPs of one full-frame pass."""
+    _, oh, ow = rep.output_shape
+    return sum(rep.region_flops(((0, oh), c)) for c in strips) / max(rep.flops_per_pixel * oh * ow, 1.0)
 
 
 # Streaming computes each row once, at a small cost per FLOP (its bands hand the deep layers a

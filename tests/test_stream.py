@@ -206,6 +206,21 @@ def test_the_full_resolution_skip_is_resident_and_the_plan_counts_what_a_stream_
     assert 0.95 * plan <= held <= 1.02 * plan, (held, plan)
 
 
+@pytest.mark.parametrize("n", [16384, 40960])
+def test_the_default_plan_streams_large_slides_recomputing_at_most_3_percent(n):
+    """Issue 12's target, planned without running: UNet-16 at the default 2 GiB streams a
+    16384^2 or 40960^2 slide in strips wide enough that at most 3 % of the FLOPs are
+    recomputed at their edges, with the expected peak inside the budget."""
+    from hirestile import scheduler
+
+    rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((n, n))
+    mode = scheduler.choose_mode(rep, None, None, memory=2 << 30)
+    assert mode.stream and mode.stream_redundancy <= 1.03 < 1.13 * mode.stream_redundancy <= mode.tile_redundancy
+    band, strip = mode.tile
+    assert band >= 256 and strip >= 4096
+    assert scheduler.PROCESS_BASELINE + scheduler._memory(rep, band, strip, stream=True, channels=3)[1] <= 2 << 30
+
+
 def test_arena_grows_without_holding_two_slabs():
     """A region needing a larger slab (an interior tile after an edge tile) frees the old one
     before allocating the new: the plan counts one slab, never two."""
