@@ -59,7 +59,9 @@ class Stream:
             out: np.ndarray | None = None) -> np.ndarray:
         """The band ``out_region`` (as :func:`run_region`, into ``out`` when given), reusing
         the rows above."""
-        held, comp, keep, _ = self.advance(out_region)
+        held, comp, keep, fresh = self.advance(out_region)
+        if fresh:                             # which buffers stay resident: decided per strip, for running only
+            self.resident = resident_room(self.rep, Region(tuple(out_region[0]), tuple(out_region[1])))
         res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
                             self.arena.lines, out, self.resident)
         if not keep:                          # the strip's last band: nothing to carry on
@@ -77,7 +79,6 @@ class Stream:
         fresh = self._at != (y0, cols)
         if fresh:
             self.lines, self._done = {}, {}
-            self.resident = resident_room(self.rep, Region((y0, y1), cols))
         held, comp, keep, self._done = plan_band(self.rep, Region((y0, y1), cols), self._done,
                                                  last=y1 >= self.rep.output_shape[1])
         self._at = (y1, cols) if keep else None
