@@ -13,7 +13,7 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Callable
 
@@ -227,19 +227,23 @@ def prepare(graph: Graph, precision: str = "fp32") -> Prepared:
         return hit
     g = optimize(graph)
     bf16 = precision == "bf16"
-    weights, steps = {}, {}
+    weights, steps, nodes = {}, {}, []
     for n in g.nodes:
         op = n.op
         if isinstance(op, (Conv, ConvTranspose)):
-            w = np.ascontiguousarray(n.params["w"].transpose((2, 3, 1, 0) if isinstance(op, Conv) else (2, 3, 0, 1)),
-                                     np.float32)
+            axes = (2, 3, 1, 0) if isinstance(op, Conv) else (2, 3, 0, 1)
+            w = np.ascontiguousarray(n.params["w"].transpose(axes), np.float32)
             weights[n.name] = (_Bf16Weights if bf16 else dict)(
                 w=kbf16.round_bf16(w) if bf16 else w, b=np.ascontiguousarray(n.params["b"], np.float32))
+            if not bf16:          # the optimized graph's weights become views of the kernel layout: one copy, not two
+                n = replace(n, params={**n.params, "w": w.transpose(np.argsort(axes)), "b": weights[n.name]["b"]})
             if isinstance(op, Conv):
                 steps[n.name] = tuple((kbf16 if bf16 else kconv).conv_tile(
                     op.kernel[0], op.kernel[1], op.stride, op.dilation, op.groups, op.cin, op.cout))
         else:
             weights[n.name] = {k: np.ascontiguousarray(v, np.float32).reshape(-1) for k, v in n.params.items()}
+        nodes.append(n)
+    g = replace(g, nodes=tuple(nodes))
     for arrays in weights.values():
         for a in arrays.values():
             a.setflags(write=False)  # the conv kernels cache packed forms of read-only weights only
@@ -886,10 +890,11 @@ def tile_memory(rep: Report, tile: int | tuple[int, int]) -> int:
 
 def weight_bytes(rep: Report) -> int:
     """Bytes of the network's weights as a run holds them: the model's own parameters
-    (``rep.held_bytes``) and its optimized graph's (batch-norm folded), the prepared arrays
-    (kernel layout), and the packed
-    copy each conv route caches (a Winograd F(m x m, 3x3) route's transformed weights are
-    (m + 2)^2 / 9 times the 3x3 kernel's). A UNet-64: 118 + 118 + 118 + 442 MiB."""
+    (``rep.held_bytes``) and its optimized graph's (batch-norm folded) where they are not views
+    of the prepared arrays (kernel layout: fp32 convs' are, :func:`prepare`), the prepared
+    arrays, and the packed copy each conv route caches (a Winograd F(m x m, 3x3) route's
+    transformed weights are (m + 2)^2 / 9 times the 3x3 kernel's). A UNet-64: 118 + 0 + 118 +
+    442 MiB."""
     prepared = [a for arrays in (rep.weights or {}).values() for a in arrays.values()]
     total = rep.held_bytes + rep.graph.param_bytes(besides=prepared)
     for name, arrays in (rep.weights or {}).items():

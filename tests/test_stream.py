@@ -145,8 +145,9 @@ def test_plan_shows_the_streamed_mapping_within_the_budget():
 
 def test_weights_are_packed_before_the_slab_and_counted():
     """pack_weights packs every conv's weights on a small region (a run calls it before its
-    slab exists); a real region then packs nothing more; weight_bytes counts the graph's own
-    parameters, the prepared copies and the packed forms."""
+    slab exists); a real region then packs nothing more; weight_bytes counts the model's own
+    parameters, the prepared copies (which the optimized graph's views share) and the packed
+    forms."""
     from hirestile.kernels import conv
 
     m = unet(in_channels=3, classes=2, base=16, depth=2, seed=9)
@@ -160,7 +161,7 @@ def test_weights_are_packed_before_the_slab_and_counted():
     executor.run_region(rep, x, (0, 0), ((0, 200), (0, 180)))
     assert {k: dict(v[1]) for k, v in conv._packed.items()}.keys() == packed.keys()
     assert all(conv._packed[k][1].keys() == v.keys() for k, v in packed.items())
-    own = sum(a.nbytes for n in rep.graph.nodes for a in n.params.values())
+    own = sum(a.nbytes for n in m.graph.nodes for a in n.params.values())     # the model's (batch norms unfolded)
     prepared = sum(a.nbytes for arrays in rep.weights.values() for a in arrays.values())
     assert executor.weight_bytes(rep) > own + prepared > prepared
 
@@ -311,3 +312,22 @@ def test_stream_reads_cover_each_band_and_read_each_row_about_once(h, w, band, s
         halo = max(rep.halo)
         strips = len(column_strips(grid_tiles(rep, (band, strip))))
         assert read_rows <= (h + 2 * halo) * (w + 2 * halo * strips) + 8 * len(tiles) * (w + 2 * halo)
+
+
+def test_prepared_graph_holds_one_copy_of_the_conv_weights():
+    """The optimized graph's conv weights (batch-norm folded) are views of the kernel-layout
+    arrays the kernels read, with the folded values (one copy in memory, not two); in bf16 the
+    kernel arrays are rounded, so the graph keeps its own float32 values."""
+    from hirestile.graph import Conv, ConvTranspose
+    from hirestile.rewrite import optimize
+
+    m = unet(in_channels=3, classes=2, base=8, depth=2, seed=4)
+    ref = optimize(m.runnable).by_name
+    for precision in ("fp32", "bf16"):
+        p = executor.prepare(m.runnable, precision)
+        convs = [n for n in p.graph.nodes if isinstance(n.op, (Conv, ConvTranspose))]
+        assert len(convs) >= 6
+        for n in convs:
+            assert np.array_equal(n.params["w"], ref[n.name].params["w"])
+            assert np.array_equal(n.params["b"], ref[n.name].params["b"])
+            assert np.shares_memory(n.params["w"], p.weights[n.name]["w"]) == (precision == "fp32")
