@@ -98,8 +98,8 @@ def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | N
     >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((2048, 2048))
     >>> predict_bands(rep) is None             # 0.96 GB: the whole frame at once
     True
-    >>> predict_bands(rep, memory=512 << 20)  # 512-row bands of the whole width
-    (512, 2048)
+    >>> predict_bands(rep, memory=512 << 20)  # 768-row bands of the whole width
+    (768, 2048)
     """
     from hirestile.scheduler import TILE_CANDIDATES, default_memory, strip_widths
 
@@ -118,14 +118,14 @@ def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | N
 
 def band_bytes(rep: Report, band: tuple[int, int]) -> int:
     """Working bytes of a :func:`predict` call in streamed bands of ``band`` (rows, cols): the
-    stream's slab and line buffers (:func:`hirestile.bands.band_memory`), the weights, the
-    largest normalised input window and one band of logits."""
+    stream's slab and line buffers (:func:`hirestile.bands.band_memory`; every strip starts at
+    the top), the weights, the largest normalised input window and one band of logits."""
     from hirestile.bands import band_memory
 
     h, w = band
     region = executor.interior_region(rep, (h, w))
     window = 4 * rep.graph.in_channels * executor.image_window(rep, region).size
-    return band_memory(rep, region) + executor.weight_bytes(rep) + window + 4 * rep.output_shape[0] * h * w
+    return band_memory(rep, region, restarts=False) + executor.weight_bytes(rep) + window + 4 * rep.output_shape[0] * h * w
 
 
 def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[int] | None = None,

@@ -58,15 +58,29 @@ class Stream:
     def run(self, window: np.ndarray, origin: tuple[int, int], out_region: Region,
             out: np.ndarray | None = None) -> np.ndarray:
         """The band ``out_region`` (as :func:`run_region`, into ``out`` when given), reusing
-        the rows above."""
-        held, comp, keep, fresh = self.advance(out_region)
-        if fresh:                             # which buffers stay resident: decided per strip, for running only
-            self.resident = resident_room(self.rep, Region(tuple(out_region[0]), tuple(out_region[1])))
-        res = executor._run(self.rep, window, origin, out_region, (held, comp, keep), self.lines, self.arena,
-                            self.arena.lines, out, self.resident)
-        if not keep:                          # the strip's last band: nothing to carry on
-            self.lines = {}
-        return res
+        the rows above; a band that starts the strip runs in pieces (:func:`fresh_pieces`)."""
+        (y0, y1), (x0, x1) = out_region
+        pieces = self.pieces(out_region)
+        if out is None and len(pieces) > 1:
+            out = np.empty((self.rep.output_shape[0], y1 - y0, x1 - x0), np.float32)
+        for piece in pieces:
+            held, comp, keep, fresh = self.advance(piece)
+            if fresh:                         # which buffers stay resident: decided per strip, for running only
+                slab, self.resident = stream_room(self.rep, Region((y0, y1), (x0, x1)))
+                self.arena.reserve(slab)
+            part = out if out is None or len(pieces) == 1 else out[:, piece.rows[0] - y0:piece.rows[1] - y0]
+            res = executor._run(self.rep, window, origin, piece, (held, comp, keep), self.lines, self.arena,
+                                self.arena.lines, part, self.resident)
+            if not keep:                      # the strip's last band: nothing to carry on
+                self.lines = {}
+        return res if len(pieces) == 1 else out
+
+    def pieces(self, out_region: Region) -> tuple[Region, ...]:
+        """The pieces the band ``out_region`` runs as: :func:`fresh_pieces` where it starts
+        the strip afresh (:meth:`advance`), else the band whole."""
+        (y0, y1), cols = out_region
+        band = Region((y0, y1), tuple(cols))
+        return fresh_pieces(self.rep, band) if self._at != (y0, tuple(cols)) else (band,)
 
     def advance(self, out_region: Region) -> tuple[dict[str, Region], dict[str, Region], dict[str, int], bool]:
         """Plan the band ``out_region`` (:func:`plan_band`) and move the frontier past it:
@@ -128,7 +142,63 @@ def plan_band(rep: Report, band: Region, done: dict[str, int], *, last: bool = F
     r = reads.get(g.input)
     if g.input in cols and r is not None and not empty(r):     # the input rows the band reads
         held[g.input] = comp[g.input] = Region(r, cols[g.input])
+        new_done[g.input] = max(done.get(g.input, 0), r[1])
     return held, comp, ({} if last else _keep_rows(rep, band, comp, new_done)), new_done
+
+
+def fresh_pieces(rep: Report, band: Region) -> tuple[Region, ...]:
+    """The pieces a :class:`Stream` runs ``band`` as when it starts a strip afresh: the band
+    whole, or cut in two where that holds less.
+
+    A band that starts a strip computes every node's rows from the top of its cone, about a
+    network's halo more rows at every level than a band that continues from kept rows (the
+    encoder's full-resolution layers: 822 rows for a 512-row band of UNet-16), and more again
+    mid-image (a resumed or masked run), where the cone reaches above it too. Cut at row
+    ``s``, the first piece computes the cone of rows ``(y0, s)`` and the second only the rows
+    below it; ``s``, a multiple of the network's tile step from ``y0``, is where the larger
+    of the two pieces' slabs (:func:`hirestile.executor.region_memory`) is least. The first
+    grows with ``s`` and the second shrinks, so a bisection finds it. Any sequence of bands
+    gives the same bits, so the pieces' are the band's.
+
+    Examples
+    --------
+    >>> from hirestile.models.unet import unet
+    >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((4096, 4096))
+    >>> fresh_pieces(rep, Region((0, 512), (0, 4096)))
+    (Region(rows=(0, 208), cols=(0, 4096)), Region(rows=(208, 512), cols=(0, 4096)))
+    """
+    (y0, y1), cols = band
+    band = Region((y0, y1), tuple(cols))
+    cuts = list(range(y0 + rep.tile_step[0], y1, rep.tile_step[0]))
+    if not cuts:
+        return (band,)
+    last = y1 >= rep.output_shape[1]
+
+    def slabs(s: int) -> tuple[int, int]:
+        first = plan_band(rep, Region((y0, s), band.cols), {})
+        second = plan_band(rep, Region((s, y1), band.cols), first[3], last=last)
+        return executor.region_memory(rep, *first[:2]), executor.region_memory(rep, *second[:2])
+
+    lo, hi = 0, len(cuts) - 1                 # the first cut where the first piece holds as much as the second
+    while lo < hi:
+        mid = (lo + hi) // 2
+        a, b = slabs(cuts[mid])
+        lo, hi = (lo, mid) if a >= b else (mid + 1, hi)
+    best = min((max(slabs(cuts[i])), cuts[i]) for i in {lo, max(lo - 1, 0)})
+    if best[0] >= executor.region_memory(rep, *executor.regions_of(rep, band)):
+        return (band,)
+    s = best[1]
+    return Region((y0, s), band.cols), Region((s, y1), band.cols)
+
+
+def _fresh_plans(rep: Report, band: Region) -> list[tuple[dict[str, Region], dict[str, Region], dict[str, int]]]:
+    """(held, computed, keep) of each of :func:`fresh_pieces` of ``band``, run in turn."""
+    done: dict[str, int] = {}
+    res = []
+    for piece in fresh_pieces(rep, band):
+        held, comp, keep, done = plan_band(rep, piece, done, last=piece.rows[1] >= rep.output_shape[1])
+        res.append((held, comp, keep))
+    return res
 
 
 def stream_reads(rep: Report, tiles: Iterable[Tile]) -> Iterator[Tile]:
@@ -141,8 +211,13 @@ def stream_reads(rep: Report, tiles: Iterable[Tile]) -> Iterator[Tile]:
     executor checks it)."""
     planner = Stream(rep)                     # planning only: its arena stays empty
     for t in tiles:
-        held, _, _, fresh = planner.advance(t.write)
-        need = held.get(rep.graph.input)
+        need, fresh = None, None
+        for piece in planner.pieces(t.write):    # a band starting a strip: the rows all its pieces read
+            held, _, _, first = planner.advance(piece)
+            fresh = first if fresh is None else fresh
+            r = held.get(rep.graph.input)
+            if r is not None:
+                need = r if need is None else Region(hull(need.rows, r.rows), r.cols)
         if need is None and not fresh:        # the bands above computed every row it reads
             need = Region((t.read.rows[0], t.read.rows[0]), t.read.cols)
         yield t if need is None else replace(t, read=need)
@@ -237,24 +312,31 @@ def line_buffer_bytes(rep: Report, band: Region) -> int:
     return sum(s.line_bytes for s in stream_stages(rep, band))
 
 
-def resident_room(rep: Report, band: Region) -> dict[str, int]:
-    """Per node of :func:`resident_nodes`, the values its buffer holds for bands like ``band``
-    (the largest of a strip's first band and steady ones): what a :class:`Stream` allocates
-    for it at a strip's first band, so that it never grows while holding a line buffer."""
-    parts = _BandParts.of(rep, band)
-    return {n: b // 4 for n, b in parts.resident_bytes(parts.residents()).items()}
+def stream_room(rep: Report, band: Region) -> tuple[int, dict[str, int]]:
+    """What a :class:`Stream` reserves at ``band``, the first of a strip, for the bands below
+    it, in float32 values: its arena slab, and per node of :func:`resident_nodes` its own
+    buffer, each the largest the strip needs (the first band's pieces, steady bands; a
+    restart mid-image where ``band`` is one). Memory set aside once: a resident buffer never
+    grows while it holds a line buffer, and the slab never grows (a grown one takes fresh
+    pages) when the bands below outgrow the first band's pieces."""
+    parts = _BandParts.of(rep, band, restarts=band.rows[0] > 0)
+    res = parts.residents()
+    return parts.slab(res) // 4, {n: b // 4 for n, b in parts.resident_bytes(res).items()}
 
 
-def band_memory(rep: Report, band: Region) -> int:
+def band_memory(rep: Report, band: Region, *, restarts: bool = True) -> int:
     """Bytes a :class:`Stream` holds running bands like ``band`` (its height and columns, on
     the grid of its height, where a strip's bands lie): its arena slab, laid out for the
-    largest of a strip's first band (computed whole) and two consecutive steady bands (the
-    kernels' row steps can make them differ) (:func:`hirestile.executor.region_memory`);
-    the resident nodes' own buffers (:func:`resident_nodes`), each as large as the largest
-    of those bands needs; and per other node one line buffer's memory (``Arena.lines``):
-    the rows a band reads from it are copied into the node's buffer before the node's new
-    rows are kept in the same memory, so it holds the larger of the two."""
-    parts = _BandParts.of(rep, band)
+    largest of a strip's first band (in its pieces, :func:`fresh_pieces`), a band restarting
+    the strip mid-image (a resumed or masked run: its cone reaches above it too), and two
+    consecutive steady bands (the kernels' row steps can make them differ)
+    (:func:`hirestile.executor.region_memory`); the resident nodes' own buffers
+    (:func:`resident_nodes`), each as large as the largest of those bands needs; and per
+    other node one line buffer's memory (``Arena.lines``): the rows a band reads from it are
+    copied into the node's buffer before the node's new rows are kept in the same memory, so
+    it holds the larger of the two. ``restarts=False``: for a run whose strips all start at
+    the top (:func:`hirestile.api.predict`), without the restart mid-image."""
+    parts = _BandParts.of(rep, band, restarts=restarts)
     return parts.memory(parts.residents())
 
 
@@ -276,24 +358,27 @@ def resident_nodes(rep: Report, band: Region) -> frozenset[str]:
 @dataclass(frozen=True)
 class _BandParts:
     """What :func:`band_memory` sums, before the resident nodes are chosen: (held, computed)
-    of a strip's first band and of two steady ones, and per node the bytes of its line
-    buffer (the most either steady band keeps or reads)."""
+    of the pieces of a strip's first band and of a restart mid-image, and of two steady bands;
+    and per node the bytes of its line buffer (the most either steady band keeps or reads)."""
 
     rep: Report
     regions: tuple[tuple[dict[str, Region], dict[str, Region]], ...]
     lines: dict[str, int]
 
     @classmethod
-    def of(cls, rep: Report, band: Region) -> "_BandParts":
+    def of(cls, rep: Report, band: Region, restarts: bool = True) -> "_BandParts":
         (y0, y1), cols = band
         h, oh = max(y1 - y0, 1), rep.output_shape[1]
         k = min(max(2, round(y0 / h)), max(2, oh // h - 2))      # on the band grid, two bands below the first
-        regions, lines = [executor.regions_of(rep, Region((0, h), tuple(cols)))], {}
-        fused = executor.fused_concats(rep)
-        grid = [a for a in (k * h, (k + 1) * h) if a + h <= oh] or [a for a in (h,) if a + h <= oh]
-        for a in grid:
-            steady = Region((a, a + h), tuple(cols))
-            held, comp, keep = steady_band(rep, steady)
+        cols, fused = tuple(cols), executor.fused_concats(rep)
+        plans = _fresh_plans(rep, Region((0, min(h, oh)), cols))
+        # two bands on the grid, or the band below the first (short where it is the last)
+        grid = [a for a in (k * h, (k + 1) * h) if a + h <= oh] or [a for a in (h,) if a < oh]
+        if grid and restarts:     # a strip restarting mid-image (a resumed or masked run): its cone reaches above
+            plans += _fresh_plans(rep, Region((grid[0], min(grid[0] + h, oh)), cols))
+        plans += [steady_band(rep, Region((a, min(a + h, oh)), cols)) for a in grid]
+        regions, lines = [], {}
+        for held, comp, keep in plans:
             regions.append((held, comp))
             for n in held:
                 if n not in fused:
@@ -308,9 +393,11 @@ class _BandParts:
                 own[n] = max(own.get(n, 0), b)
         return own
 
+    def slab(self, res: frozenset[str]) -> int:
+        return max(executor.region_memory(self.rep, held, comp, res) for held, comp in self.regions)
+
     def memory(self, res: frozenset[str]) -> int:
-        slab = max(executor.region_memory(self.rep, held, comp, res) for held, comp in self.regions)
-        return slab + sum(self.resident_bytes(res).values()) + sum(b for n, b in self.lines.items() if n not in res)
+        return self.slab(res) + sum(self.resident_bytes(res).values()) + sum(b for n, b in self.lines.items() if n not in res)
 
     def residents(self) -> frozenset[str]:
         g = self.rep.graph
@@ -332,4 +419,4 @@ class _BandParts:
         return res
 
 
-__all__ = ["Stream", "Stage", "plan_band", "resident_nodes", "resident_room", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]
+__all__ = ["Stream", "Stage", "plan_band", "resident_nodes", "stream_room", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]

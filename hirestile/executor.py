@@ -582,6 +582,11 @@ class Arena:
         self._top[name] = (ea, tuple(cols))
         return buf
 
+    def reserve(self, n: int) -> None:
+        """Grow the slab to at least ``n`` values now (a stream's, at a strip's first band:
+        :func:`hirestile.bands.stream_room`)."""
+        self._grow("slab", n)
+
     def scratch(self, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 array of ``shape`` in memory kept from call to call (grown when too small):
         the normalised input window of :func:`run_window`, which the region run copies into

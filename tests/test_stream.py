@@ -183,28 +183,34 @@ def test_moving_rows_within_a_buffer_equals_numpy(n, src, dst, row):
 def test_the_full_resolution_skip_is_resident_and_the_plan_counts_what_a_stream_holds():
     """A UNet's full-resolution skip keeps its buffer out of the slab (the plan is smaller
     than with every buffer in the slab), and the memory a stream holds over a strip (slab,
-    resident buffers, line buffers) is what :func:`band_memory` plans."""
+    resident buffers, line buffers) is what :func:`band_memory` plans: for a strip run from
+    the top (``restarts=False``), and for one restarting mid-image (a resumed or masked run),
+    whose first band's cone reaches above it."""
     from hirestile import bands
 
     m = unet(in_channels=1, classes=2, base=16, depth=4)
     h, w, bh = 1024, 512, 128
     rep = m.analyze((h, w))
     band = executor.interior_region(rep, (bh, w))
-    res = bands.resident_nodes(rep, band)
-    assert "enc.0.conv2" in res
-    parts = bands._BandParts.of(rep, band)
-    plan = bands.band_memory(rep, band)
-    assert plan == parts.memory(res) < parts.memory(frozenset())
     x = np.random.default_rng(5).random((1, h, w), np.float32)
-    s = Stream(rep)
-    held, out = 0, []
-    for t in column_strips(grid_tiles(rep, (bh, w)))[0]:
-        out.append(s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write))
-        assert set(s.resident) == res
-        held = max(held, s.arena.slab.nbytes + sum(a.nbytes for a in s.arena.residents.values())
-                   + sum(a.nbytes for a in s.arena.lines.values()))
-    assert np.array_equal(np.concatenate(out, axis=1), executor.run_full(rep, x))
-    assert 0.95 * plan <= held <= 1.02 * plan, (held, plan)
+    want = executor.run_full(rep, x)
+    strip = column_strips(grid_tiles(rep, (bh, w)))[0]
+    for restarts, first in ((False, 0), (True, 4)):
+        parts = bands._BandParts.of(rep, band, restarts=restarts)
+        res = parts.residents()
+        assert "enc.0.conv2" in res
+        plan = bands.band_memory(rep, band, restarts=restarts)
+        assert plan == parts.memory(res) < parts.memory(frozenset())
+        s = Stream(rep)
+        held, out = 0, []
+        for t in strip[first:]:
+            out.append(s.run(x[(slice(None), *t.read.slices)], t.read.origin, t.write))
+            assert set(s.resident) == res
+            held = max(held, s.arena.slab.nbytes + sum(a.nbytes for a in s.arena.residents.values())
+                       + sum(a.nbytes for a in s.arena.lines.values()))
+        assert np.array_equal(np.concatenate(out, axis=1), want[:, first * bh:])
+        assert 0.95 * plan <= held <= 1.02 * plan, (restarts, held, plan)
+    assert bands.band_memory(rep, band, restarts=False) < plan        # 128-row bands: the restart's cone is larger
 
 
 @pytest.mark.parametrize("n", [16384, 40960])
@@ -312,6 +318,35 @@ def test_stream_reads_cover_each_band_and_read_each_row_about_once(h, w, band, s
         halo = max(rep.halo)
         strips = len(column_strips(grid_tiles(rep, (band, strip))))
         assert read_rows <= (h + 2 * halo) * (w + 2 * halo * strips) + 8 * len(tiles) * (w + 2 * halo)
+
+
+def test_a_strips_first_band_runs_in_two_pieces_that_hold_less():
+    """A band that starts a strip (at the top, or mid-image where a resumed or masked run
+    restarts it) runs in two pieces (fresh_pieces): each lays out a smaller slab than the band
+    whole, and after both every node's frontier is the band's, so the band below continues as
+    it would; the strip gives the full-frame bits."""
+    from hirestile.bands import fresh_pieces, plan_band
+    from hirestile.region import Region
+
+    rep = unet(in_channels=1, classes=2, base=16, depth=4).analyze((1024, 512))
+    x = np.random.default_rng(3).random((1, 1024, 512), np.float32)
+    want = executor.run_full(rep, x)
+    for y0 in (0, 512):
+        band = Region((y0, y0 + 256), (0, 512))
+        pieces = fresh_pieces(rep, band)
+        assert len(pieces) == 2 and pieces[0].rows[0] == y0 and pieces[1].rows[1] == y0 + 256
+        assert pieces[0].rows[1] == pieces[1].rows[0] and (pieces[0].rows[1] - y0) % rep.tile_step[0] == 0
+        held, comp, keep, done = plan_band(rep, band, {})
+        slabs, after = [], {}
+        for p in pieces:
+            h, c, k, after = plan_band(rep, p, after)
+            slabs.append(executor.region_memory(rep, h, c))
+        assert max(slabs) < executor.region_memory(rep, held, comp)
+        assert after == done and k.items() <= keep.items()
+        s = Stream(rep)
+        for t in column_strips(grid_tiles(rep, (256, 512)))[0][y0 // 256:]:
+            (a, b), (c, d) = t.read
+            assert np.array_equal(s.run(x[:, a:b, c:d], (a, c), t.write), want[(slice(None), *t.write.slices)])
 
 
 def test_prepared_graph_holds_one_copy_of_the_conv_weights():
