@@ -162,7 +162,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         normalised input, the output band), beside ``x`` and the returned logits; default
         :func:`hirestile.scheduler.default_memory` (a quarter of RAM, at most 2 GiB). A
         UNet-16 on 2048^2 takes 0.96 GB at once; on 8192^2 it would take 15 GB, and runs in
-        512-row bands of the whole width instead (in 2 GiB).
+        768-row bands of the whole width instead (in 2 GiB).
 
     Returns
     -------
