@@ -16,6 +16,8 @@ from .errors import InputError
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from . import ome
     from .examples import parse_size
     from .executor import precision_label
@@ -53,6 +55,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"memory budget: {_mib(budget)}" + (" (--memory)" if a.memory else " (default: a quarter of the RAM, "
                                                "at most 2 GiB; --memory to change)")
           + ("" if working + PROCESS_BASELINE <= budget else "; the smallest tile does not fit it"))
+    if plan.stream:
+        again = expected_memory(rep, replace(plan, restarts=True), model.contract.channels)[1] + PROCESS_BASELINE
+        fits = again <= max(budget, working + PROCESS_BASELINE)
+        print(f"resumed run: a strip restarting mid-image holds up to {_mib(again)}"
+              + (" (fits)" if fits else "; over the budget, so a resumed run restarts such strips from their top"))
     work = rep.flops_per_pixel * oh * ow * (compute_redundancy(rep, plan) if rep.tileable else 1.0)
     print(f"work: {rep.flops_per_pixel * oh * ow / 1e9:,.1f} GFLOP for the whole image, {work / 1e9:,.1f} computed")
     if a.estimate:

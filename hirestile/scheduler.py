@@ -32,7 +32,7 @@ import functools
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from . import executor, masks, ome
@@ -65,6 +65,7 @@ class Plan:
     tiles: tuple[Tile, ...]
     image_hw: tuple[int, int]
     stream: bool = False          # tiles run as bands down column strips (strip by strip)
+    restarts: bool = False        # streamed strips may restart mid-image (a masked run skips bands)
 
     @property
     def read_redundancy(self) -> float:
@@ -88,7 +89,8 @@ class Plan:
         return own
 
 
-def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stream: bool = False) -> Plan:
+def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stream: bool = False,
+              restarts: bool = False) -> Plan:
     """Group the layout's blocks into tiles of about ``tile`` output pixels (whole blocks each).
 
     The tile is rounded up to whole blocks. Tiles run row-major, or with ``stream`` column
@@ -104,7 +106,7 @@ def make_plan(rep: Any, layout: ome.Layout, tile: int | tuple[int, int], *, stre
     if stream:
         tiles = tuple(stream_reads(rep, [t for strip in column_strips(tiles) for t in strip]))
     return Plan(layout=layout, tile=(min(sy, h), min(sx, w)), tiles=tiles, image_hw=tuple(rep.image_shape),
-                stream=stream)
+                stream=stream, restarts=stream and restarts)
 
 
 # above 256 only multiples of 256: output chunks are 256 x 256, and a tile covers whole chunks
@@ -152,9 +154,10 @@ def default_memory() -> int:
 
 
 def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
-            read_pixels: int | None = None) -> tuple[int, int]:
+            read_pixels: int | None = None, restarts: bool = False) -> tuple[int, int]:
     """(executor bytes, working bytes) of a run with (band, strip) tiles: see :func:`expected_memory`.
-    The tile is an interior one; its read window unless ``read_pixels`` gives the largest one."""
+    The tile is an interior one; its read window unless ``read_pixels`` gives the largest one.
+    ``restarts``: streamed strips may restart mid-image (:func:`hirestile.bands.band_memory`)."""
     _, oh, ow = rep.output_shape
     band, strip = min(band, oh), min(strip, ow)
     if not rep.tileable:
@@ -163,7 +166,7 @@ def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
     else:
         region = executor.interior_region(rep, (band, strip))
         if stream:                # the stream's slab and line buffers, and the weights
-            mem = band_memory(rep, region) + executor.weight_bytes(rep)
+            mem = band_memory(rep, region, restarts=restarts) + executor.weight_bytes(rep)
         else:                     # the slab laid out for an interior tile (the largest), and the weights
             mem = executor.tile_memory(rep, (band, strip))
         window = 4 * channels * executor.image_window(rep, region).size
@@ -183,7 +186,7 @@ MASKED_SIDE = 1024               # a masked run's tiles: small enough that glass
 
 
 def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None = None,
-                channels: int = 3, max_side: int | None = None) -> int | tuple[int, int]:
+                channels: int = 3, max_side: int | None = None, restarts: bool = False) -> int | tuple[int, int]:
     """The tile a run uses: ``tile`` (checked), else the largest whose expected peak memory
     (:data:`PROCESS_BASELINE` plus :func:`expected_memory`'s working bytes) fits ``memory``
     (default :func:`default_memory`).
@@ -194,7 +197,10 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     taller bands cost less per band, and no band recomputes anything above it. Memory grows
     with the strip width, so the widest that fits is found by stepping from the last.
     ``max_side`` caps both sides (a masked run uses :data:`MASKED_SIDE`, so that tiles off
-    the mask can be skipped).
+    the mask can be skipped). ``restarts``: streamed strips may restart mid-image (a masked run
+    skips bands), whose first band holds more than a strip's first band at the top
+    (:func:`hirestile.bands.band_memory`); a resumed run takes care of its own restarts
+    (:func:`resumed_todo`).
     """
     if tile is not None:
         if tile < 1:
@@ -209,7 +215,7 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
                  if not max_side or b <= max_side] or [min(max_side, oh)]
 
         def fits(b: int, w: int) -> bool:
-            return _memory(rep, b, w, stream=True, channels=channels)[1] <= budget
+            return _memory(rep, b, w, stream=True, channels=channels, restarts=restarts)[1] <= budget
 
         def redundancy(w: int) -> float:
             return strips_redundancy(rep, cuts(ow, w))
@@ -298,7 +304,8 @@ class Mode:
 
 
 def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = "probabilities",
-                memory: int | None = None, channels: int = 3, max_side: int | None = None) -> Mode:
+                memory: int | None = None, channels: int = 3, max_side: int | None = None,
+                restarts: bool = False) -> Mode:
     """Streamed bands or overlap tiles, and the tile (:func:`choose_tile`) for it.
 
     ``stream`` True or False is the caller's choice. None decides: streamed bands when the
@@ -322,11 +329,11 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
     if stream is not None or tile is not None or max_side is not None or not rep.tileable:
         stream = bool(stream) and rep.tileable
         return Mode(stream, choose_tile(rep, tile, stream=stream, memory=memory, channels=channels,
-                                        max_side=max_side), chosen=False)
+                                        max_side=max_side, restarts=restarts), chosen=False)
     k, oh, ow = rep.output_shape
     got = {}
     for s in (False, True):
-        t = choose_tile(rep, None, stream=s, memory=memory, channels=channels)
+        t = choose_tile(rep, None, stream=s, memory=memory, channels=channels, restarts=restarts)
         plan = make_plan(rep, ome.choose_layout(kind, classes=k, out_hw=(oh, ow), tile=t), t, stream=s)
         got[s] = (t, compute_redundancy(rep, plan))
     s = got[False][1] >= STREAM_GAIN * got[True][1]
@@ -408,14 +415,47 @@ def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     the writer's postprocessing arrays (:func:`hirestile.outputs.postprocess_bytes`, at the
     most any output kind holds). Windows count at 4 bytes a value (any dtype up to float32); the
     largest window is an interior tile's (a streamed plan's: a strip's first band's, the others
-    reading only their new rows). Executor memory is the slab of node buffers laid out
+    reading only their new rows; with ``plan.restarts``, an interior band's, restarting its
+    strip). Executor memory is the slab of node buffers laid out
     for an interior tile (:func:`hirestile.executor.region_memory`), or for a streaming plan an
     interior band's slab plus the line buffers (:func:`hirestile.bands.band_memory`), and the
     weights as the kernels hold them (:func:`hirestile.executor.weight_bytes`).
     :data:`PROCESS_BASELINE` comes on top. :func:`choose_tile` uses the same figure with an
     interior tile's window, which no tile of the plan exceeds, so a chosen tile fits."""
-    return _memory(rep, *plan.tile, stream=plan.stream, channels=channels,
-                   read_pixels=max(t.read.size for t in plan.tiles))
+    return _memory(rep, *plan.tile, stream=plan.stream, channels=channels, restarts=plan.restarts,
+                   read_pixels=None if plan.restarts else max(t.read.size for t in plan.tiles))
+
+
+def resumed_todo(rep: Any, plan: Plan, todo: list[Tile], channels: int, budget: int) -> list[Tile]:
+    """The tiles a resumed run computes: ``todo``, the tiles not yet done, unless some strip
+    of a streamed plan would restart mid-image and that restart does not fit the memory the
+    run may take (the budget, or the plan's own figure where that is larger): its first band
+    computes its cone above it too, more than a strip's first band at the top holds
+    (:func:`hirestile.bands.band_memory`; 256-row bands of UNet-64: +235 MiB). Such strips
+    run from their top again, their done bands recomputed and rewritten with the same bits.
+    A plan made for restarts (``plan.restarts``: a masked run) fits them already.
+
+    Examples
+    --------
+    >>> from hirestile.models.unet import unet
+    >>> rep = unet(in_channels=3, classes=2, base=4, depth=2).analyze((64, 64))
+    >>> plan = make_plan(rep, ome.choose_layout("labels", classes=2, out_hw=(64, 64), tile=16), 16, stream=True)
+    >>> rest = [t for t in plan.tiles if t.write.rows[0] >= 32]       # done: the top half of every strip
+    >>> len(rest), len(resumed_todo(rep, plan, rest, 3, 2 << 30))     # 2 GiB: the restarts fit
+    (8, 8)
+    >>> len(resumed_todo(rep, plan, rest, 3, 1 << 20))                # 1 MiB: each strip from its top
+    16
+    """
+    if not plan.stream or plan.restarts or not todo or len(todo) == len(plan.tiles):
+        return todo
+    allowed = max(budget, PROCESS_BASELINE + expected_memory(rep, plan, channels)[1])
+    if PROCESS_BASELINE + expected_memory(rep, replace(plan, restarts=True), channels)[1] <= allowed:
+        return todo
+    want, out = {t.index for t in todo}, []
+    for strip in column_strips(plan.tiles):
+        idx = [k for k, t in enumerate(strip) if t.index in want]
+        out += strip[:idx[-1] + 1] if idx and idx != list(range(len(idx))) else [strip[k] for k in idx]
+    return out
 
 
 # **** the run ****
@@ -542,7 +582,8 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         raise ModelError(f"model {model.name!r} has {k} output channels, too many for uint16 labels; "
                          "use --output probabilities")
     mode = choose_mode(rep, tile, False if run_tiles is not None else stream, kind=kind, memory=memory,
-                       channels=channels, max_side=MASKED_SIDE if mask is not None else None)
+                       channels=channels, max_side=MASKED_SIDE if mask is not None else None,
+                       restarts=mask is not None)
     stream, tile = mode.stream, mode.tile
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
@@ -567,7 +608,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         stats.already_complete, stats.wall = True, time.perf_counter() - t_start
         stats.tiles_total = len(make_plan(rep, layout, tile).tiles)
         return stats
-    plan = make_plan(rep, layout, tile, stream=stream)
+    plan = make_plan(rep, layout, tile, stream=stream, restarts=mask is not None)
     stats.tiles_total, stats.tile, stats.stream = len(plan.tiles), plan.tile, plan.stream
     stats.read_redundancy = plan.read_redundancy
     stats.compute_redundancy = compute_redundancy(rep, plan)
@@ -589,6 +630,12 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         stats.tiles_skipped = len(plan.tiles) - len(todo) - off
         if stats.tiles_skipped:
             say(f"resuming {out_path}: {stats.tiles_skipped} of {len(plan.tiles)} tiles already done")
+            again = resumed_todo(rep, plan, todo, channels, memory or default_memory())
+            if len(again) > len(todo):
+                stats.tiles_skipped -= len(again) - len(todo)
+                stats.notes.append(f"resumed: {len(again) - len(todo)} done band(s) computed again, so that each "
+                                   "strip restarts from its top: a restart mid-image would not fit the memory budget")
+                todo = again
         if missing and todo:
             say(f"note: {len(missing)} input chunk(s) are not stored (first {missing[0]}); zarr reads them as "
                 f"fill value {img.array.fill_value}")

@@ -277,6 +277,36 @@ def test_resume_after_crash_recomputes_nothing(tmp_path, rgb_model, monkeypatch,
     assert np.array_equal(got, ref)
 
 
+def test_resume_runs_a_strip_from_its_top_where_a_restart_would_not_fit(tmp_path, rgb_model, monkeypatch):
+    """A streamed run stopped mid-strip, resumed with a budget that a restart mid-image would
+    exceed (its first band's cone reaches above it: resumed_todo): the unfinished strip runs
+    from its top again, its done bands computed and written again with the same bits, the
+    finished strip is not touched, and the summary says why. Within 2 GiB (the test above) the
+    strip restarts where it stopped."""
+    chw = _image((3, 70, 90), np.uint8)
+    ref = _reference(rgb_model, chw, "labels")
+    calls, real = [], executor.run_window
+
+    def crashing(rep, contract, raw, tile, **kw):
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        calls.append(tile.write)
+        return real(rep, contract, raw, tile, **kw)
+
+    monkeypatch.setattr(executor, "run_window", crashing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=True, memory=1 << 20)
+    first = list(calls)                           # strip 0's 5 bands and strip 1's first 2
+    assert [w.cols for w in first] == [(0, 16)] * 5 + [(16, 32)] * 2
+    calls.clear()
+    monkeypatch.setattr(executor, "run_window", lambda *a, **kw: (calls.append(a[3].write), real(*a, **kw))[1])
+    got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=True, memory=1 << 20)
+    assert np.array_equal(got, ref)
+    assert stats.tiles_skipped == 5 and stats.tiles_computed == len(calls) == 5 * 6 - 5
+    assert set(first) & set(calls) == set(first[5:])                # strip 1 from its top again
+    assert "2 done band(s) computed again" in stats.summary()
+
+
 def test_job_identity(tmp_path, rgb_model, monkeypatch):
     monkeypatch.setattr(ome, "CHUNK", 16)       # so that --pyramid has levels to add
     chw = _image((3, 40, 50), np.uint8)
@@ -358,3 +388,21 @@ def test_default_mode_streams_where_tiles_would_recompute_much(tmp_path, extra_m
     assert np.array_equal(got, _reference(model, chw))
     got, stats = _segment(tmp_path, model, chw, name="other.zarr", memory=budget, stream=not streamed, tile=64)
     assert stats.stream == (not streamed) and np.array_equal(got, _reference(model, chw))
+
+
+def test_a_masked_streamed_plan_fits_restarts_mid_image():
+    """A masked run skips bands, so its strips restart mid-image: its plan (restarts=True)
+    counts such a restart's larger first band and still fits the budget, where a plan for
+    strips that start only at the top chooses bands whose restart would not fit."""
+    from hirestile import scheduler
+
+    rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((4096, 4096))
+    budget = 600 << 20
+    for restarts in (False, True):
+        b, w = scheduler.choose_tile(rep, None, stream=True, memory=budget, restarts=restarts)
+        plan = scheduler.make_plan(rep, ome.choose_layout("labels", classes=2, out_hw=(4096, 4096), tile=(b, w)),
+                                   (b, w), stream=True, restarts=restarts)
+        fits = scheduler.PROCESS_BASELINE + scheduler.expected_memory(rep, plan, 3)[1]
+        again = scheduler._memory(rep, b, w, stream=True, channels=3, restarts=True)[1] + scheduler.PROCESS_BASELINE
+        assert plan.restarts == restarts and fits <= budget and again >= fits
+        assert (again <= budget) == restarts      # 600 MiB: 256 x 2048 bands, whose restart needs 620
