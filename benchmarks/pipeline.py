@@ -36,26 +36,17 @@ import time
 
 def child(args: argparse.Namespace) -> None:
     """One segment job in this process; its statistics and the plan's memory figure as JSON."""
-    from hirestile import ome
-    from hirestile.io import open_image
     from hirestile.models.unet import unet
-    from hirestile.scheduler import PROCESS_BASELINE, choose_mode, expected_memory, make_plan, segment_to_zarr
+    from hirestile.scheduler import segment_to_zarr
     from hirestile.stream import keep_freed_memory
 
     keep_freed_memory()     # before the random init's temporaries, as `hirestile segment` does before its run
     model = unet(in_channels=3, classes=2, base=args.base, depth=4, seed=0, name=f"unet{args.base}")
     stream = {"stream": True, "tile": False, "default": None}[args.mode]
-    with open_image(args.input) as img:
-        rep = model.analyze((img.height, img.width))
-    k, oh, ow = rep.output_shape
-    mode = choose_mode(rep, None, stream)
-    plan = make_plan(rep, ome.choose_layout("probabilities", classes=k, out_hw=(oh, ow), tile=mode.tile), mode.tile,
-                     stream=mode.stream)
-    _, working = expected_memory(rep, plan, 3)
     stats = segment_to_zarr(args.input, model, args.output, overwrite=True, progress=False, stream=stream)
     res = {k: getattr(stats, k) for k in ("wall", "compute", "read", "write", "peak_rss", "out_pixels",
                                           "compute_redundancy", "read_redundancy", "tile", "stream")}
-    res["planned"] = working + PROCESS_BASELINE
+    res["planned"] = stats.planned_rss      # the run's own plan (hirestile plan's figure for its input)
     print(json.dumps(res))
 
 

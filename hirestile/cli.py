@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--estimate", action="store_true",
                    help="measure this machine's GFLOP/s on one interior region and estimate the run time")
     s.add_argument("--image", default=None, metavar="HxW", help="image size (default 4096x4096)")
+    s.add_argument("--dtype", default="uint8", choices=["uint8", "uint16", "int16", "float32", "float64"],
+                   help="the image's stored values (default uint8, as slides are): the reader queues "
+                        "windows as stored")
     s.add_argument("--output", choices=list(OUTPUT_KINDS), default="probabilities")
     contract_opts(s)
     s.set_defaults(func=cmd_plan)

@@ -28,11 +28,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
     rep = model.analyze((h, w), a.precision)   # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
     budget = parse_bytes(a.memory) or default_memory()
-    mode = choose_mode(rep, a.tile, a.stream, kind=a.output, memory=budget, channels=model.contract.channels)
+    itemsize = int(a.dtype[-2:]) // 8 if a.dtype[-2:].isdigit() else 1     # float32 -> 4, uint16 -> 2, uint8 -> 1
+    mode = choose_mode(rep, a.tile, a.stream, kind=a.output, memory=budget, channels=model.contract.channels,
+                       itemsize=itemsize)
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=mode.tile)
     plan = make_plan(rep, layout, mode.tile, stream=mode.stream)
     ty, tx = plan.tile
-    mem, working = expected_memory(rep, plan, model.contract.channels)
+    mem, working = expected_memory(rep, plan, model.contract.channels, itemsize)
     print(f"model {model.name}: {model.contract.channels} channel(s) in, {k} classes "
           f"({', '.join(model.classes) or '?'})")
     print(rep.summary())
@@ -50,13 +52,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
         _print_stages(rep, ((oh // 2, min(oh // 2 + ty, oh)), (0, tx)))
     print(f"output {a.output}: shape {layout.shape}, chunks {layout.chunks}, shards {layout.shards or 'none'}")
     print(f"expected peak memory: {_mib(working + PROCESS_BASELINE)} = working memory {_mib(working)} "
-          f"(executor {_mib(mem)} + queued windows and outputs) + process baseline ~{_mib(PROCESS_BASELINE)} "
+          f"(executor {_mib(mem)} + queued windows ({a.dtype} as stored) and outputs) + process baseline ~{_mib(PROCESS_BASELINE)} "
           "(Python, NumPy, Numba, compiled kernels; measured)")
     print(f"memory budget: {_mib(budget)}" + (" (--memory)" if a.memory else " (default: a quarter of the RAM, "
                                                "at most 2 GiB; --memory to change)")
           + ("" if working + PROCESS_BASELINE <= budget else "; the smallest tile does not fit it"))
     if plan.stream:
-        again = expected_memory(rep, replace(plan, restarts=True), model.contract.channels)[1] + PROCESS_BASELINE
+        again = expected_memory(rep, replace(plan, restarts=True), model.contract.channels, itemsize)[1] + PROCESS_BASELINE
         fits = again <= max(budget, working + PROCESS_BASELINE)
         print(f"resumed run: a strip restarting mid-image holds up to {_mib(again)}"
               + (" (fits)" if fits else "; over the budget, so a resumed run restarts such strips from their top"))

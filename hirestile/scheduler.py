@@ -154,29 +154,33 @@ def default_memory() -> int:
 
 
 def _memory(rep: Any, band: int, strip: int, *, stream: bool, channels: int,
-            read_pixels: int | None = None, restarts: bool = False) -> tuple[int, int]:
+            read_pixels: int | None = None, restarts: bool = False, itemsize: int = 4) -> tuple[int, int]:
     """(executor bytes, working bytes) of a run with (band, strip) tiles: see :func:`expected_memory`.
     The tile is an interior one; its read window unless ``read_pixels`` gives the largest one.
-    ``restarts``: streamed strips may restart mid-image (:func:`hirestile.bands.band_memory`)."""
+    ``restarts``: streamed strips may restart mid-image (:func:`hirestile.bands.band_memory`);
+    ``itemsize``: bytes of a stored input value (windows are queued as stored)."""
     _, oh, ow = rep.output_shape
     band, strip = min(band, oh), min(strip, ow)
     if not rep.tileable:
         mem = executor.tile_memory(rep, (oh, ow))
-        window = 4 * channels * rep.image_shape[0] * rep.image_shape[1]
+        window = channels * rep.image_shape[0] * rep.image_shape[1]
     else:
         region = executor.interior_region(rep, (band, strip))
         if stream:                # the stream's slab and line buffers, and the weights
             mem = band_memory(rep, region, restarts=restarts) + executor.weight_bytes(rep)
         else:                     # the slab laid out for an interior tile (the largest), and the weights
             mem = executor.tile_memory(rep, (band, strip))
-        window = 4 * channels * executor.image_window(rep, region).size
+        window = channels * executor.image_window(rep, region).size
     if read_pixels is not None:
-        window = 4 * channels * read_pixels
-    windows = window * (PIPELINE_DEPTH + 2)
+        window = channels * read_pixels
+    # the largest window normalised (float32, the arena's scratch), and the raw windows as stored:
+    # the one being computed, those queued, the one being read
+    raw = window * (PIPELINE_DEPTH + 2)
     if stream and rep.tileable:   # only a strip's first band reads its whole window (bands.stream_reads)
         steady = steady_band(rep, region)[0].get(rep.graph.input)
         if steady is not None:
-            windows = window + 4 * channels * steady.size * (PIPELINE_DEPTH + 1)
+            raw = window + channels * steady.size * (PIPELINE_DEPTH + 1)
+    windows = 4 * window + itemsize * raw
     output = 4 * rep.output_shape[0] * band * strip
     post = postprocess_bytes("probabilities", rep.output_shape[0], band * strip)    # the most any kind holds
     return mem, mem + windows + output * (PIPELINE_DEPTH + 2) + post
@@ -186,7 +190,8 @@ MASKED_SIDE = 1024               # a masked run's tiles: small enough that glass
 
 
 def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None = None,
-                channels: int = 3, max_side: int | None = None, restarts: bool = False) -> int | tuple[int, int]:
+                channels: int = 3, max_side: int | None = None, restarts: bool = False,
+                itemsize: int = 4) -> int | tuple[int, int]:
     """The tile a run uses: ``tile`` (checked), else the largest whose expected peak memory
     (:data:`PROCESS_BASELINE` plus :func:`expected_memory`'s working bytes) fits ``memory``
     (default :func:`default_memory`).
@@ -215,7 +220,7 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
                  if not max_side or b <= max_side] or [min(max_side, oh)]
 
         def fits(b: int, w: int) -> bool:
-            return _memory(rep, b, w, stream=True, channels=channels, restarts=restarts)[1] <= budget
+            return _memory(rep, b, w, stream=True, channels=channels, restarts=restarts, itemsize=itemsize)[1] <= budget
 
         def redundancy(w: int) -> float:
             return strips_redundancy(rep, cuts(ow, w))
@@ -237,7 +242,7 @@ def choose_tile(rep: Any, tile: int | None, *, stream: bool, memory: int | None 
     if max_side:
         shapes = [(b, w) for b, w in shapes if max(b, w) <= max_side] or shapes[-1:]
     for band, strip in shapes:
-        if _memory(rep, band, strip, stream=stream, channels=channels)[1] <= budget:
+        if _memory(rep, band, strip, stream=stream, channels=channels, itemsize=itemsize)[1] <= budget:
             return (band, strip) if stream else max(band, strip)
     band, strip = shapes[-1]
     return (band, strip) if stream else max(band, strip)
@@ -305,7 +310,7 @@ class Mode:
 
 def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = "probabilities",
                 memory: int | None = None, channels: int = 3, max_side: int | None = None,
-                restarts: bool = False) -> Mode:
+                restarts: bool = False, itemsize: int = 4) -> Mode:
     """Streamed bands or overlap tiles, and the tile (:func:`choose_tile`) for it.
 
     ``stream`` True or False is the caller's choice. None decides: streamed bands when the
@@ -329,11 +334,11 @@ def choose_mode(rep: Any, tile: int | None, stream: bool | None, *, kind: str = 
     if stream is not None or tile is not None or max_side is not None or not rep.tileable:
         stream = bool(stream) and rep.tileable
         return Mode(stream, choose_tile(rep, tile, stream=stream, memory=memory, channels=channels,
-                                        max_side=max_side, restarts=restarts), chosen=False)
+                                        max_side=max_side, restarts=restarts, itemsize=itemsize), chosen=False)
     k, oh, ow = rep.output_shape
     got = {}
     for s in (False, True):
-        t = choose_tile(rep, None, stream=s, memory=memory, channels=channels, restarts=restarts)
+        t = choose_tile(rep, None, stream=s, memory=memory, channels=channels, restarts=restarts, itemsize=itemsize)
         plan = make_plan(rep, ome.choose_layout(kind, classes=k, out_hw=(oh, ow), tile=t), t, stream=s)
         got[s] = (t, compute_redundancy(rep, plan))
     s = got[False][1] >= STREAM_GAIN * got[True][1]
@@ -407,14 +412,15 @@ def _halo_text(h: tuple[int, ...]) -> str:
     return f"{h[0]} px" if len(set(h)) == 1 else "(top, left, bottom, right) = " + str(tuple(h))
 
 
-def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
+def expected_memory(rep: Any, plan: Plan, channels: int, itemsize: int = 4) -> tuple[int, int]:
     """(executor bytes, working bytes) for running ``plan``'s tiles in this process. Working
     memory is the executor's memory for one tile plus what the pipeline holds at once. That is
     the windows queued, the one being read and the one being computed, normalised (the arena's
     scratch), and the outputs queued, the one being written and the one being computed, and
     the writer's postprocessing arrays (:func:`hirestile.outputs.postprocess_bytes`, at the
-    most any output kind holds). Windows count at 4 bytes a value (any dtype up to float32); the
-    largest window is an interior tile's (a streamed plan's: a strip's first band's, the others
+    most any output kind holds). Windows count at ``itemsize`` bytes a value (the input as
+    stored: the reader queues it so), and the one being computed once more at 4 (normalised,
+    float32); the largest window is an interior tile's (a streamed plan's: a strip's first band's, the others
     reading only their new rows; with ``plan.restarts``, an interior band's, restarting its
     strip). Executor memory is the slab of node buffers laid out
     for an interior tile (:func:`hirestile.executor.region_memory`), or for a streaming plan an
@@ -422,11 +428,12 @@ def expected_memory(rep: Any, plan: Plan, channels: int) -> tuple[int, int]:
     weights as the kernels hold them (:func:`hirestile.executor.weight_bytes`).
     :data:`PROCESS_BASELINE` comes on top. :func:`choose_tile` uses the same figure with an
     interior tile's window, which no tile of the plan exceeds, so a chosen tile fits."""
-    return _memory(rep, *plan.tile, stream=plan.stream, channels=channels, restarts=plan.restarts,
+    return _memory(rep, *plan.tile, stream=plan.stream, channels=channels, restarts=plan.restarts, itemsize=itemsize,
                    read_pixels=None if plan.restarts else max(t.read.size for t in plan.tiles))
 
 
-def resumed_todo(rep: Any, plan: Plan, todo: list[Tile], channels: int, budget: int) -> list[Tile]:
+def resumed_todo(rep: Any, plan: Plan, todo: list[Tile], channels: int, budget: int,
+                 itemsize: int = 4) -> list[Tile]:
     """The tiles a resumed run computes: ``todo``, the tiles not yet done, unless some strip
     of a streamed plan would restart mid-image and that restart does not fit the memory the
     run may take (the budget, or the plan's own figure where that is larger): its first band
@@ -448,8 +455,8 @@ def resumed_todo(rep: Any, plan: Plan, todo: list[Tile], channels: int, budget: 
     """
     if not plan.stream or plan.restarts or not todo or len(todo) == len(plan.tiles):
         return todo
-    allowed = max(budget, PROCESS_BASELINE + expected_memory(rep, plan, channels)[1])
-    if PROCESS_BASELINE + expected_memory(rep, replace(plan, restarts=True), channels)[1] <= allowed:
+    allowed = max(budget, PROCESS_BASELINE + expected_memory(rep, plan, channels, itemsize)[1])
+    if PROCESS_BASELINE + expected_memory(rep, replace(plan, restarts=True), channels, itemsize)[1] <= allowed:
         return todo
     want, out = {t.index for t in todo}, []
     for strip in column_strips(plan.tiles):
@@ -583,7 +590,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
                          "use --output probabilities")
     mode = choose_mode(rep, tile, False if run_tiles is not None else stream, kind=kind, memory=memory,
                        channels=channels, max_side=MASKED_SIDE if mask is not None else None,
-                       restarts=mask is not None)
+                       restarts=mask is not None, itemsize=img.dtype.itemsize)
     stream, tile = mode.stream, mode.tile
     if not rep.tileable and (oh > tile or ow > tile):
         rep.check_tileable()                       # raises NotTileableError naming the node
@@ -630,7 +637,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
         stats.tiles_skipped = len(plan.tiles) - len(todo) - off
         if stats.tiles_skipped:
             say(f"resuming {out_path}: {stats.tiles_skipped} of {len(plan.tiles)} tiles already done")
-            again = resumed_todo(rep, plan, todo, channels, memory or default_memory())
+            again = resumed_todo(rep, plan, todo, channels, memory or default_memory(), img.dtype.itemsize)
             if len(again) > len(todo):
                 stats.tiles_skipped -= len(again) - len(todo)
                 stats.notes.append(f"resumed: {len(again) - len(todo)} done band(s) computed again, so that each "
@@ -640,7 +647,7 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
             say(f"note: {len(missing)} input chunk(s) are not stored (first {missing[0]}); zarr reads them as "
                 f"fill value {img.array.fill_value}")
         if run_tiles is None:                      # the tiles are computed in this process
-            stats.planned_rss = PROCESS_BASELINE + expected_memory(rep, plan, channels)[1]
+            stats.planned_rss = PROCESS_BASELINE + expected_memory(rep, plan, channels, img.dtype.itemsize)[1]
             stats.budget = memory or default_memory()
             if threads:
                 import numba

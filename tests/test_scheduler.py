@@ -406,3 +406,20 @@ def test_a_masked_streamed_plan_fits_restarts_mid_image():
         again = scheduler._memory(rep, b, w, stream=True, channels=3, restarts=True)[1] + scheduler.PROCESS_BASELINE
         assert plan.restarts == restarts and fits <= budget and again >= fits
         assert (again <= budget) == restarts      # 600 MiB: 256 x 2048 bands, whose restart needs 620
+
+
+def test_queued_windows_count_as_stored():
+    """The reader queues windows as stored (uint8 slides: a quarter of float32), and the one
+    being computed is normalised into float32 beside its raw window: the plan's working memory
+    grows with the input's item size by exactly the raw windows' bytes."""
+    from hirestile import scheduler
+
+    rep = unet(in_channels=3, classes=2, base=8, depth=3).analyze((1024, 1024))
+    for stream in (False, True):
+        plan = make_plan(rep, ome.choose_layout("labels", classes=2, out_hw=(1024, 1024), tile=(256, 512)),
+                         (256, 512), stream=stream)
+        work = {k: scheduler.expected_memory(rep, plan, 3, k)[1] for k in (1, 2, 4, 8)}
+        raw = work[2] - work[1]
+        assert raw > 0 and work[4] - work[2] == 2 * raw and work[8] - work[4] == 4 * raw
+        # at least the largest window and the queued ones, as stored
+        assert raw >= 3 * max(t.read.size for t in plan.tiles)
