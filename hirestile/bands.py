@@ -358,8 +358,9 @@ def resident_nodes(rep: Report, band: Region) -> frozenset[str]:
 @dataclass(frozen=True)
 class _BandParts:
     """What :func:`band_memory` sums, before the resident nodes are chosen: (held, computed)
-    of the pieces of a strip's first band and of a restart mid-image, and of two steady bands;
-    and per node the bytes of its line buffer (the most either steady band keeps or reads)."""
+    of the pieces of a strip's first band and of a restart mid-image, of the band below the
+    first and of two steady bands; and per node the bytes of its line buffer (the most any
+    of them keeps or reads)."""
 
     rep: Report
     regions: tuple[tuple[dict[str, Region], dict[str, Region]], ...]
@@ -376,7 +377,8 @@ class _BandParts:
         grid = [a for a in (k * h, (k + 1) * h) if a + h <= oh] or [a for a in (h,) if a < oh]
         if grid and restarts:     # a strip restarting mid-image (a resumed or masked run): its cone reaches above
             plans += _fresh_plans(rep, Region((grid[0], min(grid[0] + h, oh)), cols))
-        plans += [steady_band(rep, Region((a, min(a + h, oh)), cols)) for a in grid]
+        # and the band right below the first, which continues from the first band's pieces
+        plans += [steady_band(rep, Region((a, min(a + h, oh)), cols)) for a in sorted({h, *grid}) if a < oh]
         regions, lines = [], {}
         for held, comp, keep in plans:
             regions.append((held, comp))

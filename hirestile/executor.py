@@ -556,13 +556,14 @@ class Arena:
         of its own kept from band to band: the region ``kept`` of the band above, which it
         kept in place (:func:`_keep`), is moved to its rows in it, the only copy it takes (a
         buffer in the slab copies it out and back in). ``kept`` None: nothing to carry (a
-        strip's first band). New memory holds at least ``room`` values (the largest band of
-        the strip), so that it need not grow while it holds kept rows."""
+        strip's first band). Memory holds at least ``room`` values (the largest band of the
+        strip), taken when nothing is carried, so that it need not grow while it holds kept
+        rows: growing then copies them aside first (a strip 3072 wide of UNet-64: +280 MiB)."""
         (ea, eb), cols = ext
         row = (cols[1] - cols[0]) * channels
         need = (eb - ea) * row
-        rows = None
-        if kept is not None and not empty(kept.rows):
+        rows, carried = None, kept is not None and not empty(kept.rows)
+        if carried:
             top, had = self._top[name]
             (k0, k1), (c0, c1) = kept
             src, dst, n = k0 - top, k0 - ea, k1 - k0
@@ -573,7 +574,8 @@ class Arena:
                 old = self.residents[name][src * was:(src + n) * was].reshape(n, had[1] - had[0], channels)
                 rows = np.array(old[:, c0 - had[0]:c1 - had[0]])
                 del old
-        if name not in self.residents or self.residents[name].size < need:
+        # nothing carried (a strip's first band): take the strip's room now, while growing copies nothing
+        if name not in self.residents or self.residents[name].size < (need if carried else max(need, room)):
             self.residents[name] = np.empty(0, np.float32)           # the old one goes first
             self.residents[name] = aligned_empty(max(need, room))
         buf = self.residents[name][:need].reshape(eb - ea, cols[1] - cols[0], channels)
