@@ -127,9 +127,9 @@ def test_plan_shows_the_streamed_mapping_within_the_budget():
     assert "streamed: bands down column strips" in out and "stages of one band" in out
     assert "memory budget: 1,024 MiB (--memory)" in out and "does not fit" not in out
     peak = int(out.split("expected peak memory: ")[1].split(" MiB")[0].replace(",", ""))
-    assert 0 < peak <= 1024
+    assert 0 < peak <= 1024 * 0.98 and "plans fill up to 1,004 MiB" in out
     again = int(out.split("a strip restarting mid-image holds up to ")[1].split(" MiB")[0].replace(",", ""))
-    assert again >= peak and ("(fits)" in out) == (again <= 1024)
+    assert again >= peak and ("(fits)" in out) == (again <= 1004)
     stage_rows = [line for line in out.splitlines() if line.startswith("  enc.") or line.startswith("  dec.")]
     assert len(stage_rows) >= 8 and all(len(line.split()) >= 7 for line in stage_rows)
     for line in stage_rows:        # name, op (and a note), then C, rows, line rows, line MiB, GFLOP
