@@ -328,8 +328,9 @@ def band_memory(rep: Report, band: Region, *, restarts: bool = True) -> int:
     """Bytes a :class:`Stream` holds running bands like ``band`` (its height and columns, on
     the grid of its height, where a strip's bands lie): its arena slab, laid out for the
     largest of a strip's first band (in its pieces, :func:`fresh_pieces`), a band restarting
-    the strip mid-image (a resumed or masked run: its cone reaches above it too), and two
-    consecutive steady bands (the kernels' row steps can make them differ)
+    the strip mid-image (a resumed or masked run: its cone reaches above it too), the band
+    below the first, and two consecutive steady bands (the kernels' row steps can make them
+    differ)
     (:func:`hirestile.executor.region_memory`); the resident nodes' own buffers
     (:func:`resident_nodes`), each as large as the largest of those bands needs; and per
     other node one line buffer's memory (``Arena.lines``): the rows a band reads from it are
@@ -421,4 +422,4 @@ class _BandParts:
         return res
 
 
-__all__ = ["Stream", "Stage", "plan_band", "resident_nodes", "stream_room", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]
+__all__ = ["Stream", "Stage", "plan_band", "fresh_pieces", "resident_nodes", "stream_room", "stream_reads", "steady_band", "stream_stages", "line_buffer_bytes", "band_memory"]

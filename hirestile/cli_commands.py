@@ -18,6 +18,8 @@ from .errors import InputError
 def cmd_plan(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    import numpy as np
+
     from . import ome
     from .examples import parse_size
     from .executor import precision_label
@@ -29,7 +31,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     rep = model.analyze((h, w), a.precision)   # its InputError says which sizes the model takes
     k, oh, ow = rep.output_shape
     budget = parse_bytes(a.memory) or default_memory()
-    itemsize = int(a.dtype[-2:]) // 8 if a.dtype[-2:].isdigit() else 1     # float32 -> 4, uint16 -> 2, uint8 -> 1
+    itemsize = np.dtype(a.dtype).itemsize
     mode = choose_mode(rep, a.tile, a.stream, kind=a.output, memory=budget, channels=model.contract.channels,
                        itemsize=itemsize)
     layout = ome.choose_layout(a.output, classes=k, out_hw=(oh, ow), tile=mode.tile)

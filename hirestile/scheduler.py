@@ -430,9 +430,9 @@ def expected_memory(rep: Any, plan: Plan, channels: int, itemsize: int = 4) -> t
     the writer's postprocessing arrays (:func:`hirestile.outputs.postprocess_bytes`, at the
     most any output kind holds). Windows count at ``itemsize`` bytes a value (the input as
     stored: the reader queues it so), and the one being computed once more at 4 (normalised,
-    float32); the largest window is an interior tile's (a streamed plan's: a strip's first band's, the others
-    reading only their new rows; with ``plan.restarts``, an interior band's, restarting its
-    strip). Executor memory is the slab of node buffers laid out
+    float32); the largest window is an interior tile's (a streamed plan's: a strip's first
+    band's, the others reading only their new rows; with ``plan.restarts``, an interior
+    band's, restarting its strip). Executor memory is the slab of node buffers laid out
     for an interior tile (:func:`hirestile.executor.region_memory`), or for a streaming plan an
     interior band's slab plus the line buffers (:func:`hirestile.bands.band_memory`), and the
     weights as the kernels hold them (:func:`hirestile.executor.weight_bytes`).

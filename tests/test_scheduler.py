@@ -245,28 +245,35 @@ def test_concurrent_writers_on_shard_aligned_tiles(tmp_path, rgb_model, monkeypa
 
 
 # ---- resume and job identity -------------------------------------------------------------
+def _crash_then_resume(tmp_path, model, chw, monkeypatch, **kw):
+    """Segment ``chw`` in 16-px tiles as labels, crash after 7 tiles, check that the output does
+    not look complete, and run the same job again: (tile writes before the crash, tile writes
+    of the second run, its output, its stats)."""
+    calls, real = [], executor.run_window
+
+    def crashing(rep, contract, raw, tile, **k):
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        calls.append(tile.write)
+        return real(rep, contract, raw, tile, **k)
+
+    monkeypatch.setattr(executor, "run_window", crashing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _segment(tmp_path, model, chw, tile=16, kind="labels", **kw)
+    attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs
+    assert attrs["hirestile"]["status"] == "incomplete" and "ome" not in attrs    # does not look complete
+    first = list(calls)
+    calls.clear()
+    monkeypatch.setattr(executor, "run_window", lambda *a, **k: (calls.append(a[3].write), real(*a, **k))[1])
+    got, stats = _segment(tmp_path, model, chw, tile=16, kind="labels", **kw)
+    return first, calls, got, stats
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_resume_after_crash_recomputes_nothing(tmp_path, rgb_model, monkeypatch, stream):
     chw = _image((3, 70, 90), np.uint8)
     ref = _reference(rgb_model, chw, "labels")
-    calls, real = [], executor.run_window
-
-    def crashing(rep, contract, raw, tile, **kw):
-        if len(calls) == 7:
-            raise RuntimeError("simulated crash")
-        calls.append(tile.write)
-        return real(rep, contract, raw, tile, **kw)
-
-    monkeypatch.setattr(executor, "run_window", crashing)
-    with pytest.raises(RuntimeError, match="simulated"):
-        _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=stream)
-    out = str(tmp_path / "out.zarr")
-    attrs = zarr.open_group(out, mode="r").attrs
-    assert attrs["hirestile"]["status"] == "incomplete" and "ome" not in attrs    # does not look complete
-    first = list(calls)
-    calls.clear()
-    monkeypatch.setattr(executor, "run_window", lambda *a, **kw: (calls.append(a[3].write), real(*a, **kw))[1])
-    got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=stream)
+    first, calls, got, stats = _crash_then_resume(tmp_path, rgb_model, chw, monkeypatch, stream=stream)
     assert stats.stream == stream
     # the summary sets the measured peak beside the plan's figure and the budget it was made for
     assert stats.planned_rss > 0 and stats.budget > 0
@@ -285,22 +292,9 @@ def test_resume_runs_a_strip_from_its_top_where_a_restart_would_not_fit(tmp_path
     strip restarts where it stopped."""
     chw = _image((3, 70, 90), np.uint8)
     ref = _reference(rgb_model, chw, "labels")
-    calls, real = [], executor.run_window
-
-    def crashing(rep, contract, raw, tile, **kw):
-        if len(calls) == 7:
-            raise RuntimeError("simulated crash")
-        calls.append(tile.write)
-        return real(rep, contract, raw, tile, **kw)
-
-    monkeypatch.setattr(executor, "run_window", crashing)
-    with pytest.raises(RuntimeError, match="simulated"):
-        _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=True, memory=1 << 20)
-    first = list(calls)                           # strip 0's 5 bands and strip 1's first 2
-    assert [w.cols for w in first] == [(0, 16)] * 5 + [(16, 32)] * 2
-    calls.clear()
-    monkeypatch.setattr(executor, "run_window", lambda *a, **kw: (calls.append(a[3].write), real(*a, **kw))[1])
-    got, stats = _segment(tmp_path, rgb_model, chw, tile=16, kind="labels", stream=True, memory=1 << 20)
+    first, calls, got, stats = _crash_then_resume(tmp_path, rgb_model, chw, monkeypatch, stream=True,
+                                                  memory=1 << 20)
+    assert [w.cols for w in first] == [(0, 16)] * 5 + [(16, 32)] * 2    # strip 0, and strip 1's first 2 bands
     assert np.array_equal(got, ref)
     assert stats.tiles_skipped == 5 and stats.tiles_computed == len(calls) == 5 * 6 - 5
     assert set(first) & set(calls) == set(first[5:])                # strip 1 from its top again

@@ -130,6 +130,14 @@ def test_plan_shows_the_streamed_mapping_within_the_budget():
     assert 0 < peak <= 1024 * 0.98 and "plans fill up to 1,004 MiB" in out
     again = int(out.split("a strip restarting mid-image holds up to ")[1].split(" MiB")[0].replace(",", ""))
     assert again >= peak and ("(fits)" in out) == (again <= 1004)
+    assert "queued windows (uint8 as stored)" in out
+    r = cli("plan", "--model", "unet", "--image", "4096x4096", "--memory", "1GB", "--stream", "--dtype", "float32")
+    assert r.returncode == 0 and "queued windows (float32 as stored)" in r.stdout
+    def tile(text):
+        return next(line for line in text.splitlines() if line.startswith("tile ")).split()[1]
+
+    wider = int(r.stdout.split("expected peak memory: ")[1].split(" MiB")[0].replace(",", ""))
+    assert wider > peak or tile(r.stdout) != tile(out)     # float32 windows take more, or another tile is chosen
     stage_rows = [line for line in out.splitlines() if line.startswith("  enc.") or line.startswith("  dec.")]
     assert len(stage_rows) >= 8 and all(len(line.split()) >= 7 for line in stage_rows)
     for line in stage_rows:        # name, op (and a note), then C, rows, line rows, line MiB, GFLOP
