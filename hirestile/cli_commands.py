@@ -16,15 +16,13 @@ from .errors import InputError
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     import numpy as np
 
     from . import ome
     from .examples import parse_size
     from .executor import precision_label
     from .scheduler import (PROCESS_BASELINE, choose_mode, compute_redundancy, default_memory, expected_memory,
-                            make_plan, usable)
+                            make_plan, restart_memory, usable)
 
     model = load_model_cli(a.model, a)
     h, w = parse_size(a.image, 4096, option="--image")
@@ -62,8 +60,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
           + f", of which plans fill up to {_mib(usable(budget))}"
           + ("" if working + PROCESS_BASELINE <= usable(budget) else "; the smallest tile does not fit it"))
     if plan.stream:
-        again = expected_memory(rep, replace(plan, restarts=True), model.contract.channels, itemsize)[1] + PROCESS_BASELINE
-        fits = again <= max(usable(budget), working + PROCESS_BASELINE)
+        again, fits = restart_memory(rep, plan, model.contract.channels, budget, itemsize)
         print(f"resumed run: a strip restarting mid-image holds up to {_mib(again)}"
               + (" (fits)" if fits else "; over the budget, so a resumed run restarts such strips from their top"))
     work = rep.flops_per_pixel * oh * ow * (compute_redundancy(rep, plan) if rep.tileable else 1.0)

@@ -442,13 +442,22 @@ def expected_memory(rep: Any, plan: Plan, channels: int, itemsize: int = 4) -> t
                    read_pixels=None if plan.restarts else max(t.read.size for t in plan.tiles))
 
 
+def restart_memory(rep: Any, plan: Plan, channels: int, budget: int, itemsize: int = 4) -> tuple[int, bool]:
+    """(expected peak bytes, whether it fits) of ``plan`` run with a streamed strip restarting
+    mid-image, where its first band computes its cone above it too: it fits within the budget
+    less :data:`HEADROOM`, or the plan's own figure where that is larger (a ``--tile`` the
+    budget does not hold)."""
+    peak = PROCESS_BASELINE + expected_memory(rep, replace(plan, restarts=True), channels, itemsize)[1]
+    return peak, peak <= max(usable(budget), PROCESS_BASELINE + expected_memory(rep, plan, channels, itemsize)[1])
+
+
 def resumed_todo(rep: Any, plan: Plan, todo: list[Tile], channels: int, budget: int,
                  itemsize: int = 4) -> list[Tile]:
     """The tiles a resumed run computes: ``todo``, the tiles not yet done, unless some strip
     of a streamed plan would restart mid-image and that restart does not fit the memory the
-    run may take (the budget, or the plan's own figure where that is larger): its first band
-    computes its cone above it too, more than a strip's first band at the top holds
-    (:func:`hirestile.bands.band_memory`; 256-row bands of UNet-64: +235 MiB). Such strips
+    run may take (:func:`restart_memory`): its first band computes its cone above it too,
+    more than a strip's first band at the top holds (:func:`hirestile.bands.band_memory`;
+    256-row bands of UNet-64: +235 MiB). Such strips
     run from their top again, their done bands recomputed and rewritten with the same bits.
     A plan made for restarts (``plan.restarts``: a masked run) fits them already.
 
@@ -463,10 +472,8 @@ def resumed_todo(rep: Any, plan: Plan, todo: list[Tile], channels: int, budget: 
     >>> len(resumed_todo(rep, plan, rest, 3, 1 << 20))                # 1 MiB: each strip from its top
     16
     """
-    if not plan.stream or plan.restarts or not todo or len(todo) == len(plan.tiles):
-        return todo
-    allowed = max(usable(budget), PROCESS_BASELINE + expected_memory(rep, plan, channels, itemsize)[1])
-    if PROCESS_BASELINE + expected_memory(rep, replace(plan, restarts=True), channels, itemsize)[1] <= allowed:
+    if not plan.stream or plan.restarts or not todo or len(todo) == len(plan.tiles) \
+            or restart_memory(rep, plan, channels, budget, itemsize)[1]:
         return todo
     want, out = {t.index for t in todo}, []
     for strip in column_strips(plan.tiles):
@@ -644,15 +651,14 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
             todo, off = masks.apply_mask(mk, plan, todo, donelog, group, (oh, ow), pixel)
             stats.notes.append(f"mask {mk.source}: {off} of {len(plan.tiles)} tiles "
                                f"({100 * off / max(len(plan.tiles), 1):.0f}%) outside it, not computed")
+        again = resumed_todo(rep, plan, todo, channels, memory or default_memory(), img.dtype.itemsize)
+        if len(again) > len(todo):
+            stats.notes.append(f"resumed: {len(again) - len(todo)} done band(s) computed again, so that each "
+                               "strip restarts from its top: a restart mid-image would not fit the memory budget")
+        todo = again
         stats.tiles_skipped = len(plan.tiles) - len(todo) - off
         if stats.tiles_skipped:
             say(f"resuming {out_path}: {stats.tiles_skipped} of {len(plan.tiles)} tiles already done")
-            again = resumed_todo(rep, plan, todo, channels, memory or default_memory(), img.dtype.itemsize)
-            if len(again) > len(todo):
-                stats.tiles_skipped -= len(again) - len(todo)
-                stats.notes.append(f"resumed: {len(again) - len(todo)} done band(s) computed again, so that each "
-                                   "strip restarts from its top: a restart mid-image would not fit the memory budget")
-                todo = again
         if missing and todo:
             say(f"note: {len(missing)} input chunk(s) are not stored (first {missing[0]}); zarr reads them as "
                 f"fill value {img.array.fill_value}")
@@ -691,4 +697,4 @@ def _segment(img: InputImage, model: Any, output: str | None, *, tile: int | Non
 
 
 __all__ = ["Plan", "RunStats", "TileRunner", "make_plan", "choose_tile", "default_memory", "segment_to_zarr", "compute_redundancy", "expected_memory",
-           "PROCESS_BASELINE", "HEADROOM", "usable", "resumed_todo"]
+           "PROCESS_BASELINE", "HEADROOM", "usable", "restart_memory", "resumed_todo"]
