@@ -5,8 +5,10 @@ and ``ovdef`` as installed (default precision: bf16 on CPUs with AVX512_BF16 / A
 ``hsf2x2`` is hirestile fp32 with its 3x3 convs on Winograd F(2x2) instead of F(4x4) (``conv.WINO4``);
 ``hsblk16`` is hirestile fp32 with its 16 -> 16 3x3 convs on the register-blocked direct route
 (``conv.WINO_MIN = 512``, the default before session 14; now they take Winograd F(4x4));
-``hsregion`` is hirestile fp32 with the whole frame as one region whatever its memory (``memory=``
-1 TiB; before predict streamed bands past its budget: UNet-32 2048^2 and UNet-16 4096^2 and up);
+``hsregion`` is hirestile fp32 with the whole frame as one region whatever its memory
+(``stream=False``; ``hirestile`` itself runs what :func:`hirestile.api.predict_bands` picks:
+from session 17, one streamed band of the whole frame at 2048^2, which takes a third less memory);
+``hsbf16region`` is ``hsbf16`` as one region;
 ``hsbf16`` is hirestile with ``precision="bf16"`` (its line names the instruction path), compared
 with OpenVINO's default and with hirestile fp32: speed ratios, max error and the share of equal
 labels (argmax over the whole image) against hirestile fp32;
@@ -95,23 +97,23 @@ else:
     from hirestile.models.unet import unet
     sd = {k: v.numpy() for k, v in net.state_dict().items() if "num_batches" not in k}
     m = unet(in_channels=3, classes=2, base=base, depth=4, state=sd)
-    precision = "bf16" if engine == "hsbf16" else "fp32"
+    precision = "bf16" if engine in ("hsbf16", "hsbf16region") else "fp32"
     if engine == "hsf2x2":                   # 3x3 convs on Winograd F(2x2) instead of F(4x4)
         from hirestile.kernels import conv
         conv.WINO4 = False
     if engine == "hsblk16":                  # 16 -> 16 3x3 convs on the blocked direct route
         from hirestile.kernels import conv
         conv.WINO_MIN = 512
-    memory = 1 << 40 if engine == "hsregion" else None     # one region, or predict's default budget
+    stream = False if engine in ("hsregion", "hsbf16region") else None     # one region, or what predict picks
     def run(a):
-        return hirestile.predict(m, a, precision=precision, memory=memory)
+        return hirestile.predict(m, a, precision=precision, stream=stream)
     import llvmlite.binding as ll
     from hirestile.executor import precision_label
     f = ll.get_host_cpu_features()
     isa = "numba LLVM " + ll.get_host_cpu_name() + " " + " ".join(
         k for k in ("avx512f", "avx512bf16", "avx2") if f.get(k, False)) + ", " + precision_label(precision)
     from hirestile.api import predict_bands
-    bands = predict_bands(m.analyze((size, size), precision), memory)
+    bands = None if stream is False else predict_bands(m.analyze((size, size), precision))
     isa += ", one region" if bands is None else f", streamed bands {bands[0]}x{bands[1]}"
 run(x[:, :64, :64])  # warm-up: compile / load
 t0 = time.perf_counter(); c0 = time.process_time()
@@ -127,9 +129,10 @@ print(json.dumps({"wall": wall, "wall2": wall2, "cpu_util": cpu / wall, "peak_mb
                   "isa": isa}))
 """
 
-ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsblk16", "hsregion")
+ENGINES = ("hirestile", "torch", "onnxruntime", "ov32", "ovdef", "hsbf16", "hsf2x2", "hsblk16", "hsregion", "hsbf16region")
 LABEL = {"hirestile": "hirestile", "torch": "torch CL", "onnxruntime": "ORT", "ov32": "OV f32",
-         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)", "hsblk16": "hs blk16", "hsregion": "hs 1 region"}
+         "ovdef": "OV default", "hsbf16": "hs bf16", "hsf2x2": "hs F(2x2)", "hsblk16": "hs blk16", "hsregion": "hs 1 region",
+         "hsbf16region": "hs bf16 1 region"}
 
 
 def run_child(engine: str, base: int, size: int, threads: int, tmp: str) -> dict:
@@ -209,13 +212,14 @@ def main(argv=None) -> list[dict]:
                     err = "" if e == "torch" else f"  max err/max|ref| vs torch {errs[e]:.1e}"
                     print(f"  {LABEL[e]:10s} {med[e]:7.3f}  {row[e + '_peak_mb']:6.0f}  "
                           f"{row[e + '_cpu']:.2f}{extra}{err}  [{row[e + '_isa']}]", flush=True)
-                if "ov32" in engines:       # every hirestile fp32 variant against OpenVINO f32, round by round
-                    for e in engines:
-                        if e == "hirestile" or e in ("hsf2x2", "hsblk16"):
-                            rr = " ".join(f"{h['mps'] / o['mps']:.2f}" for h, o in zip(per[e], per["ov32"]))
-                            r2 = " ".join(f"{h['mps2'] / o['mps2']:.2f}" for h, o in zip(per[e], per["ov32"]))
-                            print(f"  {LABEL[e]} / OV f32 per round: {rr} (first call); {r2} (second call)",
-                                  flush=True)
+                # every hirestile variant against OpenVINO in its precision, round by round
+                for peer, mine in (("ov32", ("hirestile", "hsf2x2", "hsblk16", "hsregion")),
+                                   ("ovdef", ("hsbf16", "hsbf16region"))):
+                    for e in (e for e in mine if e in engines and peer in engines):
+                        rr = " ".join(f"{h['mps'] / o['mps']:.2f}" for h, o in zip(per[e], per[peer]))
+                        r2 = " ".join(f"{h['mps2'] / o['mps2']:.2f}" for h, o in zip(per[e], per[peer]))
+                        print(f"  {LABEL[e]} / {LABEL[peer]} per round: {rr} (first call); {r2} (second call)",
+                              flush=True)
                 for e in engines:           # steady state: the same call again in the same process
                     print(f"  second call {LABEL[e]:10s} {statistics.median(r['mps2'] for r in per[e]):7.3f} MP/s",
                           flush=True)

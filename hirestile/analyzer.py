@@ -146,6 +146,13 @@ class Report:
     def output_shape(self) -> Shape:
         return self.shapes[self.graph.output]
 
+    @cached_property
+    def memo(self) -> dict:
+        """Plans the layers above derive from this report alone (a stream's pieces and band
+        parts, :mod:`hirestile.bands`), kept with it: a report never changes, so neither do
+        they, and a model's next call on an image of the same size reuses them."""
+        return {}
+
     # -- regions
 
     def regions(self, out_region: Region, *, aligned: bool = False) -> dict[str, NodeRegion]:

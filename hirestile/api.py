@@ -79,47 +79,66 @@ _NAN_HINT = "replace them first (np.nan_to_num), or use hirestile.segment(..., n
 # The band predict runs when no band fits its budget (the weights alone may not): a band
 # costs a fixed ~40 ms on 2048-wide UNet-16 maps (line-buffer copies, one call per layer).
 MIN_PREDICT_BAND = 128
+# A full-frame predict streams when that takes at most this share of one region's memory.
+# Streaming touches less fresh memory (first calls on a size run 35-60 % faster at 2048^2)
+# but copies line buffers between a band's pieces: later calls run 3 % (2048^2) to 15 %
+# (1024^2) slower, and 11-40 % slower at 512^2-256^2, where it saves nothing.
+STREAM_SHARE = 0.75
 
 
-def predict_bands(rep: Report, memory: int | None = None) -> tuple[int, int] | None:
-    """How :func:`predict` runs a full-frame call within ``memory`` bytes (default
-    :func:`hirestile.scheduler.default_memory`) of working memory -- node buffers, weights,
-    the normalised input and the output band, beside the caller's image and the returned
-    logits: ``None`` when the whole frame fits (one region), else the (rows, cols) of the
-    streamed bands (:class:`hirestile.bands.Stream`): the whole width and the tallest band
+def predict_bands(rep: Report, memory: int | None = None, *, region: bool = True) -> tuple[int, int] | None:
+    """How a full-frame :func:`predict` call runs within ``memory`` bytes (default
+    :func:`hirestile.scheduler.default_memory`) of working memory -- node buffers, weights, the
+    normalised input and the output band, beside the caller's image and the returned logits:
+    ``None`` for one region, else the (rows, cols) of streamed bands
+    (:class:`hirestile.bands.Stream`).
+
+    One region holds every map whole; streaming holds about a network's halo of rows per
+    layer, and a band that starts a strip runs in two pieces
+    (:func:`hirestile.bands.fresh_pieces`). A call runs as one region when the model is not
+    tileable, or when ``region`` and one region fits ``memory`` and streaming would take more
+    than :data:`STREAM_SHARE` of its memory (small images: streaming's line-buffer copies
+    cost time where it saves no memory); else in bands: the whole width and the tallest band
     that fits (a narrow strip recomputes its halo on both sides; a short band costs only its
     fixed per-band work), narrower strips only when no band of the whole width fits, and
-    :data:`MIN_PREDICT_BAND` rows of the whole width when nothing fits.
-    Same bits either way.
+    :data:`MIN_PREDICT_BAND` rows of the whole width when nothing fits. Fresh memory costs
+    first-touch page faults (0.5-3 s per GB on some machines), which is why the less memory
+    wins. Same bits either way.
 
     Examples
     --------
     >>> from hirestile.models.unet import unet
     >>> rep = unet(in_channels=3, classes=2, base=16, depth=4).analyze((2048, 2048))
-    >>> predict_bands(rep) is None             # 0.96 GB: the whole frame at once
-    True
+    >>> predict_bands(rep)         # one band of the whole frame: 0.60 GiB, one region 0.89
+    (2048, 2048)
     >>> predict_bands(rep, memory=512 << 20)  # 768-row bands of the whole width
     (768, 2048)
+    >>> predict_bands(unet(in_channels=3, classes=2, base=16, depth=4).analyze((512, 512))) is None
+    True
     """
     from hirestile.scheduler import TILE_CANDIDATES, default_memory, strip_widths
 
+    if not rep.tileable:
+        return None
     budget = memory or default_memory()
     _, oh, ow = rep.output_shape
     ih, iw = rep.image_shape
-    if not rep.tileable or executor.tile_memory(rep, (oh, ow)) + 4 * rep.graph.in_channels * ih * iw <= budget:
-        return None
     heights = sorted({oh, *(h for h in TILE_CANDIDATES if h < oh)}, reverse=True)
     shapes = [(h, w) for w in strip_widths(ow) for h in heights]
-    for h, w in shapes:
-        if band_bytes(rep, (h, w)) <= budget:
-            return h, w
-    return min(MIN_PREDICT_BAND, oh), ow     # nothing fits (the weights alone?): the least band worth running
+    band = next((s for s in shapes if band_bytes(rep, s) <= budget), (min(MIN_PREDICT_BAND, oh), ow))
+    whole = executor.tile_memory(rep, (oh, ow)) + 4 * rep.graph.in_channels * ih * iw
+    if region and whole <= budget and band_bytes(rep, band) > STREAM_SHARE * whole:
+        return None
+    return band        # (the last: nothing fits, the weights alone?: the least band worth running)
 
 
 def band_bytes(rep: Report, band: tuple[int, int]) -> int:
     """Working bytes of a :func:`predict` call in streamed bands of ``band`` (rows, cols): the
     stream's slab and line buffers (:func:`hirestile.bands.band_memory`; every strip starts at
-    the top), the weights, the largest normalised input window and one band of logits."""
+    the top), the weights, the largest normalised input window, and one band of logits' worth
+    for what the kernels take beside the slab for a moment (a pad's copy, a transposed conv's
+    scratch: not derived, measured at 4-8 MB on an 800 x 601 UNet-8; the bands write
+    straight into the returned logits)."""
     from hirestile.bands import band_memory
 
     h, w = band
@@ -129,7 +148,7 @@ def band_bytes(rep: Report, band: tuple[int, int]) -> int:
 
 
 def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[int] | None = None,
-            tile_origin: Sequence[int] = (0, 0), stream: bool = False, precision: str = "fp32",
+            tile_origin: Sequence[int] = (0, 0), stream: bool | None = None, precision: str = "fp32",
             memory: int | None = None) -> np.ndarray:
     """Run a model on an in-memory image.
 
@@ -141,15 +160,19 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         by image (models exported with a fixed batch N load when no op mixes the
         batch, see :func:`load_model`).
     tile : int or (int, int), optional
-        Output tile size. ``None``: the whole frame, in one region when its working memory
-        fits ``memory``, else in full-width streamed bands (:func:`predict_bands`). Tiled
+        Output tile size. ``None``: the whole frame, as one region or in streamed bands of
+        the whole width, whichever takes less memory (:func:`predict_bands`). Tiled
         output equals full-frame output bit for bit.
     tile_origin : (int, int)
         Where the tile grid is anchored (tests use it to move seams around).
-    stream : bool
+    stream : bool, optional
         Visit the tiles as bands moving down column strips and compute each
         intermediate row once per strip (:class:`hirestile.bands.Stream`)
-        instead of each tile with its own halo. Same bits.
+        instead of each tile with its own halo. Same bits. Default: overlap tiles for a
+        tiled call; :func:`predict_bands` decides for a full-frame one (``tile=None``),
+        where ``stream=True`` streams and ``stream=False`` runs the whole frame as one
+        region (every map whole: :func:`hirestile.executor.tile_memory`, whatever
+        ``memory``).
     precision : {"fp32", "bf16"}
         ``"bf16"``: weights and every layer's input rounded to bfloat16, products summed
         in float32, every layer's output rounded to bf16 wherever it is computed, so tiled
@@ -161,8 +184,8 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         Bytes of working memory a full-frame call may take (node buffers, weights, the
         normalised input, the output band), beside ``x`` and the returned logits; default
         :func:`hirestile.scheduler.default_memory` (a quarter of RAM, at most 2 GiB). A
-        UNet-16 on 2048^2 takes 0.96 GB at once; on 8192^2 it would take 15 GB, and runs in
-        768-row bands of the whole width instead (in 2 GiB).
+        UNet-16 on 2048^2 runs as one band in 0.60 GiB (one region would take 0.89); on
+        8192^2, in 768-row bands of the whole width (in 2 GiB).
 
     Returns
     -------
@@ -172,10 +195,11 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     Notes
     -----
     The input is normalised (the model's contract) region by region. The node buffers and the
-    normalised input of a call (~0.9 GB for a UNet-16 on 2048^2) stay with the model for its
+    normalised input of a call (~0.6 GiB for a UNet-16 on 2048^2) stay with the model for its
     next call, as inference engines keep their memory pools: fresh memory
     costs 0.5-3 s per GB of first-touch page faults on some machines, on every call. They go
-    with the model (``del model``).
+    with the model (``del model``), as do the plans for the last few image sizes
+    (:meth:`hirestile.model.Model.analyze`).
 
     Examples
     --------
@@ -199,7 +223,7 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     rep = m.analyze(img.shape[1:], precision)
     _, oh, ow = rep.output_shape
     if tile is None:
-        bands = predict_bands(rep, memory)
+        bands = None if stream is False else predict_bands(rep, memory, region=stream is None)
         if bands is None:
             with executor.kept_arena(rep) as arena:     # node buffers kept with the model for the next call
                 window = normalize_window(img, ((0, img.shape[1]), (0, img.shape[2])), m.contract, None,
@@ -216,9 +240,8 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         for strip in column_strips(tiles) if stream else [tiles]:
             band = Stream(rep, arena) if stream else None
             for t in stream_reads(rep, strip) if stream else strip:    # a band reads the rows it computes from
-                out[(slice(None), *t.write.slices)] = executor.run_window(
-                    rep, m.contract, img[(slice(None), *t.read.slices)], t, where="image", hint=_NAN_HINT,
-                    stream=band, arena=arena)
+                executor.run_window(rep, m.contract, img[(slice(None), *t.read.slices)], t, where="image",
+                                    hint=_NAN_HINT, stream=band, arena=arena, out=out[(slice(None), *t.write.slices)])
     return out
 
 

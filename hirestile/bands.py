@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -169,6 +170,14 @@ def fresh_pieces(rep: Report, band: Region) -> tuple[Region, ...]:
     """
     (y0, y1), cols = band
     band = Region((y0, y1), tuple(cols))
+    key = ("fresh_pieces", band)
+    if key not in rep.memo:
+        rep.memo[key] = _fresh_pieces(rep, band)
+    return rep.memo[key]
+
+
+def _fresh_pieces(rep: Report, band: Region) -> tuple[Region, ...]:
+    (y0, y1), _ = band
     cuts = list(range(y0 + rep.tile_step[0], y1, rep.tile_step[0]))
     if not cuts:
         return (band,)
@@ -370,6 +379,14 @@ class _BandParts:
     @classmethod
     def of(cls, rep: Report, band: Region, restarts: bool = True) -> "_BandParts":
         (y0, y1), cols = band
+        key = ("band_parts", Region((y0, y1), tuple(cols)), restarts)
+        if key not in rep.memo:
+            rep.memo[key] = cls._of(rep, band, restarts)
+        return rep.memo[key]
+
+    @classmethod
+    def _of(cls, rep: Report, band: Region, restarts: bool) -> "_BandParts":
+        (y0, y1), cols = band
         h, oh = max(y1 - y0, 1), rep.output_shape[1]
         k = min(max(2, round(y0 / h)), max(2, oh // h - 2))      # on the band grid, two bands below the first
         cols, fused = tuple(cols), executor.fused_concats(rep)
@@ -403,6 +420,10 @@ class _BandParts:
         return self.slab(res) + sum(self.resident_bytes(res).values()) + sum(b for n, b in self.lines.items() if n not in res)
 
     def residents(self) -> frozenset[str]:
+        return self._residents
+
+    @cached_property
+    def _residents(self) -> frozenset[str]:
         g = self.rep.graph
         fused = executor.fused_concats(self.rep)
         order = [n for n in g.nodes if n.name not in fused]     # an unbuilt concat runs no step

@@ -101,14 +101,30 @@ class Model:
             sizes it takes (a multiple to declare as ``pad_to``, or a minimum size).
         """
         shape = (int(image_shape[0]), int(image_shape[1]))
-        try:
-            rep = executor.analyze(self.runnable, shape, precision)
-        except ShapeError as e:
-            raise InputError(self._size_advice(shape, e)) from None
-        # the model's own parameters stay alive beside its optimized graph's (batch-norm folding
-        # made new arrays): count the ones the optimized graph does not share
-        theirs = [a for n in rep.graph.nodes for a in n.params.values()]
-        return replace(rep, held_bytes=self.graph.param_bytes(besides=theirs))
+        key = (shape, precision)
+        rep = self._reports.pop(key, None)
+        if rep is None:
+            try:
+                rep = executor.analyze(self.runnable, shape, precision)
+            except ShapeError as e:
+                raise InputError(self._size_advice(shape, e)) from None
+            # the model's own parameters stay alive beside its optimized graph's (batch-norm
+            # folding made new arrays): count the ones the optimized graph does not share
+            theirs = [a for n in rep.graph.nodes for a in n.params.values()]
+            rep = replace(rep, held_bytes=self.graph.param_bytes(besides=theirs))
+        self._reports[key] = rep                  # most recent last
+        while len(self._reports) > self.KEPT_REPORTS:
+            self._reports.pop(next(iter(self._reports)), None)
+        return rep
+
+    # reports kept per model: a loop over images of a few sizes plans each size once
+    KEPT_REPORTS = 8
+
+    @cached_property
+    def _reports(self) -> dict[tuple[tuple[int, int], str], Report]:
+        """The latest reports :meth:`analyze` made, by (image shape, precision), most recent
+        last: a report and the plans derived from it (:attr:`Report.memo`) never change."""
+        return {}
 
     @cached_property
     def size_rule(self) -> tuple[AxisRule, AxisRule] | None:

@@ -189,6 +189,61 @@ def test_predict_streams_full_frame_within_memory(h, w):
     assert np.array_equal(y, hirestile.predict(m, x, memory=full))    # one region: same bits
 
 
+@pytest.mark.parametrize("h, w", [(613, 307), (800, 601)])
+def test_full_frame_streams_where_that_takes_less_memory(h, w):
+    """A full-frame call whose streamed bands take at most STREAM_SHARE of one region's memory
+    streams by default, and holds less than the one-region call (stream=False) does; a small
+    image, where streaming saves little, runs as one region unless stream=True. Every way
+    gives the bits of executor.run_full on the normalised image."""
+    import tracemalloc
+
+    from hirestile import executor
+    from hirestile.api import STREAM_SHARE, band_bytes, predict_bands
+
+    m = unet(in_channels=3, classes=2, base=8, depth=3, seed=7)
+    x = np.random.default_rng(w).integers(0, 255, (3, h, w), dtype=np.uint8)
+    rep = m.analyze((h, w))
+    whole = executor.tile_memory(rep, rep.output_shape[1:]) + 4 * 3 * h * w
+    assert predict_bands(rep) == (h, w) and band_bytes(rep, (h, w)) <= STREAM_SHARE * whole
+    want = executor.run_full(rep, m.contract.normalize(x, None))
+    used = {}
+    for stream in (None, False):
+        model = unet(in_channels=3, classes=2, base=8, depth=3, seed=7)     # its own kept arena
+        hirestile.predict(model, x[:, :40, :40], stream=stream)
+        tracemalloc.start()
+        try:
+            y = hirestile.predict(model, x, stream=stream)
+            used[stream] = tracemalloc.get_traced_memory()[1] - y.nbytes
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(y, want)
+    assert used[None] <= band_bytes(rep, (h, w)) and used[None] < 0.85 * used[False]
+
+    small = x[:, :97, :101]
+    rep = m.analyze(small.shape[1:])
+    assert predict_bands(rep) is None and predict_bands(rep, region=False) == (97, 101)
+    want = executor.run_full(rep, m.contract.normalize(small, None))
+    for stream in (None, True, False):
+        assert np.array_equal(hirestile.predict(m, small, stream=stream), want)
+
+
+def test_model_keeps_its_latest_reports_and_their_plans():
+    """Model.analyze gives the same report for the same size and precision (the stream's
+    plans, kept in Report.memo, are made once), and keeps only its KEPT_REPORTS latest."""
+    from hirestile import bands
+    from hirestile.region import Region
+
+    m = unet(**BANDED)
+    rep = m.analyze((120, 90))
+    assert m.analyze((120, 90)) is rep and m.analyze((120, 90), "bf16") is not rep
+    pieces = bands.fresh_pieces(rep, Region((0, 120), (0, 90)))
+    assert bands.fresh_pieces(rep, Region((0, 120), (0, 90))) is pieces
+    assert pieces == bands._fresh_pieces(rep, Region((0, 120), (0, 90)))     # the memo keeps what it made
+    for k in range(m.KEPT_REPORTS):
+        m.analyze((64 + k, 64))
+    assert m.analyze((120, 90)) is not rep and m.analyze((64 + m.KEPT_REPORTS - 1, 64)) is m.analyze((64 + m.KEPT_REPORTS - 1, 64))
+
+
 def test_predict_in_bands_reports_nan_where_it_is():
     from hirestile import executor
     from hirestile.api import predict_bands

@@ -84,9 +84,9 @@ def test_unbuilt_concats_shrink_the_plan(monkeypatch):
                 _unfused(mp)
                 built = executor.tile_memory(rep, (300, 257)), steady_slab(rep), band_bytes(rep, (64, 257))
             model = unet(in_channels=3, classes=2, base=16, depth=3, seed=2)
-            hirestile.predict(model, x[:, :50, :50], memory=1 << 40)
+            hirestile.predict(model, x[:, :50, :50], stream=False)
             tracemalloc.start()
-            hirestile.predict(model, x, memory=1 << 40)
+            hirestile.predict(model, x, stream=False)
             peaks.append(tracemalloc.get_traced_memory()[1])
             tracemalloc.stop()
     assert fused[0] < 0.9 * built[0] and fused[1] < built[1] and fused[2] <= 1.01 * built[2]
