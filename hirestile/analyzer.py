@@ -150,7 +150,9 @@ class Report:
     def memo(self) -> dict:
         """Plans the layers above derive from this report alone (a stream's pieces and band
         parts, :mod:`hirestile.bands`), kept with it: a report never changes, so neither do
-        they, and a model's next call on an image of the same size reuses them."""
+        they, and a model's next call on an image of the same size reuses them. Plain data
+        only: nothing in it refers back to the report (a cycle would keep the report, its
+        weights and its arena alive past the model until the garbage collector's full pass)."""
         return {}
 
     # -- regions

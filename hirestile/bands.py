@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 
@@ -375,14 +374,16 @@ class _BandParts:
     rep: Report
     regions: tuple[tuple[dict[str, Region], dict[str, Region]], ...]
     lines: dict[str, int]
+    chosen: frozenset[str] | None = None        # the resident nodes, where known
 
     @classmethod
     def of(cls, rep: Report, band: Region, restarts: bool = True) -> "_BandParts":
         (y0, y1), cols = band
         key = ("band_parts", Region((y0, y1), tuple(cols)), restarts)
-        if key not in rep.memo:
-            rep.memo[key] = cls._of(rep, band, restarts)
-        return rep.memo[key]
+        if key not in rep.memo:      # kept without the report (a cycle would outlive the model)
+            parts = cls._of(rep, band, restarts)
+            rep.memo[key] = (parts.regions, parts.lines, parts.residents())
+        return cls(rep, *rep.memo[key])
 
     @classmethod
     def _of(cls, rep: Report, band: Region, restarts: bool) -> "_BandParts":
@@ -420,10 +421,8 @@ class _BandParts:
         return self.slab(res) + sum(self.resident_bytes(res).values()) + sum(b for n, b in self.lines.items() if n not in res)
 
     def residents(self) -> frozenset[str]:
-        return self._residents
-
-    @cached_property
-    def _residents(self) -> frozenset[str]:
+        if self.chosen is not None:
+            return self.chosen
         g = self.rep.graph
         fused = executor.fused_concats(self.rep)
         order = [n for n in g.nodes if n.name not in fused]     # an unbuilt concat runs no step

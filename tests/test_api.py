@@ -244,6 +244,26 @@ def test_model_keeps_its_latest_reports_and_their_plans():
     assert m.analyze((120, 90)) is not rep and m.analyze((64 + m.KEPT_REPORTS - 1, 64)) is m.analyze((64 + m.KEPT_REPORTS - 1, 64))
 
 
+def test_a_dropped_model_frees_its_reports_without_the_collector():
+    """Nothing a report keeps (Report.memo) refers back to it: dropping the model frees its
+    reports, and their prepared weights and arena, by reference counting alone."""
+    import gc
+    import weakref
+
+    m = unet(**BANDED)
+    x = np.random.default_rng(3).random((3, 150, 90), np.float32)
+    hirestile.predict(m, x, stream=True)
+    rep = weakref.ref(m.analyze((150, 90)))
+    assert rep().memo                                  # the stream's plans are kept
+    gc.collect()
+    gc.disable()
+    try:
+        del m
+        assert rep() is None
+    finally:
+        gc.enable()
+
+
 def test_predict_in_bands_reports_nan_where_it_is():
     from hirestile import executor
     from hirestile.api import predict_bands
