@@ -259,12 +259,14 @@ class Report:
 
     @cached_property
     def tile_step(self) -> tuple[int, int]:
-        """Output-grid period after which the network's geometry repeats."""
+        """Output-grid period after which the network's geometry repeats: 1 along an axis
+        where every output pixel sits on one input coordinate (an align-corners resize of a
+        one-pixel map), which has no period."""
         out = self._centres[self.graph.output]
         res = []
         for a in (0, 1):
             res.append(math.lcm(*[(s[a][0] / out[a][0]).numerator
-                                  for s in self._centres.values() if s[a][0] > 0]))
+                                  for s in self._centres.values() if s[a][0] > 0]) if out[a][0] > 0 else 1)
         return (res[0], res[1])
 
     def _interior_tile(self, size: int) -> Region:

@@ -171,6 +171,9 @@ def test_align_corners_resize_tiles_exactly():
         full = hirestile.predict(m, img)
         for t in (1, 4, 7):
             assert np.array_equal(full, hirestile.predict(m, img, tile=t, tile_origin=(t // 2, 1)))
+        # (2, 40): every output row sits on input row 0 (no period, Report.tile_step 1)
+        for stream in (True, False):
+            assert np.array_equal(full, hirestile.predict(m, img, stream=stream))
 
 
 def test_region_smaller_than_stride_at_every_phase():
