@@ -21,7 +21,10 @@ Each (engine, base, size) run happens in its own child process so its peak RSS i
 its own; it times the first full-size call after a 64^2 warm-up (one-shot: fresh memory
 included) and a second call (steady state, as when images come one after another); the
 engines are interleaved round by round so drift on this machine hits
-them alike, and the ratios are taken per round (median).
+them alike, and the ratios are taken per round (median). Odd rounds run the engines in
+reverse order: a first call's fresh memory costs 0.1-2 ms per MB on this VM depending on
+what ran just before (memory another process has just freed is cheap to take again), so no
+engine always follows the same one.
 
     python benchmarks/fullframe.py                  # base 16 and 32, 1024^2 and 2048^2
     python benchmarks/fullframe.py --sizes 512 --bases 16 --rounds 1   # quick look
@@ -173,8 +176,8 @@ def main(argv=None) -> list[dict]:
         for base in args.bases:
             for size in args.sizes:
                 per = {e: [] for e in engines}
-                for _ in range(args.rounds):
-                    for e in engines:
+                for k in range(args.rounds):     # odd rounds backwards: no engine always follows the same one
+                    for e in engines if k % 2 == 0 else engines[::-1]:
                         per[e].append(run_child(e, base, size, args.threads, tmp))
                 ref = np.load(per["torch"][-1]["sample"])
                 errs = {e: float(np.abs(np.load(per[e][-1]["sample"]) - ref).max() / np.abs(ref).max())
