@@ -115,6 +115,9 @@ else:
     f = ll.get_host_cpu_features()
     isa = "numba LLVM " + ll.get_host_cpu_name() + " " + " ".join(
         k for k in ("avx512f", "avx512bf16", "avx2") if f.get(k, False)) + ", " + precision_label(precision)
+    if os.environ.get("NUMBA_CPU_NAME"):     # compiled for another CPU than this one (the AVX2 proxy)
+        isa = "numba LLVM " + os.environ["NUMBA_CPU_NAME"] + " " + os.environ.get("NUMBA_CPU_FEATURES", "") + \
+            " (NUMBA_CPU_NAME), " + precision_label(precision)
     from hirestile.api import predict_bands
     bands = None if stream is False else predict_bands(m.analyze((size, size), precision))
     isa += ", one region" if bands is None else f", streamed bands {bands[0]}x{bands[1]}"
