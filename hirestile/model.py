@@ -120,6 +120,13 @@ class Model:
     # reports kept per model: a loop over images of a few sizes plans each size once
     KEPT_REPORTS = 8
 
+    def __getstate__(self) -> dict:
+        # a pickled model (a Dask task's) travels without its reports: they carry the prepared
+        # weights (twice the model's bytes), and a worker analyzes for its own sizes
+        state = dict(self.__dict__)
+        state.pop("_reports", None)
+        return state
+
     @cached_property
     def _reports(self) -> dict[tuple[tuple[int, int], str], Report]:
         """The latest reports :meth:`analyze` made, by (image shape, precision), most recent

@@ -244,6 +244,20 @@ def test_model_keeps_its_latest_reports_and_their_plans():
     assert m.analyze((120, 90)) is not rep and m.analyze((64 + m.KEPT_REPORTS - 1, 64)) is m.analyze((64 + m.KEPT_REPORTS - 1, 64))
 
 
+def test_a_model_pickles_without_its_reports():
+    """A model sent to a Dask worker carries no reports (they hold the prepared weights): it
+    pickles to the same bytes before and after a call, and the copy predicts the same bits."""
+    import pickle
+
+    m = unet(**BANDED, seed=2)
+    x = np.random.default_rng(4).random((3, 70, 50), np.float32)
+    m.runnable                                         # (cached with the model, and pickled)
+    before = pickle.dumps(m)
+    y = hirestile.predict(m, x)
+    assert m._reports and pickle.dumps(m) == before
+    assert np.array_equal(hirestile.predict(pickle.loads(before), x), y)
+
+
 def test_a_dropped_model_frees_its_reports_without_the_collector():
     """Nothing a report keeps (Report.memo) refers back to it: dropping the model frees its
     reports, and their prepared weights and arena, by reference counting alone."""
