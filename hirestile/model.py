@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import hashlib
 import math
+import threading
 
 import numpy as np
 
@@ -32,6 +33,9 @@ def fingerprint_arrays(arrays: Iterable[tuple[str, np.ndarray]]) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+_REPORTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +106,8 @@ class Model:
         """
         shape = (int(image_shape[0]), int(image_shape[1]))
         key = (shape, precision)
-        rep = self._reports.pop(key, None)
+        with _REPORTS_LOCK:
+            rep = self._reports.pop(key, None)
         if rep is None:
             try:
                 rep = executor.analyze(self.runnable, shape, precision)
@@ -112,9 +117,10 @@ class Model:
             # folding made new arrays): count the ones the optimized graph does not share
             theirs = [a for n in rep.graph.nodes for a in n.params.values()]
             rep = replace(rep, held_bytes=self.graph.param_bytes(besides=theirs))
-        self._reports[key] = rep                  # most recent last
-        while len(self._reports) > self.KEPT_REPORTS:
-            self._reports.pop(next(iter(self._reports)), None)
+        with _REPORTS_LOCK:                        # Dask threads may share a model
+            self._reports[key] = rep              # most recent last
+            while len(self._reports) > self.KEPT_REPORTS:
+                del self._reports[next(iter(self._reports))]
         return rep
 
     # reports kept per model: a loop over images of a few sizes plans each size once
