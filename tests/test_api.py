@@ -241,7 +241,8 @@ def test_model_keeps_its_latest_reports_and_their_plans():
     assert pieces == bands._fresh_pieces(rep, Region((0, 120), (0, 90)))     # the memo keeps what it made
     for k in range(m.KEPT_REPORTS):
         m.analyze((64 + k, 64))
-    assert m.analyze((120, 90)) is not rep and m.analyze((64 + m.KEPT_REPORTS - 1, 64)) is m.analyze((64 + m.KEPT_REPORTS - 1, 64))
+    last = (64 + m.KEPT_REPORTS - 1, 64)
+    assert m.analyze((120, 90)) is not rep and m.analyze(last) is m.analyze(last)
 
 
 def test_a_model_pickles_without_its_reports():
