@@ -80,9 +80,10 @@ _NAN_HINT = "replace them first (np.nan_to_num), or use hirestile.segment(..., n
 # costs a fixed ~40 ms on 2048-wide UNet-16 maps (line-buffer copies, one call per layer).
 MIN_PREDICT_BAND = 128
 # A full-frame predict streams when that takes at most this share of one region's memory.
-# Streaming touches less fresh memory (first calls on a size run 35-60 % faster at 2048^2)
-# but copies line buffers between a band's pieces: later calls run 3 % (2048^2) to 15 %
-# (1024^2) slower, and 11-40 % slower at 512^2-256^2, where it saves nothing.
+# Streaming touches less fresh memory (first calls on a size ran 25-60 % faster at 2048^2 on
+# this project's VM) but copies line buffers between a band's pieces: later calls run 3-5 %
+# slower (UNet-16 2048^2; 1024^2 in bf16), and 11-40 % slower at 512^2-256^2, where it saves
+# nothing.
 STREAM_SHARE = 0.75
 
 
