@@ -150,7 +150,7 @@ def band_bytes(rep: Report, band: tuple[int, int]) -> int:
 
 def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[int] | None = None,
             tile_origin: Sequence[int] = (0, 0), stream: bool | None = None, precision: str = "fp32",
-            memory: int | None = None) -> np.ndarray:
+            memory: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Run a model on an in-memory image.
 
     Parameters
@@ -187,6 +187,11 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
         :func:`hirestile.scheduler.default_memory` (a quarter of RAM, at most 2 GiB). A
         UNet-16 on 2048^2 runs as one band in 0.60 GiB (one region would take 0.89); on
         8192^2, in 768-row bands of the whole width (in 2 GiB).
+    out : ndarray, optional
+        Where to write the logits: float32, the shape returned (C-contiguous). A loop over
+        images of one size that passes the same array each time takes no fresh pages for its
+        results (as an inference engine's output tensor; fresh memory costs first-touch page
+        faults). Returned.
 
     Returns
     -------
@@ -218,24 +223,33 @@ def predict(model: Model | Graph | str, x: np.ndarray, *, tile: int | Sequence[i
     if np.ndim(x) == 4:  # a batch: one image at a time (what a batch-N export computes per element)
         if not len(x):
             raise InputError(f"empty batch: shape {np.shape(x)}")
-        return np.stack([predict(m, xi, tile=tile, tile_origin=tile_origin, stream=stream, precision=precision,
-                                 memory=memory) for xi in x])
+        if out is not None and (not isinstance(out, np.ndarray) or out.ndim != 4 or len(out) != len(x)):
+            raise ValueError(f"out must be a float32 array (N, K, H', W') for a batch of {len(x)}, "
+                             f"got shape {np.shape(out)}")
+        ys = [predict(m, xi, tile=tile, tile_origin=tile_origin, stream=stream, precision=precision,
+                      memory=memory, out=None if out is None else out[i]) for i, xi in enumerate(x)]
+        return np.stack(ys) if out is None else out
     img = _as_image(m, x)
     rep = m.analyze(img.shape[1:], precision)
     _, oh, ow = rep.output_shape
+    if out is None:
+        out = np.empty(rep.output_shape, np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == rep.output_shape
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {rep.output_shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {np.shape(out)}")
     if tile is None:
         bands = None if stream is False else predict_bands(rep, memory, region=stream is None)
         if bands is None:
             with executor.kept_arena(rep) as arena:     # node buffers kept with the model for the next call
                 window = normalize_window(img, ((0, img.shape[1]), (0, img.shape[2])), m.contract, None,
                                           where="image", hint=_NAN_HINT, out=arena.scratch(img.shape))
-                return executor.run_region(rep, window, (0, 0), ((0, oh), (0, ow)), arena=arena)
+                return executor.run_region(rep, window, (0, 0), ((0, oh), (0, ow)), arena=arena, out=out)
         tile, tile_origin, stream = bands, (0, 0), True
     rep.check_tileable()
     ty, tx = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if ty < 1 or tx < 1:
         raise ValueError(f"tile must be positive, got {tile}")
-    out = np.empty(rep.output_shape, np.float32)
     tiles = grid_tiles(rep, (ty, tx), tile_origin)
     with executor.kept_arena(rep) as arena:         # node buffers reused tile after tile, call after call
         for strip in column_strips(tiles) if stream else [tiles]:

@@ -227,6 +227,25 @@ def test_full_frame_streams_where_that_takes_less_memory(h, w):
         assert np.array_equal(hirestile.predict(m, small, stream=stream), want)
 
 
+def test_predict_writes_into_out():
+    """``out=`` takes the logits on every path (one region, streamed bands, overlap tiles, a
+    batch), same bits, and is returned; a wrong array is refused naming the shape it needs."""
+    m = unet(**BANDED, seed=6)
+    x = np.random.default_rng(8).random((3, 61, 47), np.float32)
+    want = hirestile.predict(m, x)
+    for kw in ({}, dict(stream=True), dict(stream=False), dict(tile=(16, 23)), dict(tile=20, stream=True)):
+        out = np.full_like(want, np.nan)
+        assert hirestile.predict(m, x, out=out, **kw) is out and np.array_equal(out, want), kw
+    batch = np.full((2, *want.shape), np.nan, np.float32)
+    assert hirestile.predict(m, np.stack([x, x]), out=batch) is batch and np.array_equal(batch[1], want)
+    need = r"out must be a writable C-contiguous float32 array of shape \(3, 61, 47\)"
+    for bad in (np.zeros((3, 61, 46), np.float32), want.astype(np.float64), np.zeros((47, 61, 3), np.float32).T):
+        with pytest.raises(ValueError, match=need):
+            hirestile.predict(m, x, out=bad)
+    with pytest.raises(ValueError, match="for a batch of 2"):
+        hirestile.predict(m, np.stack([x, x]), out=want)
+
+
 def test_model_keeps_its_latest_reports_and_their_plans():
     """Model.analyze gives the same report for the same size and precision (the stream's
     plans, kept in Report.memo, are made once), and keeps only its KEPT_REPORTS latest."""
