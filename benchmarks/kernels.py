@@ -181,6 +181,9 @@ def engine_features(peers):
         isa = [f for f in ("avx512f", "avx512bf16", "avx512vnni", "amx-bf16", "avx2", "fma")
                if feats.get(f, False)]
         lines.append(f"hirestile/numba: LLVM cpu {ll.get_host_cpu_name()}, {' '.join(isa)}")
+        if os.environ.get("NUMBA_CPU_NAME"):    # compiled for another CPU (the AVX2 proxy)
+            lines[-1] = (f"hirestile/numba: compiled for {os.environ['NUMBA_CPU_NAME']} "
+                         f"{os.environ.get('NUMBA_CPU_FEATURES', '')} (NUMBA_CPU_NAME) on a {ll.get_host_cpu_name()}")
     except Exception as e:  # noqa: BLE001 - informational only
         lines.append(f"hirestile/numba: ? ({e})")
     if "torch" in peers:
