@@ -130,7 +130,7 @@ def predict_bands(rep: Report, memory: int | None = None, *, region: bool = True
     whole = executor.tile_memory(rep, (oh, ow)) + 4 * rep.graph.in_channels * ih * iw
     if region and whole <= budget and band_bytes(rep, band) > STREAM_SHARE * whole:
         return None
-    return band        # (the last: nothing fits, the weights alone?: the least band worth running)
+    return band        # (when nothing fits, the weights alone perhaps: the least band worth running)
 
 
 def band_bytes(rep: Report, band: tuple[int, int]) -> int:

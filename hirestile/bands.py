@@ -10,8 +10,9 @@ overlap-tile and full-frame runs bit for bit.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -169,9 +170,14 @@ def fresh_pieces(rep: Report, band: Region) -> tuple[Region, ...]:
     """
     (y0, y1), cols = band
     band = Region((y0, y1), tuple(cols))
-    key = ("fresh_pieces", band)
+    return _remembered(rep, ("fresh_pieces", band), lambda: _fresh_pieces(rep, band))
+
+
+def _remembered(rep: Report, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, made once per report and kept in :attr:`Report.memo` (plain data only:
+    nothing there may refer back to the report)."""
     if key not in rep.memo:
-        rep.memo[key] = _fresh_pieces(rep, band)
+        rep.memo[key] = make()
     return rep.memo[key]
 
 
@@ -379,11 +385,11 @@ class _BandParts:
     @classmethod
     def of(cls, rep: Report, band: Region, restarts: bool = True) -> "_BandParts":
         (y0, y1), cols = band
-        key = ("band_parts", Region((y0, y1), tuple(cols)), restarts)
-        if key not in rep.memo:      # kept without the report (a cycle would outlive the model)
+
+        def plain() -> tuple:         # the parts without their report
             parts = cls._of(rep, band, restarts)
-            rep.memo[key] = (parts.regions, parts.lines, parts.residents())
-        return cls(rep, *rep.memo[key])
+            return parts.regions, parts.lines, parts.residents()
+        return cls(rep, *_remembered(rep, ("band_parts", Region((y0, y1), tuple(cols)), restarts), plain))
 
     @classmethod
     def _of(cls, rep: Report, band: Region, restarts: bool) -> "_BandParts":
